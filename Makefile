@@ -1,0 +1,36 @@
+# Voxa developer commands. `make demo` and `make test` each set up a fresh machine by themselves.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PKGS := -p voxa.common -p voxa.signaling -p voxa.sfu -p voxa.operator -p voxa.client
+
+.PHONY: setup demo test test-quick lint typecheck pytest bench clean
+
+setup:
+	@bash .ci/setup.sh
+
+demo: setup
+	$(VENV)/bin/voxa demo $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy $(PKGS)
+
+pytest: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# Everything CI runs.
+test: lint typecheck pytest
+
+# The fast subset for the edit-run loop: skips suites marked slow.
+test-quick: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/signaling.py --json
+
+clean:
+	rm -rf build .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Voxa client (arrives with its own issue)."""

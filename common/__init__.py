@@ -1,0 +1,1 @@
+"""Code shared by Voxa's services: token claims and rights, TURN credentials, logging, the CLI."""

@@ -1,0 +1,59 @@
+"""Short-lived TURN credentials in the TURN REST API scheme (coturn `use-auth-secret`, STUNner `ephemeral`).
+
+username = "<expiry-unix>:<user-id>", credential = base64(HMAC-SHA1(secret, username)).
+The TURN server recomputes the credential from the username with the same shared secret, so no
+per-user state is stored anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+
+from pydantic import BaseModel, Field
+
+
+class IceServer(BaseModel):
+    """One entry of RTCConfiguration.iceServers, in the shape browsers and STUNner's auth service use."""
+
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceConfig(BaseModel):
+    """The STUNner auth-service answer shape: ``{"iceServers": [...], "iceTransportPolicy": "all"}``."""
+
+    iceServers: list[IceServer] = Field(default_factory=list)  # noqa: N815 - wire name
+    iceTransportPolicy: str = "all"  # noqa: N815 - wire name
+
+
+def turn_password(secret: str, username: str) -> str:
+    digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode()
+
+
+def turn_credentials(secret: str, user_id: str, ttl_s: int, now: float | None = None) -> tuple[str, str]:
+    """Return (username, credential) valid until now + ttl_s."""
+    expiry = int(now if now is not None else time.time()) + ttl_s
+    username = f"{expiry}:{user_id}"
+    return username, turn_password(secret, username)
+
+
+def ice_config(
+    secret: str | None, uris: list[str], user_id: str, ttl_s: int, now: float | None = None
+) -> IceConfig:
+    """ICE servers for one user: TURN URIs with fresh credentials, STUN URIs as they are."""
+    if not uris:
+        return IceConfig()
+    turn = [u for u in uris if u.startswith(("turn:", "turns:"))]
+    stun = [u for u in uris if not u.startswith(("turn:", "turns:"))]
+    servers: list[IceServer] = []
+    if stun:
+        servers.append(IceServer(urls=stun))
+    if turn and secret:
+        username, credential = turn_credentials(secret, user_id, ttl_s, now)
+        servers.append(IceServer(urls=turn, username=username, credential=credential))
+    return IceConfig(iceServers=servers)

@@ -1,0 +1,1 @@
+"""Voxa operator (arrives with its own issue)."""

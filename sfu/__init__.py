@@ -1,0 +1,1 @@
+"""Voxa sfu (arrives with its own issue)."""

@@ -1,0 +1,79 @@
+"""Everything one signaling process shares between its sockets, built once from the settings."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from voxa.signaling import protocol
+from voxa.signaling.auth import TokenVerifier
+from voxa.signaling.connection import ChannelSpec, Connection
+from voxa.signaling.hub import Hub
+from voxa.signaling.metrics import SignalingMetrics
+from voxa.signaling.registry import MediaRegistry
+from voxa.signaling.settings import SignalingSettings
+from voxa.signaling.store import Store, create_store
+from voxa.signaling.voice import VoiceSpec
+
+log = logging.getLogger("voxa.signaling")
+
+
+class SignalingContext:
+    def __init__(self, settings: SignalingSettings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.metrics = SignalingMetrics()
+        self.store = store or create_store(settings.redis_url, settings.replica_id, settings.replica_ttl_s)
+        self.hub = Hub(self.store, self.metrics)
+        self.registry = MediaRegistry(self.store, settings.media_server_ttl_s)
+        self.verifier = TokenVerifier.from_files(
+            secret=settings.jwt_secret,
+            public_key_file=settings.jwt_public_key_file,
+            jwks_file=settings.jwt_jwks_file,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway_s=settings.jwt_leeway_s,
+        )
+        self.specs: list[ChannelSpec] = [VoiceSpec(self)]
+        self.connections: set[Connection] = set()
+        self.accepting = True
+        self._idle_task: asyncio.Task[None] | None = None
+
+    def channel_spec(self, topic: str) -> ChannelSpec | None:
+        for spec in self.specs:
+            if spec.matches(topic):
+                return spec
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.hub.ready
+
+    async def start(self) -> None:
+        await self.hub.start()
+        self._idle_task = asyncio.create_task(self._close_idle(), name="voxa-idle-sockets")
+
+    async def _close_idle(self) -> None:
+        timeout = self.settings.idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            cutoff = loop.time() - timeout
+            for conn in list(self.connections):
+                if conn.last_seen < cutoff:
+                    conn.close_soon(protocol.CLOSE_IDLE, "idle timeout")
+
+    async def shutdown(self) -> None:
+        """Stop accepting, ask every client to reconnect elsewhere, drain within the grace period."""
+        self.accepting = False
+        log.info("signaling.draining", extra={"sockets": len(self.connections)})
+        for conn in list(self.connections):
+            conn.close_soon(protocol.CLOSE_SERVICE_RESTART, "server restarting")
+        deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_task
+        await self.hub.stop()

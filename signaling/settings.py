@@ -1,0 +1,92 @@
+"""Signaling configuration: every knob is an environment variable with the ``VOXA_`` prefix."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class SignalingSettings(BaseSettings):
+    """All settings of `voxa signaling`. README's configuration reference is generated from these fields."""
+
+    model_config = SettingsConfigDict(env_prefix="VOXA_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=4000, ge=0, le=65535, description="Port to listen on.")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    jwt_secret: str | None = Field(default=None, description="HS256 shared secret for client tokens.")
+    jwt_public_key_file: str | None = Field(
+        default=None, description="PEM public key file for RS256/ES256/EdDSA client tokens."
+    )
+    jwt_jwks_file: str | None = Field(default=None, description="JWKS file (keys selected by `kid`).")
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` claim, if set.")
+    jwt_audience: str | None = Field(default=None, description="Required `aud` claim, if set.")
+    jwt_leeway_s: float = Field(default=10.0, ge=0, description="Clock skew tolerated on exp/nbf.")
+
+    allowed_origins: CommaList = Field(
+        default_factory=lambda: ["*"],
+        description="Comma list of browser origins allowed to open sockets; `*` allows any. "
+        "Requests without an Origin header (native apps) are always allowed.",
+    )
+
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for shared state; unset keeps state in process memory."
+    )
+    replica_id: str = Field(default_factory=_default_replica_id, description="This replica's unique id.")
+    replica_ttl_s: float = Field(
+        default=15.0, gt=0, description="A replica silent this long is dead; its presence is swept."
+    )
+
+    sfu_secret: str | None = Field(
+        default=None, description="Bearer secret media servers use on the /internal registry API."
+    )
+    media_server_ttl_s: float = Field(default=10.0, gt=0, description="A media server silent this long expires.")
+
+    turn_secret: str | None = Field(default=None, description="TURN REST shared secret.")
+    turn_secret_previous: str | None = Field(
+        default=None, description="The previous TURN secret, accepted during a rotation (issues use the new one)."
+    )
+    turn_uris: CommaList = Field(default_factory=list, description="Comma list of turn:/turns:/stun: URIs.")
+    turn_ttl_s: int = Field(default=3600, gt=0, description="Lifetime of issued TURN credentials.")
+
+    max_frame_bytes: int = Field(default=65536, ge=1024, description="Largest WebSocket frame accepted.")
+    max_channels_per_socket: int = Field(default=16, ge=1, description="Channels one socket may join.")
+    messages_per_s: float = Field(default=50.0, gt=0, description="Sustained messages per socket per second.")
+    message_burst: int = Field(default=100, ge=1, description="Burst of messages allowed above the rate.")
+    joins_per_10s: int = Field(default=20, ge=1, description="Joins one socket may attempt per 10 seconds.")
+    idle_timeout_s: float = Field(default=60.0, gt=0, description="Close sockets silent this long (no heartbeat).")
+    outbound_queue_frames: int = Field(
+        default=2000, ge=10, description="Frames queued for a slow socket before it is closed."
+    )
+    max_channel_members: int = Field(default=200, ge=1, description="Default capacity of a voice channel.")
+    shutdown_grace_s: float = Field(default=10.0, ge=0, description="Deadline to drain sockets on SIGTERM.")
+
+    @field_validator("allowed_origins", "turn_uris", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> SignalingSettings:
+        if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
+            raise ValueError("set VOXA_JWT_SECRET, VOXA_JWT_PUBLIC_KEY_FILE or VOXA_JWT_JWKS_FILE")
+        return self
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if origin is None:
+            return True
+        return "*" in self.allowed_origins or origin in self.allowed_origins

@@ -1,0 +1,15 @@
+"""Shared signaling state behind one interface: in process memory, or in Redis for several replicas."""
+
+from voxa.signaling.store.base import MediaLoad, MediaServer, PresenceEntry, Store, StoreUnavailable
+
+__all__ = ["MediaLoad", "MediaServer", "PresenceEntry", "Store", "StoreUnavailable", "create_store"]
+
+
+def create_store(redis_url: str | None, replica_id: str, replica_ttl_s: float) -> Store:
+    if redis_url:
+        from voxa.signaling.store.redis import RedisStore
+
+        return RedisStore(redis_url, replica_id, replica_ttl_s)
+    from voxa.signaling.store.memory import MemoryStore
+
+    return MemoryStore(replica_id, replica_ttl_s)

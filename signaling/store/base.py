@@ -1,0 +1,169 @@
+"""The state store contract. Both backends pass one contract suite (tests/integration/test_store_contract.py).
+
+Presence entries belong to the replica that holds the member's socket. Each replica refreshes a
+liveness key; entries of a replica whose key expired are swept by any surviving replica, so a crashed
+replica's participants disappear. Presence writes also publish a pre-encoded frame to the topic so
+other replicas can hand it to their sockets unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from voxa.signaling.presence import Meta
+
+RemoteHandler = Callable[[str, str], None]
+"""Called with (topic, payload) for each message another replica published on a subscribed topic."""
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached; callers answer `unavailable` and lose nothing already stored."""
+
+
+@dataclass(slots=True, frozen=True)
+class PresenceEntry:
+    key: str
+    meta: Meta
+
+
+class MediaLoad(BaseModel):
+    """Live load an SFU reports with every heartbeat."""
+
+    routers: int = Field(default=0, ge=0)
+    peers: int = Field(default=0, ge=0)
+    producers: int = Field(default=0, ge=0)
+    consumers: int = Field(default=0, ge=0)
+    packets_per_s: float = Field(default=0.0, ge=0)
+    cpu: float = Field(default=0.0, ge=0, description="CPU use, 1.0 = one core.")
+
+
+class MediaServer(BaseModel):
+    """One SFU instance in the media-server registry."""
+
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    server_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    url: str = Field(min_length=1, max_length=512, description="Control API base URL.")
+    capacity: int = Field(default=500, ge=1, description="Peers this SFU accepts.")
+    draining: bool = Field(default=False, description="Reported by the SFU, or marked by the operator.")
+    load: MediaLoad = Field(default_factory=MediaLoad)
+
+    @property
+    def utilisation(self) -> float:
+        return self.load.peers / self.capacity
+
+
+class Store(abc.ABC):
+    """What signaling keeps outside a single socket."""
+
+    def __init__(self, replica_id: str, replica_ttl_s: float) -> None:
+        if "|" in replica_id or "\x1f" in replica_id:
+            raise ValueError("replica id must not contain '|'")
+        self.replica_id = replica_id
+        self.replica_ttl_s = replica_ttl_s
+        self.on_remote: RemoteHandler = lambda topic, payload: None
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect; called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the backend answers."""
+
+    # --- replicas ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def replica_heartbeat(self) -> None:
+        """Mark this replica alive for replica_ttl_s."""
+
+    @abc.abstractmethod
+    async def replica_remove(self) -> None:
+        """Forget this replica (clean shutdown)."""
+
+    # --- presence ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def presence_join(
+        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
+    ) -> list[PresenceEntry] | None:
+        """Add `entry` unless the topic already has `capacity` entries (None then), publish `frame`,
+        and return every entry of the topic (the new one included). `index` names the voice server
+        whose channel list the topic belongs to."""
+
+    @abc.abstractmethod
+    async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
+        """Remove this replica's entry `ref` and publish `frame`."""
+
+    @abc.abstractmethod
+    async def presence_update(self, topic: str, old_ref: str, entry: PresenceEntry, frame: str) -> None:
+        """Replace this replica's entry `old_ref` by `entry` and publish `frame`."""
+
+    @abc.abstractmethod
+    async def presence_list(self, topic: str) -> list[PresenceEntry]:
+        """Every live entry of the topic."""
+
+    @abc.abstractmethod
+    async def presence_sweep(self, topic: str, index: str) -> list[PresenceEntry]:
+        """Remove and return the entries of replicas that are no longer alive."""
+
+    @abc.abstractmethod
+    async def presence_resync(self, topic: str, index: str, entries: list[PresenceEntry]) -> None:
+        """Make this replica's entries of `topic` exactly `entries` (after the backend lost or missed writes)."""
+
+    @abc.abstractmethod
+    async def channels(self, index: str) -> list[str]:
+        """Topics of a voice server that have entries."""
+
+    # --- broadcast --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def subscribe(self, topic: str) -> None:
+        """Receive other replicas' messages on `topic` through `on_remote`."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, topic: str) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, payload: str) -> None:
+        """Send `payload` to the other replicas subscribed to `topic`."""
+
+    # --- per-member state of a voice server (server mute and deafen survive rejoins) ---------------
+    @abc.abstractmethod
+    async def member_get(self, server_id: str, user_id: str) -> dict[str, bool]: ...
+
+    @abc.abstractmethod
+    async def member_set(self, server_id: str, user_id: str, flags: dict[str, bool]) -> None: ...
+
+    # --- media-server registry --------------------------------------------------------------------
+    @abc.abstractmethod
+    async def media_server_upsert(self, server: MediaServer, ttl_s: float) -> None:
+        """Register or refresh an SFU; it expires unless refreshed within ttl_s."""
+
+    @abc.abstractmethod
+    async def media_server_remove(self, server_id: str, media_server_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def media_servers(self, server_id: str) -> list[MediaServer]:
+        """Live SFUs of a voice server; `draining` includes the operator's mark."""
+
+    @abc.abstractmethod
+    async def media_server_mark_draining(self, server_id: str, media_server_id: str, draining: bool) -> None:
+        """The operator's drain mark, kept apart from what the SFU reports so heartbeats do not undo it."""
+
+    @abc.abstractmethod
+    async def assignment_get(self, server_id: str, channel_id: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+        """Assign the channel unless another replica did first (then return theirs). `replace` names an
+        assignment that may be overwritten (its SFU is gone)."""
+
+    @abc.abstractmethod
+    async def assignment_clear(self, server_id: str, channel_id: str) -> None: ...
+
+    def stats(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,168 @@
+"""In-process store: the default for `make demo` and development.
+
+Several MemoryStore instances may share one MemoryBackend; they then behave like replicas sharing a
+Redis (the contract suite uses this), which keeps the two backends' semantics identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voxa.signaling.store.base import MediaServer, PresenceEntry, Store
+
+
+@dataclass
+class MemoryBackend:
+    clock: Callable[[], float] = time.monotonic
+    replicas: dict[str, float] = field(default_factory=dict)  # replica -> expires at
+    presence: dict[str, dict[tuple[str, str], PresenceEntry]] = field(default_factory=dict)  # topic -> (replica, ref)
+    indexes: dict[str, set[str]] = field(default_factory=dict)
+    subscribers: dict[str, dict[str, MemoryStore]] = field(default_factory=dict)  # topic -> replica -> store
+    members: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)
+    media: dict[str, dict[str, tuple[MediaServer, float]]] = field(default_factory=dict)
+    drain_marks: set[tuple[str, str]] = field(default_factory=set)
+    assignments: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def alive(self, replica: str) -> bool:
+        return self.replicas.get(replica, 0.0) > self.clock()
+
+
+class MemoryStore(Store):
+    def __init__(self, replica_id: str, replica_ttl_s: float, backend: MemoryBackend | None = None) -> None:
+        super().__init__(replica_id, replica_ttl_s)
+        self.backend = backend or MemoryBackend()
+
+    async def ping(self) -> None:
+        return None
+
+    async def replica_heartbeat(self) -> None:
+        self.backend.replicas[self.replica_id] = self.backend.clock() + self.replica_ttl_s
+
+    async def replica_remove(self) -> None:
+        self.backend.replicas.pop(self.replica_id, None)
+
+    def _publish(self, topic: str, payload: str) -> None:
+        for replica, store in list(self.backend.subscribers.get(topic, {}).items()):
+            if replica != self.replica_id:
+                store.on_remote(topic, payload)
+
+    def _index(self, topic: str, index: str) -> None:
+        if self.backend.presence.get(topic):
+            self.backend.indexes.setdefault(index, set()).add(topic)
+        else:
+            self.backend.presence.pop(topic, None)
+            topics = self.backend.indexes.get(index)
+            if topics is not None:
+                topics.discard(topic)
+                if not topics:
+                    del self.backend.indexes[index]
+
+    def _sweep(self, topic: str) -> list[PresenceEntry]:
+        entries = self.backend.presence.get(topic, {})
+        dead = [k for k in entries if not self.backend.alive(k[0])]
+        return [entries.pop(k) for k in dead]
+
+    async def presence_join(
+        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
+    ) -> list[PresenceEntry] | None:
+        entries = self.backend.presence.setdefault(topic, {})
+        if len(entries) >= capacity:
+            self._sweep(topic)
+            if len(entries) >= capacity:
+                return None
+        entries[(self.replica_id, entry.meta["phx_ref"])] = entry
+        self._index(topic, index)
+        self._publish(topic, frame)
+        return list(entries.values())
+
+    async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
+        self.backend.presence.get(topic, {}).pop((self.replica_id, ref), None)
+        self._index(topic, index)
+        if frame is not None:
+            self._publish(topic, frame)
+
+    async def presence_update(self, topic: str, old_ref: str, entry: PresenceEntry, frame: str) -> None:
+        entries = self.backend.presence.setdefault(topic, {})
+        entries.pop((self.replica_id, old_ref), None)
+        entries[(self.replica_id, entry.meta["phx_ref"])] = entry
+        self._publish(topic, frame)
+
+    async def presence_list(self, topic: str) -> list[PresenceEntry]:
+        return [e for (replica, _), e in self.backend.presence.get(topic, {}).items() if self.backend.alive(replica)]
+
+    async def presence_sweep(self, topic: str, index: str) -> list[PresenceEntry]:
+        removed = self._sweep(topic)
+        self._index(topic, index)
+        return removed
+
+    async def presence_resync(self, topic: str, index: str, entries: list[PresenceEntry]) -> None:
+        current = self.backend.presence.setdefault(topic, {})
+        for k in [k for k in current if k[0] == self.replica_id]:
+            del current[k]
+        for entry in entries:
+            current[(self.replica_id, entry.meta["phx_ref"])] = entry
+        self._index(topic, index)
+
+    async def channels(self, index: str) -> list[str]:
+        return sorted(self.backend.indexes.get(index, ()))
+
+    async def subscribe(self, topic: str) -> None:
+        self.backend.subscribers.setdefault(topic, {})[self.replica_id] = self
+
+    async def unsubscribe(self, topic: str) -> None:
+        subs = self.backend.subscribers.get(topic)
+        if subs is not None:
+            subs.pop(self.replica_id, None)
+            if not subs:
+                del self.backend.subscribers[topic]
+
+    async def publish(self, topic: str, payload: str) -> None:
+        self._publish(topic, payload)
+
+    async def member_get(self, server_id: str, user_id: str) -> dict[str, bool]:
+        return dict(self.backend.members.get((server_id, user_id), {}))
+
+    async def member_set(self, server_id: str, user_id: str, flags: dict[str, bool]) -> None:
+        self.backend.members.setdefault((server_id, user_id), {}).update(flags)
+
+    async def media_server_upsert(self, server: MediaServer, ttl_s: float) -> None:
+        self.backend.media.setdefault(server.server_id, {})[server.id] = (server, self.backend.clock() + ttl_s)
+
+    async def media_server_remove(self, server_id: str, media_server_id: str) -> None:
+        self.backend.media.get(server_id, {}).pop(media_server_id, None)
+        self.backend.drain_marks.discard((server_id, media_server_id))
+
+    async def media_servers(self, server_id: str) -> list[MediaServer]:
+        now = self.backend.clock()
+        servers = self.backend.media.get(server_id, {})
+        for gone in [i for i, (_, exp) in servers.items() if exp <= now]:
+            del servers[gone]
+        out = []
+        for ms, _ in servers.values():
+            if (server_id, ms.id) in self.backend.drain_marks and not ms.draining:
+                ms = ms.model_copy(update={"draining": True})
+            out.append(ms)
+        return sorted(out, key=lambda m: m.id)
+
+    async def media_server_mark_draining(self, server_id: str, media_server_id: str, draining: bool) -> None:
+        mark = (server_id, media_server_id)
+        if draining:
+            self.backend.drain_marks.add(mark)
+        else:
+            self.backend.drain_marks.discard(mark)
+
+    async def assignment_get(self, server_id: str, channel_id: str) -> str | None:
+        return self.backend.assignments.get((server_id, channel_id))
+
+    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+        key = (server_id, channel_id)
+        current = self.backend.assignments.get(key)
+        if current is None or current == replace:
+            self.backend.assignments[key] = media_server_id
+            return media_server_id
+        return current
+
+    async def assignment_clear(self, server_id: str, channel_id: str) -> None:
+        self.backend.assignments.pop((server_id, channel_id), None)

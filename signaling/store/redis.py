@@ -1,0 +1,376 @@
+"""Redis store: presence, broadcast, member state and the media-server registry shared by replicas.
+
+Keys (one Redis, or a primary with Sentinel; the Lua scripts touch replica keys they do not declare,
+so Redis Cluster is not supported):
+  voxa:replica:<replica>            liveness of a signaling replica (PX replica_ttl)
+  voxa:presence:<topic>             hash "<replica>|<phx_ref>" -> JSON [key, meta]
+  voxa:channels:<server>            set of topics with presence (per voice server)
+  voxa:bc:<topic>                   pub/sub channel: "<origin replica>\\x1f<payload>"
+  voxa:member:<server>:<user>       hash of persistent member flags (server_muted, server_deafened)
+  voxa:ms:<server>                  set of media-server ids; voxa:ms:<server>:<id> JSON (PX ttl)
+  voxa:drain:<server>:<id>          the operator's drain mark
+  voxa:assign:<server>:<channel>    the SFU a channel is assigned to
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from voxa.signaling.store.base import MediaServer, PresenceEntry, Store, StoreUnavailable
+
+log = logging.getLogger("voxa.signaling.store")
+T = TypeVar("T")
+SEP = "\x1f"
+ASSIGNMENT_TTL_S = 86400
+MEMBER_TTL_S = 30 * 86400
+
+# Removes entries whose replica key has expired; shared by join (when full) and sweep.
+_SWEEP_LUA = """
+local function sweep(hash)
+  local removed = {}
+  local alive = {}
+  for _, f in ipairs(redis.call('HKEYS', hash)) do
+    local rid = string.match(f, '^(.*)|')
+    if alive[rid] == nil then alive[rid] = redis.call('EXISTS', 'voxa:replica:' .. rid) == 1 end
+    if not alive[rid] then
+      table.insert(removed, redis.call('HGET', hash, f))
+      redis.call('HDEL', hash, f)
+    end
+  end
+  return removed
+end
+"""
+
+# KEYS: presence hash, index set. ARGV: field, value, capacity, topic, pubsub channel, message.
+JOIN_LUA = (
+    _SWEEP_LUA
+    + """
+local cap = tonumber(ARGV[3])
+if redis.call('HLEN', KEYS[1]) >= cap then
+  sweep(KEYS[1])
+  if redis.call('HLEN', KEYS[1]) >= cap then return false end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return redis.call('HVALS', KEYS[1])
+"""
+)
+
+# KEYS: presence hash, index set. ARGV: field, topic, pubsub channel, message ('' for none).
+LEAVE_LUA = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+return 1
+"""
+
+# KEYS: presence hash. ARGV: old field, new field, value, pubsub channel, message.
+UPDATE_LUA = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: presence hash, index set. ARGV: topic.
+SWEEP_LUA = (
+    _SWEEP_LUA
+    + """
+local removed = sweep(KEYS[1])
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return removed
+"""
+)
+
+# KEYS: presence hash, index set. ARGV: "<replica>|", topic, then field/value pairs.
+RESYNC_LUA = """
+local prefix = ARGV[1]
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2])
+else redis.call('SADD', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+
+def _decode_entry(raw: str | bytes) -> PresenceEntry:
+    key, meta = orjson.loads(raw)
+    return PresenceEntry(key, meta)
+
+
+def _encode_entry(entry: PresenceEntry) -> str:
+    return orjson.dumps([entry.key, entry.meta]).decode()
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, replica_id: str, replica_ttl_s: float) -> None:
+        super().__init__(replica_id, replica_ttl_s)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+            health_check_interval=5,
+        )
+        self._join = self._redis.register_script(JOIN_LUA)
+        self._leave = self._redis.register_script(LEAVE_LUA)
+        self._update = self._redis.register_script(UPDATE_LUA)
+        self._sweep = self._redis.register_script(SWEEP_LUA)
+        self._resync = self._redis.register_script(RESYNC_LUA)
+        self._topics: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._pubsub_lock = asyncio.Lock()
+        self._pubsub_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._replica_channel = f"voxa:replica-bc:{replica_id}"
+
+    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await make()
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
+
+    async def start(self) -> None:
+        self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="voxa-redis-pubsub")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._pubsub_task is not None:
+            self._pubsub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pubsub_task
+        if self._pubsub is not None:
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping)
+
+    # --- replicas ---------------------------------------------------------------------------------
+    async def replica_heartbeat(self) -> None:
+        ttl_ms = int(self.replica_ttl_s * 1000)
+        await self._call(lambda: self._redis.set(f"voxa:replica:{self.replica_id}", "1", px=ttl_ms))
+
+    async def replica_remove(self) -> None:
+        await self._call(lambda: self._redis.delete(f"voxa:replica:{self.replica_id}"))
+
+    # --- presence ---------------------------------------------------------------------------------
+    def _field(self, ref: str) -> str:
+        return f"{self.replica_id}|{ref}"
+
+    def _message(self, payload: str) -> str:
+        return f"{self.replica_id}{SEP}{payload}"
+
+    async def presence_join(
+        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
+    ) -> list[PresenceEntry] | None:
+        args = [
+            self._field(entry.meta["phx_ref"]),
+            _encode_entry(entry),
+            capacity,
+            topic,
+            f"voxa:bc:{topic}",
+            self._message(frame),
+        ]
+        raw = await self._call(lambda: self._join(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+        if raw is None:
+            return None
+        return [_decode_entry(v) for v in raw]
+
+    async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
+        args = [self._field(ref), topic, f"voxa:bc:{topic}", self._message(frame) if frame else ""]
+        await self._call(lambda: self._leave(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+
+    async def presence_update(self, topic: str, old_ref: str, entry: PresenceEntry, frame: str) -> None:
+        args = [
+            self._field(old_ref),
+            self._field(entry.meta["phx_ref"]),
+            _encode_entry(entry),
+            f"voxa:bc:{topic}",
+            self._message(frame),
+        ]
+        await self._call(lambda: self._update(keys=[f"voxa:presence:{topic}"], args=args))
+
+    async def presence_list(self, topic: str) -> list[PresenceEntry]:
+        raw: dict[str, str] = await self._call(lambda: self._redis.hgetall(f"voxa:presence:{topic}"))
+        if not raw:
+            return []
+        replicas = sorted({f.rpartition("|")[0] for f in raw})
+        alive = await self._call(lambda: self._redis.mget([f"voxa:replica:{r}" for r in replicas]))
+        live = {r for r, a in zip(replicas, alive, strict=True) if a is not None}
+        return [_decode_entry(v) for f, v in raw.items() if f.rpartition("|")[0] in live]
+
+    async def presence_sweep(self, topic: str, index: str) -> list[PresenceEntry]:
+        raw = await self._call(
+            lambda: self._sweep(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=[topic])
+        )
+        return [_decode_entry(v) for v in raw]
+
+    async def presence_resync(self, topic: str, index: str, entries: list[PresenceEntry]) -> None:
+        args: list[Any] = [f"{self.replica_id}|", topic]
+        for entry in entries:
+            args += [self._field(entry.meta["phx_ref"]), _encode_entry(entry)]
+        await self._call(lambda: self._resync(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+
+    async def channels(self, index: str) -> list[str]:
+        members: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:channels:{index}"))
+        return sorted(members)
+
+    # --- broadcast --------------------------------------------------------------------------------
+    async def subscribe(self, topic: str) -> None:
+        async with self._pubsub_lock:
+            self._topics.add(topic)
+            if self._pubsub is not None:
+                await self._call(lambda: self._pubsub.subscribe(f"voxa:bc:{topic}"))  # type: ignore[union-attr]
+
+    async def unsubscribe(self, topic: str) -> None:
+        async with self._pubsub_lock:
+            self._topics.discard(topic)
+            if self._pubsub is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self._call(lambda: self._pubsub.unsubscribe(f"voxa:bc:{topic}"))  # type: ignore[union-attr]
+
+    async def publish(self, topic: str, payload: str) -> None:
+        await self._call(lambda: self._redis.publish(f"voxa:bc:{topic}", self._message(payload)))
+
+    async def _pubsub_loop(self) -> None:
+        """Receive broadcasts; on any connection loss, reconnect and resubscribe every topic."""
+        delay = 0.05
+        while not self._closed:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with self._pubsub_lock:
+                    channels = [self._replica_channel, *(f"voxa:bc:{t}" for t in self._topics)]
+                    await pubsub.subscribe(*channels)
+                    self._pubsub = pubsub
+                delay = 0.05
+                while not self._closed:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None or message["type"] != "message":
+                        continue
+                    self._dispatch(message["channel"], message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("store.pubsub_lost", extra={"error": type(exc).__name__})
+            finally:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        origin, _, payload = data.partition(SEP)
+        if origin == self.replica_id or not channel.startswith("voxa:bc:"):
+            return
+        try:
+            self.on_remote(channel[8:], payload)
+        except Exception:
+            log.exception("store.remote_handler_failed")
+
+    # --- members ----------------------------------------------------------------------------------
+    async def member_get(self, server_id: str, user_id: str) -> dict[str, bool]:
+        raw: dict[str, str] = await self._call(lambda: self._redis.hgetall(f"voxa:member:{server_id}:{user_id}"))
+        return {k: v == "1" for k, v in raw.items()}
+
+    async def member_set(self, server_id: str, user_id: str, flags: dict[str, bool]) -> None:
+        key = f"voxa:member:{server_id}:{user_id}"
+        mapping = {k: "1" if v else "0" for k, v in flags.items()}
+
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
+                pipe.expire(key, MEMBER_TTL_S)
+                await pipe.execute()
+
+        await self._call(write)
+
+    # --- media-server registry --------------------------------------------------------------------
+    async def media_server_upsert(self, server: MediaServer, ttl_s: float) -> None:
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(f"voxa:ms:{server.server_id}:{server.id}", server.model_dump_json(), px=int(ttl_s * 1000))
+                pipe.sadd(f"voxa:ms:{server.server_id}", server.id)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def media_server_remove(self, server_id: str, media_server_id: str) -> None:
+        async def write() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(f"voxa:ms:{server_id}:{media_server_id}", f"voxa:drain:{server_id}:{media_server_id}")
+                pipe.srem(f"voxa:ms:{server_id}", media_server_id)
+                await pipe.execute()
+
+        await self._call(write)
+
+    async def media_servers(self, server_id: str) -> list[MediaServer]:
+        ids = sorted(await self._call(lambda: self._redis.smembers(f"voxa:ms:{server_id}")))
+        if not ids:
+            return []
+        keys = [f"voxa:ms:{server_id}:{i}" for i in ids] + [f"voxa:drain:{server_id}:{i}" for i in ids]
+        values = await self._call(lambda: self._redis.mget(keys))
+        infos, marks = values[: len(ids)], values[len(ids) :]
+        out: list[MediaServer] = []
+        gone: list[str] = []
+        for media_id, info, mark in zip(ids, infos, marks, strict=True):
+            if info is None:
+                gone.append(media_id)
+                continue
+            server = MediaServer.model_validate_json(info)
+            if mark is not None and not server.draining:
+                server = server.model_copy(update={"draining": True})
+            out.append(server)
+        if gone:
+            await self._call(lambda: self._redis.srem(f"voxa:ms:{server_id}", *gone))
+        return out
+
+    async def media_server_mark_draining(self, server_id: str, media_server_id: str, draining: bool) -> None:
+        key = f"voxa:drain:{server_id}:{media_server_id}"
+        if draining:
+            await self._call(lambda: self._redis.set(key, "1", ex=ASSIGNMENT_TTL_S))
+        else:
+            await self._call(lambda: self._redis.delete(key))
+
+    async def assignment_get(self, server_id: str, channel_id: str) -> str | None:
+        value: str | None = await self._call(lambda: self._redis.get(f"voxa:assign:{server_id}:{channel_id}"))
+        return value
+
+    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+        key = f"voxa:assign:{server_id}:{channel_id}"
+        if replace is not None:
+            # Compare-and-set: only overwrite the assignment we know is stale.
+            script = (
+                "local v = redis.call('GET', KEYS[1]) "
+                "if v == false or v == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3]) return ARGV[1] end "
+                "return v"
+            )
+            result: str = await self._call(
+                lambda: self._redis.eval(script, 1, key, media_server_id, replace, ASSIGNMENT_TTL_S)  # type: ignore[misc]
+            )
+            return result
+        created = await self._call(lambda: self._redis.set(key, media_server_id, nx=True, ex=ASSIGNMENT_TTL_S))
+        if created:
+            return media_server_id
+        current = await self._call(lambda: self._redis.get(key))
+        return current or media_server_id
+
+    async def assignment_clear(self, server_id: str, channel_id: str) -> None:
+        await self._call(lambda: self._redis.delete(f"voxa:assign:{server_id}:{channel_id}"))

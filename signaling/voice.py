@@ -1,0 +1,304 @@
+"""Voice channels: topic ``voice:<server_id>:<channel_id>``.
+
+A socket's join of a voice channel is a VoiceChannel. Participant state (muted, deafened,
+server_muted, server_deafened, speaking, video, suppressed) lives in the participant's presence meta,
+so every change reaches the channel as a ``presence_diff``. Moderation of another participant travels
+as a control message to whichever replica holds that participant's socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from typing import TYPE_CHECKING, Any
+
+from voxa.common.claims import Permission, permission_names
+from voxa.common.turn import ice_config
+from voxa.signaling import protocol
+from voxa.signaling.connection import ChannelError
+from voxa.signaling.presence import (
+    PRESENCE_DIFF,
+    PRESENCE_STATE,
+    Meta,
+    State,
+    join_diff,
+    leave_diff,
+    state_of,
+    update_diff,
+    updated_meta,
+)
+from voxa.signaling.rights import Action, Forbidden, allowed, check
+from voxa.signaling.store import PresenceEntry, StoreUnavailable
+
+if TYPE_CHECKING:
+    from voxa.signaling.connection import Connection
+    from voxa.signaling.context import SignalingContext
+
+TOPIC_PREFIX = "voice:"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+SELF_EVENTS = {
+    "mute": {"muted": True},
+    "unmute": {"muted": False},
+    "deafen": {"deafened": True},
+    "undeafen": {"deafened": False},
+}
+MODERATION = {
+    Action.MUTE: {"server_muted": True},
+    Action.UNMUTE: {"server_muted": False},
+    Action.DEAFEN: {"server_deafened": True},
+    Action.UNDEAFEN: {"server_deafened": False},
+}
+STATE_FIELDS = ("muted", "deafened", "server_muted", "server_deafened", "speaking", "video", "suppressed")
+
+
+def parse_topic(topic: str) -> tuple[str, str] | None:
+    """(server_id, channel_id) of a voice topic, or None."""
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    server_id, sep, channel_id = topic[len(TOPIC_PREFIX) :].partition(":")
+    if not sep or not ID_PATTERN.match(server_id) or not ID_PATTERN.match(channel_id):
+        return None
+    return server_id, channel_id
+
+
+def voice_topic(server_id: str, channel_id: str) -> str:
+    return f"{TOPIC_PREFIX}{server_id}:{channel_id}"
+
+
+def new_ref() -> str:
+    return secrets.token_urlsafe(9)
+
+
+def _bool(payload: dict[str, Any], name: str) -> bool | None:
+    value = payload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ChannelError(f"{name} must be a boolean")
+    return value
+
+
+class VoiceSpec:
+    """Routes ``voice:*`` topics to VoiceChannel."""
+
+    def __init__(self, ctx: SignalingContext) -> None:
+        self.ctx = ctx
+
+    def matches(self, topic: str) -> bool:
+        return topic.startswith(TOPIC_PREFIX)
+
+    async def join(
+        self, conn: Connection, topic: str, join_ref: str | None, payload: dict[str, Any]
+    ) -> tuple[VoiceChannel, dict[str, Any]]:
+        parsed = parse_topic(topic)
+        if parsed is None:
+            raise ChannelError("invalid voice topic; expected voice:<server_id>:<channel_id>")
+        server_id, channel_id = parsed
+        check(conn.claims, server_id, channel_id, Action.JOIN)
+        channel = VoiceChannel(self.ctx, conn, topic, join_ref, server_id, channel_id)
+        response = await channel.join(payload)
+        return channel, response
+
+
+class VoiceChannel:
+    """One socket's participation in one voice channel."""
+
+    def __init__(
+        self,
+        ctx: SignalingContext,
+        conn: Connection,
+        topic: str,
+        join_ref: str | None,
+        server_id: str,
+        channel_id: str,
+    ) -> None:
+        self.ctx = ctx
+        self.conn = conn
+        self.topic = topic
+        self.join_ref = join_ref
+        self.server_id = server_id
+        self.channel_id = channel_id
+        self.index = server_id
+        self.key = conn.claims.sub
+        self.meta: Meta | None = None
+        self._state: State | None = None
+        self._lock = asyncio.Lock()
+        self._left = False
+
+    # --- hub Member protocol ----------------------------------------------------------------------
+    def deliver(self, frame: str) -> None:
+        self.conn.send(frame)
+
+    def presence_entry(self) -> PresenceEntry | None:
+        return PresenceEntry(self.key, self.meta) if self.meta is not None else None
+
+    def push_presence_state(self, state: State) -> None:
+        self.conn.send(protocol.push(self.join_ref, self.topic, PRESENCE_STATE, state))
+
+    async def on_control(self, control: dict[str, Any]) -> None:
+        kind = control.get("type")
+        if kind == "member":
+            flags = {k: bool(v) for k, v in control.get("flags", {}).items() if k in ("server_muted", "server_deafened")}
+            if flags:
+                await self._update(flags)
+        elif kind == "disconnect":
+            self.conn.send(
+                protocol.push(self.join_ref, self.topic, "disconnected", {"by": control.get("by"), "reason": "moderator"})
+            )
+            await self.conn.kick(self.topic, "disconnected")
+        elif kind == "move":
+            dest = str(control.get("channel", ""))
+            target_topic = voice_topic(self.server_id, dest)
+            if not allowed(self.conn.claims, self.server_id, dest, Action.JOIN):
+                return  # the target may not enter the destination; stay put
+            self.conn.send(
+                protocol.push(
+                    self.join_ref,
+                    self.topic,
+                    "moved",
+                    {"by": control.get("by"), "channel_id": dest, "topic": target_topic},
+                )
+            )
+            await self.conn.kick(self.topic, "moved")
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def join(self, payload: dict[str, Any]) -> dict[str, Any]:
+        ctx = self.ctx
+        claims = self.conn.claims
+        muted = _bool(payload, "muted") or False
+        deafened = _bool(payload, "deafened") or False
+        member_flags = await ctx.store.member_get(self.server_id, self.key)
+        ref = new_ref()
+        meta: Meta = {
+            "phx_ref": ref,
+            "session_id": ref,
+            "name": claims.display_name,
+            "muted": muted or deafened,
+            "deafened": deafened,
+            "server_muted": member_flags.get("server_muted", False),
+            "server_deafened": member_flags.get("server_deafened", False),
+            "speaking": False,
+            "video": False,
+            "suppressed": not claims.can(Permission.SPEAK, self.channel_id),
+            "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
+            "joined_at": int(time.time() * 1000),
+        }
+        media = await ctx.registry.assign(self.server_id, self.channel_id)
+        await ctx.hub.add(self)
+        frame = protocol.broadcast(self.topic, PRESENCE_DIFF, join_diff(self.key, meta))
+        try:
+            entries = await ctx.store.presence_join(
+                self.topic, self.index, PresenceEntry(self.key, meta), ctx.settings.max_channel_members, frame
+            )
+        except BaseException:
+            await ctx.hub.remove(self)
+            raise
+        if entries is None:
+            await ctx.hub.remove(self)
+            raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
+        self.meta = meta
+        self._state = state_of((e.key, e.meta) for e in entries)
+        ctx.hub.deliver(self.topic, frame)
+        ice = ice_config(ctx.settings.turn_secret, ctx.settings.turn_uris, self.key, ctx.settings.turn_ttl_s)
+        return {
+            "server_id": self.server_id,
+            "channel_id": self.channel_id,
+            "user": {"id": self.key, "name": claims.display_name},
+            "session_id": ref,
+            "permissions": permission_names(claims.permissions_in(self.channel_id)),
+            "state": {k: meta[k] for k in STATE_FIELDS},
+            "ice_servers": [s.model_dump(exclude_none=True) for s in ice.iceServers],
+            "ice_transport_policy": ice.iceTransportPolicy,
+            "media_server": media.id if media is not None else None,
+        }
+
+    def after_join(self) -> None:
+        if self._state is not None:
+            self.push_presence_state(self._state)
+            self._state = None
+
+    async def leave(self, reason: str) -> None:
+        del reason
+        if self._left:
+            return
+        self._left = True
+        ctx = self.ctx
+        await ctx.hub.remove(self)
+        async with self._lock:
+            meta, self.meta = self.meta, None
+        if meta is None:
+            return
+        frame = protocol.broadcast(self.topic, PRESENCE_DIFF, leave_diff(self.key, meta))
+        ctx.hub.deliver(self.topic, frame)
+        try:
+            await ctx.store.presence_leave(self.topic, self.index, meta["phx_ref"], frame)
+        except StoreUnavailable:
+            ctx.hub.mark_dirty(self.topic, self.index)
+
+    # --- pushes -----------------------------------------------------------------------------------
+    async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        changes = SELF_EVENTS.get(event)
+        if changes is not None:
+            if event == "deafen":
+                changes = {"deafened": True, "muted": True}
+            return await self._update(changes)
+        if event == "video":
+            enabled = _bool(payload, "enabled")
+            if enabled is None:
+                raise ChannelError("video needs {enabled: boolean}")
+            if enabled:
+                check(self.conn.claims, self.server_id, self.channel_id, Action.VIDEO)
+            return await self._update({"video": enabled})
+        if event == "moderate":
+            return await self._moderate(payload)
+        raise ChannelError(f"unknown event {event!r}")
+
+    async def _update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change this participant's meta: a presence_diff leave+join linked by phx_ref_prev."""
+        async with self._lock:
+            old = self.meta
+            if old is None:
+                raise ChannelError("not joined")
+            if all(old.get(k) == v for k, v in changes.items()):
+                return {"state": {k: old[k] for k in STATE_FIELDS}}
+            new = updated_meta(old, changes, new_ref())
+            frame = protocol.broadcast(self.topic, PRESENCE_DIFF, update_diff(self.key, old, new))
+            await self.ctx.store.presence_update(self.topic, old["phx_ref"], PresenceEntry(self.key, new), frame)
+            self.meta = new
+            self.ctx.hub.deliver(self.topic, frame)
+            return {"state": {k: new[k] for k in STATE_FIELDS}}
+
+    async def _moderate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        target = payload.get("target")
+        action_name = payload.get("action")
+        if not isinstance(target, str) or not target:
+            raise ChannelError("moderate needs a target user id")
+        try:
+            action = Action(action_name)
+        except ValueError:
+            raise ChannelError("action must be one of mute, unmute, deafen, undeafen, disconnect, move") from None
+        if action in (Action.JOIN, Action.SPEAK, Action.VIDEO):
+            raise ChannelError("action must be one of mute, unmute, deafen, undeafen, disconnect, move")
+        claims = self.conn.claims
+        check(claims, self.server_id, self.channel_id, action)
+        present = {e.key for e in await self.ctx.store.presence_list(self.topic)}
+        if target not in present:
+            raise ChannelError("target is not in this channel")
+        control: dict[str, Any] = {"user": target, "by": self.key}
+        if action == Action.MOVE:
+            dest = payload.get("channel")
+            if not isinstance(dest, str) or not ID_PATTERN.match(dest):
+                raise ChannelError("move needs a destination channel id")
+            if not allowed(claims, self.server_id, dest, Action.JOIN):
+                raise Forbidden("you cannot connect to the destination channel", Permission.CONNECT)
+            control.update(type="move", channel=dest)
+        elif action == Action.DISCONNECT:
+            control["type"] = "disconnect"
+        else:
+            flags = MODERATION[action]
+            await self.ctx.store.member_set(self.server_id, target, flags)
+            control.update(type="member", flags=flags)
+        await self.ctx.hub.control(self.topic, control)
+        return {"target": target, "action": action.value}

@@ -42,8 +42,21 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "yes"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "yes",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -98,7 +111,9 @@ class SignalingProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=log, stderr=log,
+            env=self.env,
+            stdout=log,
+            stderr=log,
         )
         self.wait("/readyz" if wait_ready else "/healthz")
 
@@ -135,8 +150,12 @@ def signaling_factory(tmp_path: Path) -> Iterator[object]:
 
     def factory(redis_url: str | None = None, **overrides: str) -> SignalingProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
-        env.update(VOXA_JWT_SECRET=JWT_SECRET, VOXA_SFU_SECRET=SFU_SECRET, VOXA_ALLOWED_ORIGINS="*",
-                   VOXA_LOG_LEVEL="info")
+        env.update(
+            VOXA_JWT_SECRET=JWT_SECRET,
+            VOXA_SFU_SECRET=SFU_SECRET,
+            VOXA_ALLOWED_ORIGINS="*",
+            VOXA_LOG_LEVEL="info",
+        )
         if redis_url:
             env["VOXA_REDIS_URL"] = redis_url
         env.update({f"VOXA_{k.upper()}": v for k, v in overrides.items()})

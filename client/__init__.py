@@ -1,1 +1,1 @@
-"""Voxa client (arrives with its own issue)."""
+"""Voxa's Python client: a Phoenix Channels v2 client now; WebRTC media joins it later."""

@@ -41,8 +41,12 @@ class ChannelOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    allow: frozenset[Permission] = Field(default=frozenset(), description="Permissions added in this channel.")
-    deny: frozenset[Permission] = Field(default=frozenset(), description="Permissions removed in this channel.")
+    allow: frozenset[Permission] = Field(
+        default=frozenset(), description="Permissions added in this channel."
+    )
+    deny: frozenset[Permission] = Field(
+        default=frozenset(), description="Permissions removed in this channel."
+    )
 
 
 class VoiceClaims(BaseModel):
@@ -60,7 +64,9 @@ class VoiceClaims(BaseModel):
 
     sub: str = Field(min_length=1, max_length=128, description="Stable user id.")
     name: str = Field(default="", max_length=128, description="Display name shown to others.")
-    server: str = Field(min_length=1, max_length=128, description="The voice server (community) the token is for.")
+    server: str = Field(
+        min_length=1, max_length=128, description="The voice server (community) the token is for."
+    )
     perms: frozenset[Permission] = Field(
         default=frozenset(), description="Permissions on every channel of the voice server."
     )

@@ -40,14 +40,24 @@ def _token(args: argparse.Namespace) -> int:
     try:
         channels = dict(parse_channel_override(c) for c in args.channel)
         claims = VoiceClaims(
-            sub=args.user, name=args.name or "", server=args.server, perms=parse_permissions(args.grant), channels=channels
+            sub=args.user,
+            name=args.name or "",
+            server=args.server,
+            perms=parse_permissions(args.grant),
+            channels=channels,
         )
     except (ValueError, ValidationError) as exc:
         print(f"voxa token: {exc}", file=sys.stderr)
         return 2
     print(
         mint_token(
-            claims, key, ttl_s=args.ttl, algorithm=args.algorithm, issuer=args.issuer, audience=args.audience, kid=args.kid
+            claims,
+            key,
+            ttl_s=args.ttl,
+            algorithm=args.algorithm,
+            issuer=args.issuer,
+            audience=args.audience,
+            kid=args.kid,
         )
     )
     return 0

@@ -28,7 +28,9 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1") -> int:
     print(f"  Socket:  ws://{host}:{port}/socket/websocket?vsn=2.0.0&token=<TOKEN>", flush=True)
     print(f"  Channel: voice:{server_id}:lobby", flush=True)
     for user, name, perms in users:
-        token = mint_token(VoiceClaims(sub=user, name=name, server=server_id, perms=perms), secret, ttl_s=24 * 3600)
+        token = mint_token(
+            VoiceClaims(sub=user, name=name, server=server_id, perms=perms), secret, ttl_s=24 * 3600
+        )
         print(f"  Token for {name}: {token}", flush=True)
     print("  More tokens: VOXA_JWT_SECRET=<secret> voxa token --user U --server " + server_id, flush=True)
     run(settings)

@@ -26,8 +26,8 @@ class IceServer(BaseModel):
 class IceConfig(BaseModel):
     """The STUNner auth-service answer shape: ``{"iceServers": [...], "iceTransportPolicy": "all"}``."""
 
-    iceServers: list[IceServer] = Field(default_factory=list)  # noqa: N815 - wire name
-    iceTransportPolicy: str = "all"  # noqa: N815 - wire name
+    iceServers: list[IceServer] = Field(default_factory=list)
+    iceTransportPolicy: str = "all"
 
 
 def turn_password(secret: str, username: str) -> str:

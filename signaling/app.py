@@ -117,10 +117,12 @@ async def internal_auth(request: web.Request, handler: Any) -> web.StreamRespons
         if not hmac.compare_digest(given.encode(), secret.encode()):
             return _json_error(401, "bad or missing bearer secret")
         try:
-            return await handler(request)
+            response: web.StreamResponse = await handler(request)
         except StoreUnavailable:
             return _json_error(503, "store unavailable", retry=True)
-    return await handler(request)
+        return response
+    passthrough: web.StreamResponse = await handler(request)
+    return passthrough
 
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:

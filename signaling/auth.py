@@ -58,7 +58,12 @@ class TokenVerifier:
         public_key = Path(public_key_file).read_text() if public_key_file else None
         jwks = json.loads(Path(jwks_file).read_text()) if jwks_file else None
         return cls(
-            secret=secret, public_key_pem=public_key, jwks=jwks, issuer=issuer, audience=audience, leeway_s=leeway_s
+            secret=secret,
+            public_key_pem=public_key,
+            jwks=jwks,
+            issuer=issuer,
+            audience=audience,
+            leeway_s=leeway_s,
         )
 
     def _key_for(self, token: str) -> tuple[Any, list[str]]:

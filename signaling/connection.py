@@ -74,8 +74,7 @@ class TokenBucket:
     def take(self, now: float) -> bool:
         tokens = self.tokens + (now - self.last) * self.rate
         self.last = now
-        if tokens > self.burst:
-            tokens = self.burst
+        tokens = min(tokens, self.burst)
         if tokens < 1.0:
             self.tokens = tokens
             return False

@@ -18,8 +18,12 @@ class SignalingMetrics:
         )
         self.joins = Counter("voxa_signaling_joins_total", "Channel joins by result.", ["result"], registry=r)
         self.messages = Counter("voxa_signaling_messages_total", "Frames received.", registry=r)
-        self.errors = Counter("voxa_signaling_errors_total", "Rejected input and failures by kind.", ["kind"], registry=r)
-        self.closes = Counter("voxa_signaling_closes_total", "Sockets closed by the server, by code.", ["code"], registry=r)
+        self.errors = Counter(
+            "voxa_signaling_errors_total", "Rejected input and failures by kind.", ["kind"], registry=r
+        )
+        self.closes = Counter(
+            "voxa_signaling_closes_total", "Sockets closed by the server, by code.", ["code"], registry=r
+        )
         self.redis_latency = Histogram(
             "voxa_signaling_store_latency_seconds",
             "Store round-trip time measured by the health probe.",

@@ -45,7 +45,9 @@ class ProtocolError(ValueError):
     """A frame that is not a valid Phoenix v2 message. ``ref``/``topic`` are kept when they could be read,
     so the server can still address an error reply to the push that caused it."""
 
-    def __init__(self, reason: str, join_ref: str | None = None, ref: str | None = None, topic: str | None = None):
+    def __init__(
+        self, reason: str, join_ref: str | None = None, ref: str | None = None, topic: str | None = None
+    ):
         super().__init__(reason)
         self.reason = reason
         self.join_ref = join_ref

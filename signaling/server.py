@@ -18,11 +18,16 @@ log = logging.getLogger("voxa.signaling")
 
 async def serve(settings: SignalingSettings, stop: asyncio.Event | None = None) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=settings.shutdown_grace_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, backlog=4096, reuse_address=True)
     await site.start()
-    log.info("signaling.listening", extra={"host": settings.host, "port": settings.port, "replica": settings.replica_id})
+    log.info(
+        "signaling.listening",
+        extra={"host": settings.host, "port": settings.port, "replica": settings.replica_id},
+    )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -45,4 +50,4 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
         import uvloop
     except ImportError:  # pragma: no cover
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop

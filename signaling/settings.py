@@ -52,11 +52,14 @@ class SignalingSettings(BaseSettings):
     sfu_secret: str | None = Field(
         default=None, description="Bearer secret media servers use on the /internal registry API."
     )
-    media_server_ttl_s: float = Field(default=10.0, gt=0, description="A media server silent this long expires.")
+    media_server_ttl_s: float = Field(
+        default=10.0, gt=0, description="A media server silent this long expires."
+    )
 
     turn_secret: str | None = Field(default=None, description="TURN REST shared secret.")
     turn_secret_previous: str | None = Field(
-        default=None, description="The previous TURN secret, accepted during a rotation (issues use the new one)."
+        default=None,
+        description="The previous TURN secret, accepted during a rotation (issues use the new one).",
     )
     turn_uris: CommaList = Field(default_factory=list, description="Comma list of turn:/turns:/stun: URIs.")
     turn_ttl_s: int = Field(default=3600, gt=0, description="Lifetime of issued TURN credentials.")
@@ -66,7 +69,9 @@ class SignalingSettings(BaseSettings):
     messages_per_s: float = Field(default=50.0, gt=0, description="Sustained messages per socket per second.")
     message_burst: int = Field(default=100, ge=1, description="Burst of messages allowed above the rate.")
     joins_per_10s: int = Field(default=20, ge=1, description="Joins one socket may attempt per 10 seconds.")
-    idle_timeout_s: float = Field(default=60.0, gt=0, description="Close sockets silent this long (no heartbeat).")
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, description="Close sockets silent this long (no heartbeat)."
+    )
     outbound_queue_frames: int = Field(
         default=2000, ge=10, description="Frames queued for a slow socket before it is closed."
     )

@@ -140,12 +140,21 @@ class VoiceChannel:
     async def on_control(self, control: dict[str, Any]) -> None:
         kind = control.get("type")
         if kind == "member":
-            flags = {k: bool(v) for k, v in control.get("flags", {}).items() if k in ("server_muted", "server_deafened")}
+            flags = {
+                k: bool(v)
+                for k, v in control.get("flags", {}).items()
+                if k in ("server_muted", "server_deafened")
+            }
             if flags:
                 await self._update(flags)
         elif kind == "disconnect":
             self.conn.send(
-                protocol.push(self.join_ref, self.topic, "disconnected", {"by": control.get("by"), "reason": "moderator"})
+                protocol.push(
+                    self.join_ref,
+                    self.topic,
+                    "disconnected",
+                    {"by": control.get("by"), "reason": "moderator"},
+                )
             )
             await self.conn.kick(self.topic, "disconnected")
         elif kind == "move":
@@ -265,7 +274,9 @@ class VoiceChannel:
                 return {"state": {k: old[k] for k in STATE_FIELDS}}
             new = updated_meta(old, changes, new_ref())
             frame = protocol.broadcast(self.topic, PRESENCE_DIFF, update_diff(self.key, old, new))
-            await self.ctx.store.presence_update(self.topic, old["phx_ref"], PresenceEntry(self.key, new), frame)
+            await self.ctx.store.presence_update(
+                self.topic, old["phx_ref"], PresenceEntry(self.key, new), frame
+            )
             self.meta = new
             self.ctx.hub.deliver(self.topic, frame)
             return {"state": {k: new[k] for k in STATE_FIELDS}}
@@ -276,9 +287,11 @@ class VoiceChannel:
         if not isinstance(target, str) or not target:
             raise ChannelError("moderate needs a target user id")
         try:
-            action = Action(action_name)
+            action = Action(str(action_name))
         except ValueError:
-            raise ChannelError("action must be one of mute, unmute, deafen, undeafen, disconnect, move") from None
+            raise ChannelError(
+                "action must be one of mute, unmute, deafen, undeafen, disconnect, move"
+            ) from None
         if action in (Action.JOIN, Action.SPEAK, Action.VIDEO):
             raise ChannelError("action must be one of mute, unmute, deafen, undeafen, disconnect, move")
         claims = self.conn.claims

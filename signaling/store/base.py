@@ -113,7 +113,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def presence_resync(self, topic: str, index: str, entries: list[PresenceEntry]) -> None:
-        """Make this replica's entries of `topic` exactly `entries` (after the backend lost or missed writes)."""
+        """Make this replica's entries of `topic` exactly `entries` (the backend lost or missed writes)."""
 
     @abc.abstractmethod
     async def channels(self, index: str) -> list[str]:
@@ -158,7 +158,9 @@ class Store(abc.ABC):
     async def assignment_get(self, server_id: str, channel_id: str) -> str | None: ...
 
     @abc.abstractmethod
-    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+    async def assignment_set(
+        self, server_id: str, channel_id: str, media_server_id: str, replace: str | None
+    ) -> str:
         """Assign the channel unless another replica did first (then return theirs). `replace` names an
         assignment that may be overwritten (its SFU is gone)."""
 

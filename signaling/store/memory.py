@@ -17,7 +17,9 @@ from voxa.signaling.store.base import MediaServer, PresenceEntry, Store
 class MemoryBackend:
     clock: Callable[[], float] = time.monotonic
     replicas: dict[str, float] = field(default_factory=dict)  # replica -> expires at
-    presence: dict[str, dict[tuple[str, str], PresenceEntry]] = field(default_factory=dict)  # topic -> (replica, ref)
+    presence: dict[str, dict[tuple[str, str], PresenceEntry]] = field(
+        default_factory=dict
+    )  # topic -> (replica, ref)
     indexes: dict[str, set[str]] = field(default_factory=dict)
     subscribers: dict[str, dict[str, MemoryStore]] = field(default_factory=dict)  # topic -> replica -> store
     members: dict[tuple[str, str], dict[str, bool]] = field(default_factory=dict)
@@ -90,7 +92,11 @@ class MemoryStore(Store):
         self._publish(topic, frame)
 
     async def presence_list(self, topic: str) -> list[PresenceEntry]:
-        return [e for (replica, _), e in self.backend.presence.get(topic, {}).items() if self.backend.alive(replica)]
+        return [
+            e
+            for (replica, _), e in self.backend.presence.get(topic, {}).items()
+            if self.backend.alive(replica)
+        ]
 
     async def presence_sweep(self, topic: str, index: str) -> list[PresenceEntry]:
         removed = self._sweep(topic)
@@ -128,7 +134,10 @@ class MemoryStore(Store):
         self.backend.members.setdefault((server_id, user_id), {}).update(flags)
 
     async def media_server_upsert(self, server: MediaServer, ttl_s: float) -> None:
-        self.backend.media.setdefault(server.server_id, {})[server.id] = (server, self.backend.clock() + ttl_s)
+        self.backend.media.setdefault(server.server_id, {})[server.id] = (
+            server,
+            self.backend.clock() + ttl_s,
+        )
 
     async def media_server_remove(self, server_id: str, media_server_id: str) -> None:
         self.backend.media.get(server_id, {}).pop(media_server_id, None)
@@ -141,9 +150,8 @@ class MemoryStore(Store):
             del servers[gone]
         out = []
         for ms, _ in servers.values():
-            if (server_id, ms.id) in self.backend.drain_marks and not ms.draining:
-                ms = ms.model_copy(update={"draining": True})
-            out.append(ms)
+            marked = (server_id, ms.id) in self.backend.drain_marks and not ms.draining
+            out.append(ms.model_copy(update={"draining": True}) if marked else ms)
         return sorted(out, key=lambda m: m.id)
 
     async def media_server_mark_draining(self, server_id: str, media_server_id: str, draining: bool) -> None:
@@ -156,7 +164,9 @@ class MemoryStore(Store):
     async def assignment_get(self, server_id: str, channel_id: str) -> str | None:
         return self.backend.assignments.get((server_id, channel_id))
 
-    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+    async def assignment_set(
+        self, server_id: str, channel_id: str, media_server_id: str, replace: str | None
+    ) -> str:
         key = (server_id, channel_id)
         current = self.backend.assignments.get(key)
         if current is None or current == replace:

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -30,7 +30,6 @@ from redis.retry import Retry
 from voxa.signaling.store.base import MediaServer, PresenceEntry, Store, StoreUnavailable
 
 log = logging.getLogger("voxa.signaling.store")
-T = TypeVar("T")
 SEP = "\x1f"
 ASSIGNMENT_TTL_S = 86400
 MEMBER_TTL_S = 30 * 86400
@@ -107,6 +106,17 @@ return 1
 """
 
 
+# KEYS: assignment. ARGV: new SFU, the stale SFU that may be replaced, ttl.
+ASSIGN_REPLACE_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v == false or v == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return ARGV[1]
+end
+return v
+"""
+
+
 def _decode_entry(raw: str | bytes) -> PresenceEntry:
     key, meta = orjson.loads(raw)
     return PresenceEntry(key, meta)
@@ -139,10 +149,10 @@ class RedisStore(Store):
         self._closed = False
         self._replica_channel = f"voxa:replica-bc:{replica_id}"
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
         try:
             return await make()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def start(self) -> None:
@@ -156,7 +166,7 @@ class RedisStore(Store):
                 await self._pubsub_task
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.aclose()
+                await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
     async def ping(self) -> None:
@@ -180,7 +190,7 @@ class RedisStore(Store):
     async def presence_join(
         self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
     ) -> list[PresenceEntry] | None:
-        args = [
+        args: list[Any] = [
             self._field(entry.meta["phx_ref"]),
             _encode_entry(entry),
             capacity,
@@ -188,14 +198,18 @@ class RedisStore(Store):
             f"voxa:bc:{topic}",
             self._message(frame),
         ]
-        raw = await self._call(lambda: self._join(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+        raw = await self._call(
+            lambda: self._join(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args)
+        )
         if raw is None:
             return None
         return [_decode_entry(v) for v in raw]
 
     async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
         args = [self._field(ref), topic, f"voxa:bc:{topic}", self._message(frame) if frame else ""]
-        await self._call(lambda: self._leave(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+        await self._call(
+            lambda: self._leave(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args)
+        )
 
     async def presence_update(self, topic: str, old_ref: str, entry: PresenceEntry, frame: str) -> None:
         args = [
@@ -226,7 +240,9 @@ class RedisStore(Store):
         args: list[Any] = [f"{self.replica_id}|", topic]
         for entry in entries:
             args += [self._field(entry.meta["phx_ref"]), _encode_entry(entry)]
-        await self._call(lambda: self._resync(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args))
+        await self._call(
+            lambda: self._resync(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args)
+        )
 
     async def channels(self, index: str) -> list[str]:
         members: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:channels:{index}"))
@@ -272,7 +288,7 @@ class RedisStore(Store):
             finally:
                 self._pubsub = None
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -287,7 +303,9 @@ class RedisStore(Store):
 
     # --- members ----------------------------------------------------------------------------------
     async def member_get(self, server_id: str, user_id: str) -> dict[str, bool]:
-        raw: dict[str, str] = await self._call(lambda: self._redis.hgetall(f"voxa:member:{server_id}:{user_id}"))
+        raw: dict[str, str] = await self._call(
+            lambda: self._redis.hgetall(f"voxa:member:{server_id}:{user_id}")
+        )
         return {k: v == "1" for k, v in raw.items()}
 
     async def member_set(self, server_id: str, user_id: str, flags: dict[str, bool]) -> None:
@@ -306,7 +324,9 @@ class RedisStore(Store):
     async def media_server_upsert(self, server: MediaServer, ttl_s: float) -> None:
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(f"voxa:ms:{server.server_id}:{server.id}", server.model_dump_json(), px=int(ttl_s * 1000))
+                pipe.set(
+                    f"voxa:ms:{server.server_id}:{server.id}", server.model_dump_json(), px=int(ttl_s * 1000)
+                )
                 pipe.sadd(f"voxa:ms:{server.server_id}", server.id)
                 await pipe.execute()
 
@@ -315,7 +335,9 @@ class RedisStore(Store):
     async def media_server_remove(self, server_id: str, media_server_id: str) -> None:
         async def write() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(f"voxa:ms:{server_id}:{media_server_id}", f"voxa:drain:{server_id}:{media_server_id}")
+                pipe.delete(
+                    f"voxa:ms:{server_id}:{media_server_id}", f"voxa:drain:{server_id}:{media_server_id}"
+                )
                 pipe.srem(f"voxa:ms:{server_id}", media_server_id)
                 await pipe.execute()
 
@@ -353,23 +375,23 @@ class RedisStore(Store):
         value: str | None = await self._call(lambda: self._redis.get(f"voxa:assign:{server_id}:{channel_id}"))
         return value
 
-    async def assignment_set(self, server_id: str, channel_id: str, media_server_id: str, replace: str | None) -> str:
+    async def assignment_set(
+        self, server_id: str, channel_id: str, media_server_id: str, replace: str | None
+    ) -> str:
         key = f"voxa:assign:{server_id}:{channel_id}"
         if replace is not None:
             # Compare-and-set: only overwrite the assignment we know is stale.
-            script = (
-                "local v = redis.call('GET', KEYS[1]) "
-                "if v == false or v == ARGV[2] then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3]) return ARGV[1] end "
-                "return v"
-            )
+            script = ASSIGN_REPLACE_LUA
             result: str = await self._call(
-                lambda: self._redis.eval(script, 1, key, media_server_id, replace, ASSIGNMENT_TTL_S)  # type: ignore[misc]
+                lambda: self._redis.eval(script, 1, key, media_server_id, replace, str(ASSIGNMENT_TTL_S))
             )
             return result
-        created = await self._call(lambda: self._redis.set(key, media_server_id, nx=True, ex=ASSIGNMENT_TTL_S))
+        created = await self._call(
+            lambda: self._redis.set(key, media_server_id, nx=True, ex=ASSIGNMENT_TTL_S)
+        )
         if created:
             return media_server_id
-        current = await self._call(lambda: self._redis.get(key))
+        current: str | None = await self._call(lambda: self._redis.get(key))
         return current or media_server_id
 
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:

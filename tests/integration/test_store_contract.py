@@ -1,0 +1,220 @@
+"""One contract, two backends: the in-memory store and Redis (a real redis-server) behave the same.
+
+Each test gets a factory of replica stores sharing one backend, so multi-replica behaviour (pub/sub,
+liveness, sweeping a dead replica's presence) is part of the contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from conftest import RedisServer
+from voxa.signaling.store import MediaLoad, MediaServer, PresenceEntry, Store
+from voxa.signaling.store.memory import MemoryBackend, MemoryStore
+from voxa.signaling.store.redis import RedisStore
+
+StoreFactory = Callable[[str], Awaitable[Store]]
+TTL = 0.6
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
+    created: list[Store] = []
+    backend = MemoryBackend()
+    redis: RedisServer | None = request.getfixturevalue("redis_server") if request.param == "redis" else None
+
+    async def factory(replica: str) -> Store:
+        store: Store
+        if redis is not None:
+            store = RedisStore(redis.url, replica, TTL)
+        else:
+            store = MemoryStore(replica, TTL, backend)
+        await store.start()
+        await store.replica_heartbeat()
+        created.append(store)
+        return store
+
+    yield factory
+    for store in created:
+        await store.close()
+
+
+def entry(key: str, ref: str, **meta: object) -> PresenceEntry:
+    return PresenceEntry(key, {"phx_ref": ref, **meta})
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
+
+
+def keys(entries: list[PresenceEntry]) -> list[tuple[str, str]]:
+    return sorted((e.key, e.meta["phx_ref"]) for e in entries)
+
+
+async def test_join_returns_all_entries_and_indexes_topic(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    assert await a.presence_join("voice:g:c", "g", entry("alice", "r1"), 10, "f1") == [entry("alice", "r1")]
+    got = await a.presence_join("voice:g:c", "g", entry("bob", "r2", muted=True), 10, "f2")
+    assert keys(got or []) == [("alice", "r1"), ("bob", "r2")]
+    assert await a.channels("g") == ["voice:g:c"]
+    listed = await a.presence_list("voice:g:c")
+    assert {e.key: e.meta for e in listed}["bob"] == {"phx_ref": "r2", "muted": True}
+
+
+async def test_capacity(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    assert await a.presence_join("t", "g", entry("u1", "1"), 2, "f") is not None
+    assert await a.presence_join("t", "g", entry("u2", "2"), 2, "f") is not None
+    assert await a.presence_join("t", "g", entry("u3", "3"), 2, "f") is None
+    assert keys(await a.presence_list("t")) == [("u1", "1"), ("u2", "2")]
+
+
+async def test_leave_and_index_cleanup(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    await a.presence_join("t", "g", entry("u1", "1"), 10, "f")
+    await a.presence_leave("t", "g", "1", "bye")
+    assert await a.presence_list("t") == []
+    assert await a.channels("g") == []
+
+
+async def test_update_replaces_entry(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    await a.presence_join("t", "g", entry("u1", "1", muted=False), 10, "f")
+    await a.presence_update("t", "1", entry("u1", "2", muted=True), "f")
+    assert [(e.key, e.meta) for e in await a.presence_list("t")] == [("u1", {"phx_ref": "2", "muted": True})]
+
+
+async def test_replicas_only_remove_their_own_entries(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.presence_join("t", "g", entry("u1", "same"), 10, "f")
+    await b.presence_join("t", "g", entry("u2", "same"), 10, "f")
+    await a.presence_leave("t", "g", "same", None)
+    assert keys(await b.presence_list("t")) == [("u2", "same")]
+
+
+async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    got_a: list[tuple[str, str]] = []
+    got_b: list[tuple[str, str]] = []
+    a.on_remote = lambda t, p: got_a.append((t, p))
+    b.on_remote = lambda t, p: got_b.append((t, p))
+    await a.subscribe("t")
+    await b.subscribe("t")
+    await a.presence_join("t", "g", entry("u1", "1"), 10, "join-frame")
+    await a.publish("t", "plain")
+    await a.presence_update("t", "1", entry("u1", "2"), "update-frame")
+    await a.presence_leave("t", "g", "2", "leave-frame")
+
+    async def all_arrived() -> bool:
+        return len(got_b) == 4
+
+    await eventually(all_arrived)
+    assert got_b == [("t", "join-frame"), ("t", "plain"), ("t", "update-frame"), ("t", "leave-frame")]
+    assert got_a == []
+    await b.unsubscribe("t")
+    await a.publish("t", "after")
+    await a.subscribe("t2")
+    await b.subscribe("t2")
+    await a.publish("t2", "marker")  # once the marker arrives, "after" would have arrived too
+
+    async def marker() -> bool:
+        return ("t2", "marker") in got_b
+
+    await eventually(marker)
+    assert ("t", "after") not in got_b
+
+
+async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.presence_join("t", "g", entry("alive", "1"), 10, "f")
+    await b.presence_join("t", "g", entry("doomed", "2"), 10, "f")
+
+    async def b_expired() -> bool:
+        await a.replica_heartbeat()  # a stays alive; b stops heartbeating
+        return keys(await a.presence_list("t")) == [("alive", "1")]
+
+    await eventually(b_expired)
+    removed = await a.presence_sweep("t", "g")
+    assert keys(removed) == [("doomed", "2")]
+    assert await a.presence_sweep("t", "g") == []
+
+
+async def test_capacity_counts_only_live_replicas(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await b.presence_join("t", "g", entry("ghost", "1"), 1, "f")
+    await b.replica_remove()
+    assert keys(await a.presence_join("t", "g", entry("new", "2"), 1, "f") or []) == [("new", "2")]
+
+
+async def test_resync_replaces_this_replicas_entries(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.presence_join("t", "g", entry("stale", "1"), 10, "f")
+    await b.presence_join("t", "g", entry("other", "2"), 10, "f")
+    await a.presence_resync("t", "g", [entry("fresh", "3")])
+    assert keys(await a.presence_list("t")) == [("fresh", "3"), ("other", "2")]
+    await a.presence_resync("t2", "g", [entry("x", "4")])
+    assert await a.channels("g") == ["t", "t2"]
+    await a.presence_resync("t2", "g", [])
+    assert await a.channels("g") == ["t"]
+
+
+async def test_member_flags_persist(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    assert await a.member_get("g", "bob") == {}
+    await a.member_set("g", "bob", {"server_muted": True})
+    await a.member_set("g", "bob", {"server_deafened": False})
+    assert await a.member_get("g", "bob") == {"server_muted": True, "server_deafened": False}
+
+
+def sfu(id_: str, peers: int = 0, draining: bool = False) -> MediaServer:
+    return MediaServer(
+        id=id_,
+        server_id="g",
+        url=f"http://{id_}:9000",
+        capacity=50,
+        draining=draining,
+        load=MediaLoad(peers=peers),
+    )
+
+
+async def test_registry_upsert_list_expire(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    await a.media_server_upsert(sfu("s1", peers=3), ttl_s=30)
+    await a.media_server_upsert(sfu("s2"), ttl_s=0.3)
+    assert [m.id for m in await a.media_servers("g")] == ["s1", "s2"]
+    assert (await a.media_servers("g"))[0].load.peers == 3
+
+    async def s2_gone() -> bool:
+        return [m.id for m in await a.media_servers("g")] == ["s1"]
+
+    await eventually(s2_gone)
+    await a.media_server_remove("g", "s1")
+    assert await a.media_servers("g") == []
+
+
+async def test_drain_mark_survives_heartbeats(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    await a.media_server_upsert(sfu("s1"), ttl_s=30)
+    await a.media_server_mark_draining("g", "s1", True)
+    await a.media_server_upsert(sfu("s1", peers=1), ttl_s=30)
+    assert (await a.media_servers("g"))[0].draining is True
+    await a.media_server_mark_draining("g", "s1", False)
+    assert (await a.media_servers("g"))[0].draining is False
+    await a.media_server_upsert(sfu("s1", draining=True), ttl_s=30)
+    assert (await a.media_servers("g"))[0].draining is True
+
+
+async def test_assignment_first_writer_wins_and_stale_is_replaced(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    assert await a.assignment_get("g", "c") is None
+    assert await a.assignment_set("g", "c", "s1", replace=None) == "s1"
+    assert await b.assignment_set("g", "c", "s2", replace=None) == "s1"
+    assert await b.assignment_set("g", "c", "s2", replace="s9") == "s1"
+    assert await b.assignment_set("g", "c", "s2", replace="s1") == "s2"
+    await a.assignment_clear("g", "c")
+    assert await b.assignment_get("g", "c") is None

@@ -42,6 +42,20 @@ def turn_credentials(secret: str, user_id: str, ttl_s: int, now: float | None = 
     return username, turn_password(secret, username)
 
 
+def verify_credential(secrets: list[str], username: str, credential: str, now: float | None = None) -> bool:
+    """True if `credential` was issued for `username` with any of `secrets` and has not expired.
+
+    During a secret rotation both the new and the previous secret are passed, so credentials issued
+    before the rotation stay valid until they expire.
+    """
+    expiry_text, sep, _user = username.partition(":")
+    if not sep or not expiry_text.isdigit():
+        return False
+    if int(expiry_text) < int(now if now is not None else time.time()):
+        return False
+    return any(hmac.compare_digest(turn_password(s, username), credential) for s in secrets if s)
+
+
 def ice_config(
     secret: str | None, uris: list[str], user_id: str, ttl_s: int, now: float | None = None
 ) -> IceConfig:

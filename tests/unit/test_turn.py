@@ -7,7 +7,7 @@ import base64
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from voxa.common.turn import ice_config, turn_credentials, turn_password
+from voxa.common.turn import ice_config, turn_credentials, turn_password, verify_credential
 
 
 def independent_password(secret: str, username: str) -> str:
@@ -44,3 +44,14 @@ def test_no_uris_no_servers() -> None:
 
 def test_turn_without_secret_is_not_offered() -> None:
     assert ice_config(None, ["turn:x:3478"], "bob", 60).iceServers == []
+
+
+def test_verify_during_rotation() -> None:
+    username, old_cred = turn_credentials("old", "alice", 600, now=1000)
+    _, new_cred = turn_credentials("new", "alice", 600, now=1000)
+    assert verify_credential(["new", "old"], username, old_cred, now=1200)
+    assert verify_credential(["new", "old"], username, new_cred, now=1200)
+    assert not verify_credential(["new"], username, old_cred, now=1200)
+    assert not verify_credential(["new", "old"], username, old_cred, now=1601)  # expired
+    assert not verify_credential(["new"], "alice", new_cred, now=1200)  # no expiry in the username
+    assert not verify_credential(["new"], username, "forged", now=1200)

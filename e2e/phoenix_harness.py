@@ -3,6 +3,7 @@ per line; a reader thread collects them and tests wait on them with deadlines (n
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -12,6 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.tokens import mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 JS = Path(__file__).resolve().parent / "js"
@@ -37,6 +41,13 @@ class Signaling(Protocol):
     def start(self, wait_ready: bool = True) -> None: ...
 
     def stop(self, kill: bool = False) -> None: ...
+
+
+class Redis(Protocol):
+    """What the tests use of the root conftest's RedisServer."""
+
+    @property
+    def url(self) -> str: ...
 
 
 class NodeProcess:
@@ -69,8 +80,8 @@ class NodeProcess:
     def _read(self) -> None:
         stdout = self.proc.stdout
         assert stdout is not None
-        for line in stdout:
-            line = line.strip()
+        for raw in stdout:
+            line = raw.strip()
             if not line:
                 continue
             try:
@@ -117,13 +128,35 @@ class NodeProcess:
         return self.wait_for(pred, detail, since=since, timeout=timeout)
 
     def wait_sync(
-        self, pred: Callable[[dict[str, list[Meta]]], bool], what: str, *, since: int = 0, timeout: float = WAIT_S
+        self,
+        pred: Callable[[dict[str, list[Meta]]], bool],
+        what: str,
+        *,
+        since: int = 0,
+        timeout: float = WAIT_S,
     ) -> dict[str, list[Meta]]:
         """The first Presence.onSync (from `since` on) whose state satisfies `pred`; returns {key: metas}."""
         event = self.wait_for(
-            lambda e: e.get("ev") == "sync" and pred(presences(e)), f"sync where {what}", since=since, timeout=timeout
+            lambda e: e.get("ev") == "sync" and pred(presences(e)),
+            f"sync where {what}",
+            since=since,
+            timeout=timeout,
         )
         return presences(event)
+
+    def wait_count(
+        self, ev: str, count: int, *, since: int = 0, timeout: float = WAIT_S, **fields: Any
+    ) -> Event:
+        """The `count`-th event named `ev` (from `since` on) whose fields equal `fields`."""
+        seen = 0
+
+        def pred(event: Event) -> bool:
+            nonlocal seen
+            if event.get("ev") == ev and all(event.get(k) == v for k, v in fields.items()):
+                seen += 1
+            return seen >= count
+
+        return self.wait_for(pred, f"{count} x {ev} {fields}", since=since, timeout=timeout)
 
     def select(self, ev: str, *, since: int = 0) -> list[Event]:
         with self._cond:
@@ -161,12 +194,10 @@ class NodeProcess:
 
     def close(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):
                 self.send(cmd="exit")
                 assert self.proc.stdin is not None
                 self.proc.stdin.close()
-            except (BrokenPipeError, OSError):
-                pass
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
@@ -179,11 +210,78 @@ class NodeProcess:
         self._stderr.close()
 
 
+class Minter:
+    """Signs tokens with the secret a signaling process verifies (its VOXA_JWT_SECRET)."""
+
+    def __call__(
+        self,
+        signaling: Signaling,
+        user: str,
+        *,
+        name: str | None = None,
+        server: str = "s1",
+        grant: str = "connect,speak",
+        ttl_s: int = 3600,
+        now: float | None = None,
+        secret: str | None = None,
+    ) -> str:
+        claims = VoiceClaims(
+            sub=user, name=name or user.title(), server=server, perms=parse_permissions(grant)
+        )
+        key = secret or signaling.env["VOXA_JWT_SECRET"]
+        return mint_token(claims, key, ttl_s=ttl_s, now=now if now is not None else time.time())
+
+
+class NodePeers:
+    """Starts node peers (e2e/js/*.mjs) and stops every one of them at teardown."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[NodeProcess] = []
+
+    def phoenix(
+        self,
+        name: str,
+        signaling: Signaling,
+        token: str | None,
+        *,
+        topic: str | None = None,
+        auth: str = "params",
+        reconnect_ms: int = 200,
+        rejoin_ms: int = 200,
+        heartbeat_ms: int | None = None,
+        lifetime_ms: int = 90_000,
+    ) -> NodeProcess:
+        """A phoenix Socket (+ Channel and Presence when `topic` is given) connected to `signaling`."""
+        args = [
+            "--url", signaling.ws_url, "--auth", auth, "--reconnect-ms", str(reconnect_ms),
+            "--rejoin-ms", str(rejoin_ms), "--lifetime-ms", str(lifetime_ms), "--frames",
+        ]  # fmt: skip
+        if topic:
+            args += ["--topic", topic]
+        if heartbeat_ms is not None:
+            args += ["--heartbeat-ms", str(heartbeat_ms)]
+        peer = NodeProcess(name, "client.mjs", args, token, self.log_dir)
+        self.started.append(peer)
+        return peer
+
+    def raw_idle(
+        self, name: str, signaling: Signaling, token: str, *, lifetime_ms: int = 15_000
+    ) -> NodeProcess:
+        """A bare `ws` socket that never sends anything."""
+        args = ["--url", f"{signaling.ws_url}/websocket", "--lifetime-ms", str(lifetime_ms)]
+        peer = NodeProcess(name, "raw_idle.mjs", args, token, self.log_dir)
+        self.started.append(peer)
+        return peer
+
+    def close(self) -> None:
+        for peer in self.started:
+            peer.close()
+
+
 def _close_quietly(stream: IO[str]) -> None:
-    try:
+    with contextlib.suppress(BrokenPipeError, OSError):
         stream.close()
-    except (BrokenPipeError, OSError):
-        pass
 
 
 def presences(sync_event: Event) -> dict[str, list[Meta]]:
@@ -205,7 +303,7 @@ def meta_of(state: dict[str, list[Meta]], key: str) -> Meta:
 
 def meta_has(key: str, **fields: Any) -> Callable[[dict[str, list[Meta]]], bool]:
     def pred(state: dict[str, list[Meta]]) -> bool:
-        metas = state.get(key)
-        return bool(metas) and len(metas) == 1 and all(metas[0].get(k) == v for k, v in fields.items())
+        metas = state.get(key) or []
+        return len(metas) == 1 and all(metas[0].get(k) == v for k, v in fields.items())
 
     return pred

@@ -90,11 +90,12 @@ class Hub:
         self._dirty[topic] = index
 
     # --- delivery ---------------------------------------------------------------------------------
-    def deliver(self, topic: str, frame: str) -> None:
+    def deliver(self, topic: str, frame: str, exclude: Member | None = None) -> None:
         members = self.topics.get(topic)
         if members:
             for member in list(members):
-                member.deliver(frame)
+                if member is not exclude:
+                    member.deliver(frame)
 
     async def broadcast(self, topic: str, frame: str) -> None:
         self.deliver(topic, frame)

@@ -124,12 +124,18 @@ class VoiceChannel:
         self.key = conn.claims.sub
         self.meta: Meta | None = None
         self._state: State | None = None
+        # Frames for this member are held until its join reply and presence_state are out, as in
+        # Phoenix, so a client never sees diffs before the state they apply to.
+        self._held: list[str] | None = []
         self._lock = asyncio.Lock()
         self._left = False
 
     # --- hub Member protocol ----------------------------------------------------------------------
     def deliver(self, frame: str) -> None:
-        self.conn.send(frame)
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.conn.send(frame)
 
     def presence_entry(self) -> PresenceEntry | None:
         return PresenceEntry(self.key, self.meta) if self.meta is not None else None
@@ -209,7 +215,7 @@ class VoiceChannel:
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
         self.meta = meta
         self._state = state_of((e.key, e.meta) for e in entries)
-        ctx.hub.deliver(self.topic, frame)
+        ctx.hub.deliver(self.topic, frame, exclude=self)
         ice = ice_config(ctx.settings.turn_secret, ctx.settings.turn_uris, self.key, ctx.settings.turn_ttl_s)
         return {
             "server_id": self.server_id,
@@ -227,6 +233,9 @@ class VoiceChannel:
         if self._state is not None:
             self.push_presence_state(self._state)
             self._state = None
+        held, self._held = self._held or [], None
+        for frame in held:
+            self.conn.send(frame)
 
     async def leave(self, reason: str) -> None:
         del reason

@@ -41,6 +41,11 @@ async def test_join_presence_state_and_diffs(app_factory: AppFactory) -> None:
     assert reply["user"] == {"id": "alice", "name": "Alice"}
     assert reply["permissions"] == ["connect", "speak"]
     assert reply["state"]["muted"] is False and reply["state"]["suppressed"] is False
+    # As in Phoenix: the join reply, then presence_state, and no diff of one's own join before it.
+    first_event, state = await ch_a.events.get()
+    assert first_event == "presence_state" and set(state) == {"alice"}
+    await asyncio.sleep(0.05)
+    assert ch_a.events.empty()
     await ch_a.wait_presence(lambda m: set(m) == {"alice"})
     bob = await connect(app, "bob", grant="connect")
     ch_b, reply_b = await bob.join(TOPIC, {"muted": True})

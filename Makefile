@@ -18,6 +18,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy $(PKGS)
+	$(VENV)/bin/mypy conftest.py tests e2e bench
 
 pytest: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

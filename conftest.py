@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -143,8 +144,12 @@ class SignalingProcess:
         self.proc = None
 
 
+class SignalingFactory(Protocol):
+    def __call__(self, redis_url: str | None = None, **overrides: str) -> SignalingProcess: ...
+
+
 @pytest.fixture
-def signaling_factory(tmp_path: Path) -> Iterator[object]:
+def signaling_factory(tmp_path: Path) -> Iterator[SignalingFactory]:
     """Start `voxa signaling` processes: factory(redis_url=None, **env_overrides) -> SignalingProcess."""
     started: list[SignalingProcess] = []
 

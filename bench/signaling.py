@@ -11,9 +11,13 @@ frames over aiohttp client WebSockets:
   ok phx_reply"; joins/s is completed joins over the wall time of the whole join phase (first send of any
   process to last reply of any process). Every join fans presence_diff frames out to its room, so the
   load processes keep reading every frame of every socket.
-* phase 2 (capacity): ``--sockets`` sockets connect, join (room size as above) and heartbeat every 30 s;
+* phase 2 (capacity): ``--sockets`` sockets connect, join (room size as above) and heartbeat every 30 s
+  (each socket's first heartbeat at a random point of the interval, as a steady population would);
   once the server reports all of them and they have been held for ``--hold-seconds``, the signaling
   process's VmRSS is read from /proc.
+
+A default run takes about 30 s on 2 cores. Both phases count failed connects/joins in ``errors``
+(``error_kinds`` says which); joins/s and latencies are computed from the successful joins only.
 
 Usage: ``python bench/signaling.py --json`` prints one JSON object on stdout; progress goes to stderr.
 ``--profile out.svg`` (or .json for speedscope, .txt for collapsed stacks) records the signaling process
@@ -30,6 +34,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import platform
+import random
 import resource
 import secrets
 import shutil
@@ -192,11 +197,15 @@ class Worker:
             await self.session.close()
 
     async def _next_command(self, deadline: float) -> Message | None:
-        """The parent's next command; None when the parent is gone or the deadline passed."""
+        """The parent's next command; None when the parent is gone or the deadline passed.
+
+        The pipe is polled from a thread: registering its fd with the event loop would make it
+        non-blocking, and a large command (a socket list) would then fail half-read with EAGAIN.
+        """
         loop = asyncio.get_running_loop()
-        fd = self.pipe.fileno()
         while loop.time() < deadline:
-            if self.pipe.poll():
+            wait_s = min(1.0, max(deadline - loop.time(), 0.0))
+            if await asyncio.to_thread(self.pipe.poll, wait_s):
                 try:
                     command: Message = self.pipe.recv()
                 except EOFError:
@@ -204,13 +213,6 @@ class Worker:
                 return command
             if os.getppid() != self.parent_pid:
                 return None
-            ready = asyncio.Event()
-            loop.add_reader(fd, ready.set)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), timeout=min(2.0, max(deadline - loop.time(), 0.01)))
-            finally:
-                loop.remove_reader(fd)
         return None
 
     # --- per-socket I/O --------------------------------------------------------------------------
@@ -312,7 +314,9 @@ class Worker:
                 errors[f"connect_{type(exc).__name__}"] += 1
                 return
             latencies.append(time.perf_counter() - t0)
-            sock = BenchSocket(ws, user, topic, loop.time())
+            # Phoenix clients heartbeat 30 s after connecting; real sockets connect at random times, so the
+            # first heartbeat is spread over the interval to load the server as a steady population does.
+            sock = BenchSocket(ws, user, topic, loop.time() - random.uniform(0.0, HEARTBEAT_INTERVAL_S))
             sock.reader = asyncio.create_task(self._read(sock))
             self.sockets.append(sock)
 
@@ -407,10 +411,8 @@ def worker_main(pipe: multiprocessing.connection.Connection, config: WorkerConfi
     raise_nofile_limit()
     import uvloop
 
-    try:
+    with contextlib.suppress(BrokenPipeError):  # the parent is gone
         uvloop.run(Worker(pipe, config).run())
-    except BrokenPipeError:
-        pass  # the parent is gone
 
 
 # --- parent: services ------------------------------------------------------------------------------
@@ -443,6 +445,16 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # fields after "(comm)", starting at field 3
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def host_cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -490,13 +502,12 @@ class Services:
 
     def start(self) -> None:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        options = {"port": str(self.redis_port), "bind": "127.0.0.1", "save": "", "appendonly": "no",
+                   "dir": str(self.workdir), "protected-mode": "yes", "maxclients": "10000"}  # fmt: skip
+        argv = [binary, *(x for name, value in options.items() for x in (f"--{name}", value))]
         self.redis = subprocess.Popen(
-            [binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "yes", "--maxclients", "10000"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         self._wait_redis()
         voxa = Path(sys.executable).with_name("voxa")
         rooms = max(self.args.room_size, 1)
@@ -544,6 +555,23 @@ class Services:
             except redis.RedisError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+    def redis_command_calls(self) -> dict[str, int]:
+        """Calls per command since redis started (INFO commandstats), e.g. {"evalsha": 2000, ...}."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=5.0)
+        try:
+            stats = client.info("commandstats")
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if isinstance(value, dict) and "calls" in value
+        }
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -606,7 +634,9 @@ class LoadProcesses:
         for index in range(count):
             parent_end, child_end = ctx.Pipe()
             config = WorkerConfig(index, url, secret, concurrency, max_runtime_s)
-            proc = ctx.Process(target=worker_main, args=(child_end, config), name=f"bench-load-{index}", daemon=True)
+            proc = ctx.Process(
+                target=worker_main, args=(child_end, config), name=f"bench-load-{index}", daemon=True
+            )
             proc.start()
             child_end.close()
             self.procs.append(proc)
@@ -626,7 +656,9 @@ class LoadProcesses:
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise TimeoutError(f"load processes did not answer {commands[0]['op']!r} within {timeout:.0f}s")
+                raise TimeoutError(
+                    f"load processes did not answer {commands[0]['op']!r} within {timeout:.0f}s"
+                )
             pending = [self.pipes[i] for i in waiting.values()]
             for ready in multiprocessing.connection.wait(pending, timeout=min(remaining, 1.0)):
                 assert isinstance(ready, multiprocessing.connection.Connection)
@@ -646,21 +678,29 @@ class LoadProcesses:
     def broadcast(self, command: Message, timeout: float) -> list[Message]:
         return self.call([command] * len(self.pipes), timeout)
 
-    def stop(self) -> None:
-        for pipe in self.pipes:
-            with contextlib.suppress(OSError, ValueError):
-                pipe.send({"op": "exit"})
-        deadline = time.monotonic() + 10.0
+    def stop(self, graceful: bool = True) -> None:
+        """Ask the processes to exit (graceful) or terminate them at once (after an error or Ctrl-C)."""
+        if graceful:
+            for pipe in self.pipes:
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.send({"op": "exit"})
+        deadline = time.monotonic() + (10.0 if graceful else 0.0)
         for proc in self.procs:
-            proc.join(max(deadline - time.monotonic(), 0.1))
+            proc.join(max(deadline - time.monotonic(), 0.0) if graceful else 0.0)
             if proc.is_alive():
                 proc.terminate()
-                proc.join(5.0)
+        for proc in self.procs:
+            proc.join(5.0)
             if proc.is_alive():
                 proc.kill()
                 proc.join(5.0)
         for pipe in self.pipes:
             pipe.close()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop(graceful=exc_type is None)
 
 
 def split(plan: Sequence[tuple[str, str]], parts: int) -> list[list[tuple[str, str]]]:
@@ -668,17 +708,22 @@ def split(plan: Sequence[tuple[str, str]], parts: int) -> list[list[tuple[str, s
     return [list(plan[i::parts]) for i in range(parts)]
 
 
-def merge_errors(total: Counter[str], answers: Sequence[Message]) -> None:
+def merge_errors(total: Counter[str], answers: Sequence[Message], prefix: str) -> None:
     for answer in answers:
-        total.update(answer.get("errors", {}))
+        total.update({f"{prefix}{kind}": n for kind, n in answer.get("errors", {}).items()})
+
+
+def find_py_spy() -> str | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return spy if Path(spy).exists() else None
 
 
 class Profiler:
     """py-spy recording the signaling process; stopped with SIGINT so it writes its output."""
 
     def __init__(self, output: Path, pid: int) -> None:
-        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        if not Path(spy).exists():
+        spy = find_py_spy()
+        if spy is None:
             raise RuntimeError("--profile needs py-spy (pip install py-spy)")
         fmt = {".svg": "flamegraph", ".json": "speedscope"}.get(output.suffix, "raw")
         self.proc = subprocess.Popen(
@@ -728,9 +773,10 @@ class Benchmark:
         plan = socket_plan(1, args.joins, args.room_size)
         log(f"phase 1: connecting {len(plan)} sockets ...")
         answers = load.call(
-            [{"op": "connect", "sockets": part} for part in split(plan, args.workers)], self.op_timeout(len(plan))
+            [{"op": "connect", "sockets": part} for part in split(plan, args.workers)],
+            self.op_timeout(len(plan)),
         )
-        merge_errors(self.errors, answers)
+        merge_errors(self.errors, answers, "phase1 ")
         connected = sum(a["open"] for a in answers)
         connect_latencies = [x for a in answers for x in a["latencies"]]
         connect_wall = max(a["t_end"] for a in answers) - min(a["t_start"] for a in answers)
@@ -741,6 +787,8 @@ class Benchmark:
 
         profiler = Profiler(Path(args.profile), services.pid) if args.profile else None
         cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
+        host_before = host_cpu_ticks()
+        redis_before = services.redis_command_calls()
         wall_before = time.monotonic()
         try:
             answers = load.broadcast({"op": "join"}, self.op_timeout(len(plan)))
@@ -749,7 +797,9 @@ class Benchmark:
             if profiler is not None:
                 profiler.stop()
         cpu_after = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
-        merge_errors(self.errors, answers)
+        host_after = host_cpu_ticks()
+        redis_after = services.redis_command_calls()
+        merge_errors(self.errors, answers, "phase1 ")
         latencies = [x for a in answers for x in a["latencies"]]
         join_wall = max(a["t_end"] for a in answers) - min(a["t_start"] for a in answers)
         out["join_count"] = len(latencies)
@@ -761,6 +811,15 @@ class Benchmark:
             for name, after in cpu_after.items()
             if (before := cpu_before.get(name)) is not None and after is not None and wall > 0
         }
+        calls = {k: v - redis_before.get(k, 0) for k, v in redis_after.items() if v > redis_before.get(k, 0)}
+        calls.pop("info", None)
+        # Redis commands the server issued per completed join (pub/sub subscribes included).
+        out["redis_commands_per_join"] = (
+            {k: round(v / len(latencies), 2) for k, v in sorted(calls.items())} if latencies else {}
+        )
+        busy, total = host_after[0] - host_before[0], host_after[1] - host_before[1]
+        # All cores together: 100 means every core was busy (ours plus anything else on the host).
+        out["join_phase_host_busy_pct"] = round(100.0 * busy / total, 1) if total > 0 else None
         status = load.broadcast({"op": "status"}, 30.0)
         out["phase1_frames_received"] = sum(s["frames"] for s in status)
         log(
@@ -800,13 +859,14 @@ class Benchmark:
         plan = socket_plan(2, args.sockets, args.room_size)
         log(f"phase 2: connecting {len(plan)} sockets ...")
         answers = load.call(
-            [{"op": "connect", "sockets": part} for part in split(plan, args.workers)], self.op_timeout(len(plan))
+            [{"op": "connect", "sockets": part} for part in split(plan, args.workers)],
+            self.op_timeout(len(plan)),
         )
-        merge_errors(self.errors, answers)
+        merge_errors(self.errors, answers, "phase2 ")
         log(f"phase 2: {sum(a['open'] for a in answers)} connected; joining ...")
         services.check_alive()
         answers = load.broadcast({"op": "join"}, self.op_timeout(len(plan)))
-        merge_errors(self.errors, answers)
+        merge_errors(self.errors, answers, "phase2 ")
         latencies = [x for a in answers for x in a["latencies"]]
         wall = max(a["t_end"] for a in answers) - min(a["t_start"] for a in answers)
         out["capacity_join_count"] = len(latencies)
@@ -852,21 +912,25 @@ def mib(kib: int | float | None) -> float | None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     parser.add_argument("--joins", type=int, default=2000, help="Sockets that each join once in phase 1.")
     parser.add_argument("--room-size", type=int, default=10, help="Members per voice channel.")
     parser.add_argument("--sockets", type=int, default=10000, help="Sockets held in phase 2.")
     parser.add_argument("--workers", type=int, default=2, help="Load processes.")
-    parser.add_argument("--concurrency", type=int, default=64, help="Connects/joins in flight per load process.")
+    parser.add_argument("--concurrency", type=int, default=64, help="Connects/joins in flight per process.")
     parser.add_argument("--hold-seconds", type=float, default=5.0, help="How long phase 2 holds its sockets.")
-    parser.add_argument("--profile", help="Record the signaling process with py-spy during the phase-1 joins.")
+    parser.add_argument("--profile", help="py-spy output file (phase-1 joins).")
     args = parser.parse_args(argv)
     for name in ("joins", "room_size", "sockets", "workers", "concurrency"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.hold_seconds < 0:
         parser.error("--hold-seconds must not be negative")
+    if args.profile and find_py_spy() is None:
+        parser.error("--profile needs py-spy (pip install py-spy)")
     return args
 
 
@@ -889,7 +953,7 @@ class Cleanup:
     ) -> bool:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # do not interrupt the cleanup itself
         try:
-            return self.stack.__exit__(exc_type, exc, tb)
+            return bool(self.stack.__exit__(exc_type, exc, tb))
         finally:
             signal.signal(signal.SIGINT, previous)
 
@@ -902,6 +966,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if per_process + 64 > nofile:
         log(f"warning: RLIMIT_NOFILE {nofile} is below the {per_process} sockets per load process")
     started = time.monotonic()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     bench = Benchmark(args)
     with Cleanup() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="voxa-bench-")))
@@ -911,11 +976,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         services.start()
         log(f"signaling pid {services.pid} on port {services.port}, redis {services.redis_version}")
         max_runtime = 120.0 + 3 * (args.joins + args.sockets) / 50.0 + args.hold_seconds
-        load = LoadProcesses(
-            args.workers, f"ws://127.0.0.1:{services.port}/socket/websocket", services.secret, args.concurrency,
-            max_runtime,
-        )  # fmt: skip
-        stack.callback(load.stop)
+        url = f"ws://127.0.0.1:{services.port}/socket/websocket"
+        load = LoadProcesses(args.workers, url, services.secret, args.concurrency, max_runtime)
+        stack.push(load.__exit__)
         try:
             result = bench.run(services, load)
         except BaseException:
@@ -943,10 +1006,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu_count=os.cpu_count(),
         platform=platform.platform(),
         nofile_limit=nofile,
+        loadavg_at_start=load_at_start,
         duration_s=round(time.monotonic() - started, 1),
     )
     headline = ("joins_per_s", "join_p50_ms", "join_p99_ms", "sockets", "rss_mib", "errors")
-    ordered = {k: result[k] for k in headline} | {k: v for k, v in sorted(result.items()) if k not in headline}
+    ordered = {k: result[k] for k in headline}
+    ordered.update((k, v) for k, v in sorted(result.items()) if k not in headline)
     if args.json:
         print(json.dumps(ordered))
     else:
@@ -957,4 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        log("interrupted; everything started was stopped")
+        sys.exit(130)

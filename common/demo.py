@@ -14,7 +14,8 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1") -> int:
     from voxa.signaling.server import run
     from voxa.signaling.settings import SignalingSettings
 
-    secret = os.environ.get("VOXA_JWT_SECRET") or secrets.token_urlsafe(32)
+    given = os.environ.get("VOXA_JWT_SECRET")
+    secret = given or secrets.token_urlsafe(32)
     settings = SignalingSettings(
         host=host,
         port=port,
@@ -32,6 +33,12 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1") -> int:
             VoiceClaims(sub=user, name=name, server=server_id, perms=perms), secret, ttl_s=24 * 3600
         )
         print(f"  Token for {name}: {token}", flush=True)
-    print("  More tokens: VOXA_JWT_SECRET=<secret> voxa token --user U --server " + server_id, flush=True)
+    if given:
+        print(f"  More tokens: .venv/bin/voxa token --user U --name N --server {server_id}", flush=True)
+    else:
+        print(
+            "  (The signing secret was generated: set VOXA_JWT_SECRET to mint more tokens with `voxa token`.)"
+        )
+    print(f"  Stop with Ctrl-C. Health: http://{host}:{port}/healthz", flush=True)
     run(settings)
     return 0

@@ -142,7 +142,7 @@ async def media_server_put(request: web.Request) -> web.Response:
     if server.id != request.match_info["id"] or server.server_id != request.match_info["server_id"]:
         return _json_error(400, "id and server_id in the body must match the path")
     await ctx.registry.heartbeat(server)
-    current = {s.id: s for s in await ctx.registry.list(server.server_id)}.get(server.id)
+    current = {s.id: s for s in await ctx.registry.servers(server.server_id)}.get(server.id)
     ttl = ctx.settings.media_server_ttl_s
     return web.json_response(
         {
@@ -159,7 +159,7 @@ async def media_server_delete(request: web.Request) -> web.Response:
 
 
 async def media_server_list(request: web.Request) -> web.Response:
-    servers = await request.app[CTX].registry.list(request.match_info["server_id"])
+    servers = await request.app[CTX].registry.servers(request.match_info["server_id"])
     return web.json_response({"media_servers": [s.model_dump(mode="json") for s in servers]})
 
 

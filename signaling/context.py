@@ -70,7 +70,7 @@ class SignalingContext:
         for conn in list(self.connections):
             conn.close_soon(protocol.CLOSE_SERVICE_RESTART, "server restarting")
         deadline = asyncio.get_running_loop().time() + self.settings.shutdown_grace_s
-        while self.connections and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+        while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         if self._idle_task is not None:
             self._idle_task.cancel()

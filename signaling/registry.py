@@ -6,6 +6,8 @@ choice of SFU for a new channel is a pure function so it is tested apart from an
 
 from __future__ import annotations
 
+import time
+
 from voxa.signaling.store import MediaServer, Store
 
 
@@ -21,9 +23,15 @@ def choose_media_server(servers: list[MediaServer]) -> MediaServer | None:
 
 
 class MediaRegistry:
-    def __init__(self, store: Store, ttl_s: float) -> None:
+    """Registry operations; the join path reads it through a short cache (`cache_s`), because SFUs
+    heartbeat every few seconds anyway and a join must not pay two extra store round trips."""
+
+    def __init__(self, store: Store, ttl_s: float, cache_s: float = 1.0) -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.cache_s = cache_s
+        self._servers: dict[str, tuple[float, list[MediaServer]]] = {}
+        self._assignments: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def heartbeat(self, server: MediaServer) -> None:
         await self.store.media_server_upsert(server, self.ttl_s)
@@ -31,25 +39,46 @@ class MediaRegistry:
     async def remove(self, server_id: str, media_server_id: str) -> None:
         await self.store.media_server_remove(server_id, media_server_id)
 
-    async def list(self, server_id: str) -> list[MediaServer]:
+    async def servers(self, server_id: str) -> list[MediaServer]:
         return await self.store.media_servers(server_id)
 
     async def mark_draining(self, server_id: str, media_server_id: str, draining: bool) -> None:
         await self.store.media_server_mark_draining(server_id, media_server_id, draining)
 
-    async def assign(self, server_id: str, channel_id: str) -> MediaServer | None:
-        """The SFU hosting the channel: the remembered one while it lives (even draining, so a call in
-        progress stays put), else a newly chosen one. None when the voice server has no usable SFU."""
+    async def _live(self, server_id: str, cached: bool) -> list[MediaServer]:
+        now = time.monotonic()
+        hit = self._servers.get(server_id)
+        if cached and hit is not None and hit[0] > now:
+            return hit[1]
         servers = await self.store.media_servers(server_id)
-        by_id = {s.id: s for s in servers}
-        current = await self.store.assignment_get(server_id, channel_id)
-        if current is not None and current in by_id:
-            return by_id[current]
-        chosen = choose_media_server(servers)
-        if chosen is None:
+        self._servers[server_id] = (now + self.cache_s, servers)
+        if len(self._servers) > 10_000:
+            self._servers = {k: v for k, v in self._servers.items() if v[0] > now}
+        return servers
+
+    async def assign(self, server_id: str, channel_id: str, *, cached: bool = False) -> MediaServer | None:
+        """The SFU hosting the channel: the remembered one while it lives (even draining, so a call in
+        progress stays put), else a newly chosen one. None when the voice server has no usable SFU.
+        With `cached`, what this replica read less than `cache_s` ago may be used."""
+        servers = await self._live(server_id, cached)
+        if not servers:
             return None
-        winner = await self.store.assignment_set(server_id, channel_id, chosen.id, replace=current)
-        return by_id.get(winner, chosen)
+        by_id = {s.id: s for s in servers}
+        now = time.monotonic()
+        key = (server_id, channel_id)
+        remembered = self._assignments.get(key)
+        if cached and remembered is not None and remembered[0] > now and remembered[1] in by_id:
+            return by_id[remembered[1]]
+        current = await self.store.assignment_get(server_id, channel_id)
+        if current is None or current not in by_id:
+            chosen = choose_media_server(servers)
+            if chosen is None:
+                return None
+            current = await self.store.assignment_set(server_id, channel_id, chosen.id, replace=current)
+        self._assignments[key] = (now + self.cache_s, current)
+        if len(self._assignments) > 10_000:
+            self._assignments = {k: v for k, v in self._assignments.items() if v[0] > now}
+        return by_id.get(current)
 
     async def release(self, server_id: str, channel_id: str) -> None:
         await self.store.assignment_clear(server_id, channel_id)

@@ -23,14 +23,13 @@ from voxa.signaling.presence import (
     PRESENCE_STATE,
     Meta,
     State,
-    join_diff,
     leave_diff,
     state_of,
     update_diff,
     updated_meta,
 )
 from voxa.signaling.rights import Action, Forbidden, allowed, check
-from voxa.signaling.store import PresenceEntry, StoreUnavailable
+from voxa.signaling.store import MetaFrame, PresenceEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from voxa.signaling.connection import Connection
@@ -50,6 +49,9 @@ MODERATION = {
     Action.DEAFEN: {"server_deafened": True},
     Action.UNDEAFEN: {"server_deafened": False},
 }
+# The joining meta is completed by the store (member flags merged in); the join diff is built around it.
+META_SLOT = "\x00meta\x00"
+META_SLOT_JSON = '"\\u0000meta\\u0000"'
 STATE_FIELDS = ("muted", "deafened", "server_muted", "server_deafened", "speaking", "video", "suppressed")
 
 
@@ -184,7 +186,6 @@ class VoiceChannel:
         claims = self.conn.claims
         muted = _bool(payload, "muted") or False
         deafened = _bool(payload, "deafened") or False
-        member_flags = await ctx.store.member_get(self.server_id, self.key)
         ref = new_ref()
         meta: Meta = {
             "phx_ref": ref,
@@ -192,30 +193,37 @@ class VoiceChannel:
             "name": claims.display_name,
             "muted": muted or deafened,
             "deafened": deafened,
-            "server_muted": member_flags.get("server_muted", False),
-            "server_deafened": member_flags.get("server_deafened", False),
+            "server_muted": False,  # persistent member flags are merged in by the store
+            "server_deafened": False,
             "speaking": False,
             "video": False,
             "suppressed": not claims.can(Permission.SPEAK, self.channel_id),
             "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
             "joined_at": int(time.time() * 1000),
         }
-        media = await ctx.registry.assign(self.server_id, self.channel_id)
+        media = await ctx.registry.assign(self.server_id, self.channel_id, cached=True)
         await ctx.hub.add(self)
-        frame = protocol.broadcast(self.topic, PRESENCE_DIFF, join_diff(self.key, meta))
+        diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
+        template = protocol.broadcast(self.topic, PRESENCE_DIFF, diff)
+        prefix, suffix = template.split(META_SLOT_JSON)
         try:
-            entries = await ctx.store.presence_join(
-                self.topic, self.index, PresenceEntry(self.key, meta), ctx.settings.max_channel_members, frame
+            result = await ctx.store.presence_join(
+                self.topic,
+                self.index,
+                PresenceEntry(self.key, meta),
+                ctx.settings.max_channel_members,
+                MetaFrame(prefix, suffix),
+                member=(self.server_id, self.key),
             )
         except BaseException:
             await ctx.hub.remove(self)
             raise
-        if entries is None:
+        if result is None:
             await ctx.hub.remove(self)
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
-        self.meta = meta
-        self._state = state_of((e.key, e.meta) for e in entries)
-        ctx.hub.deliver(self.topic, frame, exclude=self)
+        meta = self.meta = result.entry.meta
+        self._state = state_of((e.key, e.meta) for e in result.entries)
+        ctx.hub.deliver(self.topic, result.frame, exclude=self)
         ice = ice_config(ctx.settings.turn_secret, ctx.settings.turn_uris, self.key, ctx.settings.turn_ttl_s)
         return {
             "server_id": self.server_id,

@@ -1,8 +1,25 @@
 """Shared signaling state behind one interface: in process memory, or in Redis for several replicas."""
 
-from voxa.signaling.store.base import MediaLoad, MediaServer, PresenceEntry, Store, StoreUnavailable
+from voxa.signaling.store.base import (
+    JoinResult,
+    MediaLoad,
+    MediaServer,
+    MetaFrame,
+    PresenceEntry,
+    Store,
+    StoreUnavailable,
+)
 
-__all__ = ["MediaLoad", "MediaServer", "PresenceEntry", "Store", "StoreUnavailable", "create_store"]
+__all__ = [
+    "JoinResult",
+    "MediaLoad",
+    "MediaServer",
+    "MetaFrame",
+    "PresenceEntry",
+    "Store",
+    "StoreUnavailable",
+    "create_store",
+]
 
 
 def create_store(redis_url: str | None, replica_id: str, replica_ttl_s: float) -> Store:

@@ -31,6 +31,31 @@ class PresenceEntry:
     meta: Meta
 
 
+@dataclass(slots=True, frozen=True)
+class MetaFrame:
+    """A frame to publish around a meta that the store completes: ``prefix + json(meta) + suffix``.
+
+    The store merges the member's persistent flags into the meta inside the same atomic step that
+    stores it, so a join costs one round trip and never shows a server-muted user unmuted.
+    """
+
+    prefix: str
+    suffix: str
+
+    def render(self, meta_json: str) -> str:
+        return self.prefix + meta_json + self.suffix
+
+
+@dataclass(slots=True, frozen=True)
+class JoinResult:
+    entry: PresenceEntry
+    """The stored entry, member flags merged in."""
+    frame: str
+    """The published frame, for local delivery."""
+    entries: list[PresenceEntry]
+    """Every entry of the topic after the join."""
+
+
 class MediaLoad(BaseModel):
     """Live load an SFU reports with every heartbeat."""
 
@@ -89,11 +114,18 @@ class Store(abc.ABC):
     # --- presence ---------------------------------------------------------------------------------
     @abc.abstractmethod
     async def presence_join(
-        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
-    ) -> list[PresenceEntry] | None:
-        """Add `entry` unless the topic already has `capacity` entries (None then), publish `frame`,
-        and return every entry of the topic (the new one included). `index` names the voice server
-        whose channel list the topic belongs to."""
+        self,
+        topic: str,
+        index: str,
+        entry: PresenceEntry,
+        capacity: int,
+        frame: MetaFrame,
+        member: tuple[str, str] | None = None,
+    ) -> JoinResult | None:
+        """Add `entry` unless the topic already has `capacity` entries (None then) and publish `frame`
+        around its meta. `member` (server id, user id) names persistent member flags (see member_set)
+        that override the meta's fields of the same names. `index` names the voice server whose
+        channel list the topic belongs to."""
 
     @abc.abstractmethod
     async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from voxa.signaling.store.base import MediaServer, PresenceEntry, Store
+import orjson
+
+from voxa.signaling.store.base import JoinResult, MediaServer, MetaFrame, PresenceEntry, Store
 
 
 @dataclass
@@ -67,17 +69,28 @@ class MemoryStore(Store):
         return [entries.pop(k) for k in dead]
 
     async def presence_join(
-        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
-    ) -> list[PresenceEntry] | None:
+        self,
+        topic: str,
+        index: str,
+        entry: PresenceEntry,
+        capacity: int,
+        frame: MetaFrame,
+        member: tuple[str, str] | None = None,
+    ) -> JoinResult | None:
         entries = self.backend.presence.setdefault(topic, {})
         if len(entries) >= capacity:
             self._sweep(topic)
             if len(entries) >= capacity:
+                self._index(topic, index)
                 return None
+        flags = self.backend.members.get(member, {}) if member is not None else {}
+        if flags:
+            entry = PresenceEntry(entry.key, {**entry.meta, **flags})
         entries[(self.replica_id, entry.meta["phx_ref"])] = entry
         self._index(topic, index)
-        self._publish(topic, frame)
-        return list(entries.values())
+        text = frame.render(orjson.dumps(entry.meta).decode())
+        self._publish(topic, text)
+        return JoinResult(entry, text, list(entries.values()))
 
     async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
         self.backend.presence.get(topic, {}).pop((self.replica_id, ref), None)

@@ -27,11 +27,20 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from voxa.signaling.store.base import MediaServer, PresenceEntry, Store, StoreUnavailable
+from voxa.signaling.store.base import (
+    JoinResult,
+    MediaServer,
+    MetaFrame,
+    PresenceEntry,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger("voxa.signaling.store")
 SEP = "\x1f"
 ASSIGNMENT_TTL_S = 86400
+POOL_SIZE = 64
+CALL_TIMEOUT_S = 2.0
 MEMBER_TTL_S = 30 * 86400
 
 # Removes entries whose replica key has expired; shared by join (when full) and sweep.
@@ -51,37 +60,69 @@ local function sweep(hash)
 end
 """
 
-# KEYS: presence hash, index set. ARGV: field, value, capacity, topic, pubsub channel, message.
+# Publishes only when a replica other than the sender listens on the topic (voxa:subs:<topic> holds
+# the subscribed replicas), so a lone replica does not receive its own broadcasts back.
+_PUBLISH_LUA = """
+local function publish_to_others(topic, rid, message)
+  local subs = 'voxa:subs:' .. topic
+  local n = redis.call('SCARD', subs)
+  if n == 0 or (n == 1 and redis.call('SISMEMBER', subs, rid) == 1) then return 0 end
+  return redis.call('PUBLISH', 'voxa:bc:' .. topic, message)
+end
+"""
+
+# ARGV: topic, replica, message.
+PUBLISH_LUA = _PUBLISH_LUA + "return publish_to_others(ARGV[1], ARGV[2], ARGV[3])"
+
+# KEYS: presence hash, index set, member hash ('' when none).
+# ARGV: field, key as JSON, meta as JSON, capacity, topic, replica, message prefix, message suffix.
+# The member hash's fields ('1'/'0') override the meta's; returns {meta, all entries}.
 JOIN_LUA = (
     _SWEEP_LUA
+    + _PUBLISH_LUA
     + """
-local cap = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
 if redis.call('HLEN', KEYS[1]) >= cap then
   sweep(KEYS[1])
   if redis.call('HLEN', KEYS[1]) >= cap then return false end
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[4])
-redis.call('PUBLISH', ARGV[5], ARGV[6])
-return redis.call('HVALS', KEYS[1])
+local meta = ARGV[3]
+if KEYS[3] ~= '' then
+  local flags = redis.call('HGETALL', KEYS[3])
+  if #flags > 0 then
+    local m = cjson.decode(meta)
+    for i = 1, #flags, 2 do m[flags[i]] = (flags[i + 1] == '1') end
+    meta = cjson.encode(m)
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], '[' .. ARGV[2] .. ',' .. meta .. ']')
+redis.call('SADD', KEYS[2], ARGV[5])
+publish_to_others(ARGV[5], ARGV[6], ARGV[7] .. meta .. ARGV[8])
+return {meta, redis.call('HVALS', KEYS[1])}
 """
 )
 
-# KEYS: presence hash, index set. ARGV: field, topic, pubsub channel, message ('' for none).
-LEAVE_LUA = """
+# KEYS: presence hash, index set. ARGV: field, topic, replica, message ('' for none).
+LEAVE_LUA = (
+    _PUBLISH_LUA
+    + """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('HLEN', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[2]) end
-if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
+if ARGV[4] ~= '' then publish_to_others(ARGV[2], ARGV[3], ARGV[4]) end
 return 1
 """
+)
 
-# KEYS: presence hash. ARGV: old field, new field, value, pubsub channel, message.
-UPDATE_LUA = """
+# KEYS: presence hash. ARGV: old field, new field, value, topic, replica, message.
+UPDATE_LUA = (
+    _PUBLISH_LUA
+    + """
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+publish_to_others(ARGV[4], ARGV[5], ARGV[6])
 return 1
 """
+)
 
 # KEYS: presence hash, index set. ARGV: topic.
 SWEEP_LUA = (
@@ -129,19 +170,24 @@ def _encode_entry(entry: PresenceEntry) -> str:
 class RedisStore(Store):
     def __init__(self, url: str, replica_id: str, replica_ttl_s: float) -> None:
         super().__init__(replica_id, replica_ttl_s)
-        self._redis = aioredis.Redis.from_url(
+        # A blocking pool: a burst of joins waits for a connection instead of failing. Timeouts are one
+        # asyncio.timeout per call in _call (redis-py's socket_timeout costs a Task per command), and the
+        # hub's probe replaces redis-py's per-command health checks.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=POOL_SIZE,
+            timeout=CALL_TIMEOUT_S,
             decode_responses=True,
-            socket_timeout=2.0,
             socket_connect_timeout=1.0,
             retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-            health_check_interval=5,
         )
+        self._redis = aioredis.Redis(connection_pool=pool)
         self._join = self._redis.register_script(JOIN_LUA)
         self._leave = self._redis.register_script(LEAVE_LUA)
         self._update = self._redis.register_script(UPDATE_LUA)
         self._sweep = self._redis.register_script(SWEEP_LUA)
         self._resync = self._redis.register_script(RESYNC_LUA)
+        self._publish = self._redis.register_script(PUBLISH_LUA)
         self._topics: set[str] = set()
         self._pubsub: PubSub | None = None
         self._pubsub_lock = asyncio.Lock()
@@ -151,7 +197,8 @@ class RedisStore(Store):
 
     async def _call(self, make: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            return await make()
+            async with asyncio.timeout(CALL_TIMEOUT_S):
+                return await make()
         except (TimeoutError, RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}") from exc
 
@@ -188,25 +235,38 @@ class RedisStore(Store):
         return f"{self.replica_id}{SEP}{payload}"
 
     async def presence_join(
-        self, topic: str, index: str, entry: PresenceEntry, capacity: int, frame: str
-    ) -> list[PresenceEntry] | None:
+        self,
+        topic: str,
+        index: str,
+        entry: PresenceEntry,
+        capacity: int,
+        frame: MetaFrame,
+        member: tuple[str, str] | None = None,
+    ) -> JoinResult | None:
+        keys = [
+            f"voxa:presence:{topic}",
+            f"voxa:channels:{index}",
+            f"voxa:member:{member[0]}:{member[1]}" if member is not None else "",
+        ]
         args: list[Any] = [
             self._field(entry.meta["phx_ref"]),
-            _encode_entry(entry),
+            orjson.dumps(entry.key).decode(),
+            orjson.dumps(entry.meta).decode(),
             capacity,
             topic,
-            f"voxa:bc:{topic}",
-            self._message(frame),
+            self.replica_id,
+            self._message(frame.prefix),
+            frame.suffix,
         ]
-        raw = await self._call(
-            lambda: self._join(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args)
-        )
+        raw = await self._call(lambda: self._join(keys=keys, args=args))
         if raw is None:
             return None
-        return [_decode_entry(v) for v in raw]
+        meta_json, values = raw
+        stored = PresenceEntry(entry.key, orjson.loads(meta_json))
+        return JoinResult(stored, frame.render(meta_json), [_decode_entry(v) for v in values])
 
     async def presence_leave(self, topic: str, index: str, ref: str, frame: str | None) -> None:
-        args = [self._field(ref), topic, f"voxa:bc:{topic}", self._message(frame) if frame else ""]
+        args = [self._field(ref), topic, self.replica_id, self._message(frame) if frame else ""]
         await self._call(
             lambda: self._leave(keys=[f"voxa:presence:{topic}", f"voxa:channels:{index}"], args=args)
         )
@@ -216,7 +276,8 @@ class RedisStore(Store):
             self._field(old_ref),
             self._field(entry.meta["phx_ref"]),
             _encode_entry(entry),
-            f"voxa:bc:{topic}",
+            topic,
+            self.replica_id,
             self._message(frame),
         ]
         await self._call(lambda: self._update(keys=[f"voxa:presence:{topic}"], args=args))
@@ -254,16 +315,18 @@ class RedisStore(Store):
             self._topics.add(topic)
             if self._pubsub is not None:
                 await self._call(lambda: self._pubsub.subscribe(f"voxa:bc:{topic}"))  # type: ignore[union-attr]
+            await self._call(lambda: self._redis.sadd(f"voxa:subs:{topic}", self.replica_id))
 
     async def unsubscribe(self, topic: str) -> None:
         async with self._pubsub_lock:
             self._topics.discard(topic)
-            if self._pubsub is not None:
-                with contextlib.suppress(StoreUnavailable):
+            with contextlib.suppress(StoreUnavailable):
+                await self._call(lambda: self._redis.srem(f"voxa:subs:{topic}", self.replica_id))
+                if self._pubsub is not None:
                     await self._call(lambda: self._pubsub.unsubscribe(f"voxa:bc:{topic}"))  # type: ignore[union-attr]
 
     async def publish(self, topic: str, payload: str) -> None:
-        await self._call(lambda: self._redis.publish(f"voxa:bc:{topic}", self._message(payload)))
+        await self._call(lambda: self._publish(args=[topic, self.replica_id, self._message(payload)]))
 
     async def _pubsub_loop(self) -> None:
         """Receive broadcasts; on any connection loss, reconnect and resubscribe every topic."""
@@ -274,6 +337,11 @@ class RedisStore(Store):
                 async with self._pubsub_lock:
                     channels = [self._replica_channel, *(f"voxa:bc:{t}" for t in self._topics)]
                     await pubsub.subscribe(*channels)
+                    if self._topics:  # Redis may have restarted empty: announce our topics again
+                        async with self._redis.pipeline(transaction=False) as pipe:
+                            for topic in self._topics:
+                                pipe.sadd(f"voxa:subs:{topic}", self.replica_id)
+                            await pipe.execute()
                     self._pubsub = pubsub
                 delay = 0.05
                 while not self._closed:

@@ -27,9 +27,9 @@ scalars = (
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**64 - 1)
+    | st.text(max_size=20)
     | st.floats(allow_nan=False, allow_infinity=False)
 )
-scalars = scalars | st.text(max_size=20)
 json_values = st.recursive(
     scalars,
     lambda children: (

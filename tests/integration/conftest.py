@@ -23,7 +23,7 @@ class AppServer:
 
     @property
     def ctx(self) -> SignalingContext:
-        return self.server.app[CTX]  # type: ignore[index]
+        return self.server.app[CTX]
 
     @property
     def http(self) -> str:

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import RedisServer, SignalingProcess
+from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import AppFactory, token
 from voxa.client.phoenix import PhoenixClient
 from voxa.signaling.store.redis import RedisStore
@@ -52,7 +52,7 @@ async def test_registry_shared_between_replicas(app_factory: AppFactory, redis_s
     from voxa.signaling.store import MediaServer
 
     await a.ctx.registry.heartbeat(MediaServer(id="sfu-1", server_id="g1", url="http://127.0.0.1:1"))
-    assert [m.id for m in await b.ctx.registry.list("g1")] == ["sfu-1"]
+    assert [m.id for m in await b.ctx.registry.servers("g1")] == ["sfu-1"]
     first = await a.ctx.registry.assign("g1", "lobby")
     second = await b.ctx.registry.assign("g1", "lobby")
     assert first is not None and second is not None and first.id == second.id == "sfu-1"
@@ -75,7 +75,9 @@ async def wait_status(proc: SignalingProcess, status: int, timeout: float = 15.0
 
 
 @pytest.mark.slow
-async def test_killed_replica_participants_disappear(signaling_factory, redis_server: RedisServer) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_replica_participants_disappear(
+    signaling_factory: SignalingFactory, redis_server: RedisServer
+) -> None:
     survivor = signaling_factory(redis_server.url, replica_ttl_s="1.5")
     doomed = signaling_factory(redis_server.url, replica_ttl_s="1.5")
     alice = PhoenixClient(survivor.ws_url, token("alice"))
@@ -93,8 +95,8 @@ async def test_killed_replica_participants_disappear(signaling_factory, redis_se
 
 @pytest.mark.slow
 async def test_redis_restart_readiness_and_presence_converge(
-    signaling_factory, redis_server: RedisServer
-) -> None:  # type: ignore[no-untyped-def]
+    signaling_factory: SignalingFactory, redis_server: RedisServer
+) -> None:
     a = signaling_factory(redis_server.url, replica_ttl_s="3")
     b = signaling_factory(redis_server.url, replica_ttl_s="3")
     alice = PhoenixClient(a.ws_url, token("alice"))

@@ -301,10 +301,10 @@ async def test_shutdown_closes_with_reconnect_code(app_factory: AppFactory) -> N
 
 
 # --- upgrade checks ----------------------------------------------------------------------------------
-async def upgrade_status(url: str, **kwargs: object) -> tuple[int, str]:
+async def upgrade_status(url: str, params: dict[str, str], origin: str | None = None) -> tuple[int, str]:
     async with aiohttp.ClientSession() as session:
         try:
-            async with session.ws_connect(url, **kwargs):  # type: ignore[arg-type]
+            async with session.ws_connect(url, params=params, origin=origin):
                 return 101, ""
         except aiohttp.WSServerHandshakeError as exc:
             return exc.status, exc.message

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import orjson
 import pytest
 
 from conftest import RedisServer
-from voxa.signaling.store import MediaLoad, MediaServer, PresenceEntry, Store
+from voxa.signaling.store import MediaLoad, MediaServer, MetaFrame, PresenceEntry, Store
 from voxa.signaling.store.memory import MemoryBackend, MemoryStore
 from voxa.signaling.store.redis import RedisStore
 
@@ -52,14 +53,25 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0)
             await asyncio.sleep(0.02)
 
 
+def frame(name: str) -> MetaFrame:
+    return MetaFrame(f"[{name!r},", "]")
+
+
+async def join(
+    store: Store, topic: str, e: PresenceEntry, capacity: int = 10, name: str = "f"
+) -> list[PresenceEntry] | None:
+    result = await store.presence_join(topic, "g", e, capacity, frame(name))
+    return None if result is None else result.entries
+
+
 def keys(entries: list[PresenceEntry]) -> list[tuple[str, str]]:
     return sorted((e.key, e.meta["phx_ref"]) for e in entries)
 
 
 async def test_join_returns_all_entries_and_indexes_topic(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    assert await a.presence_join("voice:g:c", "g", entry("alice", "r1"), 10, "f1") == [entry("alice", "r1")]
-    got = await a.presence_join("voice:g:c", "g", entry("bob", "r2", muted=True), 10, "f2")
+    assert await join(a, "voice:g:c", entry("alice", "r1"), 10, "f1") == [entry("alice", "r1")]
+    got = await join(a, "voice:g:c", entry("bob", "r2", muted=True), 10, "f2")
     assert keys(got or []) == [("alice", "r1"), ("bob", "r2")]
     assert await a.channels("g") == ["voice:g:c"]
     listed = await a.presence_list("voice:g:c")
@@ -68,15 +80,15 @@ async def test_join_returns_all_entries_and_indexes_topic(make_store: StoreFacto
 
 async def test_capacity(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    assert await a.presence_join("t", "g", entry("u1", "1"), 2, "f") is not None
-    assert await a.presence_join("t", "g", entry("u2", "2"), 2, "f") is not None
-    assert await a.presence_join("t", "g", entry("u3", "3"), 2, "f") is None
+    assert await join(a, "t", entry("u1", "1"), 2, "f") is not None
+    assert await join(a, "t", entry("u2", "2"), 2, "f") is not None
+    assert await join(a, "t", entry("u3", "3"), 2, "f") is None
     assert keys(await a.presence_list("t")) == [("u1", "1"), ("u2", "2")]
 
 
 async def test_leave_and_index_cleanup(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    await a.presence_join("t", "g", entry("u1", "1"), 10, "f")
+    await join(a, "t", entry("u1", "1"), 10, "f")
     await a.presence_leave("t", "g", "1", "bye")
     assert await a.presence_list("t") == []
     assert await a.channels("g") == []
@@ -84,15 +96,15 @@ async def test_leave_and_index_cleanup(make_store: StoreFactory) -> None:
 
 async def test_update_replaces_entry(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    await a.presence_join("t", "g", entry("u1", "1", muted=False), 10, "f")
+    await join(a, "t", entry("u1", "1", muted=False), 10, "f")
     await a.presence_update("t", "1", entry("u1", "2", muted=True), "f")
     assert [(e.key, e.meta) for e in await a.presence_list("t")] == [("u1", {"phx_ref": "2", "muted": True})]
 
 
 async def test_replicas_only_remove_their_own_entries(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await a.presence_join("t", "g", entry("u1", "same"), 10, "f")
-    await b.presence_join("t", "g", entry("u2", "same"), 10, "f")
+    await join(a, "t", entry("u1", "same"), 10, "f")
+    await join(b, "t", entry("u2", "same"), 10, "f")
     await a.presence_leave("t", "g", "same", None)
     assert keys(await b.presence_list("t")) == [("u2", "same")]
 
@@ -105,7 +117,7 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
     b.on_remote = lambda t, p: got_b.append((t, p))
     await a.subscribe("t")
     await b.subscribe("t")
-    await a.presence_join("t", "g", entry("u1", "1"), 10, "join-frame")
+    await join(a, "t", entry("u1", "1"), 10, "join-frame")
     await a.publish("t", "plain")
     await a.presence_update("t", "1", entry("u1", "2"), "update-frame")
     await a.presence_leave("t", "g", "2", "leave-frame")
@@ -114,7 +126,12 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
         return len(got_b) == 4
 
     await eventually(all_arrived)
-    assert got_b == [("t", "join-frame"), ("t", "plain"), ("t", "update-frame"), ("t", "leave-frame")]
+    assert got_b == [
+        ("t", """['join-frame',{"phx_ref":"1"}]"""),
+        ("t", "plain"),
+        ("t", "update-frame"),
+        ("t", "leave-frame"),
+    ]
     assert got_a == []
     await b.unsubscribe("t")
     await a.publish("t", "after")
@@ -131,8 +148,8 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
 
 async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await a.presence_join("t", "g", entry("alive", "1"), 10, "f")
-    await b.presence_join("t", "g", entry("doomed", "2"), 10, "f")
+    await join(a, "t", entry("alive", "1"), 10, "f")
+    await join(b, "t", entry("doomed", "2"), 10, "f")
 
     async def b_expired() -> bool:
         await a.replica_heartbeat()  # a stays alive; b stops heartbeating
@@ -146,21 +163,52 @@ async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactor
 
 async def test_capacity_counts_only_live_replicas(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await b.presence_join("t", "g", entry("ghost", "1"), 1, "f")
+    await join(b, "t", entry("ghost", "1"), 1, "f")
     await b.replica_remove()
-    assert keys(await a.presence_join("t", "g", entry("new", "2"), 1, "f") or []) == [("new", "2")]
+    assert keys(await join(a, "t", entry("new", "2"), 1, "f") or []) == [("new", "2")]
 
 
 async def test_resync_replaces_this_replicas_entries(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await a.presence_join("t", "g", entry("stale", "1"), 10, "f")
-    await b.presence_join("t", "g", entry("other", "2"), 10, "f")
+    await join(a, "t", entry("stale", "1"), 10, "f")
+    await join(b, "t", entry("other", "2"), 10, "f")
     await a.presence_resync("t", "g", [entry("fresh", "3")])
     assert keys(await a.presence_list("t")) == [("fresh", "3"), ("other", "2")]
     await a.presence_resync("t2", "g", [entry("x", "4")])
     assert await a.channels("g") == ["t", "t2"]
     await a.presence_resync("t2", "g", [])
     assert await a.channels("g") == ["t"]
+
+
+async def test_join_merges_member_flags_into_meta_and_frame(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    got_b: list[str] = []
+    b.on_remote = lambda t, p: got_b.append(p)
+    await b.subscribe("t")
+    await a.member_set("g", "bob", {"server_muted": True, "server_deafened": False})
+    meta = {
+        "phx_ref": "1",
+        "name": "Bob \u00e9/",
+        "server_muted": False,
+        "server_deafened": True,
+        "n": 1795255085123,
+    }
+    result = await a.presence_join("t", "g", PresenceEntry("bob", meta), 10, frame("j"), member=("g", "bob"))
+    assert result is not None
+    expected = {**meta, "server_muted": True, "server_deafened": False}
+    assert result.entry == PresenceEntry("bob", expected)
+    assert result.entries == [PresenceEntry("bob", expected)]
+    assert result.frame.startswith("['j',") and orjson.loads(result.frame[5:-1]) == expected
+    plain = await a.presence_join(
+        "t", "g", entry("carol", "2", server_muted=False), 10, frame("k"), member=("g", "carol")
+    )
+    assert plain is not None and plain.entry.meta == {"phx_ref": "2", "server_muted": False}
+
+    async def arrived() -> bool:
+        return len(got_b) == 2
+
+    await eventually(arrived)
+    assert got_b[0] == result.frame
 
 
 async def test_member_flags_persist(make_store: StoreFactory) -> None:

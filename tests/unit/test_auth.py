@@ -99,7 +99,7 @@ def test_unknown_permission_is_refused() -> None:
 
 
 def test_alg_none_is_refused() -> None:
-    token = jwt.encode({"sub": "a", "server": "g", "exp": int(time.time()) + 60}, None, algorithm="none")
+    token = jwt.encode({"sub": "a", "server": "g", "exp": int(time.time()) + 60}, "", algorithm="none")
     with pytest.raises(AuthError, match="not accepted"):
         TokenVerifier(secret=SECRET).verify(token)
 

@@ -1,0 +1,559 @@
+// The browser side of e2e/browser/harness.py: one RTCPeerConnection per page, driven through
+// `window.voxaTest` by playwright's page.evaluate. The Python test is the signaling relay: it moves
+// offers, answers and candidates between this page and whatever peer it tests (aiortc, the SFU ...).
+//
+// Every function is async and returns plain JSON-serialisable data. Errors are thrown as Error with a
+// message saying what was expected; the harness reports them together with the page's console log.
+
+const FFT_SIZE = 8192;
+const SNAPSHOT_MS = 50;
+const MIN_HZ = 30;
+const MAX_HZ = 20000;
+const LOOPBACK = new Set(["127.0.0.1"]);
+
+const s = {
+  pc: null,
+  options: null,
+  ctx: null,
+  localStream: null,
+  mic: null, // { sender, track } of the microphone added by start(): what mute()/unmute() act on
+  video: null,
+  extraTracks: [],
+  muted: false,
+  candidates: [],
+  gatheringDone: false,
+  remote: new Map(), // receiver track id -> { track, streamIds, element }
+  analysers: new Map(), // receiver track id -> { analyser, source, sink, created }
+  counters: {
+    negotiationNeeded: 0,
+    offersCreated: 0,
+    answersCreated: 0,
+    remoteOffers: 0,
+    remoteAnswers: 0,
+    rollbacks: 0,
+    tracksReceived: 0,
+    candidatesAdded: 0,
+    replaceTrack: 0,
+  },
+};
+
+function log(...parts) {
+  console.log("[voxa]", ...parts);
+}
+
+function setStatus(text) {
+  const el = document.getElementById("status");
+  if (el) el.textContent = text;
+}
+
+function requirePc() {
+  if (!s.pc) throw new Error("voxaTest.start() has not been called");
+  return s.pc;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function audioContext() {
+  if (!s.ctx) s.ctx = new AudioContext({ sampleRate: 48000 });
+  return s.ctx;
+}
+
+// --- SDP helpers ---------------------------------------------------------------------------------
+
+function isLoopbackCandidate(candidateLine) {
+  // a=candidate:<foundation> <component> <transport> <priority> <address> <port> typ <type> ...
+  const fields = candidateLine.replace(/^a=/, "").split(" ");
+  return fields.length > 5 && LOOPBACK.has(fields[4]);
+}
+
+function filterSdp(sdp) {
+  if (!s.options.loopbackOnly) return sdp;
+  const lines = sdp.split("\r\n");
+  const kept = lines.filter((line) => !line.startsWith("a=candidate:") || isLoopbackCandidate(line));
+  return kept.map((line) => (line.startsWith("c=IN IP4 ") ? "c=IN IP4 127.0.0.1" : line)).join("\r\n");
+}
+
+function describe(desc) {
+  if (!desc) return null;
+  return { type: desc.type, sdp: filterSdp(desc.sdp) };
+}
+
+async function waitGathering(timeoutMs) {
+  const pc = requirePc();
+  if (pc.iceGatheringState === "complete") return;
+  await new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      log("ICE gathering still", pc.iceGatheringState, "after", timeoutMs, "ms: using what we have");
+      done();
+    }, timeoutMs);
+    function done() {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", check);
+      resolve();
+    }
+    function check() {
+      if (pc.iceGatheringState === "complete") done();
+    }
+    pc.addEventListener("icegatheringstatechange", check);
+  });
+}
+
+async function localDescription({ waitIce = true, gatherTimeoutMs = 5000 } = {}) {
+  if (waitIce) await waitGathering(gatherTimeoutMs);
+  return describe(requirePc().localDescription);
+}
+
+// --- media ---------------------------------------------------------------------------------------
+
+async function getMicrophone() {
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+  });
+  return stream.getAudioTracks()[0];
+}
+
+function onTrack(event) {
+  const { track, streams, transceiver } = event;
+  s.counters.tracksReceived += 1;
+  const streamIds = streams.map((stream) => stream.id);
+  let entry = s.remote.get(track.id);
+  if (!entry) {
+    // Chromium only feeds a remote WebRTC track into WebAudio while a media element plays it
+    // (crbug.com/933677), so every remote track gets a muted, autoplaying element.
+    const element = document.createElement(track.kind === "video" ? "video" : "audio");
+    element.muted = true;
+    element.autoplay = true;
+    element.playsInline = true;
+    element.srcObject = new MediaStream([track]);
+    element.dataset.trackId = track.id;
+    document.getElementById("media").appendChild(element);
+    element.play().catch((err) => log("play() of remote", track.kind, "failed:", err.message));
+    entry = { track, streamIds, element };
+    s.remote.set(track.id, entry);
+  }
+  entry.streamIds = streamIds;
+  for (const stream of streams) {
+    stream.onremovetrack = (ev) => {
+      const removed = s.remote.get(ev.track.id);
+      if (removed) removed.streamIds = removed.streamIds.filter((id) => id !== stream.id);
+    };
+  }
+  log("track", track.kind, "mid", transceiver.mid, "streams", streamIds.join(",") || "-");
+}
+
+// --- public API ----------------------------------------------------------------------------------
+
+async function start({
+  iceServers = [],
+  audio = true,
+  video = false,
+  loopbackOnly = true,
+  bundlePolicy = "max-bundle",
+  iceTransportPolicy = "all",
+} = {}) {
+  if (s.pc) throw new Error("voxaTest.start() was already called on this page");
+  s.options = { loopbackOnly };
+  const pc = new RTCPeerConnection({ iceServers, bundlePolicy, iceTransportPolicy });
+  s.pc = pc;
+  pc.onnegotiationneeded = () => {
+    s.counters.negotiationNeeded += 1;
+    log("negotiationneeded", s.counters.negotiationNeeded);
+  };
+  pc.onicecandidate = (event) => {
+    if (!event.candidate) {
+      s.gatheringDone = true;
+      return;
+    }
+    const init = event.candidate.toJSON();
+    if (init.candidate && (!loopbackOnly || isLoopbackCandidate(init.candidate))) s.candidates.push(init);
+  };
+  pc.onsignalingstatechange = () => log("signalingState", pc.signalingState);
+  pc.oniceconnectionstatechange = () => log("iceConnectionState", pc.iceConnectionState);
+  pc.onconnectionstatechange = () => {
+    log("connectionState", pc.connectionState);
+    setStatus(pc.connectionState);
+  };
+  pc.onicecandidateerror = (event) => log("icecandidateerror", event.errorCode, event.errorText, event.url);
+  pc.ontrack = onTrack;
+
+  s.localStream = new MediaStream();
+  if (audio || video) {
+    const media = await navigator.mediaDevices.getUserMedia({
+      audio: audio ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false } : false,
+      video: video ? { width: 320, height: 240, frameRate: 15 } : false,
+    });
+    for (const track of media.getTracks()) {
+      s.localStream.addTrack(track);
+      const sender = pc.addTrack(track, s.localStream);
+      if (track.kind === "audio") s.mic = { sender, track };
+      else s.video = { sender, track };
+    }
+  }
+  // Start the AudioContext now, so that measure() does not wait for it (autoplay is allowed by flag).
+  await audioContext().resume();
+  setStatus("started");
+  return {
+    streamId: s.localStream.id,
+    audioTrackId: s.mic ? s.mic.track.id : null,
+    videoTrackId: s.video ? s.video.track.id : null,
+  };
+}
+
+async function createOffer({ waitIce = true, iceRestart = false, gatherTimeoutMs = 5000 } = {}) {
+  const pc = requirePc();
+  const offer = await pc.createOffer({ iceRestart });
+  await pc.setLocalDescription(offer);
+  s.counters.offersCreated += 1;
+  return localDescription({ waitIce, gatherTimeoutMs });
+}
+
+async function createAnswer({ waitIce = true, gatherTimeoutMs = 5000 } = {}) {
+  const pc = requirePc();
+  const answer = await pc.createAnswer();
+  await pc.setLocalDescription(answer);
+  s.counters.answersCreated += 1;
+  return localDescription({ waitIce, gatherTimeoutMs });
+}
+
+async function setRemote(desc) {
+  const pc = requirePc();
+  await pc.setRemoteDescription(desc);
+  if (desc.type === "offer") s.counters.remoteOffers += 1;
+  if (desc.type === "answer") s.counters.remoteAnswers += 1;
+  return { signalingState: pc.signalingState };
+}
+
+// setLocalDescription(desc): without desc, the implicit offer/answer of the current state;
+// {type: "rollback"} abandons a local offer.
+async function setLocal(desc = undefined, { waitIce = true, gatherTimeoutMs = 5000 } = {}) {
+  const pc = requirePc();
+  if (desc) await pc.setLocalDescription(desc);
+  else await pc.setLocalDescription();
+  if (desc && desc.type === "rollback") {
+    s.counters.rollbacks += 1;
+    return null;
+  }
+  const type = pc.localDescription.type;
+  if (type === "offer") s.counters.offersCreated += 1;
+  if (type === "answer") s.counters.answersCreated += 1;
+  return localDescription({ waitIce, gatherTimeoutMs });
+}
+
+// The remote side's (re-)offer: rolls back a pending local offer (this page is the polite peer),
+// applies the offer and returns the answer SDP.
+async function handleRemoteOffer(sdp, { waitIce = true, gatherTimeoutMs = 5000 } = {}) {
+  const pc = requirePc();
+  if (pc.signalingState === "have-local-offer") {
+    await pc.setLocalDescription({ type: "rollback" });
+    s.counters.rollbacks += 1;
+  }
+  await setRemote({ type: "offer", sdp });
+  const answer = await createAnswer({ waitIce, gatherTimeoutMs });
+  return answer.sdp;
+}
+
+async function addIceCandidate(candidate) {
+  const pc = requirePc();
+  await pc.addIceCandidate(candidate ?? undefined);
+  s.counters.candidatesAdded += 1;
+  return true;
+}
+
+// The local candidates gathered since the last call (trickle ICE), and whether gathering is over.
+async function takeCandidates() {
+  const candidates = s.candidates;
+  s.candidates = [];
+  return { candidates, done: s.gatheringDone };
+}
+
+async function addAudioTrack({ ownStream = true } = {}) {
+  const pc = requirePc();
+  const track = await getMicrophone();
+  const stream = ownStream ? new MediaStream([track]) : s.localStream;
+  if (!ownStream) stream.addTrack(track);
+  pc.addTrack(track, stream);
+  s.extraTracks.push(track);
+  return { trackId: track.id, streamId: stream.id };
+}
+
+async function addTransceiver(kind, init = {}) {
+  const pc = requirePc();
+  const transceiver = pc.addTransceiver(kind, init);
+  return { index: pc.getTransceivers().indexOf(transceiver), direction: transceiver.direction };
+}
+
+// Mute as the Voxa client does it: stop and release the microphone and detach it from its sender
+// (replaceTrack(null)); transceivers, directions and SDP stay as they are, so nothing is renegotiated.
+async function mute() {
+  if (!s.mic) throw new Error("no microphone: start({audio: true}) first");
+  if (s.muted) return { muted: true, stoppedTrackId: null };
+  const { sender, track } = s.mic;
+  track.stop();
+  s.localStream.removeTrack(track);
+  await sender.replaceTrack(null);
+  s.counters.replaceTrack += 1;
+  s.mic = { sender, track: null };
+  s.muted = true;
+  log("muted: stopped", track.id);
+  return { muted: true, stoppedTrackId: track.id };
+}
+
+async function unmute() {
+  if (!s.mic) throw new Error("no microphone: start({audio: true}) first");
+  if (!s.muted) return { muted: false, trackId: s.mic.track.id };
+  const track = await getMicrophone();
+  await s.mic.sender.replaceTrack(track);
+  s.counters.replaceTrack += 1;
+  s.localStream.addTrack(track);
+  s.mic = { sender: s.mic.sender, track };
+  s.muted = false;
+  log("unmuted: new track", track.id);
+  return { muted: false, trackId: track.id };
+}
+
+function ensureAnalyser(track) {
+  let entry = s.analysers.get(track.id);
+  if (entry) return entry;
+  const ctx = audioContext();
+  const source = ctx.createMediaStreamSource(new MediaStream([track]));
+  const analyser = ctx.createAnalyser();
+  analyser.fftSize = FFT_SIZE;
+  analyser.smoothingTimeConstant = 0;
+  const sink = ctx.createGain();
+  sink.gain.value = 0;
+  source.connect(analyser);
+  analyser.connect(sink);
+  sink.connect(ctx.destination);
+  entry = { analyser, source, sink, created: performance.now() };
+  s.analysers.set(track.id, entry);
+  return entry;
+}
+
+function remoteAudio(mids) {
+  const pc = requirePc();
+  const out = [];
+  for (const transceiver of pc.getTransceivers()) {
+    const track = transceiver.receiver.track;
+    if (!track || track.kind !== "audio" || transceiver.mid === null || transceiver.stopped) continue;
+    if (mids && !mids.includes(transceiver.mid)) continue;
+    out.push({ transceiver, track });
+  }
+  return out;
+}
+
+// For each remote audio track: `ms` milliseconds of AnalyserNode snapshots; the dominant frequency of
+// the averaged power spectrum (parabolic interpolation between bins) and the mean RMS of the signal.
+async function measure(ms = 1000, { mids = null } = {}) {
+  const ctx = audioContext();
+  if (ctx.state !== "running") await ctx.resume();
+  const targets = remoteAudio(mids).map((t) => ({ ...t, entry: ensureAnalyser(t.track) }));
+  if (targets.length === 0) return [];
+  // A fresh analyser needs one full FFT window of real input before its snapshots mean anything.
+  const windowMs = (FFT_SIZE / ctx.sampleRate) * 1000;
+  const youngest = Math.max(...targets.map((t) => t.entry.created));
+  const warm = youngest + windowMs + 50 - performance.now();
+  if (warm > 0) await sleep(warm);
+
+  const bins = FFT_SIZE / 2;
+  const acc = targets.map(() => ({ power: new Float64Array(bins), rms: 0, peak: 0, snapshots: 0 }));
+  const freq = new Float32Array(bins);
+  const time = new Float32Array(FFT_SIZE);
+  const deadline = performance.now() + ms;
+  do {
+    targets.forEach((t, i) => {
+      const a = acc[i];
+      t.entry.analyser.getFloatFrequencyData(freq);
+      for (let b = 0; b < bins; b += 1) {
+        if (Number.isFinite(freq[b])) a.power[b] += 10 ** (freq[b] / 10);
+      }
+      t.entry.analyser.getFloatTimeDomainData(time);
+      let sum = 0;
+      for (let k = 0; k < time.length; k += 1) {
+        sum += time[k] * time[k];
+        a.peak = Math.max(a.peak, Math.abs(time[k]));
+      }
+      a.rms += Math.sqrt(sum / time.length);
+      a.snapshots += 1;
+    });
+    await sleep(SNAPSHOT_MS);
+  } while (performance.now() < deadline);
+
+  const binHz = ctx.sampleRate / FFT_SIZE;
+  return targets.map((t, i) => {
+    const a = acc[i];
+    const lo = Math.ceil(MIN_HZ / binHz);
+    const hi = Math.min(bins - 2, Math.floor(MAX_HZ / binHz));
+    let best = -1;
+    let bestPower = 0;
+    for (let b = lo; b <= hi; b += 1) {
+      if (a.power[b] > bestPower) {
+        bestPower = a.power[b];
+        best = b;
+      }
+    }
+    let hz = null;
+    if (best > 0) {
+      const [l, c, r] = [a.power[best - 1], a.power[best], a.power[best + 1]].map((p) =>
+        Math.log(Math.max(p, 1e-30)),
+      );
+      const denom = l - 2 * c + r;
+      const offset = denom === 0 ? 0 : (0.5 * (l - r)) / denom;
+      hz = (best + Math.max(-0.5, Math.min(0.5, offset))) * binHz;
+    }
+    const entry = s.remote.get(t.track.id);
+    return {
+      mid: t.transceiver.mid,
+      trackId: t.track.id,
+      streamIds: entry ? entry.streamIds : [],
+      direction: t.transceiver.direction,
+      currentDirection: t.transceiver.currentDirection,
+      trackMuted: t.track.muted,
+      readyState: t.track.readyState,
+      hz,
+      rms: a.snapshots ? a.rms / a.snapshots : 0,
+      peak: a.peak,
+      db: bestPower > 0 ? 10 * Math.log10(bestPower / a.snapshots) : null,
+      snapshots: a.snapshots,
+      sampleRate: ctx.sampleRate,
+    };
+  });
+}
+
+function pick(obj, keys) {
+  const out = {};
+  for (const key of keys) if (obj[key] !== undefined) out[key] = obj[key];
+  return out;
+}
+
+// Selected getStats() numbers: inbound/outbound RTP keyed by mid, the selected candidate pair, transport.
+async function stats() {
+  const pc = requirePc();
+  const report = await pc.getStats();
+  const byId = new Map();
+  report.forEach((entry) => byId.set(entry.id, entry));
+  const inbound = {};
+  const outbound = {};
+  let transport = null;
+  report.forEach((r) => {
+    const codec = r.codecId && byId.get(r.codecId) ? byId.get(r.codecId).mimeType : null;
+    if (r.type === "inbound-rtp") {
+      inbound[r.mid ?? `ssrc:${r.ssrc}`] = {
+        ...pick(r, [
+          "kind", "ssrc", "mid", "trackIdentifier", "packetsReceived", "packetsLost", "bytesReceived",
+          "jitter", "audioLevel", "totalAudioEnergy", "totalSamplesReceived", "concealedSamples",
+          "silentConcealedSamples", "framesDecoded", "frameWidth", "frameHeight",
+        ]),
+        codec,
+      };
+    } else if (r.type === "outbound-rtp") {
+      outbound[r.mid ?? `ssrc:${r.ssrc}`] = {
+        ...pick(r, ["kind", "ssrc", "mid", "packetsSent", "bytesSent", "active", "framesEncoded"]),
+        codec,
+      };
+    } else if (r.type === "transport") {
+      transport = r;
+    }
+  });
+  let candidatePair = null;
+  if (transport && transport.selectedCandidatePairId) {
+    const pair = byId.get(transport.selectedCandidatePairId);
+    const side = (id) => {
+      const c = byId.get(id);
+      return c ? pick(c, ["address", "port", "protocol", "candidateType", "networkType"]) : null;
+    };
+    if (pair) {
+      candidatePair = {
+        ...pick(pair, ["state", "nominated", "bytesSent", "bytesReceived", "currentRoundTripTime"]),
+        local: side(pair.localCandidateId),
+        remote: side(pair.remoteCandidateId),
+      };
+    }
+  }
+  return {
+    inbound,
+    outbound,
+    candidatePair,
+    transport: transport ? pick(transport, ["dtlsState", "iceState", "iceRole", "selectedCandidatePairChanges"]) : null,
+  };
+}
+
+async function state() {
+  const pc = requirePc();
+  return {
+    signalingState: pc.signalingState,
+    iceConnectionState: pc.iceConnectionState,
+    iceGatheringState: pc.iceGatheringState,
+    connectionState: pc.connectionState,
+    muted: s.muted,
+    counters: { ...s.counters },
+    transceivers: pc.getTransceivers().map((t) => ({
+      mid: t.mid,
+      kind: t.receiver.track.kind,
+      direction: t.direction,
+      currentDirection: t.currentDirection,
+      stopped: t.stopped ?? false,
+      senderTrackId: t.sender.track ? t.sender.track.id : null,
+      senderTrackState: t.sender.track ? t.sender.track.readyState : null,
+      receiverTrackId: t.receiver.track.id,
+      receiverTrackMuted: t.receiver.track.muted,
+      remoteStreamIds: s.remote.has(t.receiver.track.id) ? s.remote.get(t.receiver.track.id).streamIds : [],
+    })),
+  };
+}
+
+async function descriptions() {
+  const pc = requirePc();
+  return { local: describe(pc.currentLocalDescription), remote: pc.currentRemoteDescription };
+}
+
+async function waitConnected(timeoutMs = 10000) {
+  const pc = requirePc();
+  const deadline = performance.now() + timeoutMs;
+  while (pc.connectionState !== "connected") {
+    if (pc.connectionState === "failed" || pc.connectionState === "closed") {
+      throw new Error(`connectionState is ${pc.connectionState}`);
+    }
+    if (performance.now() > deadline) {
+      throw new Error(`not connected within ${timeoutMs} ms: connectionState ${pc.connectionState}`);
+    }
+    await sleep(25);
+  }
+  return pc.connectionState;
+}
+
+async function close() {
+  for (const track of s.localStream ? s.localStream.getTracks() : []) track.stop();
+  for (const track of s.extraTracks) track.stop();
+  if (s.pc) s.pc.close();
+  if (s.ctx) await s.ctx.close();
+  s.pc = null;
+  s.ctx = null;
+  s.analysers.clear();
+  s.remote.clear();
+  return true;
+}
+
+window.voxaTest = {
+  start,
+  createOffer,
+  createAnswer,
+  setRemote,
+  setLocal,
+  handleRemoteOffer,
+  addIceCandidate,
+  takeCandidates,
+  addAudioTrack,
+  addTransceiver,
+  mute,
+  unmute,
+  measure,
+  stats,
+  state,
+  descriptions,
+  waitConnected,
+  close,
+};
+window.voxaTestReady = true;
+setStatus("ready");

@@ -1,0 +1,236 @@
+"""Every use of aiortc's and aioice's private internals, in one place.
+
+Voxa uses aiortc's public ORTC objects (RTCIceGatherer, RTCIceTransport, RTCDtlsTransport) for ICE,
+DTLS and SRTP keying, but forwards media itself. Three things need internals:
+
+- host candidates on a chosen address and port range (aioice gathers on every interface, port 0);
+- the fast path: SRTP datagrams are taken straight from the UDP protocol instead of travelling
+  through aioice's queue and the DTLS transport's receive loop, and are sent straight to the
+  nominated pair's socket; the SRTP sessions come from the DTLS transport after its handshake;
+- the ICE role.
+
+These are pinned to the versions below; tests/unit/sfu/test_aiortc_glue.py fails loudly when an
+upgrade moves any attribute this module reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any, cast
+
+import pylibsrtp
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+from aioice.ice import Connection, StunProtocol
+from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+
+PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
+
+
+class GlueError(RuntimeError):
+    """aiortc/aioice no longer look the way this module expects."""
+
+
+def check_versions() -> None:
+    """Refuse to run on versions whose internals were not verified."""
+    for package, pinned in PINNED.items():
+        found = version(package)
+        if found != pinned:
+            raise GlueError(f"{package} {found} is installed; Voxa's SFU is verified with {pinned} only")
+
+
+def check_internals(gatherer: RTCIceGatherer, dtls: RTCDtlsTransport) -> None:
+    """Assert every private attribute used here exists (called once per worker at start-up)."""
+    conn = gatherer._connection
+    for obj, names in (
+        (
+            conn,
+            (
+                "_protocols",
+                "_local_candidates",
+                "_local_candidates_start",
+                "_local_candidates_end",
+                "_nominated",
+                "ice_controlling",
+            ),
+        ),
+        (dtls, ("_rx_srtp", "_tx_srtp", "_role")),
+    ):
+        for name in names:
+            if not hasattr(obj, name):
+                raise GlueError(f"{type(obj).__name__}.{name} is gone: re-verify sfu/aiortc_glue.py")
+
+
+def new_gatherer() -> RTCIceGatherer:
+    """A gatherer that will never ask a STUN/TURN server (the SFU is reached on its own addresses)."""
+    return RTCIceGatherer(iceServers=[])
+
+
+async def bind_host_candidate(
+    gatherer: RTCIceGatherer, listen_ip: str, min_port: int, max_port: int, *, controlling: bool = False
+) -> tuple[str, int]:
+    """Bind one UDP socket in [min_port, max_port] on listen_ip and make it the only host candidate.
+
+    Returns the bound (address, port). Raises OSError when the range is exhausted.
+    """
+    conn: Connection = gatherer._connection
+    conn.ice_controlling = controlling
+    loop = asyncio.get_running_loop()
+    span = max_port - min_port + 1
+    start = random.randrange(span)
+    last_error: OSError | None = None
+    for i in range(min(span, 512)):
+        port = min_port + (start + i) % span
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: StunProtocol(conn), local_addr=(listen_ip, port)
+            )
+        except OSError as exc:
+            last_error = exc
+            continue
+        break
+    else:
+        raise OSError(f"no free UDP port in {min_port}-{max_port}: {last_error}")
+    host, bound_port = transport.get_extra_info("sockname")[:2]
+    protocol.local_candidate = Candidate(
+        foundation=candidate_foundation("host", "udp", host),
+        component=1,
+        transport="udp",
+        priority=candidate_priority(1, "host"),
+        host=host,
+        port=bound_port,
+        type="host",
+    )
+    conn._protocols.append(protocol)
+    conn._local_candidates.append(protocol.local_candidate)
+    conn._local_candidates_start = True
+    conn._local_candidates_end = True
+    return host, bound_port
+
+
+SrtpHandler = Callable[[bytes], None]
+
+
+class FastPath:
+    """Direct SRTP in and out of a connected ICE+DTLS pair, with no per-packet task switches.
+
+    `on_rtp` / `on_rtcp` receive plaintext. Packets that fail SRTP authentication are counted and
+    dropped. Until `attach` has run (DTLS connected), datagrams take aiortc's normal path.
+    """
+
+    __slots__ = (
+        "_addr",
+        "_conn",
+        "_on_rtcp",
+        "_on_rtp",
+        "_rx",
+        "_sendto",
+        "_tx",
+        "rx_bytes",
+        "rx_errors",
+        "rx_packets",
+        "tx_bytes",
+        "tx_errors",
+        "tx_packets",
+    )
+
+    def __init__(self, ice: RTCIceTransport, on_rtp: SrtpHandler, on_rtcp: SrtpHandler) -> None:
+        self._conn: Connection = ice._connection
+        self._on_rtp = on_rtp
+        self._on_rtcp = on_rtcp
+        self._rx: pylibsrtp.Session | None = None
+        self._tx: pylibsrtp.Session | None = None
+        self._sendto: Callable[[bytes, Any], None] | None = None
+        self._addr: tuple[str, int] | None = None
+        self.rx_packets = self.rx_bytes = self.rx_errors = 0
+        self.tx_packets = self.tx_bytes = self.tx_errors = 0
+
+    def attach(self, dtls: RTCDtlsTransport) -> None:
+        """Take over SRTP once DTLS is connected."""
+        if dtls._rx_srtp is None or dtls._tx_srtp is None:
+            raise GlueError("DTLS transport has no SRTP sessions: is it connected?")
+        self._rx = dtls._rx_srtp
+        self._tx = dtls._tx_srtp
+        self.refresh_route()
+        for protocol in list(self._conn._protocols):
+            self._wrap(protocol)
+
+    def refresh_route(self) -> bool:
+        """Follow the nominated candidate pair (it can change after ICE re-nomination)."""
+        pair = self._conn._nominated.get(1)
+        if pair is None:
+            self._sendto = None
+            self._addr = None
+            return False
+        self._sendto = pair.protocol.transport.sendto
+        self._addr = pair.remote_addr
+        return True
+
+    def _wrap(self, protocol: StunProtocol) -> None:
+        original = protocol.datagram_received
+        handle = self._datagram
+
+        def datagram_received(data: bytes | str, addr: tuple[Any, ...]) -> None:
+            buf = cast(bytes, data)
+            if 127 < buf[0] < 192:  # RTP/RTCP (RFC 7983)
+                handle(buf)
+            else:
+                original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+
+    def _datagram(self, data: bytes) -> None:
+        rx = self._rx
+        if rx is None:
+            return
+        self.rx_packets += 1
+        self.rx_bytes += len(data)
+        # RTCP packet types 192-223 sit in the second byte (RFC 5761 demultiplexing).
+        if 191 < data[1] < 224:
+            try:
+                plain = rx.unprotect_rtcp(data)
+            except pylibsrtp.Error:
+                self.rx_errors += 1
+                return
+            self._on_rtcp(plain)
+        else:
+            try:
+                plain = rx.unprotect(data)
+            except pylibsrtp.Error:
+                self.rx_errors += 1
+                return
+            self._on_rtp(plain)
+
+    def send_rtp(self, plain: bytes) -> None:
+        tx = self._tx
+        sendto = self._sendto
+        if tx is None or sendto is None:
+            return
+        try:
+            data = tx.protect(plain)
+        except pylibsrtp.Error:
+            self.tx_errors += 1
+            return
+        sendto(data, self._addr)
+        self.tx_packets += 1
+        self.tx_bytes += len(data)
+
+    def send_rtcp(self, plain: bytes) -> None:
+        tx = self._tx
+        sendto = self._sendto
+        if tx is None or sendto is None:
+            return
+        try:
+            data = tx.protect_rtcp(plain)
+        except pylibsrtp.Error:
+            self.tx_errors += 1
+            return
+        sendto(data, self._addr)
+        self.tx_packets += 1
+        self.tx_bytes += len(data)
+
+    def detach(self) -> None:
+        self._rx = self._tx = None
+        self._sendto = None

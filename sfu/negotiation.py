@@ -1,0 +1,359 @@
+"""One peer's offer/answer state, pure: which m-sections exist, what each carries, and the SDP for them.
+
+The SFU is the impolite peer of perfect negotiation: while its own offer is unanswered it ignores a
+colliding client offer (the polite client rolls back, answers, and offers again). m-sections are never
+renumbered: a mid keeps its payload types and extension ids, and a consumer's m-section that is no
+longer needed goes inactive and is reused by the next consumer of the same kind instead of growing the
+session forever.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from voxa.sfu import sdp
+from voxa.sfu.sdp import Codec, LocalMedia, LocalTransport, RemoteDescription, SdpError
+
+VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
+AUDIO_FEEDBACK: tuple[str, ...] = ()
+SUPPORTED = {
+    "audio": ("opus",),
+    "video": ("vp8", "h264"),
+}
+DEFAULT_PT = {"opus": 111, "vp8": 96, "h264": 102}
+
+
+class State(enum.StrEnum):
+    NEW = "new"
+    STABLE = "stable"
+    HAVE_LOCAL_OFFER = "have-local-offer"
+
+
+class NegotiationError(SdpError):
+    """A description that is valid SDP but cannot be applied to this session."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProducerSpec:
+    """A track the client sends on one of its m-sections."""
+
+    mid: str
+    kind: str
+    codec: Codec  # the one codec negotiated for the section
+    ssrcs: tuple[int, ...]
+    extensions: dict[str, int]  # the client's ids
+    sending: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """A track the SFU sends this peer: a producer of someone else, with this peer's own SSRC."""
+
+    consumer_id: str
+    kind: str
+    codec: Codec  # as the producer sends it (its payload type is remapped per peer)
+    ssrc: int
+    cname: str
+    stream_id: str
+    track_id: str
+
+
+@dataclass(slots=True)
+class Line:
+    media: LocalMedia
+    owner: str  # "client" or "sfu"
+    consumer_id: str | None = None
+
+
+@dataclass(slots=True)
+class OfferResult:
+    answer: str | None  # None when the offer was ignored (glare: the SFU's own offer wins)
+    producers: list[ProducerSpec] = field(default_factory=list)
+    first: bool = False  # the very first offer: ICE/DTLS parameters to start with
+    remote: RemoteDescription | None = None
+
+
+@dataclass(slots=True)
+class AnswerResult:
+    consumers: dict[str, str]  # consumer id -> mid, accepted
+    rejected: list[str]  # consumer ids the client rejected
+
+
+class Negotiator:
+    def __init__(self, transport: LocalTransport, session_id: int) -> None:
+        self.transport = transport
+        self.session_id = session_id
+        self._version = itertools.count(1)
+        self.lines: list[Line] = []
+        self.state = State.NEW
+        self.remote_ice: tuple[str, str] | None = None
+        self.pt_by_key: dict[str, int] = {}
+        self.ext_by_uri: dict[str, int] = {}
+        self._pending: list[Line] | None = None
+        self._mids = itertools.count()
+
+    # --- payload types and extension ids, stable for the whole session -----------------------------
+    def _pt_for(self, codec: Codec) -> int:
+        pt = self.pt_by_key.get(codec.key)
+        if pt is not None:
+            return pt
+        used = set(self.pt_by_key.values())
+        preferred = DEFAULT_PT.get(codec.name.lower(), 96)
+        candidates = [preferred, *range(96, 128), *range(35, 64)]
+        chosen: int = next(p for p in candidates if p not in used)
+        self.pt_by_key[codec.key] = chosen
+        return chosen
+
+    def _ext_ids(self, kind: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for uri in sdp.SUPPORTED_EXTENSIONS[kind]:
+            ext_id = self.ext_by_uri.get(uri)
+            if ext_id is None:
+                used = set(self.ext_by_uri.values())
+                ext_id = next(i for i in range(1, 15) if i not in used)
+                self.ext_by_uri[uri] = ext_id
+            out[uri] = ext_id
+        return out
+
+    def _learn(self, codec: Codec, extensions: dict[str, int]) -> None:
+        known = self.pt_by_key.get(codec.key)
+        if known is not None and known != codec.pt:
+            raise NegotiationError(f"payload type of {codec.name} changed from {known} to {codec.pt}")
+        taken = {pt: key for key, pt in self.pt_by_key.items()}
+        if taken.get(codec.pt, codec.key) != codec.key:
+            raise NegotiationError(
+                f"payload type {codec.pt} is already used by another codec in this session"
+            )
+        self.pt_by_key[codec.key] = codec.pt
+        for uri, ext_id in extensions.items():
+            known_id = self.ext_by_uri.get(uri)
+            if known_id is not None and known_id != ext_id:
+                raise NegotiationError(f"extension {uri} changed id from {known_id} to {ext_id}")
+            self.ext_by_uri[uri] = ext_id
+
+    # --- client offers ------------------------------------------------------------------------------
+    def on_offer(self, text: str) -> OfferResult:
+        remote = sdp.parse(text, "offer")
+        if self.state is State.HAVE_LOCAL_OFFER:
+            return OfferResult(answer=None)  # impolite: our offer stands, the client rolls back
+        self._check_ice(remote)
+        first = self.state is State.NEW
+        if len(remote.media) < len(self.lines):
+            raise NegotiationError("an offer must keep every existing m-section")
+        producers: list[ProducerSpec] = []
+        for index, section in enumerate(remote.media):
+            if index < len(self.lines):
+                line = self.lines[index]
+                if line.media.mid != section.mid or line.media.kind != section.kind:
+                    raise NegotiationError(f"m-section {index} must keep mid {line.media.mid!r}")
+                if line.owner == "sfu" or line.media.rejected:
+                    continue
+                producers.append(self._client_line(line, section))
+            else:
+                line = self._new_client_line(section)
+                self.lines.append(line)
+                if not line.media.rejected:
+                    producers.append(self._client_line(line, section))
+        self.state = State.STABLE
+        answer = sdp.render(
+            "answer", self.session_id, next(self._version), self.transport, [ln.media for ln in self.lines]
+        )
+        return OfferResult(answer=answer, producers=producers, first=first, remote=remote)
+
+    def _check_ice(self, remote: RemoteDescription) -> None:
+        ice = (remote.ice_ufrag, remote.ice_pwd)
+        if self.remote_ice is None:
+            self.remote_ice = ice
+        elif ice != self.remote_ice:
+            raise NegotiationError("ICE restarts are not supported; reconnect instead")
+
+    def _new_client_line(self, section: sdp.MediaSection) -> Line:
+        if section.mid in {ln.media.mid for ln in self.lines}:
+            raise NegotiationError(f"mid {section.mid!r} is already in use")
+        codec = self._choose_codec(section)
+        if codec is None or section.kind not in SUPPORTED or section.port == 0:
+            media = LocalMedia(
+                kind=section.kind,
+                mid=section.mid,
+                direction="inactive",
+                codecs=section.codecs[:1],
+                extensions={},
+                rejected=True,
+                proto=section.proto,
+            )
+            return Line(media=media, owner="client")
+        extensions = {
+            u: i for u, i in section.extensions.items() if u in sdp.SUPPORTED_EXTENSIONS[section.kind]
+        }
+        self._learn(codec, extensions)
+        media = LocalMedia(
+            kind=section.kind, mid=section.mid, direction="inactive", codecs=[codec], extensions=extensions
+        )
+        return Line(media=media, owner="client")
+
+    def _choose_codec(self, section: sdp.MediaSection) -> Codec | None:
+        wanted = SUPPORTED.get(section.kind, ())
+        for codec in section.codecs:
+            name = codec.name.lower()
+            if name not in wanted:
+                continue
+            if name == "h264" and sdp._fmtp_value(codec.fmtp, "packetization-mode") != "1":
+                continue
+            feedback = VIDEO_FEEDBACK if section.kind == "video" else AUDIO_FEEDBACK
+            offered = set(codec.feedback)
+            return Codec(
+                codec.pt,
+                codec.name,
+                codec.clock_rate,
+                codec.channels,
+                codec.fmtp,
+                tuple(f for f in feedback if f in offered),
+            )
+        return None
+
+    def _client_line(self, line: Line, section: sdp.MediaSection) -> ProducerSpec:
+        sending = section.direction in ("sendrecv", "sendonly")
+        line.media.direction = "recvonly" if sending else "inactive"
+        return ProducerSpec(
+            mid=line.media.mid,
+            kind=line.media.kind,
+            codec=line.media.codecs[0],
+            ssrcs=tuple(section.ssrcs),
+            extensions=dict(line.media.extensions),
+            sending=sending,
+        )
+
+    # --- SFU offers ---------------------------------------------------------------------------------
+    def create_offer(self, consumers: list[ConsumerSpec]) -> str | None:
+        """An offer whose SFU-owned m-sections carry exactly `consumers`, or None if nothing changes
+        (or an offer is already pending: call again after the answer)."""
+        if self.state is not State.STABLE:
+            return None
+        lines = [Line(media=_copy(ln.media), owner=ln.owner, consumer_id=ln.consumer_id) for ln in self.lines]
+        wanted = {c.consumer_id: c for c in consumers}
+        changed = False
+        for line in lines:
+            if line.owner != "sfu" or line.consumer_id is None:
+                continue
+            if line.consumer_id not in wanted:
+                line.consumer_id = None
+                line.media.direction = "inactive"
+                line.media.ssrc = None
+                line.media.stream_id = line.media.track_id = None
+                changed = True
+        present = {ln.consumer_id for ln in lines if ln.consumer_id}
+        for spec in consumers:
+            if spec.consumer_id in present:
+                continue
+            changed = True
+            free = next(
+                (
+                    ln
+                    for ln in lines
+                    if ln.owner == "sfu"
+                    and ln.consumer_id is None
+                    and ln.media.kind == spec.kind
+                    and not ln.media.rejected
+                ),
+                None,
+            )
+            codec = Codec(
+                self._pt_for(spec.codec),
+                spec.codec.name,
+                spec.codec.clock_rate,
+                spec.codec.channels,
+                spec.codec.fmtp,
+                VIDEO_FEEDBACK if spec.kind == "video" else AUDIO_FEEDBACK,
+            )
+            if free is None:
+                mid = self._new_mid()
+                free = Line(
+                    media=LocalMedia(
+                        kind=spec.kind,
+                        mid=mid,
+                        direction="sendonly",
+                        codecs=[codec],
+                        extensions=self._ext_ids(spec.kind),
+                    ),
+                    owner="sfu",
+                )
+                lines.append(free)
+            free.consumer_id = spec.consumer_id
+            free.media.direction = "sendonly"
+            free.media.codecs = [codec]
+            free.media.ssrc = spec.ssrc
+            free.media.cname = spec.cname
+            free.media.stream_id = spec.stream_id
+            free.media.track_id = spec.track_id
+        if not changed:
+            return None
+        self._pending = lines
+        self.state = State.HAVE_LOCAL_OFFER
+        self.transport_setup_for_offer()
+        return sdp.render(
+            "offer", self.session_id, next(self._version), self._offer_transport(), [ln.media for ln in lines]
+        )
+
+    def transport_setup_for_offer(self) -> None:
+        """Re-offers keep the DTLS role already established (RFC 8842 5.5)."""
+
+    def _offer_transport(self) -> LocalTransport:
+        return self.transport  # our role (active) is written as is
+
+    def _new_mid(self) -> str:
+        used = {ln.media.mid for ln in self.lines} | {ln.media.mid for ln in (self._pending or [])}
+        while True:
+            mid = f"c{next(self._mids)}"
+            if mid not in used:
+                return mid
+
+    def on_answer(self, text: str) -> AnswerResult:
+        if self.state is not State.HAVE_LOCAL_OFFER or self._pending is None:
+            raise NegotiationError("no offer of ours is waiting for an answer")
+        remote = sdp.parse(text, "answer")
+        pending = self._pending
+        if [m.mid for m in remote.media] != [ln.media.mid for ln in pending]:
+            raise NegotiationError("the answer's m-sections do not match our offer")
+        self._check_ice(remote)
+        accepted: dict[str, str] = {}
+        rejected: list[str] = []
+        for line, section in zip(pending, remote.media, strict=True):
+            if line.owner != "sfu" or line.consumer_id is None:
+                continue
+            if section.port == 0 or section.direction not in ("recvonly", "sendrecv"):
+                rejected.append(line.consumer_id)
+                line.consumer_id = None
+                line.media.direction = "inactive"
+            else:
+                accepted[line.consumer_id] = line.media.mid
+        self.lines = pending
+        self._pending = None
+        self.state = State.STABLE
+        return AnswerResult(consumers=accepted, rejected=rejected)
+
+    def rollback(self) -> None:
+        """Forget our unanswered offer (the peer is going away, or the offer timed out)."""
+        self._pending = None
+        if self.state is State.HAVE_LOCAL_OFFER:
+            self.state = State.STABLE
+
+    def consumer_line(self, consumer_id: str) -> LocalMedia | None:
+        return next((ln.media for ln in self.lines if ln.consumer_id == consumer_id), None)
+
+
+def _copy(media: LocalMedia) -> LocalMedia:
+    return LocalMedia(
+        kind=media.kind,
+        mid=media.mid,
+        direction=media.direction,
+        codecs=list(media.codecs),
+        extensions=dict(media.extensions),
+        rejected=media.rejected,
+        ssrc=media.ssrc,
+        cname=media.cname,
+        stream_id=media.stream_id,
+        track_id=media.track_id,
+        proto=media.proto,
+    )

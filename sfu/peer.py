@@ -1,0 +1,352 @@
+"""A Peer: one client's transport, negotiation state, producers and consumers, wired to its Router."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from voxa.sfu import rtcp, rtp
+from voxa.sfu.negotiation import ConsumerSpec, Negotiator, ProducerSpec, State
+from voxa.sfu.router import Consumer, Producer, now_ms, random_ssrc
+from voxa.sfu.sdp import RemoteDescription, SdpError
+from voxa.sfu.transport import WebRtcTransport
+
+if TYPE_CHECKING:
+    from voxa.sfu.worker import RouterHandle, SfuWorker
+
+log = logging.getLogger("voxa.sfu.peer")
+
+
+class PeerError(Exception):
+    """A request about a peer that cannot be honoured; the message is for the caller."""
+
+
+class Peer:
+    def __init__(
+        self,
+        worker: SfuWorker,
+        room: RouterHandle,
+        peer_id: str,
+        *,
+        can_speak: bool = True,
+        can_video: bool = True,
+    ) -> None:
+        self.worker = worker
+        self.room = room
+        self.id = peer_id
+        self.can_speak = can_speak
+        self.can_video = can_video
+        self.muted = False
+        self.server_muted = False
+        self.rtcp_ssrc = random_ssrc()
+        self.producers: dict[str, Producer] = {}  # mid -> producer
+        self.by_ssrc: dict[int, Producer] = {}
+        self.consumers: dict[str, Consumer] = {}  # consumers sending to this peer
+        self.transport = WebRtcTransport(
+            worker.certificate, on_rtp=self.on_rtp, on_rtcp=self.on_rtcp, on_closed=self._transport_closed
+        )
+        self.negotiator: Negotiator | None = None
+        self.remote: RemoteDescription | None = None
+        self.offers_sent = 0
+        self._offer_dirty = False
+        self.closed = False
+        self.send_rtp: Callable[[bytes], None] = self.transport.fast.send_rtp
+        self.send_rtcp: Callable[[bytes], None] = self.transport.fast.send_rtcp
+
+    # --- negotiation ------------------------------------------------------------------------------
+    async def open(self, offer: str) -> str:
+        settings = self.worker.settings
+        local = await self.transport.setup(
+            settings.rtc_listen_ip, settings.rtc_announced_ip, settings.rtc_min_port, settings.rtc_max_port
+        )
+        self.negotiator = Negotiator(local, random_ssrc())
+        try:
+            answer = self.handle_offer(offer)
+        except SdpError:
+            await self.transport.close("bad offer")
+            raise
+        assert answer is not None and self.remote is not None
+        self.transport.start(self.remote, settings.connect_timeout_s)
+        asyncio.get_running_loop().create_task(self._when_connected())
+        return answer
+
+    def handle_offer(self, offer: str) -> str | None:
+        """Answer a client offer, or return None if our own offer is pending (we are impolite)."""
+        assert self.negotiator is not None
+        result = self.negotiator.on_offer(offer)
+        if result.answer is None:
+            return None
+        if result.first:
+            self.remote = result.remote
+        for spec in result.producers:
+            self._apply_producer(spec)
+        if self._offer_dirty or any(c.mid is None for c in self.consumers.values()):
+            asyncio.get_running_loop().call_soon(self.schedule_offer)
+        return result.answer
+
+    def handle_answer(self, answer: str) -> None:
+        assert self.negotiator is not None
+        result = self.negotiator.on_answer(answer)
+        now = now_ms()
+        for consumer_id, mid in result.consumers.items():
+            consumer = self.consumers.get(consumer_id)
+            media = self.negotiator.consumer_line(consumer_id)
+            if consumer is None or media is None:
+                continue
+            if consumer.mid != mid or consumer.rewriter is None:
+                consumer.negotiated(mid, media.codecs[0].pt, media.extensions)
+            if self.transport.connected.is_set() and not consumer.ready:
+                consumer.start(now)
+        for consumer_id in result.rejected:
+            consumer = self.consumers.get(consumer_id)
+            if consumer is not None:
+                consumer.ready = False
+        if self._offer_dirty:
+            self.schedule_offer()
+
+    def schedule_offer(self) -> None:
+        """Offer the consumers this peer should receive now (after the pending answer, if one is due)."""
+        negotiator = self.negotiator
+        if negotiator is None or self.closed:
+            return
+        if negotiator.state is not State.STABLE:
+            self._offer_dirty = True
+            return
+        self._offer_dirty = False
+        specs = [
+            ConsumerSpec(
+                consumer_id=c.id,
+                kind=c.kind,
+                codec=c.producer.codec,
+                ssrc=c.ssrc,
+                cname=f"voxa-{c.producer.peer_id}",
+                stream_id=c.producer.peer_id,
+                track_id=c.producer.id,
+            )
+            for c in self.consumers.values()
+        ]
+        offer = negotiator.create_offer(specs)
+        if offer is not None:
+            self.offers_sent += 1
+            self.worker.emit({"type": "offer", "router": self.room.router.id, "peer": self.id, "sdp": offer})
+
+    def _apply_producer(self, spec: ProducerSpec) -> None:
+        producer = self.producers.get(spec.mid)
+        if producer is None:
+            if not spec.sending:
+                return
+            producer = Producer(
+                self.id,
+                spec.mid,
+                spec.kind,
+                spec.codec,
+                spec.ssrcs,
+                spec.extensions,
+                request_keyframe=self._request_keyframe,
+            )
+            self.producers[spec.mid] = producer
+            producer.set_paused(
+                muted=self.muted, server_muted=self.server_muted, permitted=self._permitted(spec.kind)
+            )
+            for ssrc in spec.ssrcs:
+                self.by_ssrc[ssrc] = producer
+            self.room.add_producer(self, producer)
+        else:
+            for ssrc in spec.ssrcs:
+                if ssrc not in producer.ssrcs:
+                    producer.ssrcs.add(ssrc)
+                    self.by_ssrc[ssrc] = producer
+            if not spec.sending:
+                producer.set_paused(permitted=False)
+            else:
+                producer.set_paused(permitted=self._permitted(spec.kind))
+
+    def _permitted(self, kind: str) -> bool:
+        return self.can_speak if kind == "audio" else self.can_video
+
+    def set_rights(self, *, can_speak: bool | None = None, can_video: bool | None = None) -> None:
+        if can_speak is not None:
+            self.can_speak = can_speak
+        if can_video is not None:
+            self.can_video = can_video
+        for producer in self.producers.values():
+            producer.set_paused(permitted=self._permitted(producer.kind))
+
+    def set_muted(self, *, muted: bool | None = None, server_muted: bool | None = None) -> None:
+        """Mute (client's own) or server-mute (moderator's) every audio producer, without renegotiation."""
+        if muted is not None:
+            self.muted = muted
+        if server_muted is not None:
+            self.server_muted = server_muted
+        for producer in self.producers.values():
+            if producer.is_audio:
+                producer.set_paused(muted=self.muted, server_muted=self.server_muted)
+
+    async def _when_connected(self) -> None:
+        await self.transport.connected.wait()
+        now = now_ms()
+        for consumer in self.consumers.values():
+            if consumer.rewriter is not None and not consumer.ready:
+                consumer.start(now)
+        self.worker.emit(
+            {"type": "peer_state", "router": self.room.router.id, "peer": self.id, "state": "connected"}
+        )
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers[consumer.id] = consumer
+
+    def drop_consumers(self, consumers: list[Consumer]) -> None:
+        changed = False
+        for consumer in consumers:
+            if self.consumers.pop(consumer.id, None) is not None:
+                consumer.ready = False
+                changed = True
+        if changed:
+            self.schedule_offer()
+
+    # --- media (hot path) ---------------------------------------------------------------------------
+    def on_rtp(self, data: bytes) -> None:
+        if len(data) < 12 or data[0] >> 6 != 2:
+            self.worker.bad_packets += 1
+            return
+        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
+        producer = self.by_ssrc.get(ssrc)
+        if producer is None:
+            producer = self._bind_unknown_ssrc(data, ssrc)
+            if producer is None:
+                return
+        if rtp.check_rtp(data) is not None:
+            self.worker.bad_packets += 1
+            return
+        producer.receive(data, now_ms())
+
+    def _bind_unknown_ssrc(self, data: bytes, ssrc: int) -> Producer | None:
+        """An SSRC the SDP did not announce: find its producer by the mid header extension."""
+        if rtp.check_rtp(data) is not None:
+            self.worker.bad_packets += 1
+            return None
+        for producer in self.producers.values():
+            if producer.mid_id:
+                found = rtp.find_extension(data, producer.mid_id)
+                if (
+                    found is not None
+                    and bytes(data[found[0] : found[0] + found[1]]).decode(errors="replace") == producer.mid
+                ):
+                    producer.ssrcs.add(ssrc)
+                    self.by_ssrc[ssrc] = producer
+                    return producer
+        self.worker.unknown_packets += 1
+        return None
+
+    def on_rtcp(self, data: bytes) -> None:
+        try:
+            packets = rtcp.parse_rtcp(data)
+        except ValueError:
+            self.worker.bad_packets += 1
+            return
+        now = now_ms()
+        for packet in packets:
+            if isinstance(packet, rtcp.Nack):
+                consumer = self._consumer_by_ssrc(packet.media_ssrc)
+                if consumer is not None:
+                    consumer.retransmit(packet.lost)
+            elif isinstance(packet, rtcp.Pli):
+                consumer = self._consumer_by_ssrc(packet.media_ssrc)
+                if consumer is not None:
+                    consumer.stats.plis += 1
+                    consumer.producer.want_keyframe(now)
+            elif isinstance(packet, rtcp.Fir):
+                for media_ssrc, _seq in packet.entries:
+                    consumer = self._consumer_by_ssrc(media_ssrc)
+                    if consumer is not None:
+                        consumer.producer.want_keyframe(now)
+            elif isinstance(packet, rtcp.SenderReport):
+                producer = self.by_ssrc.get(packet.ssrc)
+                if producer is not None:
+                    stats = producer.receivers.get(packet.ssrc)
+                    if stats is not None:
+                        stats.on_sender_report(packet.ntp_ts, now)
+
+    def _consumer_by_ssrc(self, ssrc: int) -> Consumer | None:
+        for consumer in self.consumers.values():
+            if consumer.ssrc == ssrc:
+                return consumer
+        return None
+
+    def _request_keyframe(self, media_ssrc: int) -> None:
+        self.send_rtcp(rtcp.build_pli(self.rtcp_ssrc, media_ssrc))
+
+    def send_reports(self, wall_s: float, now: int) -> None:
+        """Periodic RTCP: an SR per consumer sent to this peer, and RRs for what this peer publishes."""
+        if not self.transport.connected.is_set():
+            return
+        parts = [
+            sr for c in self.consumers.values() if c.ready and (sr := c.sender_report(wall_s)) is not None
+        ]
+        blocks = [
+            block
+            for producer in self.producers.values()
+            for stats in producer.receivers.values()
+            if (block := stats.report_block(now)) is not None
+        ]
+        if blocks or not parts:
+            parts.insert(0, rtcp.build_rr(self.rtcp_ssrc, blocks[:31]))
+        self.send_rtcp(b"".join(parts))
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def _transport_closed(self, reason: str) -> None:
+        if not self.closed:
+            asyncio.get_running_loop().create_task(self.room.remove_peer(self.id, reason=reason))
+
+    async def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await self.transport.close(reason)
+        self.worker.emit(
+            {
+                "type": "peer_state",
+                "router": self.room.router.id,
+                "peer": self.id,
+                "state": "closed",
+                "reason": reason,
+            }
+        )
+
+    def stats(self) -> dict[str, Any]:
+        fast = self.transport.fast
+        return {
+            "id": self.id,
+            "connected": self.transport.connected.is_set(),
+            "muted": self.muted,
+            "server_muted": self.server_muted,
+            "producers": [
+                {
+                    "mid": p.mid,
+                    "kind": p.kind,
+                    "packets": p.stats.packets,
+                    "dropped": p.stats.dropped,
+                    "forwarding": p.forwarding,
+                }
+                for p in self.producers.values()
+            ],
+            "consumers": [
+                {
+                    "mid": c.mid,
+                    "kind": c.kind,
+                    "producer": c.producer.id,
+                    "packets": c.stats.packets,
+                    "retransmitted": c.stats.retransmitted,
+                    "ready": c.ready,
+                }
+                for c in self.consumers.values()
+            ],
+            "offers_sent": self.offers_sent,
+            "rx_packets": fast.rx_packets,
+            "tx_packets": fast.tx_packets,
+            "srtp_errors": fast.rx_errors,
+            "at": time.time(),
+        }

@@ -1,0 +1,370 @@
+"""Routers, peers, producers and consumers: the SFU's forwarding logic.
+
+A Router is one voice channel. Each Peer has one WebRtcTransport; the tracks it sends are Producers,
+and every other peer gets a Consumer of each producer. A packet from a producer is decrypted once (by
+the transport), then each consumer rewrites its header (SSRC, payload type, sequence number,
+timestamp, extensions) and sends it: no decoding, no encoding, no per-consumer task.
+
+The forwarding methods take plain bytes and a send function, so the logic is exercised in unit tests
+without sockets (tests/unit/sfu/test_router.py); sfu/peer.py wires them to real transports.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxa.sfu import rtcp, rtp
+from voxa.sfu.codecs import KeyframeTest, keyframe_check
+from voxa.sfu.sdp import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, Codec
+from voxa.sfu.speaker import DominantSpeakerChanged, SpeakerDetector, SpeakingStarted, SpeakingStopped
+
+Send = Callable[[bytes], None]
+Emit = Callable[[dict[str, Any]], None]
+
+
+def now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+def _ignore(events: tuple[Any, ...]) -> None:
+    del events
+
+
+def random_ssrc() -> int:
+    return random.randint(1, 0xFFFFFFFF)
+
+
+@dataclass(slots=True)
+class ProducerStats:
+    packets: int = 0
+    bytes: int = 0
+    dropped: int = 0
+    keyframe_requests: int = 0
+
+
+class Producer:
+    """A track one peer sends. Forwarding stops while it is muted, server-muted or not allowed."""
+
+    __slots__ = (
+        "_keyframe_throttle",
+        "audio_level_id",
+        "clock_rate",
+        "codec",
+        "consumers",
+        "id",
+        "is_audio",
+        "keyframe_test",
+        "kind",
+        "mid",
+        "mid_id",
+        "muted",
+        "on_speaker_events",
+        "peer_id",
+        "permitted",
+        "receivers",
+        "request_keyframe",
+        "server_muted",
+        "speaker",
+        "ssrcs",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        peer_id: str,
+        mid: str,
+        kind: str,
+        codec: Codec,
+        ssrcs: tuple[int, ...],
+        extensions: dict[str, int],
+        *,
+        request_keyframe: Callable[[int], None],
+    ) -> None:
+        self.id = f"{peer_id}:{mid}"
+        self.peer_id = peer_id
+        self.mid = mid
+        self.kind = kind
+        self.is_audio = kind == "audio"
+        self.codec = codec
+        self.clock_rate = codec.clock_rate
+        self.ssrcs: set[int] = set(ssrcs)
+        self.mid_id = extensions.get(MID_URI, 0)
+        self.audio_level_id = extensions.get(AUDIO_LEVEL_URI, 0)
+        self.consumers: list[Consumer] = []
+        self.muted = False
+        self.server_muted = False
+        self.permitted = True
+        self.stats = ProducerStats()
+        self.receivers: dict[int, rtcp.ReceiverStats] = {}
+        self.keyframe_test: KeyframeTest | None = keyframe_check(codec.name)
+        self._keyframe_throttle = rtcp.KeyframeRequestThrottle(1000)
+        self.request_keyframe = request_keyframe
+        self.speaker: SpeakerDetector | None = None
+        self.on_speaker_events: Callable[[tuple[Any, ...]], None] = _ignore
+
+    @property
+    def forwarding(self) -> bool:
+        return self.permitted and not self.muted and not self.server_muted
+
+    def set_paused(
+        self, *, muted: bool | None = None, server_muted: bool | None = None, permitted: bool | None = None
+    ) -> None:
+        was = self.forwarding
+        if muted is not None:
+            self.muted = muted
+        if server_muted is not None:
+            self.server_muted = server_muted
+        if permitted is not None:
+            self.permitted = permitted
+        if self.forwarding and not was:
+            for consumer in self.consumers:
+                consumer.resume()
+
+    def receive(self, data: bytes, now: int) -> None:
+        """One plaintext RTP packet of this producer (hot path)."""
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(data)
+        ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
+        receiver = self.receivers.get(ssrc)
+        if receiver is None:
+            receiver = self.receivers[ssrc] = rtcp.ReceiverStats(ssrc)
+        receiver.update((data[2] << 8) | data[3], rtp.timestamp_of(data), now, self.clock_rate)
+        level = -1
+        if self.audio_level_id:
+            level = rtp.audio_level_raw(data, self.audio_level_id)
+            if level >= 0 and self.speaker is not None and self.forwarding:
+                self.speaker_feed(now, level)
+        if not self.forwarding:
+            stats.dropped += 1
+            return
+        keyframe = False
+        if self.keyframe_test is not None:
+            start, _end = rtp.payload_range(data)
+            keyframe = self.keyframe_test(memoryview(data)[start:])
+            if keyframe:
+                self._keyframe_throttle.keyframe_received()
+        abs_time = rtp.abs_send_time_ns(time.monotonic_ns())
+        for consumer in self.consumers:
+            consumer.forward(data, now, abs_time, level, keyframe)
+
+    def speaker_feed(self, now: int, level: int) -> None:
+        speaker = self.speaker
+        if speaker is not None:
+            events = speaker.feed(self.peer_id, now, level & 0x7F, level >= 0x80)
+            if events:
+                self.on_speaker_events(events)
+
+    def want_keyframe(self, now: int) -> None:
+        """A consumer needs a keyframe (new subscriber, PLI, FIR): ask the publisher, at most 1/s."""
+        if self.keyframe_test is None:
+            return
+        send, _retry = self._keyframe_throttle.request(now)
+        if send:
+            self._ask_keyframe()
+
+    def _ask_keyframe(self) -> None:
+        self.stats.keyframe_requests += 1
+        for ssrc in self.ssrcs or self.receivers:
+            self.request_keyframe(ssrc)
+
+    def poll_keyframe(self, now: int) -> None:
+        send, _retry = self._keyframe_throttle.poll(now)
+        if send:
+            self._ask_keyframe()
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    packets: int = 0
+    bytes: int = 0
+    retransmitted: int = 0
+    nacks: int = 0
+    plis: int = 0
+
+
+class Consumer:
+    """One producer forwarded to one subscriber, with its own SSRC and sequence space."""
+
+    __slots__ = (
+        "_clock_rate",
+        "_history",
+        "_need_keyframe",
+        "_send",
+        "id",
+        "kind",
+        "mid",
+        "producer",
+        "ready",
+        "rewriter",
+        "ssrc",
+        "stats",
+        "subscriber_id",
+    )
+
+    def __init__(self, producer: Producer, subscriber_id: str, send: Send) -> None:
+        self.id = f"{producer.id}>{subscriber_id}"
+        self.producer = producer
+        self.subscriber_id = subscriber_id
+        self.kind = producer.kind
+        self.ssrc = random_ssrc()
+        self.mid: str | None = None
+        self.ready = False
+        self._send = send
+        self._clock_rate = producer.clock_rate
+        self.rewriter: rtp.Rewriter | None = None
+        self._history = rtcp.PacketHistory(512 if producer.is_audio else 1024)
+        self._need_keyframe = producer.keyframe_test is not None
+        self.stats = ConsumerStats()
+
+    def negotiated(self, mid: str, payload_type: int, extensions: dict[str, int]) -> None:
+        """The subscriber accepted this consumer on `mid` with `payload_type` and extension ids."""
+        mapping = {self.producer.codec.pt: payload_type}
+        kwargs = {
+            "mid": mid,
+            "mid_id": extensions.get(MID_URI, 0),
+            "abs_send_time_id": extensions.get(ABS_SEND_TIME_URI, 0),
+            "audio_level_id": extensions.get(AUDIO_LEVEL_URI, 0) if self.kind == "audio" else 0,
+        }
+        if self.rewriter is None:
+            self.rewriter = rtp.Rewriter(self.ssrc, self._clock_rate, mapping, **kwargs)  # type: ignore[arg-type]
+        else:
+            self.rewriter.configure(mapping, **kwargs)  # type: ignore[arg-type]
+        self.mid = mid
+
+    def start(self, now: int) -> None:
+        """Negotiated and the subscriber's transport is up: begin forwarding (from a keyframe for video)."""
+        if self.rewriter is None:
+            return
+        self.ready = True
+        if self._need_keyframe:
+            self.producer.want_keyframe(now)
+
+    def resume(self) -> None:
+        if self.rewriter is not None:
+            self.rewriter.resume()
+        if self.producer.keyframe_test is not None:
+            self._need_keyframe = True
+            self.producer.want_keyframe(now_ms())
+
+    def forward(self, data: bytes, now: int, abs_time: int, level: int, keyframe: bool) -> None:
+        """Hot path: rewrite and send one producer packet."""
+        if not self.ready:
+            return
+        if self._need_keyframe:
+            if not keyframe:
+                return
+            self._need_keyframe = False
+            self.rewriter.switch_source()  # type: ignore[union-attr]
+        out = self.rewriter.rewrite(data, now, abs_time, level)  # type: ignore[union-attr]
+        if out is None:
+            return
+        self._history.put(out)
+        self._send(out)
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(out)
+
+    def retransmit(self, seqs: tuple[int, ...]) -> None:
+        """Answer a NACK from the packet history."""
+        self.stats.nacks += 1
+        for seq in seqs:
+            packet = self._history.get(seq)
+            if packet is not None:
+                self._send(packet)
+                self.stats.retransmitted += 1
+
+    def sender_report(self, wall_s: float) -> bytes | None:
+        """An SR for this consumer's stream (the subscriber uses it for lip sync and RTT)."""
+        rewriter = self.rewriter
+        if rewriter is None or not self.stats.packets:
+            return None
+        return rtcp.build_sr(
+            self.ssrc,
+            rtcp.ntp_timestamp(wall_s),
+            rewriter.last_timestamp,
+            self.stats.packets & 0xFFFFFFFF,
+            self.stats.bytes & 0xFFFFFFFF,
+        )
+
+
+@dataclass
+class RouterStats:
+    peers: int = 0
+    producers: int = 0
+    consumers: int = 0
+    packets_in: int = 0
+    packets_out: int = 0
+
+
+@dataclass
+class Router:
+    """One voice channel on this SFU: who publishes what, and who receives it."""
+
+    id: str
+    emit: Emit
+    speaker: SpeakerDetector = field(default_factory=SpeakerDetector)
+    producers: dict[str, Producer] = field(default_factory=dict)
+    consumers: dict[str, Consumer] = field(default_factory=dict)
+
+    def add_producer(self, producer: Producer, subscribers: dict[str, Send]) -> list[Consumer]:
+        """Register a producer and create a consumer for each other peer (`subscribers`: peer id -> send)."""
+        self.producers[producer.id] = producer
+        if producer.is_audio:
+            producer.speaker = self.speaker
+            producer.on_speaker_events = self._speaker_events
+        created = []
+        for peer_id, send in subscribers.items():
+            if peer_id != producer.peer_id:
+                created.append(self._consume(producer, peer_id, send))
+        return created
+
+    def consumers_for_new_peer(self, peer_id: str, send: Send) -> list[Consumer]:
+        return [self._consume(p, peer_id, send) for p in self.producers.values() if p.peer_id != peer_id]
+
+    def _consume(self, producer: Producer, peer_id: str, send: Send) -> Consumer:
+        consumer = Consumer(producer, peer_id, send)
+        producer.consumers.append(consumer)
+        self.consumers[consumer.id] = consumer
+        return consumer
+
+    def remove_producer(self, producer_id: str) -> list[Consumer]:
+        producer = self.producers.pop(producer_id, None)
+        if producer is None:
+            return []
+        gone = list(producer.consumers)
+        producer.consumers.clear()
+        for consumer in gone:
+            self.consumers.pop(consumer.id, None)
+        if producer.is_audio:
+            self._speaker_events(self.speaker.remove(producer.peer_id, now_ms()))
+        return gone
+
+    def remove_consumers_of(self, peer_id: str) -> None:
+        for consumer in [c for c in self.consumers.values() if c.subscriber_id == peer_id]:
+            self.consumers.pop(consumer.id, None)
+            consumers = consumer.producer.consumers
+            if consumer in consumers:
+                consumers.remove(consumer)
+
+    def tick(self, now: int) -> None:
+        self._speaker_events(self.speaker.tick(now))
+        for producer in self.producers.values():
+            producer.poll_keyframe(now)
+
+    def _speaker_events(self, events: tuple[Any, ...]) -> None:
+        for event in events:
+            if isinstance(event, SpeakingStarted):
+                self.emit(
+                    {"type": "speaking", "router": self.id, "peer": event.participant_id, "speaking": True}
+                )
+            elif isinstance(event, SpeakingStopped):
+                self.emit(
+                    {"type": "speaking", "router": self.id, "peer": event.participant_id, "speaking": False}
+                )
+            elif isinstance(event, DominantSpeakerChanged):
+                self.emit({"type": "dominant_speaker", "router": self.id, "peer": event.participant_id})

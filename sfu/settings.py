@@ -1,0 +1,58 @@
+"""SFU configuration: every knob is an environment variable with the ``VOXA_SFU_`` prefix (the shared
+secret keeps its signaling-side name, ``VOXA_SFU_SECRET``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SfuSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXA_SFU_", extra="ignore", populate_by_name=True)
+
+    host: str = Field(default="127.0.0.1", description="Control API listen address.")
+    port: int = Field(
+        default=4100, ge=0, le=65535, description="Control API port (worker i listens on port + i)."
+    )
+    secret: str = Field(
+        default="",
+        validation_alias=AliasChoices("VOXA_SFU_SECRET", "secret"),
+        description="Bearer secret shared with signaling (control API and registry).",
+    )
+    id: str = Field(default_factory=socket.gethostname, description="Media-server id (workers append -w<i>).")
+    server_id: str = Field(default="demo", description="The voice server this SFU serves.")
+    signaling_url: str | None = Field(
+        default=None, description="Signaling base URL for registry heartbeats; unset disables registration."
+    )
+    advertise_url: str | None = Field(
+        default=None, description="Control URL signaling should use (default http://<host>:<port>)."
+    )
+    capacity: int = Field(default=500, ge=1, description="Peers one worker accepts.")
+    workers: int = Field(default=0, ge=0, description="Worker processes; 0 = one per CPU core.")
+    rtc_listen_ip: str = Field(default="127.0.0.1", description="Address media (ICE/UDP) binds to.")
+    rtc_announced_ip: str | None = Field(
+        default=None, description="Address put in ICE candidates (default: the listen address)."
+    )
+    rtc_min_port: int = Field(default=40000, ge=1024, le=65535, description="Lowest UDP port for media.")
+    rtc_max_port: int = Field(default=49999, ge=1024, le=65535, description="Highest UDP port for media.")
+    connect_timeout_s: float = Field(
+        default=15.0, gt=0, description="A peer whose ICE+DTLS is not up by then is removed."
+    )
+    drain_deadline_s: float = Field(default=300.0, ge=0, description="On SIGTERM, exit by then even if busy.")
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+
+    @field_validator("rtc_max_port")
+    @classmethod
+    def _range(cls, value: int, info: object) -> int:
+        data = getattr(info, "data", {})
+        low = data.get("rtc_min_port", 0)
+        if value < low:
+            raise ValueError("rtc_max_port must be >= rtc_min_port")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)

@@ -1,0 +1,174 @@
+"""One SFU worker process: its routers, the shared DTLS certificate, events for signaling, periodic work.
+
+Each worker owns whole routers (mediasoup's model) and registers as a media server of its own, so
+signaling spreads channels over workers like over pods, with no inter-process hops on the media path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiortc import RTCCertificate
+
+from voxa.sfu.peer import Peer, PeerError
+from voxa.sfu.router import Producer, Router, now_ms
+from voxa.sfu.settings import SfuSettings
+
+log = logging.getLogger("voxa.sfu.worker")
+Listener = Callable[[dict[str, Any]], None]
+
+
+class RouterHandle:
+    """A Router and the peers in it."""
+
+    def __init__(self, worker: SfuWorker, router_id: str) -> None:
+        self.worker = worker
+        self.router = Router(router_id, worker.emit)
+        self.peers: dict[str, Peer] = {}
+
+    async def add_peer(
+        self, peer_id: str, offer: str, *, can_speak: bool = True, can_video: bool = True
+    ) -> str:
+        if peer_id in self.peers:
+            await self.remove_peer(peer_id, reason="replaced")
+        peer = Peer(self.worker, self, peer_id, can_speak=can_speak, can_video=can_video)
+        self.peers[peer_id] = peer
+        try:
+            answer = await peer.open(offer)
+        except BaseException:
+            self.peers.pop(peer_id, None)
+            await peer.close("failed to open")
+            raise
+        for consumer in self.router.consumers_for_new_peer(peer_id, peer.send_rtp):
+            peer.add_consumer(consumer)
+        if peer.consumers:
+            asyncio.get_running_loop().call_soon(peer.schedule_offer)
+        return answer
+
+    def add_producer(self, peer: Peer, producer: Producer) -> None:
+        subscribers = {pid: p.send_rtp for pid, p in self.peers.items() if pid != peer.id}
+        for consumer in self.router.add_producer(producer, subscribers):
+            subscriber = self.peers[consumer.subscriber_id]
+            subscriber.add_consumer(consumer)
+            subscriber.schedule_offer()
+
+    def peer(self, peer_id: str) -> Peer:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise PeerError(f"no peer {peer_id!r} in router {self.router.id!r}")
+        return peer
+
+    async def remove_peer(self, peer_id: str, *, reason: str = "removed") -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for producer in list(peer.producers.values()):
+            gone = self.router.remove_producer(producer.id)
+            by_subscriber: dict[str, list[Any]] = {}
+            for consumer in gone:
+                by_subscriber.setdefault(consumer.subscriber_id, []).append(consumer)
+            for subscriber_id, consumers in by_subscriber.items():
+                subscriber = self.peers.get(subscriber_id)
+                if subscriber is not None:
+                    subscriber.drop_consumers(consumers)
+        self.router.remove_consumers_of(peer_id)
+        await peer.close(reason)
+
+    async def close(self) -> None:
+        for peer_id in list(self.peers):
+            await self.remove_peer(peer_id, reason="router closed")
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "id": self.router.id,
+            "peers": [p.stats() for p in self.peers.values()],
+            "producers": len(self.router.producers),
+            "consumers": len(self.router.consumers),
+            "dominant_speaker": self.router.speaker.dominant,
+            "speaking": sorted(self.router.speaker.speaking),
+        }
+
+
+class SfuWorker:
+    def __init__(self, settings: SfuSettings, worker_index: int = 0) -> None:
+        self.settings = settings
+        self.index = worker_index
+        self.id = settings.id if settings.workers == 1 else f"{settings.id}-w{worker_index}"
+        self.certificate = RTCCertificate.generateCertificate()
+        self.routers: dict[str, RouterHandle] = {}
+        self.listeners: list[Listener] = []
+        self.draining = False
+        self.bad_packets = 0
+        self.unknown_packets = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- events to signaling ------------------------------------------------------------------------
+    def emit(self, event: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("sfu.listener_failed")
+
+    # --- routers ------------------------------------------------------------------------------------
+    def create_router(self, router_id: str) -> RouterHandle:
+        room = self.routers.get(router_id)
+        if room is None:
+            if self.draining:
+                raise PeerError("this SFU is draining and takes no new routers")
+            room = self.routers[router_id] = RouterHandle(self, router_id)
+        return room
+
+    def router(self, router_id: str) -> RouterHandle:
+        room = self.routers.get(router_id)
+        if room is None:
+            raise PeerError(f"no router {router_id!r}")
+        return room
+
+    async def close_router(self, router_id: str) -> None:
+        room = self.routers.pop(router_id, None)
+        if room is not None:
+            await room.close()
+
+    def load(self) -> dict[str, Any]:
+        peers = sum(len(r.peers) for r in self.routers.values())
+        producers = sum(len(r.router.producers) for r in self.routers.values())
+        consumers = sum(len(r.router.consumers) for r in self.routers.values())
+        return {"routers": len(self.routers), "peers": peers, "producers": producers, "consumers": consumers}
+
+    # --- periodic work ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._ticker(), name="voxa-sfu-ticker"),
+            asyncio.create_task(self._reporter(), name="voxa-sfu-rtcp"),
+        ]
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            now = now_ms()
+            for room in list(self.routers.values()):
+                room.router.tick(now)
+
+    async def _reporter(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            wall = time.time()
+            now = now_ms()
+            for room in list(self.routers.values()):
+                for peer in list(room.peers.values()):
+                    peer.send_reports(wall, now)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for router_id in list(self.routers):
+            await self.close_router(router_id)

@@ -1,0 +1,110 @@
+"""Real aiortc client peers against an in-process SFU worker, over loopback UDP."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+from e2e.browser.audio import AudioSink, SineTrack
+from voxa.sfu.settings import SfuSettings
+from voxa.sfu.worker import RouterHandle, SfuWorker
+
+
+@dataclass
+class ClientPeer:
+    """An aiortc client in a router: it sends a tone and records every track the SFU forwards."""
+
+    name: str
+    pc: RTCPeerConnection
+    tone: SineTrack | None
+    sinks: list[AudioSink] = field(default_factory=list)
+    video: list[Any] = field(default_factory=list)
+    offers: int = 0
+    tracks: asyncio.Event = field(default_factory=asyncio.Event)
+    # Signaling delivers in order; here events arrive by callback, so negotiation steps take turns.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def sink_from(self, peer: str) -> AudioSink:
+        """The sink of the track forwarded from `peer` (the SFU's track ids are '<peer>:<mid>')."""
+        return next(s for s in self.sinks if s.track.id.split(":")[0] == peer)
+
+    async def frequencies(self, seconds: float = 1.0) -> list[tuple[float | None, float]]:
+        levels = await asyncio.gather(*(s.measure(seconds) for s in self.sinks))
+        return [(level.hz, level.rms) for level in levels]
+
+
+class Harness:
+    def __init__(self, worker: SfuWorker) -> None:
+        self.worker = worker
+        self.clients: dict[str, ClientPeer] = {}
+        self.events: list[dict[str, Any]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        worker.listeners.append(self._on_event)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        if event["type"] == "offer" and event["peer"] in self.clients:
+            task = asyncio.get_running_loop().create_task(self._answer(event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, event: dict[str, Any]) -> None:
+        client = self.clients[event["peer"]]
+        async with client.lock:
+            client.offers += 1
+            await client.pc.setRemoteDescription(RTCSessionDescription(event["sdp"], "offer"))
+            await client.pc.setLocalDescription(await client.pc.createAnswer())
+            self.worker.router(event["router"]).peer(client.name).handle_answer(
+                client.pc.localDescription.sdp
+            )
+
+    async def join(
+        self, room: RouterHandle, name: str, tone_hz: float | None = 440.0, *, video: bool = False
+    ) -> ClientPeer:
+        pc = RTCPeerConnection()
+        tone = SineTrack(tone_hz) if tone_hz is not None else None
+        if tone is not None:
+            pc.addTrack(tone)
+        else:
+            pc.addTransceiver("audio", direction="recvonly")
+        if video:
+            pc.addTrack(VideoStreamTrack())
+        client = ClientPeer(name, pc, tone)
+        self.clients[name] = client
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio":
+                client.sinks.append(AudioSink(track))
+            else:
+                client.video.append(track)
+            client.tracks.set()
+
+        async with client.lock:
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await room.add_peer(name, pc.localDescription.sdp)
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            for sink in client.sinks:
+                await sink.stop()
+            await client.pc.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+@pytest.fixture
+async def sfu() -> AsyncIterator[Harness]:
+    worker = SfuWorker(SfuSettings(secret="test", workers=1, rtc_listen_ip="127.0.0.1"))
+    await worker.start()
+    harness = Harness(worker)
+    yield harness
+    await harness.close()
+    await worker.stop()

@@ -15,12 +15,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import aioice.ice
 import pytest
+from aioice.ice import StunProtocol
+from aioice.stun import Message
 
 ROOT = Path(__file__).resolve().parent
 VOXA = str(Path(sys.executable).with_name("voxa"))
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"
 SFU_SECRET = "sfu-secret-0123456789"
+
+
+LOOPBACK = {"127.0.0.1"}
+
+
+@pytest.fixture(autouse=True)
+def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Keep every aiortc/aioice agent of every test on loopback: 127.0.0.1 is its only host candidate
+    (aioice leaves loopback out by default), and connectivity checks from any other address are ignored.
+
+    Chromium pairs every local socket with every remote candidate of the same family, so it also sends
+    checks from non-loopback sockets (e.g. 192.0.2.2) to 127.0.0.1; answered, they would become
+    peer-reflexive candidates that media is sent to. The value lists the sources whose checks were
+    dropped."""
+    dropped: list[tuple[str, int]] = []
+    receive = aioice.ice.Connection.request_received
+
+    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        return ["127.0.0.1"] if use_ipv4 else []
+
+    def loopback_requests(
+        self: aioice.ice.Connection, message: Message, addr: tuple[str, int], protocol: StunProtocol
+    ) -> None:
+        if addr[0] not in LOOPBACK:
+            dropped.append(addr)
+            return
+        receive(self, message, addr, protocol)
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
+    monkeypatch.setattr(aioice.ice.Connection, "request_received", loopback_requests)
+    return dropped
 
 
 def free_port() -> int:

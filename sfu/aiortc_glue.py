@@ -111,6 +111,22 @@ async def bind_host_candidate(
 
 
 SrtpHandler = Callable[[bytes], None]
+AddressFilter = Callable[[str], bool]
+
+
+def restrict_remote_addresses(gatherer: RTCIceGatherer, allowed: AddressFilter) -> None:
+    """Ignore every datagram (STUN checks included) from addresses `allowed` rejects, so the SFU never
+    answers, learns or sends to them (e.g. keep a test's traffic on loopback)."""
+    for protocol in gatherer._connection._protocols:
+        original = protocol.datagram_received
+
+        def datagram_received(
+            data: bytes | str, addr: tuple[Any, ...], original: Callable[..., None] = original
+        ) -> None:
+            if allowed(addr[0]):
+                original(data, addr)
+
+        protocol.datagram_received = datagram_received  # type: ignore[method-assign]
 
 
 class FastPath:

@@ -60,7 +60,11 @@ class Peer:
     async def open(self, offer: str) -> str:
         settings = self.worker.settings
         local = await self.transport.setup(
-            settings.rtc_listen_ip, settings.rtc_announced_ip, settings.rtc_min_port, settings.rtc_max_port
+            settings.rtc_listen_ip,
+            settings.rtc_announced_ip,
+            settings.rtc_min_port,
+            settings.rtc_max_port,
+            settings.remote_filter,
         )
         self.negotiator = Negotiator(local, random_ssrc())
         try:
@@ -284,7 +288,9 @@ class Peer:
         if not self.transport.connected.is_set():
             return
         parts = [
-            sr for c in self.consumers.values() if c.ready and (sr := c.sender_report(wall_s)) is not None
+            sr
+            for c in self.consumers.values()
+            if c.ready and (sr := c.sender_report(wall_s, now)) is not None
         ]
         blocks = [
             block

@@ -278,7 +278,7 @@ class Consumer:
                 self._send(packet)
                 self.stats.retransmitted += 1
 
-    def sender_report(self, wall_s: float) -> bytes | None:
+    def sender_report(self, wall_s: float, now: int) -> bytes | None:
         """An SR for this consumer's stream (the subscriber uses it for lip sync and RTT)."""
         rewriter = self.rewriter
         if rewriter is None or not self.stats.packets:
@@ -286,7 +286,7 @@ class Consumer:
         return rtcp.build_sr(
             self.ssrc,
             rtcp.ntp_timestamp(wall_s),
-            rewriter.last_timestamp,
+            rewriter.timestamp_at(now),
             self.stats.packets & 0xFFFFFFFF,
             self.stats.bytes & 0xFFFFFFFF,
         )

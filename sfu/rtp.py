@@ -448,6 +448,15 @@ class Rewriter:
         """Outgoing timestamp of the newest forwarded packet."""
         return self._hi_ts
 
+    def timestamp_at(self, now_ms: int) -> int:
+        """Outgoing RTP time at `now_ms`: the newest packet's timestamp plus the time elapsed since.
+
+        The RTP timestamp to pair with "now" in a sender report for this consumer (RFC 3550 §6.4.1).
+        """
+        if not self._started:
+            return self._hi_ts
+        return (self._hi_ts + (now_ms - self._hi_ms) * self._clock_rate // 1000) & 0xFFFFFFFF
+
     def switch_source(self) -> None:
         """The next packet comes from another producer (or a restarted one): re-base seq and ts on it."""
         self._in_ssrc = -1

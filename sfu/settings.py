@@ -3,11 +3,17 @@ secret keeps its signaling-side name, ``VOXA_SFU_SECRET``)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+from collections.abc import Callable
+from functools import cached_property
+from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[list[str], NoDecode]
 
 
 class SfuSettings(BaseSettings):
@@ -38,6 +44,10 @@ class SfuSettings(BaseSettings):
     )
     rtc_min_port: int = Field(default=40000, ge=1024, le=65535, description="Lowest UDP port for media.")
     rtc_max_port: int = Field(default=49999, ge=1024, le=65535, description="Highest UDP port for media.")
+    rtc_remote_networks: CommaList = Field(
+        default_factory=list,
+        description="Comma list of CIDRs media may come from (empty: anywhere); e.g. 127.0.0.0/8 in tests.",
+    )
     connect_timeout_s: float = Field(
         default=15.0, gt=0, description="A peer whose ICE+DTLS is not up by then is removed."
     )
@@ -52,6 +62,36 @@ class SfuSettings(BaseSettings):
         if value < low:
             raise ValueError("rtc_max_port must be >= rtc_min_port")
         return value
+
+    @field_validator("rtc_remote_networks", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("rtc_remote_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)
+        return value
+
+    @cached_property
+    def remote_filter(self) -> Callable[[str], bool] | None:
+        """A predicate on remote IPs, or None when any address is allowed."""
+        if not self.rtc_remote_networks:
+            return None
+        networks = [ipaddress.ip_network(n, strict=False) for n in self.rtc_remote_networks]
+
+        def allowed(host: str) -> bool:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            return any(address in net for net in networks)
+
+        return allowed
 
     @property
     def worker_count(self) -> int:

@@ -53,10 +53,17 @@ class WebRtcTransport:
         self.dtls.on("statechange", self._dtls_state)
 
     async def setup(
-        self, listen_ip: str, announced_ip: str | None, min_port: int, max_port: int
+        self,
+        listen_ip: str,
+        announced_ip: str | None,
+        min_port: int,
+        max_port: int,
+        remote_filter: Callable[[str], bool] | None = None,
     ) -> LocalTransport:
         """Bind the media socket; return what goes into every SDP of this peer."""
         host, port = await aiortc_glue.bind_host_candidate(self._gatherer, listen_ip, min_port, max_port)
+        if remote_filter is not None:
+            aiortc_glue.restrict_remote_addresses(self._gatherer, remote_filter)
         address = announced_ip or host
         params = self._gatherer.getLocalParameters()
         fingerprint = next(f for f in self._certificate.getFingerprints() if f.algorithm == "sha-256")

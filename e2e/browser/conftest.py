@@ -1,5 +1,5 @@
-"""Fixtures of the browser suites: headless Chromium pages (`chromium`) and loopback-only aiortc
-(`loopback_ice`).
+"""Fixtures of the browser suites: headless Chromium pages (`chromium`); aiortc stays on loopback
+through the repository-wide `loopback_ice` fixture (conftest.py at the root).
 
     async def test_x(chromium: ChromiumFactory, loopback_ice: list[tuple[str, int]]) -> None:
         peers = await chromium(2, tone_hz=[440, 660])
@@ -17,16 +17,12 @@ from collections.abc import AsyncIterator, Generator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import aioice.ice
 import pytest
-from aioice.ice import StunProtocol
-from aioice.stun import Message
 
 from e2e.browser.harness import CHROMIUM, ROOT, ChromiumPeers
 
 PEERS_KEY = pytest.StashKey[list[ChromiumPeers]]()
 FAILED_KEY = pytest.StashKey[bool]()
-LOOPBACK = {"127.0.0.1"}
 
 
 class ChromiumFactory(Protocol):
@@ -73,34 +69,6 @@ async def chromium(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
                 except Exception as err:  # the browser may be what failed
                     print(f"no screenshot of browser set {n} page {page}: {err}")
         await peers.aclose()
-
-
-@pytest.fixture
-def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """Keep aiortc (aioice) on loopback: 127.0.0.1 is its only host candidate (aioice leaves 127.0.0.1 out
-    by default), and it ignores connectivity checks from any other address.
-
-    Chromium pairs every local socket with every remote candidate of the same family, so it also sends
-    checks from its non-loopback sockets (e.g. 192.0.2.2) to aiortc's 127.0.0.1; answered, they become
-    peer-reflexive candidates that aiortc would send media to, and may even be selected. The fixture's
-    value lists the source addresses whose checks were dropped."""
-    dropped: list[tuple[str, int]] = []
-    receive = aioice.ice.Connection.request_received
-
-    def loopback_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-        return ["127.0.0.1"] if use_ipv4 else []
-
-    def loopback_requests(
-        self: aioice.ice.Connection, message: Message, addr: tuple[str, int], protocol: StunProtocol
-    ) -> None:
-        if addr[0] not in LOOPBACK:
-            dropped.append(addr)
-            return
-        receive(self, message, addr, protocol)
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
-    monkeypatch.setattr(aioice.ice.Connection, "request_received", loopback_requests)
-    return dropped
 
 
 @pytest.hookimpl(wrapper=True)

@@ -102,7 +102,9 @@ class Harness:
 
 @pytest.fixture
 async def sfu() -> AsyncIterator[Harness]:
-    worker = SfuWorker(SfuSettings(secret="test", workers=1, rtc_listen_ip="127.0.0.1"))
+    worker = SfuWorker(
+        SfuSettings(secret="test", workers=1, rtc_listen_ip="127.0.0.1", rtc_remote_networks=["127.0.0.0/8"])
+    )
     await worker.start()
     harness = Harness(worker)
     yield harness

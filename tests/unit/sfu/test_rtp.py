@@ -491,6 +491,15 @@ def test_switch_source_continues_and_detects_ssrc_change() -> None:
     assert rw.rewrite(rtp(ssrc=2, seq=39_990, ts=0), 90, 0, -1) is None
 
 
+def test_timestamp_at_extrapolates_for_sender_reports() -> None:
+    rw = audio_rewriter(initial_seq=0, initial_ts=0xFFFFFFFF - 47)
+    assert rw.timestamp_at(500) == 0xFFFFFFFF - 47  # nothing sent yet
+    forward(rw, rtp(seq=1, ts=0), now_ms=1000)
+    assert rw.timestamp_at(1000) == 0xFFFFFFFF - 47
+    assert rw.timestamp_at(1001) == 0  # one ms = 48 ticks later, across 2**32
+    assert rw.timestamp_at(1250) == 250 * 48 - 48
+
+
 def test_min_ts_step_is_configurable() -> None:
     rw = Rewriter(1, 90000, {96: 96}, initial_seq=0, initial_ts=0, min_ts_step=3000)
     rw.rewrite(rtp(pt=96, ssrc=1, seq=1, ts=1), 0, 0, -1)

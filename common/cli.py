@@ -63,6 +63,32 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sfu(args: argparse.Namespace) -> int:
+    from voxa.sfu.server import run
+    from voxa.sfu.settings import SfuSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "workers": args.workers,
+            "server_id": args.server_id,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = SfuSettings(**overrides)
+    except ValidationError as exc:
+        print(f"voxa sfu: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if not settings.secret:
+        print("voxa sfu: set VOXA_SFU_SECRET (the bearer secret shared with signaling)", file=sys.stderr)
+        return 2
+    run(settings)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from voxa.common.demo import run_demo
 
@@ -77,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     sig.add_argument("--host", default=None, help="Listen address (VOXA_HOST, default 127.0.0.1).")
     sig.add_argument("--port", type=int, default=None, help="Listen port (VOXA_PORT, default 4000).")
     sig.set_defaults(func=_signaling)
+
+    sfu = sub.add_parser("sfu", help="Run the SFU (settings from VOXA_SFU_* variables).")
+    sfu.add_argument("--host", default=None, help="Control API address (VOXA_SFU_HOST).")
+    sfu.add_argument("--port", type=int, default=None, help="Control API port of worker 0 (VOXA_SFU_PORT).")
+    sfu.add_argument("--workers", type=int, default=None, help="Worker processes, 0 = one per core.")
+    sfu.add_argument("--server-id", default=None, help="Voice server id (VOXA_SFU_SERVER_ID).")
+    sfu.set_defaults(func=_sfu)
 
     tok = sub.add_parser("token", help="Print a signed access token for development and tests.")
     tok.add_argument("--secret", help="HS256 secret (default: VOXA_JWT_SECRET).")

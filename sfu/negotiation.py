@@ -150,6 +150,7 @@ class Negotiator:
                     raise NegotiationError(f"m-section {index} must keep mid {line.media.mid!r}")
                 if line.owner == "sfu" or line.media.rejected:
                     continue
+                self._check_unchanged(line, section)
                 producers.append(self._client_line(line, section))
             else:
                 line = self._new_client_line(section)
@@ -168,6 +169,16 @@ class Negotiator:
             self.remote_ice = ice
         elif ice != self.remote_ice:
             raise NegotiationError("ICE restarts are not supported; reconnect instead")
+
+    def _check_unchanged(self, line: Line, section: sdp.MediaSection) -> None:
+        """A later offer may change directions and SSRCs, not what the m-section was negotiated with."""
+        for uri, ext_id in line.media.extensions.items():
+            offered = section.extensions.get(uri)
+            if offered is not None and offered != ext_id:
+                raise NegotiationError(f"extension {uri} changed id from {ext_id} to {offered}")
+        codec = line.media.codecs[0]
+        if not any(c.pt == codec.pt and c.key == codec.key for c in section.codecs):
+            raise NegotiationError(f"m-section {line.media.mid!r} no longer offers {codec.name}/{codec.pt}")
 
     def _new_client_line(self, section: sdp.MediaSection) -> Line:
         if section.mid in {ln.media.mid for ln in self.lines}:

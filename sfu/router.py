@@ -310,6 +310,7 @@ class Router:
     speaker: SpeakerDetector = field(default_factory=SpeakerDetector)
     producers: dict[str, Producer] = field(default_factory=dict)
     consumers: dict[str, Consumer] = field(default_factory=dict)
+    forwarded_closed: int = 0
 
     def add_producer(self, producer: Producer, subscribers: dict[str, Send]) -> list[Consumer]:
         """Register a producer and create a consumer for each other peer (`subscribers`: peer id -> send)."""
@@ -340,6 +341,7 @@ class Router:
         producer.consumers.clear()
         for consumer in gone:
             self.consumers.pop(consumer.id, None)
+            self.forwarded_closed += consumer.stats.packets
         if producer.is_audio:
             self._speaker_events(self.speaker.remove(producer.peer_id, now_ms()))
         return gone
@@ -347,6 +349,7 @@ class Router:
     def remove_consumers_of(self, peer_id: str) -> None:
         for consumer in [c for c in self.consumers.values() if c.subscriber_id == peer_id]:
             self.consumers.pop(consumer.id, None)
+            self.forwarded_closed += consumer.stats.packets
             consumers = consumer.producer.consumers
             if consumer in consumers:
                 consumers.remove(consumer)

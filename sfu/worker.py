@@ -94,6 +94,26 @@ class RouterHandle:
         }
 
 
+class Meter:
+    """Forwarded packets/s and CPU share, refreshed once a second (reported to the registry and metrics)."""
+
+    def __init__(self) -> None:
+        self.packets_per_s = 0.0
+        self.cpu = 0.0
+        self._packets = 0
+        self._cpu_s = time.process_time()
+        self._at = time.monotonic()
+
+    def update(self, forwarded_total: int) -> None:
+        now = time.monotonic()
+        cpu_s = time.process_time()
+        elapsed = now - self._at
+        if elapsed > 0:
+            self.packets_per_s = max(forwarded_total - self._packets, 0) / elapsed
+            self.cpu = (cpu_s - self._cpu_s) / elapsed
+        self._packets, self._cpu_s, self._at = forwarded_total, cpu_s, now
+
+
 class SfuWorker:
     def __init__(self, settings: SfuSettings, worker_index: int = 0) -> None:
         self.settings = settings
@@ -105,6 +125,8 @@ class SfuWorker:
         self.draining = False
         self.bad_packets = 0
         self.unknown_packets = 0
+        self.meter = Meter()
+        self.forwarded_closed = 0  # packets forwarded by consumers that are gone
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- events to signaling ------------------------------------------------------------------------
@@ -134,12 +156,20 @@ class SfuWorker:
         room = self.routers.pop(router_id, None)
         if room is not None:
             await room.close()
+            self.forwarded_closed += room.router.forwarded_closed
 
     def load(self) -> dict[str, Any]:
         peers = sum(len(r.peers) for r in self.routers.values())
         producers = sum(len(r.router.producers) for r in self.routers.values())
         consumers = sum(len(r.router.consumers) for r in self.routers.values())
-        return {"routers": len(self.routers), "peers": peers, "producers": producers, "consumers": consumers}
+        return {
+            "routers": len(self.routers),
+            "peers": peers,
+            "producers": producers,
+            "consumers": consumers,
+            "packets_per_s": round(self.meter.packets_per_s, 1),
+            "cpu": round(self.meter.cpu, 3),
+        }
 
     # --- periodic work ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +193,15 @@ class SfuWorker:
             for room in list(self.routers.values()):
                 for peer in list(room.peers.values()):
                     peer.send_reports(wall, now)
+            self.meter.update(self.forwarded_total())
+
+    def forwarded_total(self) -> int:
+        total = self.forwarded_closed
+        for room in self.routers.values():
+            total += room.router.forwarded_closed + sum(
+                c.stats.packets for c in room.router.consumers.values()
+            )
+        return total
 
     async def stop(self) -> None:
         for task in self._tasks:

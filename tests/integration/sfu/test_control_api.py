@@ -1,0 +1,224 @@
+"""`voxa sfu` as a real process: the control API, the events stream, registration with a real
+`voxa signaling` registry, and the drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from conftest import SFU_SECRET, SignalingFactory, free_port
+from e2e.browser.audio import AudioSink, SineTrack
+
+VOXA = str(Path(sys.executable).with_name("voxa"))
+AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}
+
+
+class SfuProcess:
+    def __init__(self, tmp: Path, signaling_url: str | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
+        env.update(
+            VOXA_SFU_SECRET=SFU_SECRET,
+            VOXA_SFU_ID="sfu-a",
+            VOXA_SFU_SERVER_ID="g1",
+            VOXA_SFU_RTC_LISTEN_IP="127.0.0.1",
+            VOXA_SFU_RTC_REMOTE_NETWORKS="127.0.0.0/8",
+            VOXA_SFU_DRAIN_DEADLINE_S="30",
+        )
+        if signaling_url:
+            env["VOXA_SFU_SIGNALING_URL"] = signaling_url
+        self.log = tmp / "sfu.log"
+        self.proc = subprocess.Popen(
+            [VOXA, "sfu", "--workers", "1", "--port", str(self.port)],
+            env=env,
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    async def ready(self) -> None:
+        async with asyncio.timeout(20), aiohttp.ClientSession() as http:
+            while True:
+                assert self.proc.poll() is None, self.log.read_text()[-2000:]
+                try:
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+async def sfu_process(tmp_path: Path) -> AsyncIterator[SfuProcess]:
+    proc = SfuProcess(tmp_path)
+    await proc.ready()
+    yield proc
+    proc.stop()
+
+
+class ApiClient:
+    """A client joined through the control API, answering the SFU's offers from the events stream."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, router: str, name: str, hz: float) -> None:
+        self.http, self.base, self.router, self.name = http, base, router, name
+        self.pc = RTCPeerConnection()
+        self.pc.addTrack(SineTrack(hz))
+        self.sinks: list[AudioSink] = []
+        self.pc.on("track", lambda track: self.sinks.append(AudioSink(track)))
+        self.lock = asyncio.Lock()
+
+    async def join(self) -> None:
+        async with self.lock:
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+            url = f"{self.base}/v1/routers/{self.router}/peers/{self.name}"
+            async with self.http.post(url, json={"sdp": self.pc.localDescription.sdp}, headers=AUTH) as resp:
+                assert resp.status == 200, await resp.text()
+                answer = await resp.json()
+            await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+    async def on_offer(self, sdp: str) -> None:
+        async with self.lock:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+            url = f"{self.base}/v1/routers/{self.router}/peers/{self.name}/sdp"
+            body = {"type": "answer", "sdp": self.pc.localDescription.sdp}
+            async with self.http.post(url, json=body, headers=AUTH) as resp:
+                assert resp.status == 200, await resp.text()
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.stop()
+        await self.pc.close()
+
+
+async def relay_events(
+    ws: aiohttp.ClientWebSocketResponse, clients: dict[str, ApiClient], seen: list[Any]
+) -> None:
+    async for msg in ws:
+        event = json.loads(msg.data)
+        seen.append(event)
+        if event["type"] == "offer" and event["peer"] in clients:
+            asyncio.get_running_loop().create_task(clients[event["peer"]].on_offer(event["sdp"]))
+
+
+async def test_control_api_end_to_end(sfu_process: SfuProcess) -> None:
+    base = sfu_process.url
+    async with aiohttp.ClientSession() as http:
+        async with http.put(f"{base}/v1/routers/lobby") as resp:
+            assert resp.status == 401
+        async with http.put(f"{base}/v1/routers/lobby", headers=AUTH) as resp:
+            assert resp.status == 200 and (await resp.json()) == {"id": "lobby"}
+        async with http.post(f"{base}/v1/routers/nope/peers/x", json={"sdp": "v=0"}, headers=AUTH) as resp:
+            assert resp.status == 404 and (await resp.json())["error"] == "no router 'nope'"
+        async with http.post(
+            f"{base}/v1/routers/lobby/peers/x", json={"sdp": "garbage"}, headers=AUTH
+        ) as resp:
+            assert resp.status == 400 and (await resp.json())["error"] == "SDP must start with v=0"
+        async with http.post(f"{base}/v1/routers/lobby/peers/x", json={"nosdp": 1}, headers=AUTH) as resp:
+            assert resp.status == 400 and (await resp.json())["details"][0]["loc"] == "sdp"
+
+        seen: list[Any] = []
+        clients = {
+            name: ApiClient(http, base, "lobby", name, hz) for name, hz in (("a", 440.0), ("b", 660.0))
+        }
+        async with http.ws_connect(f"{base}/v1/events", headers=AUTH) as ws:
+            relay = asyncio.create_task(relay_events(ws, clients, seen))
+            for client in clients.values():
+                await client.join()
+            async with asyncio.timeout(15):
+                while not all(c.sinks for c in clients.values()):
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.8)
+            assert abs(((await clients["a"].sinks[0].measure(0.6)).hz or 0) - 660) < 15
+            assert abs(((await clients["b"].sinks[0].measure(0.6)).hz or 0) - 440) < 15
+
+            # Server mute through the API: silence without renegotiation.
+            offers = sum(1 for e in seen if e["type"] == "offer")
+            async with http.put(
+                f"{base}/v1/routers/lobby/peers/b/state", json={"server_muted": True}, headers=AUTH
+            ) as r:
+                assert (await r.json())["server_muted"] is True
+            await asyncio.sleep(0.3)
+            assert (await clients["a"].sinks[0].measure(0.5)).rms < 0.01
+            assert sum(1 for e in seen if e["type"] == "offer") == offers
+
+            async with http.get(f"{base}/v1/routers/lobby", headers=AUTH) as resp:
+                stats = await resp.json()
+            assert {p["id"] for p in stats["peers"]} == {"a", "b"}
+            async with http.get(f"{base}/metrics") as resp:
+                assert "voxa_sfu_peers 2.0" in await resp.text()
+            async with http.delete(f"{base}/v1/routers/lobby/peers/b", headers=AUTH) as resp:
+                assert resp.status == 200
+            async with asyncio.timeout(10):
+                while not any(e["type"] == "peer_state" and e.get("state") == "closed" for e in seen):
+                    await asyncio.sleep(0.05)
+            assert seen[0]["type"] == "hello" and seen[0]["media_server"] == "sfu-a"
+            relay.cancel()
+        for client in clients.values():
+            await client.close()
+
+
+async def test_registers_heartbeats_and_drains(signaling_factory: SignalingFactory, tmp_path: Path) -> None:
+    signaling = signaling_factory(media_server_ttl_s="3")
+    sfu = SfuProcess(tmp_path, signaling_url=signaling.url)
+    try:
+        await sfu.ready()
+        registry = f"{signaling.url}/internal/servers/g1/media-servers"
+        async with aiohttp.ClientSession() as http:
+
+            async def servers() -> list[dict[str, Any]]:
+                async with http.get(registry, headers=AUTH) as resp:
+                    body: dict[str, Any] = await resp.json()
+                return list(body["media_servers"])
+
+            async with asyncio.timeout(15):
+                while not await servers():
+                    await asyncio.sleep(0.1)
+            (entry,) = await servers()
+            assert entry["id"] == "sfu-a" and entry["url"] == sfu.url and entry["draining"] is False
+            # Signaling assigns channels of voice server g1 to it.
+            async with http.get(
+                f"{signaling.url}/internal/servers/g1/channels/lobby/media-server", headers=AUTH
+            ) as r:
+                assert (await r.json())["media_server"]["id"] == "sfu-a"
+            # A router with a peer keeps the SFU alive through SIGTERM: it drains.
+            async with http.put(f"{sfu.url}/v1/routers/lobby", headers=AUTH):
+                pass
+            client = ApiClient(http, sfu.url, "lobby", "a", 440.0)
+            await client.join()
+            sfu.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                while not (await servers() and (await servers())[0]["draining"]):
+                    await asyncio.sleep(0.1)
+            async with http.get(f"{sfu.url}/readyz") as resp:
+                assert resp.status == 503
+            async with http.put(f"{sfu.url}/v1/routers/other", headers=AUTH) as resp:
+                assert resp.status == 503
+            assert sfu.proc.poll() is None  # still serving its peer
+            async with http.delete(f"{sfu.url}/v1/routers/lobby/peers/a", headers=AUTH):
+                pass
+            await client.close()
+            async with asyncio.timeout(15):
+                while sfu.proc.poll() is None:
+                    await asyncio.sleep(0.1)
+            assert sfu.proc.returncode == 0
+            assert await servers() == []  # deregistered on the way out
+    finally:
+        sfu.stop()

@@ -7,6 +7,7 @@ with a code; it never crashes a channel, and other sockets keep working.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -133,15 +134,22 @@ def live() -> Iterator[LiveServer]:
 
 async def _session(live: LiveServer, sequence: list[str]) -> None:
     client = PhoenixClient(live.ws, token("alice", grant="all"))
+    client._refs = itertools.count(10**9)  # refs the generated frames cannot use
     await client.connect()
     for frame in sequence:
         if client.closed.is_set():
             break
         await client.send_raw(frame)
-    if not client.closed.is_set():
-        await client.heartbeat(timeout=5)  # every frame was handled and the socket still answers
+    # Either every frame was handled and the socket still answers, or the server closed it with a code.
+    heartbeat = asyncio.ensure_future(client.heartbeat(timeout=10))
+    closed = asyncio.ensure_future(client.closed.wait())
+    done, _ = await asyncio.wait({heartbeat, closed}, return_when=asyncio.FIRST_COMPLETED)
+    if heartbeat in done and heartbeat.exception() is None:
+        closed.cancel()
     else:
-        assert client.close_code in (1003, 1008, 1009, 1013)
+        heartbeat.cancel()
+        await closed
+        assert client.close_code in (1003, 1008, 1009, 1013), client.close_code
     await client.close()
     await live.bystander.heartbeat(timeout=5)
 

@@ -95,7 +95,11 @@ def test_presence_sync_mute_and_leave(
 
     # Bob sees the flip as a presence_diff (leave of the old meta + join of the new one), then in Presence.
     diff = bob.wait_for(
-        lambda e: e.get("ev") == "presence_diff" and "alice" in e["payload"]["joins"],
+        lambda e: (
+            e.get("ev") == "presence_diff"
+            and "alice" in e["payload"]["joins"]
+            and "alice" in e["payload"]["leaves"]
+        ),
         "diff for alice",
         since=mark,
     )["payload"]

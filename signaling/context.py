@@ -10,6 +10,7 @@ from voxa.signaling import protocol
 from voxa.signaling.auth import TokenVerifier
 from voxa.signaling.connection import ChannelSpec, Connection
 from voxa.signaling.hub import Hub
+from voxa.signaling.media import MediaGateway
 from voxa.signaling.metrics import SignalingMetrics
 from voxa.signaling.registry import MediaRegistry
 from voxa.signaling.settings import SignalingSettings
@@ -26,6 +27,7 @@ class SignalingContext:
         self.store = store or create_store(settings.redis_url, settings.replica_id, settings.replica_ttl_s)
         self.hub = Hub(self.store, self.metrics)
         self.registry = MediaRegistry(self.store, settings.media_server_ttl_s)
+        self.media = MediaGateway(self.registry, settings.sfu_secret)
         self.verifier = TokenVerifier.from_files(
             secret=settings.jwt_secret,
             public_key_file=settings.jwt_public_key_file,
@@ -76,4 +78,5 @@ class SignalingContext:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
+        await self.media.close()
         await self.hub.stop()

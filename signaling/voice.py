@@ -9,6 +9,7 @@ as a control message to whichever replica holds that participant's socket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import secrets
 import time
@@ -18,6 +19,7 @@ from voxa.common.claims import Permission, permission_names
 from voxa.common.turn import ice_config
 from voxa.signaling import protocol
 from voxa.signaling.connection import ChannelError
+from voxa.signaling.media import MediaError, SfuLink, router_id
 from voxa.signaling.presence import (
     PRESENCE_DIFF,
     PRESENCE_STATE,
@@ -29,12 +31,13 @@ from voxa.signaling.presence import (
     updated_meta,
 )
 from voxa.signaling.rights import Action, Forbidden, allowed, check
-from voxa.signaling.store import MetaFrame, PresenceEntry, StoreUnavailable
+from voxa.signaling.store import MediaServer, MetaFrame, PresenceEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from voxa.signaling.connection import Connection
     from voxa.signaling.context import SignalingContext
 
+log = logging.getLogger("voxa.signaling.voice")
 TOPIC_PREFIX = "voice:"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 SELF_EVENTS = {
@@ -131,6 +134,13 @@ class VoiceChannel:
         self._held: list[str] | None = []
         self._lock = asyncio.Lock()
         self._left = False
+        # Media: the SFU hosting this channel, and whether this member has a peer on it yet.
+        self.session_id = ""
+        self.media: MediaServer | None = None
+        self.link: SfuLink | None = None
+        self.sfu_peer = False
+        self._media_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- hub Member protocol ----------------------------------------------------------------------
     def deliver(self, frame: str) -> None:
@@ -202,6 +212,7 @@ class VoiceChannel:
             "joined_at": int(time.time() * 1000),
         }
         media = await ctx.registry.assign(self.server_id, self.channel_id, cached=True)
+        self.session_id = ref
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
         template = protocol.broadcast(self.topic, PRESENCE_DIFF, diff)
@@ -223,6 +234,9 @@ class VoiceChannel:
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
         meta = self.meta = result.entry.meta
         self._state = state_of((e.key, e.meta) for e in result.entries)
+        if media is not None:
+            self.media = media
+            self.link = ctx.media.attach(media, self)
         ctx.hub.deliver(self.topic, result.frame, exclude=self)
         ice = ice_config(ctx.settings.turn_secret, ctx.settings.turn_uris, self.key, ctx.settings.turn_ttl_s)
         return {
@@ -252,6 +266,7 @@ class VoiceChannel:
         self._left = True
         ctx = self.ctx
         await ctx.hub.remove(self)
+        await self._leave_media()
         async with self._lock:
             meta, self.meta = self.meta, None
         if meta is None:
@@ -262,6 +277,9 @@ class VoiceChannel:
             await ctx.store.presence_leave(self.topic, self.index, meta["phx_ref"], frame)
         except StoreUnavailable:
             ctx.hub.mark_dirty(self.topic, self.index)
+            return
+        if self.media is not None:
+            await self._close_router_if_empty(self.media)
 
     # --- pushes -----------------------------------------------------------------------------------
     async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +297,10 @@ class VoiceChannel:
             return await self._update({"video": enabled})
         if event == "moderate":
             return await self._moderate(payload)
+        if event == "sdp":
+            return await self._sdp(payload)
+        if event == "ice":
+            return await self._ice(payload)
         raise ChannelError(f"unknown event {event!r}")
 
     async def _update(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +318,10 @@ class VoiceChannel:
             )
             self.meta = new
             self.ctx.hub.deliver(self.topic, frame)
-            return {"state": {k: new[k] for k in STATE_FIELDS}}
+        sfu_flags = {k: bool(v) for k, v in changes.items() if k in ("muted", "server_muted")}
+        if sfu_flags and self.sfu_peer:
+            self._spawn(self._sfu_state(sfu_flags))
+        return {"state": {k: new[k] for k in STATE_FIELDS}}
 
     async def _moderate(self, payload: dict[str, Any]) -> dict[str, Any]:
         target = payload.get("target")
@@ -332,3 +357,129 @@ class VoiceChannel:
             control.update(type="member", flags=flags)
         await self.ctx.hub.control(self.topic, control)
         return {"target": target, "action": action.value}
+
+    # --- media ------------------------------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _router(self) -> str:
+        return router_id(self.server_id, self.channel_id)
+
+    def _flags(self) -> dict[str, bool]:
+        claims = self.conn.claims
+        meta = self.meta or {}
+        return {
+            "can_speak": claims.can(Permission.SPEAK, self.channel_id),
+            "can_video": claims.can(Permission.VIDEO, self.channel_id),
+            "muted": bool(meta.get("muted")),
+            "server_muted": bool(meta.get("server_muted")),
+        }
+
+    async def _sdp(self, payload: dict[str, Any]) -> dict[str, Any]:
+        kind = payload.get("type")
+        sdp = payload.get("sdp")
+        if kind not in ("offer", "answer") or not isinstance(sdp, str) or not sdp:
+            raise ChannelError("sdp needs {type: 'offer' | 'answer', sdp: string}")
+        if self.link is None or self.media is None:
+            media = await self.ctx.registry.assign(self.server_id, self.channel_id)
+            if media is None:
+                raise ChannelError("no media server available", retry=True)
+            self.media = media
+            self.link = self.ctx.media.attach(media, self)
+        link = self.link
+        answer: str | None
+        async with self._media_lock:
+            try:
+                if kind == "offer" and not self.sfu_peer:
+                    answer = await link.add_peer(self._router(), self.session_id, sdp, **self._flags())
+                    self.sfu_peer = True
+                elif kind == "offer":
+                    answer = await link.description(self._router(), self.session_id, "offer", sdp)
+                    if answer is None:
+                        return {"ignored": True}
+                else:
+                    if not self.sfu_peer:
+                        raise ChannelError("no offer from the media server is waiting for an answer")
+                    await link.description(self._router(), self.session_id, "answer", sdp)
+                    return {}
+            except MediaError as exc:
+                raise ChannelError(exc.reason) from None
+        self.conn.send(protocol.push(self.join_ref, self.topic, "sdp", {"type": "answer", "sdp": answer}))
+        return {}
+
+    async def _ice(self, payload: dict[str, Any]) -> dict[str, Any]:
+        candidate = payload.get("candidate")
+        if not isinstance(candidate, str) or len(candidate) > 1024:
+            raise ChannelError("ice needs {candidate: string, sdpMid, sdpMLineIndex}")
+        if self.link is None or not self.sfu_peer:
+            raise ChannelError("send an offer before ICE candidates")
+        body = {
+            "candidate": candidate,
+            "sdpMid": payload.get("sdpMid"),
+            "sdpMLineIndex": payload.get("sdpMLineIndex"),
+        }
+        try:
+            await self.link.candidate(self._router(), self.session_id, body)
+        except MediaError as exc:
+            raise ChannelError(exc.reason) from None
+        return {}
+
+    async def _sfu_state(self, flags: dict[str, bool]) -> None:
+        if self.link is None:
+            return
+        try:
+            await self.link.state(self._router(), self.session_id, **flags)
+        except MediaError as exc:
+            log.warning("voice.sfu_state_failed", extra={"reason": exc.reason})
+
+    def on_media_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "offer":
+            self.conn.send(
+                protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": event["sdp"]})
+            )
+        elif kind == "speaking":
+            self._spawn(self._update({"speaking": bool(event.get("speaking"))}))
+        elif (
+            kind == "peer_state"
+            and event.get("state") == "closed"
+            and event.get("reason") != "removed by signaling"
+        ):
+            # The transport failed or timed out on the SFU: start over with a fresh peer connection.
+            self.sfu_peer = False
+            self.conn.send(
+                protocol.push(
+                    self.join_ref, self.topic, "media_reset", {"reason": f"media {event.get('reason')}"}
+                )
+            )
+
+    async def media_reset(self, media: MediaServer | None, reason: str) -> None:
+        """The channel's SFU changed (or restarted): tell the client to negotiate from scratch."""
+        self.sfu_peer = False
+        self.media = media
+        self.link = self.ctx.media.attach(media, self) if media is not None else None
+        if not self._left:
+            self.conn.send(protocol.push(self.join_ref, self.topic, "media_reset", {"reason": reason}))
+
+    async def _leave_media(self) -> None:
+        link = self.link
+        if link is None:
+            return
+        self.ctx.media.detach(link, self)
+        if self.sfu_peer:
+            self.sfu_peer = False
+            await link.remove_peer(self._router(), self.session_id)
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _close_router_if_empty(self, media: MediaServer) -> None:
+        """Automatic rooms: the router goes with the channel's last participant."""
+        try:
+            if await self.ctx.store.presence_list(self.topic):
+                return
+            await self.ctx.registry.release(self.server_id, self.channel_id)
+        except StoreUnavailable:
+            return
+        await self.ctx.media.link(media).close_router(self._router())

@@ -1,0 +1,178 @@
+"""Signaling drives the SFU: real `voxa signaling` + `voxa sfu` processes, Phoenix clients with aiortc
+peers negotiating through the channel (the protocol of docs/protocol.md), tones decoded and checked."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from conftest import SignalingFactory
+from e2e.browser.audio import AudioSink, SineTrack
+from tests.integration.conftest import token
+from tests.integration.sfu.test_control_api import SfuProcess
+from voxa.client.phoenix import ClientChannel, PhoenixClient
+
+TOPIC = "voice:g1:lobby"
+
+
+class RawVoiceClient:
+    """The smallest polite client: one peer connection, answers whatever `sdp` offers arrive."""
+
+    def __init__(self, ws_url: str, user: str, hz: float, grant: str = "connect,speak") -> None:
+        self.phx = PhoenixClient(ws_url, token(user, grant=grant))
+        self.user = user
+        self.hz = hz
+        self.sinks: dict[str, AudioSink] = {}
+        self.resets = 0
+        self.channel: ClientChannel | None = None
+        self.pc: RTCPeerConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def join(self) -> dict[str, Any]:
+        await self.phx.connect()
+        self.channel, reply = await self.phx.join(TOPIC)
+        self._task = asyncio.create_task(self._events())
+        await self.negotiate()
+        return reply
+
+    async def negotiate(self) -> None:
+        assert self.channel is not None
+        async with self.lock:
+            if self.pc is not None:
+                await self.pc.close()
+            self.pc = pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc.addTrack(SineTrack(self.hz))
+            pc.on("track", lambda track: self.sinks.__setitem__(track.id, AudioSink(track)))
+            await pc.setLocalDescription(await pc.createOffer())
+            await self.channel.push("sdp", {"type": "offer", "sdp": pc.localDescription.sdp})
+
+    async def _events(self) -> None:
+        assert self.channel is not None
+        while True:
+            name, payload = await self.channel.events.get()
+            if name == "sdp":
+                async with self.lock:
+                    assert self.pc is not None
+                    await self.pc.setRemoteDescription(RTCSessionDescription(payload["sdp"], payload["type"]))
+                    if payload["type"] == "offer":
+                        await self.pc.setLocalDescription(await self.pc.createAnswer())
+                        await self.channel.push(
+                            "sdp", {"type": "answer", "sdp": self.pc.localDescription.sdp}
+                        )
+            elif name == "media_reset":
+                self.resets += 1
+                for sink in self.sinks.values():
+                    await sink.stop()
+                self.sinks.clear()
+                await self.negotiate()
+
+    def heard_from(self, user: str) -> AudioSink | None:
+        return next((s for tid, s in self.sinks.items() if tid.startswith(f"{self.session_of(user)}:")), None)
+
+    def session_of(self, user: str) -> str:
+        assert self.channel is not None
+        return str(self.channel.members()[user]["session_id"])
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for sink in self.sinks.values():
+            await sink.stop()
+        if self.pc is not None:
+            await self.pc.close()
+        await self.phx.close()
+
+
+async def hears(client: RawVoiceClient, user: str, hz: float, timeout: float = 15.0) -> bool:
+    async with asyncio.timeout(timeout):
+        while True:
+            sink = (
+                client.heard_from(user)
+                if user in (client.channel.members() if client.channel else {})
+                else None
+            )
+            if sink is not None:
+                level = await sink.measure(0.5)
+                if level.hz is not None and abs(level.hz - hz) < 15 and level.rms > 0.01:
+                    return True
+            await asyncio.sleep(0.2)
+
+
+async def silent(client: RawVoiceClient, user: str) -> bool:
+    sink = client.heard_from(user)
+    assert sink is not None
+    return (await sink.measure(0.5)).rms < 0.01
+
+
+@pytest.fixture
+async def stack(signaling_factory: SignalingFactory, tmp_path: Path) -> Any:
+    signaling = signaling_factory(media_server_ttl_s="3")
+    sfu = SfuProcess(tmp_path, signaling_url=signaling.url)
+    await sfu.ready()
+    # Wait until the SFU is in the registry.
+    for _ in range(100):
+        if "sfu-a" in (tmp_path / "sfu.log").read_text() or True:
+            break
+    await asyncio.sleep(0.5)
+    yield signaling, sfu
+    sfu.stop()
+
+
+async def test_clients_hear_each_other_through_signaling_and_sfu(stack: Any) -> None:
+    signaling, _sfu = stack
+    alice = RawVoiceClient(signaling.ws_url, "alice", 440.0)
+    bob = RawVoiceClient(signaling.ws_url, "bob", 660.0)
+    reply = await alice.join()
+    assert reply["media_server"] == "sfu-a"
+    await bob.join()
+    assert await hears(alice, "bob", 660.0)
+    assert await hears(bob, "alice", 440.0)
+    # Mute through signaling: presence shows it, the SFU stops forwarding.
+    assert bob.channel is not None and alice.channel is not None
+    await bob.channel.push("mute")
+    await alice.channel.wait_presence(lambda m: m["bob"]["muted"])
+    await asyncio.sleep(0.3)
+    assert await silent(alice, "bob")
+    await bob.channel.push("unmute")
+    assert await hears(alice, "bob", 660.0)
+    # Speaking comes from the SFU into presence.
+    await alice.channel.wait_presence(lambda m: m["bob"]["speaking"], timeout=10)
+    await alice.close()
+    await bob.close()
+
+
+async def test_without_speak_a_client_is_not_heard(stack: Any) -> None:
+    signaling, _sfu = stack
+    alice = RawVoiceClient(signaling.ws_url, "alice", 440.0)
+    mute_me = RawVoiceClient(signaling.ws_url, "quiet", 660.0, grant="connect")
+    await alice.join()
+    await mute_me.join()
+    assert await hears(mute_me, "alice", 440.0)
+    await asyncio.sleep(1.0)
+    assert alice.heard_from("quiet") is None or await silent(alice, "quiet")
+    await alice.close()
+    await mute_me.close()
+
+
+async def test_moderator_server_mute_reaches_the_sfu(stack: Any) -> None:
+    signaling, _sfu = stack
+    mod = RawVoiceClient(signaling.ws_url, "mod", 440.0, grant="connect,speak,mute_members")
+    bob = RawVoiceClient(signaling.ws_url, "bob", 660.0)
+    await mod.join()
+    await bob.join()
+    assert await hears(mod, "bob", 660.0)
+    assert mod.channel is not None and bob.channel is not None
+    await mod.channel.push("moderate", {"target": "bob", "action": "mute"})
+    await bob.channel.wait_presence(lambda m: m["bob"]["server_muted"])
+    await bob.channel.push("unmute")  # cannot undo a server mute
+    await asyncio.sleep(0.5)
+    assert await silent(mod, "bob")
+    await mod.channel.push("moderate", {"target": "bob", "action": "unmute"})
+    assert await hears(mod, "bob", 660.0)
+    await mod.close()
+    await bob.close()

@@ -92,7 +92,7 @@ def _sfu(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from voxa.common.demo import run_demo
 
-    return run_demo(port=args.port, server_id=args.server_id, host=args.host)
+    return run_demo(port=args.port, server_id=args.server_id, host=args.host, rtc_ip=args.rtc_ip)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=4000)
     demo.add_argument("--server-id", default="demo")
+    demo.add_argument("--rtc-ip", default=None, help="Address the SFU uses for media (default: --host).")
     demo.set_defaults(func=_demo)
     return parser
 

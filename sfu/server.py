@@ -85,7 +85,9 @@ class RegistryClient:
 
 
 async def serve_worker(settings: SfuSettings, index: int, stop: asyncio.Event | None = None) -> None:
+    """Run one worker until SIGTERM/SIGINT (or `stop`, when embedded: then it drains for 2 s at most)."""
     aiortc_glue.check_versions()
+    stop_is_external = stop is not None
     worker = SfuWorker(settings, index)
     await worker.start()
     app = create_app(worker)
@@ -102,15 +104,16 @@ async def serve_worker(settings: SfuSettings, index: int, stop: asyncio.Event | 
     log.info("sfu.listening", extra={"worker": worker.id, "control": control_url})
     registry = RegistryClient(worker, control_url) if settings.signaling_url else None
     heartbeat = asyncio.create_task(registry.run()) if registry else None
-    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     # Drain: refuse new routers, tell the registry, wait for the rooms to empty or the deadline.
     worker.draining = True
     log.info("sfu.draining", extra={"worker": worker.id, **worker.load()})
-    deadline = loop.time() + settings.drain_deadline_s
+    deadline = loop.time() + (settings.drain_deadline_s if not stop_is_external else 2.0)
     while worker.load()["peers"] and loop.time() < deadline:
         await asyncio.sleep(0.5)
     if heartbeat is not None:

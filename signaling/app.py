@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -96,13 +98,36 @@ async def ice(request: web.Request) -> web.Response:
     return web.json_response(config.model_dump(exclude_none=True))
 
 
-async def index(request: web.Request) -> web.Response:
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def phoenix_js_path() -> Path | None:
+    """The official phoenix client's ES module, from VOXA_PHOENIX_JS or the repository's node_modules."""
+    explicit = os.environ.get("VOXA_PHOENIX_JS")
+    candidates = [Path(explicit)] if explicit else []
+    for parent in Path(__file__).resolve().parents:
+        candidates.append(parent / "node_modules" / "phoenix" / "priv" / "static" / "phoenix.mjs")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC / "index.html"
+    if page.is_file():
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
     text = (
         "Voxa signaling.\n"
         "Connect a Phoenix Channels v2 client to ws://<host>:<port>/socket/websocket?vsn=2.0.0&token=<JWT>\n"
         "and join topic voice:<server_id>:<channel_id>. See docs/protocol.md.\n"
     )
     return web.Response(text=text)
+
+
+async def phoenix_js(request: web.Request) -> web.StreamResponse:
+    path = phoenix_js_path()
+    if path is None:
+        return web.Response(status=404, text="phoenix.mjs not found: run `npm ci` or set VOXA_PHOENIX_JS\n")
+    headers = {"Content-Type": "text/javascript", "Cache-Control": "max-age=3600"}
+    return web.FileResponse(path, headers=headers)
 
 
 # --- media-server registry API (SFUs, operator) ---------------------------------------------------
@@ -191,6 +216,7 @@ def create_app(settings: SignalingSettings, store: Store | None = None) -> web.A
     app.add_routes(
         [
             web.get("/", index),
+            web.get("/vendor/phoenix.mjs", phoenix_js),
             web.get("/socket/websocket", socket_handler),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
@@ -210,6 +236,8 @@ def create_app(settings: SignalingSettings, store: Store | None = None) -> web.A
     async def on_shutdown(app: web.Application) -> None:
         await app[CTX].shutdown()
 
+    if STATIC.is_dir():
+        app.router.add_static("/static/", STATIC, show_index=False, append_version=False)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     return app

@@ -28,10 +28,11 @@ async def serve(settings: SignalingSettings, stop: asyncio.Event | None = None) 
         "signaling.listening",
         extra={"host": settings.host, "port": settings.port, "replica": settings.replica_id},
     )
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signaling.stopping")
     await runner.cleanup()

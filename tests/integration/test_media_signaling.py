@@ -7,13 +7,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from conftest import SignalingFactory
 from e2e.browser.audio import AudioSink, SineTrack
 from tests.integration.conftest import token
-from tests.integration.sfu.test_control_api import SfuProcess
+from tests.integration.sfu.test_control_api import AUTH, SfuProcess
 from voxa.client.phoenix import ClientChannel, PhoenixClient
 
 TOPIC = "voice:g1:lobby"
@@ -109,16 +110,24 @@ async def silent(client: RawVoiceClient, user: str) -> bool:
     return (await sink.measure(0.5)).rms < 0.01
 
 
+async def registered(signaling_url: str, *ids: str) -> None:
+    """Wait until the SFUs are in signaling's registry for voice server g1."""
+    url = f"{signaling_url}/internal/servers/g1/media-servers"
+    async with asyncio.timeout(20), aiohttp.ClientSession(headers=AUTH) as http:
+        while True:
+            async with http.get(url) as resp:
+                found = {m["id"] for m in (await resp.json())["media_servers"]}
+            if set(ids) <= found:
+                return
+            await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def stack(signaling_factory: SignalingFactory, tmp_path: Path) -> Any:
     signaling = signaling_factory(media_server_ttl_s="3")
     sfu = SfuProcess(tmp_path, signaling_url=signaling.url)
     await sfu.ready()
-    # Wait until the SFU is in the registry.
-    for _ in range(100):
-        if "sfu-a" in (tmp_path / "sfu.log").read_text() or True:
-            break
-    await asyncio.sleep(0.5)
+    await registered(signaling.url, "sfu-a")
     yield signaling, sfu
     sfu.stop()
 
@@ -176,3 +185,34 @@ async def test_moderator_server_mute_reaches_the_sfu(stack: Any) -> None:
     assert await hears(mod, "bob", 660.0)
     await mod.close()
     await bob.close()
+
+
+@pytest.mark.slow
+async def test_killed_sfu_channel_moves_to_another_and_media_resumes(
+    signaling_factory: SignalingFactory, tmp_path: Path
+) -> None:
+    signaling = signaling_factory(media_server_ttl_s="3")
+    first = SfuProcess(tmp_path / "a", signaling_url=signaling.url, media_id="sfu-a")
+    second = SfuProcess(tmp_path / "b", signaling_url=signaling.url, media_id="sfu-b")
+    try:
+        await first.ready()
+        await second.ready()
+        await registered(signaling.url, "sfu-a", "sfu-b")
+        alice = RawVoiceClient(signaling.ws_url, "alice", 440.0)
+        bob = RawVoiceClient(signaling.ws_url, "bob", 660.0)
+        hosting = (await alice.join())["media_server"]
+        await bob.join()
+        assert await hears(alice, "bob", 660.0)
+        victim, survivor = (first, second) if hosting == "sfu-a" else (second, first)
+        victim.stop()  # SIGKILL: no drain, no goodbye
+        async with asyncio.timeout(20):
+            while not (alice.resets and bob.resets):
+                await asyncio.sleep(0.1)
+        assert await hears(alice, "bob", 660.0, timeout=20)
+        assert await hears(bob, "alice", 440.0, timeout=20)
+        assert survivor.proc.poll() is None
+        await alice.close()
+        await bob.close()
+    finally:
+        first.stop()
+        second.stop()

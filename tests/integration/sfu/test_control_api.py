@@ -25,13 +25,14 @@ AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}
 
 
 class SfuProcess:
-    def __init__(self, tmp: Path, signaling_url: str | None = None) -> None:
+    def __init__(self, tmp: Path, signaling_url: str | None = None, media_id: str = "sfu-a") -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
         env.update(
             VOXA_SFU_SECRET=SFU_SECRET,
-            VOXA_SFU_ID="sfu-a",
+            VOXA_SFU_ID=media_id,
             VOXA_SFU_SERVER_ID="g1",
             VOXA_SFU_RTC_LISTEN_IP="127.0.0.1",
             VOXA_SFU_RTC_REMOTE_NETWORKS="127.0.0.0/8",

@@ -42,7 +42,7 @@ def subscribe(router: Router, producer: Producer, sent: list[bytes], pt: int = 1
 
 
 def test_forwarded_packets_are_rewritten_for_the_consumer() -> None:
-    router, sent = Router("r", lambda e: None), []
+    router, sent = Router("r", lambda e: None), list[bytes]()
     producer = audio_producer()
     consumer = subscribe(router, producer, sent)
     for i in range(5):
@@ -59,7 +59,7 @@ def test_forwarded_packets_are_rewritten_for_the_consumer() -> None:
 
 
 def test_mute_stops_forwarding_and_unmute_continues_the_sequence() -> None:
-    router, sent = Router("r", lambda e: None), []
+    router, sent = Router("r", lambda e: None), list[bytes]()
     producer = audio_producer()
     subscribe(router, producer, sent)
     producer.receive(packet(10, 0), now=0)
@@ -87,7 +87,7 @@ def test_server_mute_and_rights_combine() -> None:
 
 
 def test_nack_is_answered_from_history() -> None:
-    router, sent = Router("r", lambda e: None), []
+    router, sent = Router("r", lambda e: None), list[bytes]()
     producer = audio_producer()
     consumer = subscribe(router, producer, sent)
     for i in range(10):
@@ -101,7 +101,7 @@ def test_nack_is_answered_from_history() -> None:
 def test_video_consumer_waits_for_a_keyframe_and_requests_are_throttled() -> None:
     requests: list[int] = []
     producer = Producer("alice", "1", "video", VP8, (2222,), {}, request_keyframe=requests.append)
-    router, sent = Router("r", lambda e: None), []
+    router, sent = Router("r", lambda e: None), list[bytes]()
     (consumer,) = router.add_producer(producer, {"bob": sent.append})
     consumer.negotiated("c1", 96, {})
     consumer.start(now=0)

@@ -16,6 +16,8 @@ def settings_table(model: type[BaseSettings], prefix: str = "VOXA_") -> str:
     for name, field in model.model_fields.items():
         if name == "replica_id":
             default = "hostname-pid-random"
+        elif name == "id":
+            default = "hostname"
         elif field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]
             default = ",".join(value) if isinstance(value, list) else str(value)
@@ -27,9 +29,20 @@ def settings_table(model: type[BaseSettings], prefix: str = "VOXA_") -> str:
 
 
 def render() -> str:
+    from voxa.sfu.settings import SfuSettings
     from voxa.signaling.settings import SignalingSettings
 
-    parts = [BEGIN, "### `voxa signaling`", "", settings_table(SignalingSettings), END]
+    parts = [
+        BEGIN,
+        "### `voxa signaling`",
+        "",
+        settings_table(SignalingSettings),
+        "",
+        "### `voxa sfu`",
+        "",
+        settings_table(SfuSettings, "VOXA_SFU_"),
+        END,
+    ]
     return "\n".join(parts)
 
 

@@ -134,6 +134,7 @@ class VoiceChannel:
         self._held: list[str] | None = []
         self._lock = asyncio.Lock()
         self._left = False
+        self._muted_before_deafen = False
         # Media: the SFU hosting this channel, and whether this member has a peer on it yet.
         self.session_id = ""
         self.media: MediaServer | None = None
@@ -285,8 +286,13 @@ class VoiceChannel:
     async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
         changes = SELF_EVENTS.get(event)
         if changes is not None:
-            if event == "deafen":
+            meta = self.meta or {}
+            if event == "deafen" and not meta.get("deafened"):
+                # Deafening also mutes; undeafening restores the mute state from before.
+                self._muted_before_deafen = bool(meta.get("muted"))
                 changes = {"deafened": True, "muted": True}
+            elif event == "undeafen" and meta.get("deafened"):
+                changes = {"deafened": False, "muted": self._muted_before_deafen}
             return await self._update(changes)
         if event == "video":
             enabled = _bool(payload, "enabled")

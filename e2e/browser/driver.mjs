@@ -16,6 +16,9 @@
 //   {"id":1,"page":0,"call":"createOffer","args":[{}],"timeoutMs":5000}  window.voxaTest.createOffer(...)
 //   {"id":2,"page":0,"call":"$screenshot","args":["/tmp/x/shot.png"]}    page.screenshot({path})
 //   {"id":3,"page":0,"call":"$evaluate","args":["document.title"]}       page.evaluate(expression)
+//   {"id":5,"page":0,"call":"$goto","args":["http://127.0.0.1:4000/?token=..."]}  page.goto(url): another
+//                                                                          page (window.voxaTest is gone)
+//   {"id":6,"page":0,"call":"$viewport","args":[390, 844]}                 page.setViewportSize
 //   {"id":4,"call":"$exit"}                                                closes the browsers and exits
 // Replies: {"id":1,"ok":true,"result":...} or {"id":1,"ok":false,"error":"message"}.
 // Events: {"event":"ready","pages":N,"version":"..."}, {"event":"console","page":0,"level":"log","text":...},
@@ -121,6 +124,14 @@ async function run(command) {
     return args[0];
   }
   if (call === "$evaluate") return await page.evaluate(args[0]);
+  if (call === "$goto") {
+    const response = await page.goto(args[0], { timeout: config.launchTimeoutMs ?? 30000 });
+    return { url: page.url(), status: response ? response.status() : null };
+  }
+  if (call === "$viewport") {
+    await page.setViewportSize({ width: args[0], height: args[1] });
+    return page.viewportSize();
+  }
   return await page.evaluate(
     async ([name, params]) => {
       const api = window.voxaTest;

@@ -18,9 +18,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from e2e.browser.audio import AudioSink, Level, SineTrack
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import BrowserError, ChromiumPage
+from voxa.client.media import AudioSink, Level, SineTrack
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

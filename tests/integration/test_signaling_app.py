@@ -56,6 +56,8 @@ async def test_join_presence_state_and_diffs(app_factory: AppFactory) -> None:
     await ch_a.wait_presence(lambda m: m["bob"]["muted"] is False)
     await ch_b.push("deafen")
     await ch_a.wait_presence(lambda m: m["bob"]["deafened"] and m["bob"]["muted"])
+    await ch_b.push("undeafen")  # back to unmuted, as before deafening
+    await ch_a.wait_presence(lambda m: not m["bob"]["deafened"] and not m["bob"]["muted"])
     await ch_b.leave()
     await ch_a.wait_presence(lambda m: set(m) == {"alice"})
     await alice.close()

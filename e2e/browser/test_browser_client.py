@@ -1,0 +1,522 @@
+"""The browser client signaling serves at `/` (signaling/static/), end to end against `voxa demo`.
+
+`voxa demo --port P` runs signaling and an SFU worker and prints two invite links (Alice and Bob). Each
+link opens in its own headless Chromium process (the fake microphones play 440 Hz and 660 Hz tones), in
+pages of the e2e/browser harness that navigate away from the harness page to the invite (`$goto`). The
+test only uses the page's UI (buttons, the participant list) and its test hook
+`window.voxa = {state(), participants(), measure(ms)}`:
+
+1. presence and the mute UI: both pages list both participants with the "you" marker on the right one;
+   muting on one page shows on the other;
+2. media: each page hears the other's tone (dominant frequency within 15 Hz); mute on Alice's page makes
+   Bob's page measure silence and show Alice muted, unmute brings the tone back; a server mute by Alice
+   (a moderator) disables Bob's unmute button and silences him; deafen;
+3. screenshots, desktop and phone sized, into tmp_path and `artifacts/` (gitignored) for humans.
+
+Other tests: a refused connection shows the server's reason; a signaling restart is survived (the page
+reconnects, rejoins and negotiates media from scratch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+
+from e2e.browser.conftest import ChromiumFactory
+from e2e.browser.harness import ROOT, ChromiumPeers
+from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.tokens import mint_token
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+A_HZ = 440.0  # Alice's fake microphone
+B_HZ = 660.0  # Bob's
+TOLERANCE_HZ = 15.0
+TONE_RMS = 0.01  # a received tone measures ~0.03-0.1 (the client's voice processing is on)
+SILENCE_RMS = 0.002
+MEASURE_MS = 700
+WAIT_S = 25.0
+DESKTOP = (1100, 720)
+PHONE = (390, 844)
+ARTIFACTS = ROOT / "artifacts"
+INVITE = re.compile(r"Invite for (\w+): (http://\S+)")
+T = TypeVar("T")
+
+
+# --- voxa demo ----------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Demo:
+    port: int
+    workdir: Path
+    env: dict[str, str]
+    base_url: str = ""
+    invites: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    stdout: list[str] = field(default_factory=list)
+    runs: int = 0
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.workdir / f"demo-{self.runs}.stderr"
+
+    def output(self) -> str:
+        stderr = ""
+        with contextlib.suppress(OSError):
+            stderr = self.stderr_path.read_text(errors="replace")[-4000:]
+        return "--- voxa demo stdout:\n" + "".join(self.stdout) + "--- voxa demo stderr (tail):\n" + stderr
+
+    async def start(self) -> None:
+        self.runs += 1
+        self.stdout.clear()
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "voxa.common.cli",
+                "demo",
+                "--port",
+                str(self.port),
+                cwd=ROOT,
+                env=self.env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
+        assert self.proc.stdout is not None
+        invites: dict[str, str] = {}
+        deadline = time.monotonic() + 30
+        while len(invites) < 2:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"voxa demo printed no two invite links in 30 s\n{self.output()}")
+            try:
+                raw = await asyncio.wait_for(self.proc.stdout.readline(), left)
+            except TimeoutError:
+                continue
+            if not raw:
+                raise AssertionError(f"voxa demo exited with {await self.proc.wait()}\n{self.output()}")
+            line = raw.decode(errors="replace")
+            self.stdout.append(line)
+            match = INVITE.search(line)
+            if match:
+                invites[match.group(1).lower()] = match.group(2)
+        self.invites = invites
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._drain = asyncio.create_task(self._drain_stdout(self.proc.stdout))
+        await self._wait_ready()
+
+    async def _drain_stdout(self, stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            self.stdout.append(raw.decode(errors="replace"))
+
+    async def _wait_ready(self) -> None:
+        """Signaling answers, serves the client, and the demo's SFU is in the media-server registry."""
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as http:
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"{self.base_url}/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"voxa demo not healthy in 20 s\n{self.output()}")
+                await asyncio.sleep(0.1)
+            async with http.get(f"{self.base_url}/") as resp:
+                page = await resp.text()
+                assert resp.status == 200 and "/static/app.js" in page, (
+                    f"GET / does not serve the browser client (HTTP {resp.status}):\n{page[:400]}"
+                )
+            async with http.get(f"{self.base_url}/vendor/phoenix.mjs") as resp:
+                assert resp.status == 200, f"GET /vendor/phoenix.mjs answered {resp.status}"
+
+    async def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if self._drain is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._drain, 5)
+            self._drain = None
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    env = dict(os.environ)
+    # A fixed secret: the invite links stay valid when a test restarts the demo.
+    env["VOXA_JWT_SECRET"] = "browser-client-test-secret-0123456789abcdef"
+    env.setdefault("VOXA_LOG_LEVEL", "info")
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    server = Demo(port=free_port(), workdir=workdir, env=env)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- the pages ------------------------------------------------------------------------------------------
+@dataclass
+class Client:
+    """One page running the browser client, seen through window.voxa and the DOM."""
+
+    peers: ChromiumPeers
+    index: int
+    name: str
+    demo: Demo
+
+    async def js(self, expression: str, timeout: float | None = None) -> Any:
+        return await self.peers.evaluate(self.index, expression, timeout=timeout)
+
+    async def open(self, url: str, size: tuple[int, int] = DESKTOP) -> None:
+        await self.peers.call(self.index, "$viewport", *size)
+        result = await self.peers.call(self.index, "$goto", url)
+        assert result["status"] == 200, f"{self.name}: GET {url} answered {result}"
+        await self.until(lambda: self.js("typeof window.voxa === 'object'"), "window.voxa to exist", 10)
+
+    async def state(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.js("window.voxa.state()")
+        return result
+
+    async def participants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self.js("window.voxa.participants()")
+        return result
+
+    async def measure(self, ms: int = MEASURE_MS) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = await self.js(
+            f"window.voxa.measure({ms})", timeout=ms / 1000 + 15
+        )
+        return result
+
+    async def click(self, selector: str) -> None:
+        """Click an element once it exists and is enabled (a toggle is disabled while it works)."""
+        script = (
+            f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+            " if (!el || el.disabled) return false; el.click(); return true; })()"
+        )
+        await self.until(lambda: self.js(script), f"enabled {selector} to click", 5)
+
+    async def attr(self, selector: str, name: str) -> str | None:
+        value: str | None = await self.js(
+            f"document.querySelector({json.dumps(selector)})?.getAttribute({json.dumps(name)}) ?? null"
+        )
+        return value
+
+    async def listed(self) -> list[dict[str, Any]]:
+        """The participant list as rendered: user id, name, you marker, muted, speaking, aria-label."""
+        result: list[dict[str, Any]] = await self.js(
+            "[...document.querySelectorAll('#participants li')].map((li) => ({"
+            " user: li.dataset.user, name: li.querySelector('.name')?.textContent,"
+            " you: li.dataset.you === 'true', youBadge: Boolean(li.querySelector('.you-badge')),"
+            " muted: li.dataset.muted === 'true', speaking: li.dataset.speaking === 'true',"
+            " flags: [...li.querySelectorAll('.flag')].map((f) => f.title),"
+            " label: li.getAttribute('aria-label') }))"
+        )
+        return result
+
+    async def person(self, user: str) -> dict[str, Any] | None:
+        return next((p for p in await self.listed() if p["user"] == user), None)
+
+    async def describe(self) -> str:
+        with contextlib.suppress(Exception):
+            state = await self.state()
+            listed = await self.listed()
+            return f"{self.name} state: {json.dumps(state)}\n{self.name} list: {json.dumps(listed)}"
+        return f"{self.name}: (no state)"
+
+    async def until(self, probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = WAIT_S) -> T:
+        """Poll `probe` until it returns something truthy."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while True:
+            try:
+                last = await probe()
+            except AssertionError as err:
+                last = err
+            if last and not isinstance(last, AssertionError):
+                return cast(T, last)
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{self.name}: no {what} within {timeout} s (last: {last!r})\n{await self.describe()}\n"
+                    f"--- console:\n{self.peers.format_logs(self.index)}\n{self.demo.output()}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def wait_status(self, status: str, timeout: float = WAIT_S) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            state = await self.state()
+            return state if state["status"] == status else None
+
+        return await self.until(probe, f"status {status!r}", timeout)
+
+    async def wait_voice(self, timeout: float = WAIT_S) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            state = await self.state()
+            media = state.get("media") or {}
+            return state if media.get("connectionState") == "connected" else None
+
+        return await self.until(probe, "connected voice (RTCPeerConnection)", timeout)
+
+    async def hears(self, user: str, hz: float, timeout: float = WAIT_S) -> dict[str, Any]:
+        """Measure until `user`'s track carries the tone `hz` (±TOLERANCE_HZ) with some energy."""
+
+        async def probe() -> dict[str, Any] | None:
+            level = (await self.measure()).get(user)
+            hz_ok = level is not None and level["hz"] is not None and abs(level["hz"] - hz) <= TOLERANCE_HZ
+            if level is not None and hz_ok and level["rms"] >= TONE_RMS:
+                return level
+            raise AssertionError(f"{user}: {level}")
+
+        return await self.until(probe, f"{hz:g} Hz from {user}", timeout)
+
+    async def silence_from(self, user: str, timeout: float = WAIT_S) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            level = (await self.measure()).get(user)
+            if level is not None and level["rms"] < SILENCE_RMS:
+                return level
+            raise AssertionError(f"{user}: {level}")
+
+        return await self.until(probe, f"silence from {user}", timeout)
+
+    async def screenshot(self, path: Path, size: tuple[int, int] | None = None) -> Path:
+        if size is not None:
+            await self.peers.call(self.index, "$viewport", *size)
+            await asyncio.sleep(0.3)
+        return await self.peers.screenshot(self.index, path)
+
+
+async def open_clients(chromium: ChromiumFactory, demo: Demo) -> tuple[Client, Client]:
+    peers = await chromium(2, tone_hz=[A_HZ, B_HZ])  # one Chromium process per tone
+    alice = Client(peers, 0, "alice", demo)
+    bob = Client(peers, 1, "bob", demo)
+    await alice.open(demo.invites["alice"])
+    await bob.open(demo.invites["bob"])
+    return alice, bob
+
+
+def keep(shot: Path, name: str) -> Path:
+    """Copy a screenshot to artifacts/ (gitignored) for humans."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / name
+    shutil.copyfile(shot, target)
+    return target
+
+
+# --- tests ------------------------------------------------------------------------------------------------
+async def test_two_browsers_presence_mute_and_voice(
+    chromium: ChromiumFactory, demo: Demo, tmp_path: Path
+) -> None:
+    alice, bob = await open_clients(chromium, demo)
+
+    # 1. Connected, joined, and both listed on both pages, "you" on the right entry.
+    for client in (alice, bob):
+        state = await client.wait_status("connected")
+        assert state["topic"] == "voice:demo:lobby" and state["user"]["id"] == client.name, state
+
+    for client in (alice, bob):
+        listed = await client.until(functools.partial(_both_listed, client), "Alice and Bob in the list")
+        you = [p["user"] for p in listed if p["you"] and p["youBadge"]]
+        assert you == [client.name], listed
+        names = {p["user"]: p["name"] for p in listed}
+        assert names == {"alice": "Alice", "bob": "Bob"}, listed
+        hook = {p["id"]: p for p in await client.participants()}
+        assert hook[client.name]["you"] and not hook["bob" if client is alice else "alice"]["you"], hook
+        assert all(p["session_id"] for p in hook.values()), hook
+
+    # Mute shows on the other page (presence), and the button says so (aria-pressed).
+    assert await alice.attr("#mute", "aria-pressed") == "false"
+    await alice.click("#mute")
+    await alice.until(lambda: _attr_is(alice, "#mute", "aria-pressed", "true"), "mute pressed")
+
+    async def alice_muted_on_bob(muted: bool) -> bool:
+        person = await bob.person("alice")
+        return bool(person and person["muted"] is muted and ("Muted" in person["flags"]) is muted)
+
+    await bob.until(lambda: alice_muted_on_bob(True), "Alice shown muted")
+    mic_after_mute = (await alice.state())["mic"]
+    assert mic_after_mute is None, f"the microphone must be released on mute: {mic_after_mute}"
+    await alice.click("#mute")
+    await bob.until(lambda: alice_muted_on_bob(False), "Alice shown unmuted")
+    await alice.until(lambda: _attr_is(alice, "#mute", "aria-pressed", "false"), "mute released")
+
+    # 2. Media: each hears the other.
+    await alice.wait_voice()
+    await bob.wait_voice()
+    heard_by_alice = await alice.hears("bob", B_HZ)
+    heard_by_bob = await bob.hears("alice", A_HZ)
+    print(f"alice hears bob {heard_by_alice}; bob hears alice {heard_by_bob}")
+
+    # Speaking rings come from the SFU's audio levels.
+    await alice.until(lambda: _speaking(alice, "bob"), "Bob's speaking ring")
+
+    shots = tmp_path / "screenshots"
+    desktop = await alice.screenshot(shots / "alice-desktop.png", DESKTOP)
+    phone = await bob.screenshot(shots / "bob-phone.png", PHONE)
+
+    # Mute on Alice's page: Bob measures silence and shows Alice muted. No renegotiation.
+    negotiated = (await alice.state())["media"]["counters"]
+    await alice.click("#mute")
+    await bob.until(lambda: alice_muted_on_bob(True), "Alice shown muted")
+    await bob.silence_from("alice")
+    await alice.click("#mute")
+    await bob.hears("alice", A_HZ)
+    await bob.until(lambda: alice_muted_on_bob(False), "Alice shown unmuted")
+    after = await alice.state()
+    assert after["media"]["counters"]["offers"] == negotiated["offers"], (negotiated, after["media"])
+    assert after["media"]["transceivers"] >= 1 and after["media"]["sending"], after["media"]
+
+    # Server mute (Alice may mute members): Bob's unmute is disabled with a tooltip; Bob goes silent.
+    await alice.click("li[data-user='bob'] button.mod")
+
+    async def bob_server_muted(on: bool) -> bool:
+        state = await bob.state()
+        disabled = await bob.js("document.getElementById('mute').disabled")
+        return bool(state["server_muted"] is on and disabled is on)
+
+    await bob.until(lambda: bob_server_muted(True), "Bob server muted with the mute button disabled")
+    title = await bob.attr("#mute", "title") or ""
+    assert "moderator" in title.lower(), title
+    assert await bob.attr("#mute", "aria-pressed") == "true"
+    await alice.until(lambda: _flag(alice, "bob", "Muted by a moderator"), "Bob's server-mute icon")
+    await alice.silence_from("bob")
+    server_muted_phone = await bob.screenshot(shots / "bob-phone-server-muted.png")
+    await alice.click("li[data-user='bob'] button.mod")
+    await bob.until(lambda: bob_server_muted(False), "Bob's server mute lifted")
+    await alice.hears("bob", B_HZ)
+
+    # Deafen on Bob's page: his playback is muted locally, he is shown deafened (and muted) to Alice,
+    # and Alice hears nothing from him; undeafen restores both.
+    await bob.click("#deafen")
+    await bob.until(lambda: _attr_is(bob, "#deafen", "aria-pressed", "true"), "deafen pressed")
+    playing_muted = await bob.js("[...document.querySelectorAll('#audio audio')].map((a) => a.muted)")
+    assert playing_muted and all(playing_muted), playing_muted
+    await alice.until(lambda: _flag(alice, "bob", "Deafened"), "Bob shown deafened")
+    await alice.silence_from("bob")
+    await bob.click("#deafen")
+    await alice.hears("bob", B_HZ)
+    playing_muted = await bob.js("[...document.querySelectorAll('#audio audio')].map((a) => a.muted)")
+    assert playing_muted and not any(playing_muted), playing_muted
+
+    # Leave: Alice's page says so, and Bob's list drops her.
+    await alice.click("#leave")
+    await alice.wait_status("left")
+
+    async def alone(client: Client) -> bool:
+        return [p["user"] for p in await client.listed()] == ["bob"]
+
+    await bob.until(lambda: alone(bob), "Alice gone from Bob's list")
+
+    for shot in (desktop, phone, server_muted_phone):
+        assert shot.stat().st_size > 10_000, shot
+    kept = [keep(desktop, "browser-client-desktop.png"), keep(phone, "browser-client-phone.png")]
+    print(f"screenshots: {desktop} {phone} {server_muted_phone}; copies: {' '.join(map(str, kept))}")
+
+
+async def test_refusals_show_the_reason(chromium: ChromiumFactory, demo: Demo) -> None:
+    """A refused WebSocket (bad signature: HTTP 403 before the upgrade, read back by the page) and a
+    refused join (no `connect` permission: the phx_reply's reason) both end in a readable error."""
+    peers = await chromium(2, tone_hz=A_HZ)
+    forged, listener = Client(peers, 0, "alice", demo), Client(peers, 1, "carol", demo)
+    url = urlsplit(demo.invites["alice"])
+
+    def invite(token: str) -> str:
+        query = dict(parse_qsl(url.query))
+        query["token"] = token
+        return urlunsplit(url._replace(query=urlencode(query)))
+
+    alice = VoiceClaims(sub="alice", name="Alice", server="demo", perms=parse_permissions("connect,speak"))
+    await forged.open(invite(mint_token(alice, "not-the-demo-secret-0123456789abcdef")))
+    carol = VoiceClaims(sub="carol", name="Carol", server="demo", perms=parse_permissions("speak"))
+    await listener.open(invite(mint_token(carol, demo.env["VOXA_JWT_SECRET"])))
+
+    expected = [
+        (forged, "Connection refused: bad token signature"),
+        (listener, "Cannot join lobby: missing permission 'connect'"),
+    ]
+    for client, reason in expected:
+        state = await client.wait_status("error")
+        assert state["error"] == reason, state
+        assert not state["joined"] and state["media"] is None and state["mic"] is None, state
+        status_text = await client.js("document.getElementById('status-text').textContent")
+        assert reason in status_text, status_text
+        panel = await client.js(
+            "(() => { const el = document.getElementById('left');"
+            " return {hidden: el.hidden, role: el.getAttribute('role'), text: el.textContent}; })()"
+        )
+        assert not panel["hidden"] and panel["role"] == "alert" and reason in panel["text"], panel
+
+
+async def test_signaling_restart_rejoins_and_renegotiates(
+    chromium: ChromiumFactory, demo: Demo, tmp_path: Path
+) -> None:
+    alice, bob = await open_clients(chromium, demo)
+    for client, other, hz in ((alice, "bob", B_HZ), (bob, "alice", A_HZ)):
+        await client.wait_voice()
+        await client.hears(other, hz)
+    first = {c.name: (await c.state())["session_id"] for c in (alice, bob)}
+
+    await demo.stop()
+    for client in (alice, bob):
+        await client.wait_status("reconnecting")
+        assert (await client.state())["media"] is None  # the old RTCPeerConnection is closed
+
+    await demo.start()  # same port, same secret: the invite links still work
+    for client in (alice, bob):
+        state = await client.wait_status("connected", timeout=40)
+        assert state["session_id"] != first[client.name], state  # a new join
+    for client, other, hz in ((alice, "bob", B_HZ), (bob, "alice", A_HZ)):
+        state = await client.wait_voice(timeout=40)
+        assert state["media"]["counters"]["offers"] >= 1, state
+        await client.hears(other, hz)
+
+
+# --- small probes -------------------------------------------------------------------------------------------
+async def _both_listed(client: Client) -> list[dict[str, Any]] | None:
+    listed = await client.listed()
+    return listed if sorted(p["user"] for p in listed) == ["alice", "bob"] else None
+
+
+async def _attr_is(client: Client, selector: str, name: str, value: str) -> bool:
+    return await client.attr(selector, name) == value
+
+
+async def _speaking(client: Client, user: str) -> bool:
+    person = await client.person(user)
+    return bool(person and person["speaking"])
+
+
+async def _flag(client: Client, user: str, title: str) -> bool:
+    person = await client.person(user)
+    return bool(person and title in person["flags"])

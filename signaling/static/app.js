@@ -1,0 +1,1082 @@
+// Voxa's browser client: presence, mute/deafen and voice in one channel.
+//
+// URL: /?token=JWT&channel=lobby[&server=ID]  (the voice server id defaults to the token's `server` claim)
+// Protocol: docs/protocol.md (Phoenix Channels v2 socket, topic voice:<server>:<channel>, presence metas,
+// `sdp`/`ice`/`media_reset` for media). Media negotiation lives in media.js.
+//
+// Test hook: window.voxa = {state(), participants(), measure(ms)}.
+
+import { Presence, Socket } from "/vendor/phoenix.mjs";
+import { icon } from "./icons.js";
+import { MediaSession, audioContext } from "./media.js";
+
+const $ = (id) => document.getElementById(id);
+const query = new URLSearchParams(location.search);
+const STORAGE_KEY = "voxa.audio";
+const FAILED_MEDIA_RETRY_MS = 10000;
+const MAX_MEDIA_RETRIES = 3;
+const NO_MEDIA_RETRY_MS = 3000;
+// Join refusals worth retrying (the phoenix client rejoins by itself); anything else stops the client.
+const RETRYABLE_JOIN = ["channel is full", "join rate limit exceeded", "unavailable"];
+
+function log(...parts) {
+  console.info("[voxa]", ...parts);
+}
+
+// --- token -----------------------------------------------------------------------------------------
+export function decodeJwt(token) {
+  const parts = token.split(".");
+  if (parts.length !== 3) throw new Error("the token is not a JWT (expected three dot-separated parts)");
+  const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+  const padded = b64 + "=".repeat((4 - (b64.length % 4)) % 4);
+  const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+  const claims = JSON.parse(new TextDecoder().decode(bytes));
+  if (!claims || typeof claims !== "object") throw new Error("the token payload is not a JSON object");
+  return claims;
+}
+
+// --- state -----------------------------------------------------------------------------------------
+const app = {
+  token: null,
+  claims: null,
+  serverId: null,
+  channelId: null,
+  socket: null,
+  channel: null,
+  presence: null,
+  status: "connecting", // connecting | connected | reconnecting | error | left
+  statusDetail: "",
+  fatal: null, // the reason the client gave up (refused connection or join)
+  joined: false,
+  everJoined: false,
+  leaving: false,
+  closeCause: null, // {kind: "disconnected"|"moved", ...} announced by the server before phx_close
+  reply: null, // the last join reply
+  sessionId: null,
+  permissions: [],
+  local: { muted: false, deafened: false, mutedBeforeDeafen: false },
+  self: null, // our own presence meta
+  mic: null, // the live microphone track, or null
+  micError: null,
+  media: null, // MediaSession
+  mediaNote: null, // why there is no voice (no media server, failure ...)
+  mediaRetries: 0,
+  ops: Promise.resolve(), // mute/deafen/device operations, one at a time
+  busy: false,
+  notices: [],
+  noticeSeq: 0,
+  lastDiagnosis: 0,
+  settings: loadSettings(),
+};
+
+function loadSettings() {
+  let saved = {};
+  try {
+    saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "{}") || {};
+  } catch {
+    saved = {};
+  }
+  const settings = { micId: saved.micId || "", speakerId: saved.speakerId || "", processing: saved.processing !== false };
+  const processing = query.get("processing");
+  if (processing !== null) settings.processing = !["0", "off", "false", "no"].includes(processing.toLowerCase());
+  return settings;
+}
+
+function saveSettings() {
+  try {
+    localStorage.setItem(STORAGE_KEY, JSON.stringify(app.settings));
+  } catch {
+    // private mode: settings last for this page only
+  }
+}
+
+// --- notices ---------------------------------------------------------------------------------------
+function notify(level, text, { key = null, timeoutMs = level === "info" ? 8000 : 0 } = {}) {
+  if (key) app.notices = app.notices.filter((n) => n.key !== key);
+  const notice = { id: ++app.noticeSeq, level, text, key, at: Date.now() };
+  app.notices.push(notice);
+  if (app.notices.length > 6) app.notices.shift();
+  if (level === "error") console.warn("[voxa]", text);
+  else log(text);
+  if (timeoutMs) setTimeout(() => dismiss(notice.id), timeoutMs);
+  renderNotices();
+  return notice;
+}
+
+function dismiss(idOrKey) {
+  const before = app.notices.length;
+  app.notices = app.notices.filter((n) => n.id !== idOrKey && n.key !== idOrKey);
+  if (app.notices.length !== before) renderNotices();
+}
+
+function errorText(err) {
+  if (!err) return "unknown error";
+  if (typeof err === "string") return err;
+  return err.message || String(err);
+}
+
+class PushError extends Error {
+  constructor(event, response) {
+    const reason = response && response.reason ? response.reason : JSON.stringify(response);
+    super(`${event}: ${reason}`);
+    this.event = event;
+    this.reason = reason;
+    this.response = response;
+  }
+}
+
+// --- channel pushes ----------------------------------------------------------------------------------
+function push(event, payload = {}, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    const channel = app.channel;
+    if (!channel || !app.joined) {
+      reject(new Error(`${event}: not in a channel`));
+      return;
+    }
+    channel
+      .push(event, payload, timeoutMs)
+      .receive("ok", (response) => resolve(response || {}))
+      .receive("error", (response) => reject(new PushError(event, response)))
+      .receive("timeout", () => reject(new Error(`${event}: no reply from the server`)));
+  });
+}
+
+// Self-state pushes fail only while disconnected; the join payload carries the state on rejoin.
+function pushState(event) {
+  push(event).catch((err) => {
+    if (app.joined) notify("error", `Could not ${event}: ${errorText(err.reason || err)}`, { key: "state" });
+  });
+}
+
+// --- connection ------------------------------------------------------------------------------------
+function setStatus(status, detail = "") {
+  app.status = status;
+  app.statusDetail = detail;
+  render();
+}
+
+function connect() {
+  app.fatal = null;
+  app.leaving = false;
+  app.closeCause = null;
+  app.everJoined = false;
+  setStatus("connecting");
+  const socket = (app.socket = new Socket("/socket", { params: { token: app.token } }));
+  socket.onOpen(() => {
+    if (socket !== app.socket) return;
+    log("socket open");
+    if (!app.joined) setStatus(app.everJoined ? "reconnecting" : "connecting", "joining the channel");
+  });
+  socket.onError(() => {
+    if (socket !== app.socket || app.leaving) return;
+    if (!socket.isConnected()) diagnose(socket);
+  });
+  socket.onClose((event) => {
+    if (socket !== app.socket || app.leaving || app.fatal) return;
+    log("socket closed", event && event.code);
+    const wasJoined = app.joined;
+    app.joined = false;
+    if (wasJoined || app.everJoined) {
+      stopMedia();
+      const why = event && event.code === 1012 ? "the server is restarting" : "connection lost";
+      setStatus("reconnecting", why);
+    }
+  });
+  socket.connect();
+  joinChannel();
+}
+
+// A WebSocket that fails tells the page nothing: signaling refuses before the upgrade with a plain-text
+// reason (docs/protocol.md, "Connecting"), which a plain GET of the same URL reads.
+async function diagnose(socket) {
+  const now = Date.now();
+  if (now - app.lastDiagnosis < 4000) return;
+  app.lastDiagnosis = now;
+  let status = 0;
+  let text = "";
+  try {
+    const url = `/socket/websocket?vsn=2.0.0&token=${encodeURIComponent(app.token)}`;
+    const response = await fetch(url, { cache: "no-store" });
+    status = response.status;
+    text = (await response.text()).trim();
+  } catch (err) {
+    if (socket === app.socket && !app.fatal) {
+      setStatus(app.everJoined ? "reconnecting" : "connecting", "the server is unreachable; retrying");
+    }
+    return;
+  }
+  if (socket !== app.socket || app.fatal || socket.isConnected()) return;
+  if (status === 403 || (status === 400 && !/expected a WebSocket upgrade/i.test(text))) {
+    fail(`Connection refused: ${text || `HTTP ${status}`}`);
+  } else if (status === 503) {
+    setStatus("reconnecting", text || "the server is shutting down; retrying");
+  } else {
+    setStatus(app.everJoined ? "reconnecting" : "connecting", "connection failed; retrying");
+  }
+}
+
+function fail(reason) {
+  app.fatal = reason;
+  app.joined = false;
+  stopMedia();
+  const socket = app.socket;
+  if (app.channel) {
+    const channel = app.channel;
+    app.channel = null;
+    channel.leave();
+  }
+  if (socket) socket.disconnect();
+  releaseMic();
+  dismiss("join");
+  $("left-title").textContent = app.everJoined ? "Disconnected" : "Cannot connect";
+  $("left-detail").textContent = reason;
+  $("rejoin").textContent = "Try again";
+  console.warn("[voxa]", reason);
+  setStatus("error", reason);
+}
+
+function topic() {
+  return `voice:${app.serverId}:${app.channelId}`;
+}
+
+function joinChannel() {
+  const channel = socketChannel();
+  app.channel = channel;
+  app.presence = new Presence(channel);
+  app.presence.onSync(() => {
+    if (channel === app.channel) onPresence();
+  });
+  channel.on("sdp", (payload) => {
+    if (channel === app.channel && app.media) app.media.handleRemote(payload);
+  });
+  channel.on("media_reset", (payload) => {
+    if (channel !== app.channel) return;
+    notify("info", `Voice moved to another media server${payload && payload.reason ? ` (${payload.reason})` : ""}.`, {
+      key: "media",
+    });
+    app.mediaRetries = 0;
+    startMedia("media_reset");
+  });
+  channel.on("disconnected", (payload) => {
+    if (channel === app.channel) app.closeCause = { kind: "disconnected", by: payload && payload.by };
+  });
+  channel.on("moved", (payload) => {
+    if (channel === app.channel) app.closeCause = { kind: "moved", by: payload && payload.by, channel: payload.channel_id };
+  });
+  channel.onError((reason) => {
+    if (channel !== app.channel || app.leaving || app.fatal) return;
+    if (app.joined) log("channel error", reason);
+    app.joined = false;
+    stopMedia();
+    if (app.everJoined) setStatus("reconnecting", "rejoining the channel");
+  });
+  channel.onClose(() => {
+    if (channel !== app.channel) return;
+    onChannelClosed();
+  });
+  channel
+    .join()
+    .receive("ok", (reply) => {
+      if (channel === app.channel) onJoined(reply);
+    })
+    .receive("error", (response) => {
+      if (channel !== app.channel) return;
+      const reason = (response && response.reason) || "refused";
+      const retry = (response && response.retry) || RETRYABLE_JOIN.includes(reason);
+      if (retry) {
+        setStatus(app.everJoined ? "reconnecting" : "connecting", `${reason}; retrying`);
+        notify("error", `Cannot join ${app.channelId}: ${reason}. Retrying…`, { key: "join" });
+      } else {
+        fail(`Cannot join ${app.channelId}: ${reason}`);
+      }
+    })
+    .receive("timeout", () => {
+      if (channel === app.channel) setStatus(app.everJoined ? "reconnecting" : "connecting", "join timed out; retrying");
+    });
+}
+
+function socketChannel() {
+  // The join payload is evaluated on every (re)join: it carries the current self state.
+  return app.socket.channel(topic(), () => ({ muted: app.local.muted, deafened: app.local.deafened }));
+}
+
+function onJoined(reply) {
+  app.reply = reply;
+  app.sessionId = reply.session_id;
+  app.permissions = reply.permissions || [];
+  app.joined = true;
+  const again = app.everJoined;
+  app.everJoined = true;
+  dismiss("join");
+  dismiss("fatal");
+  log(again ? "rejoined" : "joined", reply.server_id, reply.channel_id, "session", reply.session_id);
+  setStatus("connected");
+  if (!canSpeak()) {
+    releaseMic(); // a listener: nothing it sends would be forwarded
+  } else if (!app.local.muted && !app.mic) {
+    app.ops = app.ops.then(() => acquireOrMute());
+  }
+  startMedia(again ? "rejoin" : "join");
+}
+
+function onChannelClosed() {
+  const cause = app.closeCause;
+  app.closeCause = null;
+  app.joined = false;
+  stopMedia();
+  if (app.leaving || app.fatal) return;
+  if (cause && cause.kind === "moved" && cause.channel) {
+    notify("info", `${cause.by || "A moderator"} moved you to ${cause.channel}.`, { key: "moved" });
+    app.channelId = cause.channel;
+    const url = new URL(location.href);
+    url.searchParams.set("channel", cause.channel);
+    history.replaceState(null, "", url);
+    setStatus("connecting", `joining ${cause.channel}`);
+    joinChannel();
+    return;
+  }
+  const title = cause && cause.kind === "disconnected" ? "You were disconnected" : "The channel was closed";
+  const detail =
+    cause && cause.kind === "disconnected"
+      ? `${cause.by || "A moderator"} disconnected you from ${app.channelId}.`
+      : "The server closed this channel for you (another tab may have joined it).";
+  teardown(title, detail);
+}
+
+function leave() {
+  teardown("You left the channel", `You were in ${app.channelId} on ${app.serverId}.`);
+}
+
+function teardown(title, detail) {
+  app.leaving = true;
+  app.joined = false;
+  stopMedia();
+  releaseMic();
+  const channel = app.channel;
+  const socket = app.socket;
+  app.channel = null;
+  app.presence = null;
+  if (channel) channel.leave();
+  if (socket) setTimeout(() => socket.disconnect(), 200);
+  app.socket = null;
+  app.self = null;
+  setMediaNote(null);
+  $("left-title").textContent = title;
+  $("left-detail").textContent = detail;
+  $("rejoin").textContent = "Rejoin";
+  setStatus("left");
+}
+
+function rejoin() {
+  app.notices = [];
+  renderNotices();
+  connect();
+}
+
+// --- media -----------------------------------------------------------------------------------------
+function canSpeak() {
+  return app.permissions.includes("speak");
+}
+
+function playback() {
+  const deafened = app.local.deafened || Boolean(app.self && app.self.server_deafened);
+  return { deafened, sinkId: app.settings.speakerId };
+}
+
+function startMedia(reason) {
+  stopMedia();
+  if (!app.joined || !app.reply) return;
+  if (typeof RTCPeerConnection === "undefined") {
+    setMediaNote("This browser has no WebRTC: voice is unavailable.");
+    return;
+  }
+  // A null media_server in the join reply is not final: the first offer asks signaling to assign one.
+  log("starting media", reason);
+  const session = new MediaSession({
+    iceServers: app.reply.ice_servers || [],
+    iceTransportPolicy: app.reply.ice_transport_policy,
+    track: app.local.muted ? null : app.mic,
+    push: (event, payload) =>
+      session === app.media ? push(event, payload) : Promise.reject(new Error("stale media session")),
+    audioContainer: $("audio"),
+    playback,
+    onChange: () => {
+      if (session !== app.media) return;
+      const state = session.pc.connectionState;
+      if (state === "connected") {
+        app.mediaRetries = 0;
+        dismiss("media");
+        if (app.mediaNote) setMediaNote(null);
+      } else if (state === "failed") {
+        retryMedia(session);
+      }
+      render();
+    },
+    onError: (where, err) => {
+      if (session !== app.media) return;
+      const reason = err && err.reason ? err.reason : errorText(err);
+      if (/no media server/i.test(reason)) {
+        // Retryable: an SFU may register any moment (the demo's starts next to signaling).
+        setMediaNote("No media server is available yet: you can see who is here; voice starts when one is.");
+        setTimeout(() => {
+          if (session === app.media && app.joined) startMedia("retry");
+        }, NO_MEDIA_RETRY_MS);
+        return;
+      }
+      notify("error", `Voice: ${where} failed: ${reason}`, { key: "media" });
+    },
+    log: (...parts) => log("[media]", ...parts),
+  });
+  app.media = session;
+  render();
+}
+
+function setMediaNote(text) {
+  app.mediaNote = text;
+  if (text) notify("info", text, { key: "media-note", timeoutMs: 0 });
+  else dismiss("media-note");
+  render();
+}
+
+// A failed RTCPeerConnection: the SFU notices too (consent timeout), drops its peer and signaling sends
+// `media_reset`, which starts a new session. The SFU does not take ICE restarts or a second transport
+// for the same peer, so if no reset comes, rejoin the channel: a new join is a new SFU peer.
+function retryMedia(session) {
+  if (session.retryScheduled) return;
+  session.retryScheduled = true;
+  if (app.mediaRetries >= MAX_MEDIA_RETRIES) {
+    notify("error", "Voice connection failed. Leave and rejoin to try again.", { key: "media" });
+    return;
+  }
+  app.mediaRetries += 1;
+  notify("error", "Voice connection lost; reconnecting…", { key: "media" });
+  setTimeout(() => {
+    if (session === app.media && session.pc.connectionState === "failed" && app.joined) {
+      log("no media_reset after the failure: rejoining the channel");
+      rejoinChannel();
+    }
+  }, FAILED_MEDIA_RETRY_MS);
+}
+
+function rejoinChannel() {
+  const old = app.channel;
+  app.channel = null; // its close is ours: not shown as "the channel was closed"
+  app.joined = false;
+  stopMedia();
+  if (old) old.leave();
+  setStatus("reconnecting", "rejoining the channel");
+  joinChannel();
+}
+
+function stopMedia() {
+  if (app.media) {
+    app.media.close();
+    app.media = null;
+  }
+  render();
+}
+
+function micConstraints(deviceId) {
+  const processing = app.settings.processing;
+  const audio = { echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing };
+  if (deviceId) audio.deviceId = { exact: deviceId };
+  return { audio };
+}
+
+async function getMicrophone() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error(
+      window.isSecureContext
+        ? "this browser cannot capture audio"
+        : "the microphone needs a secure page (https:// or http://localhost)",
+    );
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia(micConstraints(app.settings.micId));
+  } catch (err) {
+    if (!app.settings.micId || (err.name !== "OverconstrainedError" && err.name !== "NotFoundError")) throw err;
+    // The saved device is gone: fall back to the default one.
+    stream = await navigator.mediaDevices.getUserMedia(micConstraints(""));
+  }
+  const track = stream.getAudioTracks()[0];
+  track.addEventListener("ended", () => {
+    if (track !== app.mic) return;
+    notify("error", "The microphone stopped (unplugged or revoked). You are muted.", { key: "mic" });
+    app.ops = app.ops.then(() => setMuted(true));
+  });
+  refreshDevices();
+  return track;
+}
+
+function micErrorText(err) {
+  switch (err && err.name) {
+    case "NotAllowedError":
+      return "microphone permission was denied: allow it in the browser, then unmute";
+    case "NotFoundError":
+      return "no microphone was found";
+    case "NotReadableError":
+      return "the microphone is in use by another application or failed to start";
+    case "OverconstrainedError":
+      return "the selected microphone is not available";
+    default:
+      return errorText(err);
+  }
+}
+
+async function acquireOrMute() {
+  if (app.mic || app.local.muted) return;
+  try {
+    const track = await getMicrophone();
+    if (app.local.muted || !app.joined) {
+      track.stop();
+      return;
+    }
+    app.mic = track;
+    app.micError = null;
+    dismiss("mic");
+    if (app.media) await app.media.setTrack(track);
+  } catch (err) {
+    app.micError = micErrorText(err);
+    notify("error", `Listening only: ${app.micError}.`, { key: "mic" });
+    app.local.muted = true;
+    pushState("mute");
+  }
+  render();
+}
+
+function releaseMic() {
+  if (app.mic) {
+    app.mic.stop();
+    app.mic = null;
+  }
+}
+
+// Mute: stop and release the microphone, replaceTrack(null) (transceivers untouched), push `mute`.
+// Unmute: a new microphone track, replaceTrack(track), push `unmute`. No renegotiation either way.
+async function setMuted(muted) {
+  if (muted) {
+    app.local.muted = true;
+    releaseMic();
+    if (app.media) await app.media.setTrack(null);
+    render();
+    pushState("mute");
+    return;
+  }
+  if (!canSpeak() || (app.self && app.self.server_muted)) return;
+  if (app.local.deafened) {
+    await setDeafened(false, { unmute: false });
+  }
+  let track;
+  try {
+    track = await getMicrophone();
+  } catch (err) {
+    app.micError = micErrorText(err);
+    notify("error", `Cannot unmute: ${app.micError}.`, { key: "mic" });
+    render();
+    return;
+  }
+  releaseMic();
+  app.mic = track;
+  app.micError = null;
+  dismiss("mic");
+  app.local.muted = false;
+  if (app.media) await app.media.setTrack(track);
+  render();
+  pushState("unmute");
+}
+
+// Deafen: silence every remote <audio> here and mute the microphone (the server mutes a deafened
+// participant too). Undeafen restores the mute state from before.
+async function setDeafened(deafened, { unmute = true } = {}) {
+  if (deafened) {
+    app.local.mutedBeforeDeafen = app.local.muted;
+    app.local.deafened = true;
+    if (app.media) app.media.refreshPlayback();
+    if (!app.local.muted) {
+      app.local.muted = true;
+      releaseMic();
+      if (app.media) await app.media.setTrack(null);
+    }
+    render();
+    pushState("deafen");
+    return;
+  }
+  app.local.deafened = false;
+  if (app.media) app.media.refreshPlayback();
+  render();
+  pushState("undeafen");
+  if (unmute && !app.local.mutedBeforeDeafen) await setMuted(false);
+}
+
+function queue(operation) {
+  app.busy = true;
+  render();
+  app.ops = app.ops
+    .then(operation)
+    .catch((err) => notify("error", errorText(err)))
+    .finally(() => {
+      app.busy = false;
+      render();
+    });
+  return app.ops;
+}
+
+// --- devices ---------------------------------------------------------------------------------------
+async function refreshDevices() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.enumerateDevices) return;
+  let devices = [];
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch {
+    return;
+  }
+  const inputs = devices.filter((d) => d.kind === "audioinput");
+  const outputs = devices.filter((d) => d.kind === "audiooutput");
+  fillSelect($("mic-select"), inputs, app.settings.micId, "Microphone");
+  const sinkSupported = typeof HTMLMediaElement !== "undefined" && "setSinkId" in HTMLMediaElement.prototype;
+  $("speaker-field").hidden = !sinkSupported || outputs.length === 0;
+  if (sinkSupported) fillSelect($("speaker-select"), outputs, app.settings.speakerId, "Speaker");
+  const unlabeled = inputs.length > 0 && inputs.every((d) => !d.label);
+  $("device-hint").textContent = unlabeled ? "Device names appear once the microphone is allowed." : "";
+}
+
+function fillSelect(select, devices, selected, fallback) {
+  select.replaceChildren();
+  const def = document.createElement("option");
+  def.value = "";
+  def.textContent = "System default";
+  select.appendChild(def);
+  devices
+    .filter((d) => d.deviceId && d.deviceId !== "default")
+    .forEach((d, i) => {
+      const option = document.createElement("option");
+      option.value = d.deviceId;
+      option.textContent = d.label || `${fallback} ${i + 1}`;
+      select.appendChild(option);
+    });
+  select.value = [...select.options].some((o) => o.value === selected) ? selected : "";
+}
+
+// A different microphone (or processing setting): replaceTrack only, no renegotiation.
+async function switchMicrophone() {
+  if (app.local.muted || !app.mic) return;
+  let track;
+  try {
+    track = await getMicrophone();
+  } catch (err) {
+    notify("error", `Cannot switch microphone: ${micErrorText(err)}.`, { key: "mic" });
+    return;
+  }
+  const old = app.mic;
+  app.mic = track;
+  if (app.media) await app.media.setTrack(track);
+  if (old) old.stop();
+  notify("info", `Microphone: ${track.label || "switched"}.`, { key: "mic" });
+}
+
+// --- rendering -------------------------------------------------------------------------------------
+const STATUS_TEXT = {
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+  error: "Error",
+  left: "Not connected",
+};
+
+function participants() {
+  if (!app.presence) return [];
+  const out = [];
+  app.presence.list((id, { metas }) => {
+    for (const meta of metas) {
+      out.push({
+        id,
+        name: meta.name || id,
+        session_id: meta.session_id,
+        muted: Boolean(meta.muted),
+        deafened: Boolean(meta.deafened),
+        server_muted: Boolean(meta.server_muted),
+        server_deafened: Boolean(meta.server_deafened),
+        speaking: Boolean(meta.speaking),
+        suppressed: Boolean(meta.suppressed),
+        video: Boolean(meta.video),
+        priority_speaker: Boolean(meta.priority_speaker),
+        joined_at: meta.joined_at || 0,
+        you: meta.session_id === app.sessionId,
+      });
+    }
+  });
+  out.sort((a, b) => a.joined_at - b.joined_at || a.name.localeCompare(b.name));
+  return out;
+}
+
+function onPresence() {
+  const me = participants().find((p) => p.you) || null;
+  const before = app.self;
+  app.self = me;
+  if (me && app.media && (!before || before.server_deafened !== me.server_deafened)) app.media.refreshPlayback();
+  if (me && before && me.server_muted && !before.server_muted) {
+    notify("info", "A moderator muted you.", { key: "server-mute" });
+  } else if (me && before && !me.server_muted && before.server_muted) {
+    notify("info", "A moderator lifted your server mute.", { key: "server-mute" });
+  }
+  render();
+}
+
+function hue(text) {
+  let h = 0;
+  for (const ch of text) h = (h * 31 + ch.codePointAt(0)) % 360;
+  return h;
+}
+
+function initials(name) {
+  const words = name.trim().split(/\s+/).filter(Boolean);
+  const letters = words.length > 1 ? words[0][0] + words[1][0] : (words[0] || "?").slice(0, 2);
+  return letters.toUpperCase();
+}
+
+function flag(name, label, cls) {
+  const span = document.createElement("span");
+  span.className = `flag ${cls}`;
+  span.title = label;
+  span.innerHTML = icon(name, { label, size: 18 });
+  return span;
+}
+
+function describePerson(p) {
+  const bits = [p.name];
+  if (p.you) bits.push("you");
+  if (p.speaking) bits.push("speaking");
+  if (p.server_muted) bits.push("muted by a moderator");
+  else if (p.muted) bits.push("muted");
+  if (p.server_deafened) bits.push("deafened by a moderator");
+  else if (p.deafened) bits.push("deafened");
+  if (p.suppressed) bits.push("cannot speak here");
+  return bits.join(", ");
+}
+
+function renderParticipants(list) {
+  const ul = $("participants");
+  const remote = app.media ? app.media.remoteTracks() : [];
+  const withAudio = new Set(remote.map((t) => t.sessionId));
+  const canModerate = app.permissions.includes("mute_members") && app.joined;
+  ul.replaceChildren(
+    ...list.map((p) => {
+      const li = document.createElement("li");
+      li.className = "person";
+      li.dataset.user = p.id;
+      li.dataset.session = p.session_id;
+      li.dataset.speaking = String(p.speaking);
+      li.dataset.muted = String(p.muted || p.server_muted);
+      if (p.you) li.dataset.you = "true";
+      li.setAttribute("aria-label", describePerson(p));
+
+      const avatar = document.createElement("div");
+      avatar.className = "avatar";
+      avatar.style.setProperty("--hue", String(hue(p.id)));
+      avatar.textContent = initials(p.name);
+      avatar.setAttribute("aria-hidden", "true");
+
+      const who = document.createElement("div");
+      who.className = "who";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = p.name;
+      who.appendChild(name);
+      if (p.you) {
+        const you = document.createElement("span");
+        you.className = "you-badge";
+        you.textContent = "you";
+        who.appendChild(you);
+      }
+      const sub = document.createElement("span");
+      sub.className = "sub";
+      sub.textContent = p.speaking
+        ? "speaking"
+        : p.suppressed
+          ? "listener"
+          : !p.you && app.media && !withAudio.has(p.session_id) && !p.muted && !p.server_muted
+            ? "no audio yet"
+            : "";
+      if (sub.textContent) who.appendChild(sub);
+
+      const flags = document.createElement("div");
+      flags.className = "flags";
+      if (p.server_muted) flags.appendChild(flag("shieldMic", "Muted by a moderator", "server"));
+      else if (p.muted) flags.appendChild(flag("micOff", "Muted", "muted"));
+      if (p.server_deafened) flags.appendChild(flag("headphonesOff", "Deafened by a moderator", "server"));
+      else if (p.deafened) flags.appendChild(flag("headphonesOff", "Deafened", "deafened"));
+
+      li.append(avatar, who, flags);
+      if (canModerate && !p.you) {
+        const mod = document.createElement("button");
+        mod.type = "button";
+        mod.className = "mod";
+        const action = p.server_muted ? "unmute" : "mute";
+        mod.setAttribute("aria-pressed", String(p.server_muted));
+        mod.setAttribute("aria-label", `Server mute ${p.name}`);
+        mod.title = p.server_muted ? `Lift ${p.name}'s server mute` : `Server mute ${p.name}`;
+        mod.innerHTML = icon("shield", { size: 16 });
+        mod.addEventListener("click", () => {
+          push("moderate", { target: p.id, action }).catch((err) =>
+            notify("error", `Could not ${action} ${p.name}: ${errorText(err.reason || err)}`),
+          );
+        });
+        li.appendChild(mod);
+      }
+      return li;
+    }),
+  );
+  $("count").textContent = list.length ? `(${list.length})` : "";
+  $("empty").hidden = list.length > 0 || !app.joined;
+}
+
+function renderNotices() {
+  const box = $("notices");
+  box.replaceChildren(
+    ...app.notices.map((n) => {
+      const div = document.createElement("div");
+      div.className = `notice ${n.level}`;
+      div.setAttribute("role", n.level === "error" ? "alert" : "status");
+      const text = document.createElement("span");
+      text.textContent = n.text;
+      const close = document.createElement("button");
+      close.type = "button";
+      close.className = "icon-button";
+      close.setAttribute("aria-label", "Dismiss");
+      close.innerHTML = icon("close", { size: 16 });
+      close.addEventListener("click", () => dismiss(n.id));
+      div.append(text, close);
+      return div;
+    }),
+  );
+}
+
+function mediaStatusText() {
+  if (!app.joined) return app.status === "left" || app.status === "error" ? "Voice off" : "Voice waiting for the channel";
+  if (app.mediaNote) return "Voice unavailable";
+  if (!app.media) return "Voice off";
+  switch (app.media.pc.connectionState) {
+    case "connected":
+      return "Voice connected";
+    case "failed":
+      return "Voice connection failed";
+    case "disconnected":
+      return "Voice interrupted…";
+    default:
+      return "Voice connecting…";
+  }
+}
+
+function render() {
+  const root = $("app");
+  root.dataset.state = app.status;
+  const status = $("status");
+  status.dataset.status = app.status;
+  const detail = app.status === "error" ? app.fatal || app.statusDetail : app.statusDetail;
+  $("status-text").textContent = STATUS_TEXT[app.status] + (detail && app.status !== "connected" ? ` — ${detail}` : "");
+  status.title = detail || STATUS_TEXT[app.status];
+
+  if (app.channelId) {
+    $("channel-name").textContent = `# ${app.channelId}`;
+    $("server-name").textContent = app.serverId || "";
+    document.title = `# ${app.channelId} · Voxa`;
+  }
+  const list = participants();
+  renderParticipants(app.joined || app.status === "reconnecting" ? list : []);
+
+  const self = app.self;
+  const serverMuted = Boolean(self && self.server_muted);
+  const serverDeafened = Boolean(self && self.server_deafened);
+  const suppressed = app.joined && !canSpeak();
+  const muted = app.local.muted || serverMuted || suppressed;
+
+  const mute = $("mute");
+  mute.innerHTML = icon(muted ? "micOff" : "mic", { size: 22 });
+  mute.setAttribute("aria-pressed", String(muted));
+  let muteTitle = muted ? "Unmute microphone" : "Mute microphone";
+  if (serverMuted) muteTitle = "A moderator muted you: you cannot unmute";
+  else if (suppressed) muteTitle = "You do not have permission to speak in this channel";
+  // A toggle keeps one label; aria-pressed says whether it is on (the tooltip says what a click does).
+  mute.setAttribute("aria-label", "Mute microphone");
+  mute.title = muteTitle;
+  mute.dataset.server = String(serverMuted);
+  mute.disabled = !app.joined || app.busy || serverMuted || suppressed;
+  if (serverMuted || suppressed) mute.setAttribute("aria-description", muteTitle);
+  else mute.removeAttribute("aria-description");
+
+  const deafen = $("deafen");
+  const deafened = app.local.deafened || serverDeafened;
+  deafen.innerHTML = icon(deafened ? "headphonesOff" : "headphones", { size: 22 });
+  deafen.setAttribute("aria-pressed", String(deafened));
+  deafen.setAttribute("aria-label", "Deafen");
+  deafen.title = serverDeafened ? "A moderator deafened you" : deafened ? "Undeafen" : "Deafen (mute everyone for you)";
+  deafen.disabled = !app.joined || app.busy || serverDeafened;
+
+  const leaveButton = $("leave");
+  leaveButton.innerHTML = icon("leave", { size: 22 });
+  leaveButton.disabled = app.status === "left" || app.status === "error";
+
+  $("settings-button").innerHTML = icon("settings", { size: 22 });
+  $("me-name").textContent = app.claims ? app.claims.name || app.claims.sub : "";
+  const mediaStatus = $("media-status");
+  mediaStatus.textContent = mediaStatusText();
+  mediaStatus.dataset.media = app.media ? app.media.pc.connectionState : "none";
+
+  const over = app.status === "left" || app.status === "error";
+  $("room").hidden = over;
+  $("left").hidden = !over;
+  $("left").setAttribute("role", app.status === "error" ? "alert" : "region");
+  $("left").dataset.kind = app.status;
+  $("unlock").hidden = !(app.media && app.media.blockedPlayback);
+}
+
+// --- test hook -------------------------------------------------------------------------------------
+async function measure(ms = 1000) {
+  if (!app.media) return {};
+  const results = await app.media.measure(ms);
+  const bySession = new Map(participants().map((p) => [p.session_id, p]));
+  const out = {};
+  for (const r of results) {
+    const p = r.sessionId ? bySession.get(r.sessionId) : null;
+    const key = p ? p.id : r.sessionId ? `session:${r.sessionId}` : `mid:${r.mid}`;
+    const entry = { hz: r.hz, rms: r.rms, peak: r.peak, name: p ? p.name : null, session_id: r.sessionId, mid: r.mid };
+    if (!out[key] || out[key].rms < entry.rms) out[key] = entry;
+  }
+  return out;
+}
+
+function state() {
+  const self = app.self;
+  return {
+    status: app.status,
+    detail: app.statusDetail,
+    error: app.fatal,
+    server: app.serverId,
+    channel: app.channelId,
+    topic: app.serverId && app.channelId ? topic() : null,
+    user: app.claims ? { id: app.claims.sub, name: app.claims.name || app.claims.sub } : null,
+    session_id: app.sessionId,
+    joined: app.joined,
+    permissions: app.permissions,
+    media_server: app.reply ? app.reply.media_server : null,
+    muted: app.local.muted || Boolean(self && self.server_muted),
+    self_muted: app.local.muted,
+    deafened: app.local.deafened,
+    server_muted: Boolean(self && self.server_muted),
+    server_deafened: Boolean(self && self.server_deafened),
+    mic: app.mic ? { id: app.mic.id, label: app.mic.label, readyState: app.mic.readyState } : null,
+    mic_error: app.micError,
+    media: app.media ? app.media.state() : null,
+    media_note: app.mediaNote,
+    remote: app.media ? app.media.remoteTracks() : [],
+    notices: app.notices.map((n) => ({ level: n.level, text: n.text })),
+  };
+}
+
+window.voxa = { state, participants, measure };
+
+// --- boot ------------------------------------------------------------------------------------------
+function showJoinForm(message) {
+  app.status = "left";
+  $("join-form").hidden = false;
+  $("room").hidden = true;
+  $("status-text").textContent = "Not connected";
+  $("status").dataset.status = "left";
+  $("app").dataset.state = "form";
+  if (message) notify("error", message, { key: "form" });
+}
+
+function wire() {
+  $("mute").addEventListener("click", () => {
+    const muted = app.local.muted;
+    queue(() => setMuted(!muted));
+  });
+  $("deafen").addEventListener("click", () => {
+    const deafened = app.local.deafened;
+    queue(() => setDeafened(!deafened));
+  });
+  $("leave").addEventListener("click", leave);
+  $("rejoin").addEventListener("click", rejoin);
+  const settingsPanel = $("settings");
+  const settingsButton = $("settings-button");
+  const toggleSettings = (open) => {
+    settingsPanel.hidden = !open;
+    settingsButton.setAttribute("aria-expanded", String(open));
+    if (open) refreshDevices();
+  };
+  settingsButton.addEventListener("click", () => toggleSettings(settingsPanel.hidden));
+  $("settings-close").innerHTML = icon("close", { size: 18 });
+  $("settings-close").addEventListener("click", () => toggleSettings(false));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && !settingsPanel.hidden) toggleSettings(false);
+  });
+  $("mic-select").addEventListener("change", (event) => {
+    app.settings.micId = event.target.value;
+    saveSettings();
+    queue(switchMicrophone);
+  });
+  $("speaker-select").addEventListener("change", (event) => {
+    app.settings.speakerId = event.target.value;
+    saveSettings();
+    if (app.media) app.media.refreshPlayback();
+  });
+  $("processing").checked = app.settings.processing;
+  $("processing").addEventListener("change", (event) => {
+    app.settings.processing = event.target.checked;
+    saveSettings();
+    queue(switchMicrophone);
+  });
+  $("unlock-button").addEventListener("click", () => {
+    audioContext().resume();
+    if (app.media) app.media.refreshPlayback();
+  });
+  if (navigator.mediaDevices && "ondevicechange" in navigator.mediaDevices) {
+    navigator.mediaDevices.addEventListener("devicechange", refreshDevices);
+  }
+  $("join-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const raw = $("invite-input").value.trim();
+    let token = raw;
+    let channel = $("channel-input").value.trim() || "lobby";
+    try {
+      const url = new URL(raw);
+      token = url.searchParams.get("token") || "";
+      channel = url.searchParams.get("channel") || channel;
+    } catch {
+      // not a URL: a bare token
+    }
+    const next = new URL(location.href);
+    next.search = "";
+    next.searchParams.set("token", token);
+    next.searchParams.set("channel", channel);
+    location.assign(next);
+  });
+}
+
+function boot() {
+  wire();
+  const token = query.get("token");
+  if (!token) {
+    showJoinForm(null);
+    return;
+  }
+  try {
+    app.claims = decodeJwt(token);
+  } catch (err) {
+    showJoinForm(`This invite's token cannot be read: ${errorText(err)}.`);
+    return;
+  }
+  app.token = token;
+  app.serverId = query.get("server") || app.claims.server;
+  app.channelId = query.get("channel") || "lobby";
+  if (!app.serverId) {
+    showJoinForm("The token names no voice server (`server` claim): add &server=<id> to the link.");
+    return;
+  }
+  if (query.get("muted") === "1") app.local.muted = true;
+  refreshDevices();
+  connect();
+}
+
+boot();

@@ -1,0 +1,404 @@
+// One WebRTC session with the channel's SFU: one RTCPeerConnection, negotiated over the voice channel
+// with `sdp` and `ice` pushes (docs/protocol.md, "Media"). This client is the POLITE peer of perfect
+// negotiation: it never ignores an SFU offer; an offer that collides with its own rolls the local one
+// back (setRemoteDescription does that implicitly) and is answered.
+//
+// A MediaSession lives for one join: a rejoin, a `media_reset` or a leave closes it, and the next join
+// starts a new one from scratch. The microphone track belongs to the app (it survives sessions); mute
+// and unmute only swap it on the sender (replaceTrack), so nothing is renegotiated.
+
+const FFT_SIZE = 8192;
+const SNAPSHOT_MS = 50;
+const MIN_HZ = 30;
+const MAX_HZ = 20000;
+
+let sharedAudioContext = null;
+
+export function audioContext() {
+  if (!sharedAudioContext) sharedAudioContext = new AudioContext();
+  return sharedAudioContext;
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// mid -> {direction, streamId} of every m-section of an SDP (the SFU names the sending participant's
+// session_id as the stream id in a=msid).
+export function parseSections(sdp) {
+  const sections = new Map();
+  let current = null;
+  for (const line of sdp.split(/\r?\n/)) {
+    if (line.startsWith("m=")) {
+      current = { kind: line.slice(2).split(" ")[0], mid: null, direction: "sendrecv", streamId: null };
+    } else if (current) {
+      if (line.startsWith("a=mid:")) {
+        current.mid = line.slice(6).trim();
+        sections.set(current.mid, current);
+      } else if (/^a=(sendrecv|sendonly|recvonly|inactive)$/.test(line)) {
+        current.direction = line.slice(2);
+      } else if (line.startsWith("a=msid:")) {
+        const streamId = line.slice(7).split(" ")[0];
+        current.streamId = streamId && streamId !== "-" ? streamId : null;
+      }
+    }
+  }
+  return sections;
+}
+
+export class MediaSession {
+  /**
+   * @param {object} opts
+   * @param {RTCIceServer[]} opts.iceServers
+   * @param {RTCIceTransportPolicy} [opts.iceTransportPolicy]
+   * @param {MediaStreamTrack|null} opts.track  the microphone (null while muted)
+   * @param {(event: string, payload: object) => Promise<object>} opts.push  a channel push, resolved with the reply
+   * @param {HTMLElement} opts.audioContainer  where the remote <audio> elements go
+   * @param {() => {deafened: boolean, sinkId: string}} opts.playback  current playback settings
+   * @param {() => void} opts.onChange  remote tracks or connection state changed
+   * @param {(where: string, err: Error) => void} opts.onError
+   * @param {(...parts: any[]) => void} opts.log
+   */
+  constructor(opts) {
+    this.opts = opts;
+    this.closed = false;
+    this.makingOffer = false;
+    this.polite = true;
+    this.remote = new Map(); // receiver track id -> {track, mid, sessionId, element, active}
+    this.analysers = new Map(); // receiver track id -> {analyser, source, sink, created}
+    this.queue = Promise.resolve(); // the SFU's descriptions, applied one at a time in arrival order
+    this.counters = { offers: 0, answers: 0, remoteOffers: 0, remoteAnswers: 0, collisions: 0, ignoredOffers: 0 };
+    this.lastError = null;
+    this.blockedPlayback = false;
+
+    const config = { iceServers: opts.iceServers || [], bundlePolicy: "max-bundle", rtcpMuxPolicy: "require" };
+    if (opts.iceTransportPolicy) config.iceTransportPolicy = opts.iceTransportPolicy;
+    const pc = (this.pc = new RTCPeerConnection(config));
+    this.localStream = new MediaStream();
+    // One sendrecv audio transceiver for the whole session; mute swaps its track, never the transceiver.
+    this.transceiver = pc.addTransceiver(opts.track || "audio", {
+      direction: "sendrecv",
+      streams: [this.localStream],
+    });
+    pc.onnegotiationneeded = () => this.negotiate();
+    pc.onicecandidate = (event) => this.onCandidate(event.candidate);
+    pc.ontrack = (event) => this.onTrack(event);
+    pc.onconnectionstatechange = () => {
+      this.opts.log("peer connection", pc.connectionState);
+      this.opts.onChange();
+    };
+    pc.oniceconnectionstatechange = () => this.opts.onChange();
+  }
+
+  get sender() {
+    return this.transceiver.sender;
+  }
+
+  // --- negotiation ------------------------------------------------------------------------------
+  async negotiate() {
+    if (this.closed) return;
+    const pc = this.pc;
+    try {
+      this.makingOffer = true;
+      await pc.setLocalDescription();
+      // An SFU offer applied meanwhile rolled this offer back: nothing to send.
+      if (this.closed || pc.signalingState !== "have-local-offer") return;
+      this.counters.offers += 1;
+      const reply = await this.opts.push("sdp", { type: "offer", sdp: pc.localDescription.sdp });
+      if (reply && reply.ignored) {
+        // The SFU had an offer of its own in flight: it wins; ours is rolled back when it arrives.
+        this.counters.ignoredOffers += 1;
+        this.opts.log("our offer collided with the SFU's; waiting for its offer");
+      }
+    } catch (err) {
+      if (!this.closed) this.fail("offer", err);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  // A server `sdp` push: the SFU's answer to our offer, or an offer of its own.
+  handleRemote(desc) {
+    const step = this.queue.then(() => this.applyRemote(desc));
+    this.queue = step.catch((err) => {
+      if (!this.closed) this.fail(`remote ${desc && desc.type}`, err);
+    });
+    return this.queue;
+  }
+
+  async applyRemote(desc) {
+    if (this.closed) return;
+    const pc = this.pc;
+    if (!desc || (desc.type !== "offer" && desc.type !== "answer") || typeof desc.sdp !== "string") {
+      throw new Error("the server sent an sdp push without type offer/answer and sdp");
+    }
+    const offerCollision = desc.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
+    const ignoreOffer = !this.polite && offerCollision; // never, for the polite peer
+    if (ignoreOffer) return;
+    if (offerCollision) this.counters.collisions += 1;
+    if (desc.type === "answer" && pc.signalingState !== "have-local-offer") {
+      this.opts.log("dropping an answer in state", pc.signalingState, "(its offer was rolled back)");
+      return;
+    }
+    // For an offer in have-local-offer this rolls our offer back implicitly (perfect negotiation).
+    await pc.setRemoteDescription({ type: desc.type, sdp: desc.sdp });
+    if (desc.type === "answer") {
+      this.counters.remoteAnswers += 1;
+    } else {
+      this.counters.remoteOffers += 1;
+      await pc.setLocalDescription();
+      this.counters.answers += 1;
+      this.syncRemote();
+      await this.opts.push("sdp", { type: "answer", sdp: pc.localDescription.sdp });
+    }
+    this.syncRemote();
+  }
+
+  onCandidate(candidate) {
+    if (this.closed) return;
+    if (candidate && !candidate.candidate) return; // legacy per-section end markers; the null one follows
+    // A null candidate ends gathering: an empty `candidate` ends the list for the SFU.
+    const payload = candidate
+      ? { candidate: candidate.candidate, sdpMid: candidate.sdpMid, sdpMLineIndex: candidate.sdpMLineIndex }
+      : { candidate: "" };
+    this.opts.push("ice", payload).catch((err) => {
+      if (!this.closed) this.opts.log("ice push failed:", err.message);
+    });
+  }
+
+  fail(where, err) {
+    this.lastError = `${where}: ${err && err.message ? err.message : err}`;
+    this.opts.onError(where, err);
+    this.opts.onChange();
+  }
+
+  // --- microphone -------------------------------------------------------------------------------
+  // Mute/unmute and device switches: replaceTrack only (no transceiver change, no renegotiation).
+  async setTrack(track) {
+    if (this.closed) return;
+    await this.sender.replaceTrack(track);
+    this.localStream.getTracks().forEach((t) => this.localStream.removeTrack(t));
+    if (track) this.localStream.addTrack(track);
+  }
+
+  // --- remote audio -----------------------------------------------------------------------------
+  onTrack(event) {
+    const { track, streams, transceiver } = event;
+    if (track.kind !== "audio") return;
+    const entry = this.entryFor(track);
+    entry.mid = transceiver.mid;
+    if (streams[0]) entry.sessionId = streams[0].id;
+    for (const stream of streams) {
+      stream.onremovetrack = () => this.syncRemote();
+      stream.onaddtrack = () => this.syncRemote();
+    }
+    this.opts.log("remote track", track.id, "mid", transceiver.mid, "stream", entry.sessionId);
+    this.syncRemote();
+  }
+
+  entryFor(track) {
+    let entry = this.remote.get(track.id);
+    if (entry) return entry;
+    const element = document.createElement("audio");
+    element.autoplay = true;
+    element.srcObject = new MediaStream([track]);
+    element.dataset.trackId = track.id;
+    this.opts.audioContainer.appendChild(element);
+    entry = { track, mid: null, sessionId: null, element, active: true };
+    this.remote.set(track.id, entry);
+    this.applyPlayback(entry);
+    return entry;
+  }
+
+  // Which participant each receiver carries, from the current remote description: the SFU reuses
+  // m-sections as people come and go, so the a=msid of each section is the authority.
+  syncRemote() {
+    if (this.closed) return;
+    const remoteSdp = this.pc.remoteDescription ? this.pc.remoteDescription.sdp : "";
+    const sections = parseSections(remoteSdp);
+    for (const transceiver of this.pc.getTransceivers()) {
+      const track = transceiver.receiver.track;
+      if (!track || track.kind !== "audio" || transceiver.mid === null) continue;
+      const section = sections.get(transceiver.mid);
+      const sending = section && (section.direction === "sendonly" || section.direction === "sendrecv");
+      const stopped = transceiver.stopped || transceiver.currentDirection === "stopped";
+      if (!sending || stopped || !section.streamId) {
+        const old = this.remote.get(track.id);
+        if (old) {
+          old.active = false;
+          old.sessionId = null;
+        }
+        continue;
+      }
+      const entry = this.entryFor(track);
+      entry.mid = transceiver.mid;
+      entry.sessionId = section.streamId;
+      entry.active = true;
+      entry.element.dataset.session = section.streamId;
+    }
+    this.opts.onChange();
+  }
+
+  applyPlayback(entry) {
+    const { deafened, sinkId } = this.opts.playback();
+    entry.element.muted = deafened;
+    if (sinkId && typeof entry.element.setSinkId === "function" && entry.element.sinkId !== sinkId) {
+      entry.element.setSinkId(sinkId).catch((err) => this.opts.log("setSinkId failed:", err.message));
+    }
+    const playing = entry.element.play();
+    if (playing) {
+      playing.then(
+        () => {
+          if (this.blockedPlayback) {
+            this.blockedPlayback = false;
+            this.opts.onChange();
+          }
+        },
+        (err) => {
+          if (err.name === "NotAllowedError") {
+            this.blockedPlayback = true;
+            this.opts.onChange();
+          }
+        },
+      );
+    }
+  }
+
+  // Deafen/undeafen, output device changes and the "enable audio" click all come here.
+  refreshPlayback() {
+    for (const entry of this.remote.values()) this.applyPlayback(entry);
+  }
+
+  remoteTracks() {
+    return [...this.remote.values()]
+      .filter((e) => e.active)
+      .map((e) => ({ trackId: e.track.id, mid: e.mid, sessionId: e.sessionId, muted: e.track.muted }));
+  }
+
+  // --- measurement (window.voxa.measure) ----------------------------------------------------------
+  ensureAnalyser(track) {
+    let entry = this.analysers.get(track.id);
+    if (entry) return entry;
+    const ctx = audioContext();
+    const source = ctx.createMediaStreamSource(new MediaStream([track]));
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = FFT_SIZE;
+    analyser.smoothingTimeConstant = 0;
+    const sink = ctx.createGain();
+    sink.gain.value = 0;
+    source.connect(analyser);
+    analyser.connect(sink);
+    sink.connect(ctx.destination);
+    entry = { analyser, source, sink, created: performance.now() };
+    this.analysers.set(track.id, entry);
+    return entry;
+  }
+
+  // For each active remote track: `ms` milliseconds of AnalyserNode snapshots; the dominant frequency
+  // of the averaged power spectrum (parabolic interpolation between bins) and the mean RMS.
+  async measure(ms = 1000) {
+    const ctx = audioContext();
+    if (ctx.state !== "running") await ctx.resume();
+    const targets = [...this.remote.values()]
+      .filter((e) => e.active && e.track.readyState === "live")
+      .map((e) => ({ e, a: this.ensureAnalyser(e.track) }));
+    if (targets.length === 0) {
+      await sleep(ms);
+      return [];
+    }
+    const windowMs = (FFT_SIZE / ctx.sampleRate) * 1000;
+    const youngest = Math.max(...targets.map((t) => t.a.created));
+    const warm = youngest + windowMs + 50 - performance.now();
+    if (warm > 0) await sleep(warm);
+
+    const bins = FFT_SIZE / 2;
+    const acc = targets.map(() => ({ power: new Float64Array(bins), rms: 0, peak: 0, snapshots: 0 }));
+    const freq = new Float32Array(bins);
+    const time = new Float32Array(FFT_SIZE);
+    const deadline = performance.now() + ms;
+    do {
+      targets.forEach((t, i) => {
+        const a = acc[i];
+        t.a.analyser.getFloatFrequencyData(freq);
+        for (let b = 0; b < bins; b += 1) {
+          if (Number.isFinite(freq[b])) a.power[b] += 10 ** (freq[b] / 10);
+        }
+        t.a.analyser.getFloatTimeDomainData(time);
+        let sum = 0;
+        for (let k = 0; k < time.length; k += 1) {
+          sum += time[k] * time[k];
+          a.peak = Math.max(a.peak, Math.abs(time[k]));
+        }
+        a.rms += Math.sqrt(sum / time.length);
+        a.snapshots += 1;
+      });
+      await sleep(SNAPSHOT_MS);
+    } while (performance.now() < deadline);
+
+    const binHz = ctx.sampleRate / FFT_SIZE;
+    return targets.map((t, i) => {
+      const a = acc[i];
+      const lo = Math.ceil(MIN_HZ / binHz);
+      const hi = Math.min(bins - 2, Math.floor(MAX_HZ / binHz));
+      let best = -1;
+      let bestPower = 0;
+      for (let b = lo; b <= hi; b += 1) {
+        if (a.power[b] > bestPower) {
+          bestPower = a.power[b];
+          best = b;
+        }
+      }
+      let hz = null;
+      if (best > 0) {
+        const [l, c, r] = [a.power[best - 1], a.power[best], a.power[best + 1]].map((p) =>
+          Math.log(Math.max(p, 1e-30)),
+        );
+        const denom = l - 2 * c + r;
+        const offset = denom === 0 ? 0 : (0.5 * (l - r)) / denom;
+        hz = (best + Math.max(-0.5, Math.min(0.5, offset))) * binHz;
+      }
+      return {
+        sessionId: t.e.sessionId,
+        mid: t.e.mid,
+        trackId: t.e.track.id,
+        hz,
+        rms: a.snapshots ? a.rms / a.snapshots : 0,
+        peak: a.peak,
+      };
+    });
+  }
+
+  state() {
+    const pc = this.pc;
+    return {
+      connectionState: pc.connectionState,
+      iceConnectionState: pc.iceConnectionState,
+      signalingState: pc.signalingState,
+      sending: Boolean(this.sender.track),
+      transceivers: pc.getTransceivers().length,
+      counters: { ...this.counters },
+      lastError: this.lastError,
+    };
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    for (const entry of this.analysers.values()) {
+      entry.source.disconnect();
+      entry.sink.disconnect();
+    }
+    this.analysers.clear();
+    for (const entry of this.remote.values()) {
+      entry.element.srcObject = null;
+      entry.element.remove();
+    }
+    this.remote.clear();
+    this.pc.onnegotiationneeded = null;
+    this.pc.onicecandidate = null;
+    this.pc.ontrack = null;
+    this.pc.onconnectionstatechange = null;
+    this.pc.oniceconnectionstatechange = null;
+    this.pc.close();
+  }
+}

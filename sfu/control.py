@@ -26,6 +26,7 @@ from voxa.sfu.worker import SfuWorker
 
 log = logging.getLogger("voxa.sfu.control")
 WORKER = web.AppKey("worker", SfuWorker)
+EVENT_SOCKETS = web.AppKey("event_sockets", set[web.WebSocketResponse])
 ID = r"{name:[A-Za-z0-9_.:\-]{1,128}}"
 
 
@@ -168,6 +169,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             log.warning("sfu.events_overflow")
 
     worker.listeners.append(listener)
+    request.app[EVENT_SOCKETS].add(ws)
 
     async def pump() -> None:
         while True:
@@ -183,6 +185,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 break
     finally:
         worker.listeners.remove(listener)
+        request.app[EVENT_SOCKETS].discard(ws)
         sender.cancel()
     return ws
 
@@ -229,7 +232,16 @@ def _metrics_registry(worker: SfuWorker) -> CollectorRegistry:
 def create_app(worker: SfuWorker) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=128 * 1024)
     app[WORKER] = worker
+    app[EVENT_SOCKETS] = set()
     registry = _metrics_registry(worker)
+
+    async def close_event_sockets(app: web.Application) -> None:
+        """Subscribers reconnect elsewhere; without this, shutdown would wait for them to hang up."""
+        sockets: set[web.WebSocketResponse] = app[EVENT_SOCKETS]
+        for ws in tuple(sockets):
+            await ws.close(code=1001, message=b"media server stopping")
+
+    app.on_shutdown.append(close_event_sockets)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,1 +1,1 @@
-"""Voxa's Python client: a Phoenix Channels v2 client now; WebRTC media joins it later."""
+"""Voxa's Python client: Phoenix socket (`phoenix`), voice SDK (`voice`), audio (`media`), CLI (`cli`)."""

@@ -28,6 +28,24 @@ class PushError(Exception):
         self.reason = str(response.get("reason", "error"))
 
 
+class ConnectRefused(aiohttp.WSServerHandshakeError):
+    """The server refused the WebSocket upgrade; `reason` is its plain-text body (docs/protocol.md:
+    `bad token signature`, `token expired`, `origin not allowed` ...), `status` the HTTP status."""
+
+    def __init__(self, error: aiohttp.WSServerHandshakeError, reason: str) -> None:
+        super().__init__(
+            error.request_info,
+            error.history,
+            status=error.status,
+            message=reason or error.message,
+            headers=error.headers,
+        )
+        self.reason = reason or error.message
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.reason}"
+
+
 class ClientChannel:
     """One joined topic: its events and, for Presence topics, the synced presence state."""
 
@@ -120,10 +138,30 @@ class PhoenixClient:
                 autoping=True,
                 max_msg_size=0,
             )
+        except aiohttp.WSServerHandshakeError as exc:
+            # aiohttp drops the body of a refused upgrade; the reason is in it, so ask once more.
+            reason = await self._refusal_reason(headers, exc.status)
+            await self._session.close()
+            raise ConnectRefused(exc, reason) from None
         except BaseException:
             await self._session.close()
             raise
         self._reader = asyncio.create_task(self._read())
+
+    async def _refusal_reason(self, headers: Mapping[str, str] | None, status: int) -> str:
+        """The plain-text body the server refuses this upgrade with: signaling checks the version, origin
+        and token before it looks for the upgrade, so a plain GET gets the same refusal, with its body."""
+        assert self._session is not None
+        http_url = "http" + self.url.removeprefix("ws") if self.url.startswith("ws") else self.url
+        try:
+            async with self._session.get(
+                http_url, params=self.query, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+            ) as resp:
+                if resp.status != status:  # refused for another reason by now: do not guess
+                    return ""
+                return (await resp.content.read(1024)).decode(errors="replace").strip()
+        except (aiohttp.ClientError, TimeoutError):
+            return ""
 
     async def __aenter__(self) -> PhoenixClient:
         await self.connect()

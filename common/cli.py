@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--server-id", default="demo")
     demo.add_argument("--rtc-ip", default=None, help="Address the SFU uses for media (default: --host).")
     demo.set_defaults(func=_demo)
+
+    from voxa.client.cli import add_parser as add_client_parser
+
+    add_client_parser(sub)
     return parser
 
 

@@ -12,9 +12,9 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from conftest import SignalingFactory
-from e2e.browser.audio import AudioSink, SineTrack
 from tests.integration.conftest import token
 from tests.integration.sfu.test_control_api import AUTH, SfuProcess
+from voxa.client.media import AudioSink, SineTrack
 from voxa.client.phoenix import ClientChannel, PhoenixClient
 
 TOPIC = "voice:g1:lobby"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from e2e.browser.audio import AudioSink, SineTrack
+from voxa.client.media import AudioSink, SineTrack
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.worker import RouterHandle, SfuWorker
 

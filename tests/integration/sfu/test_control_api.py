@@ -18,7 +18,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from conftest import SFU_SECRET, SignalingFactory, free_port
-from e2e.browser.audio import AudioSink, SineTrack
+from voxa.client.media import AudioSink, SineTrack
 
 VOXA = str(Path(sys.executable).with_name("voxa"))
 AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}

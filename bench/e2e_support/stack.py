@@ -1,0 +1,315 @@
+"""The processes of the end-to-end benchmark, all on loopback: an optional redis-server, one
+`voxa signaling` and `voxa sfu --workers 1` processes registering with it for one voice server.
+
+Everything here is synchronous (Popen and short HTTP polls); the async benchmark calls the blocking
+parts through ``asyncio.to_thread``. `Stack.stop` ends every process this module started, and only
+those (by the Popen handle, never by name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final
+
+VOXA: Final = str(Path(sys.executable).with_name("voxa"))
+READY_TIMEOUT_S: Final = 20.0
+STOP_TIMEOUT_S: Final = 10.0
+POLL_S: Final = 0.05
+
+
+def log(text: str) -> None:
+    print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any VOXA_ variable of the caller."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
+
+
+def tail(path: Path, chars: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def _get(url: str, secret: str | None, timeout: float) -> tuple[int, bytes]:
+    if not url.startswith("http://127.0.0.1:"):
+        raise ValueError(f"loopback http only: {url}")
+    request = urllib.request.Request(url)  # noqa: S310 - loopback http only (checked above)
+    if secret:
+        request.add_header("Authorization", f"Bearer {secret}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
+        return int(resp.status), bytes(resp.read())
+
+
+def http_json(url: str, secret: str | None = None, timeout: float = 2.0) -> Any:
+    return json.loads(_get(url, secret, timeout)[1])
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return _get(url, None, timeout)[0] == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Proc:
+    """One child process with its log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def check_alive(self) -> None:
+        if not self.alive():
+            raise RuntimeError(f"{self.name} exited:\n{tail(self.log_path)}")
+
+    def kill(self) -> None:
+        """SIGKILL, no drain, no goodbye; reaps the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(STOP_TIMEOUT_S)
+        self._close_log()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if the process has not exited within STOP_TIMEOUT_S."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(STOP_TIMEOUT_S)
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+@dataclass
+class SfuHandle:
+    media_id: str
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    """redis-server (optional) + one signaling + SFUs for voice server `server_id`, in `workdir`."""
+
+    workdir: Path
+    jwt_secret: str
+    sfu_secret: str
+    server_id: str = "g1"
+    media_server_ttl_s: float = 3.0
+    use_redis: bool = True
+    procs: list[Proc] = field(default_factory=list)
+    sfus: dict[str, SfuHandle] = field(default_factory=dict)
+    signaling_port: int = 0
+    redis_port: int = 0
+    redis_version: str | None = None
+    _generation: int = 0
+
+    @property
+    def signaling_url(self) -> str:
+        return f"http://127.0.0.1:{self.signaling_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.signaling_port}/socket"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def _proc(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        proc = Proc(name, argv, env, self.workdir / f"{name}.log")
+        self.procs.append(proc)
+        proc.start()
+        return proc
+
+    # --- redis ------------------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.redis_port = free_port()
+        argv = [
+            binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
+        ]  # fmt: skip
+        proc = self._proc("redis", argv, clean_env())
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc.check_alive()
+            try:
+                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as s:
+                    s.sendall(b"INFO server\r\n")
+                    data = b""
+                    while b"redis_version:" not in data or not data.endswith(b"\r\n"):
+                        chunk = s.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                        if len(data) > 1 << 20:
+                            break
+                for line in data.decode(errors="replace").splitlines():
+                    if line.startswith("redis_version:"):
+                        self.redis_version = line.split(":", 1)[1].strip()
+                if self.redis_version:
+                    return
+            except OSError:
+                pass
+            time.sleep(POLL_S)
+        raise RuntimeError(f"redis-server did not start:\n{tail(proc.log_path)}")
+
+    # --- signaling --------------------------------------------------------------------------------
+    def start_signaling(self) -> None:
+        self.signaling_port = free_port()
+        env = clean_env()
+        env.update(
+            VOXA_JWT_SECRET=self.jwt_secret,
+            VOXA_SFU_SECRET=self.sfu_secret,
+            VOXA_ALLOWED_ORIGINS="*",
+            VOXA_MEDIA_SERVER_TTL_S=f"{self.media_server_ttl_s:g}",
+            VOXA_LOG_LEVEL="warning",
+            VOXA_SHUTDOWN_GRACE_S="2",
+        )
+        if self.use_redis:
+            env["VOXA_REDIS_URL"] = self.redis_url
+        argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(self.signaling_port)]
+        proc = self._proc("signaling", argv, env)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc.check_alive()
+            if http_ok(self.signaling_url + "/readyz"):
+                return
+            time.sleep(POLL_S)
+        raise RuntimeError(f"signaling not ready:\n{tail(proc.log_path)}")
+
+    # --- SFUs -------------------------------------------------------------------------------------
+    def start_sfu(self, media_id: str) -> SfuHandle:
+        """Start `voxa sfu --workers 1` as media server `media_id` (replacing a dead one of that id)
+        and wait for its /healthz; `wait_registered` waits for the registry entry."""
+        old = self.sfus.get(media_id)
+        if old is not None and old.proc.alive():
+            raise RuntimeError(f"{media_id} is still running")
+        self._generation += 1
+        port = free_port()
+        env = clean_env()
+        env.update(
+            VOXA_SFU_SECRET=self.sfu_secret,
+            VOXA_SFU_ID=media_id,
+            VOXA_SFU_SERVER_ID=self.server_id,
+            VOXA_SFU_SIGNALING_URL=self.signaling_url,
+            VOXA_SFU_RTC_LISTEN_IP="127.0.0.1",
+            VOXA_SFU_RTC_REMOTE_NETWORKS="127.0.0.0/8",
+            VOXA_SFU_LOG_LEVEL="warning",
+            VOXA_SFU_PORT=str(port),
+            VOXA_SFU_DRAIN_DEADLINE_S="2",
+        )
+        argv = [VOXA, "sfu", "--workers", "1", "--port", str(port)]
+        proc = self._proc(f"{media_id}-{self._generation}", argv, env)
+        handle = self.sfus[media_id] = SfuHandle(media_id, port, proc)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            proc.check_alive()
+            if http_ok(handle.url + "/healthz"):
+                return handle
+            time.sleep(POLL_S)
+        raise RuntimeError(f"{media_id} not healthy:\n{tail(proc.log_path)}")
+
+    def media_servers(self) -> dict[str, str]:
+        """Registry entries of the voice server: media server id -> control URL."""
+        body = http_json(
+            f"{self.signaling_url}/internal/servers/{self.server_id}/media-servers", self.sfu_secret
+        )
+        return {str(m["id"]): str(m["url"]) for m in body["media_servers"]}
+
+    def wait_registered(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until every running SFU is in the registry under its id with its current URL."""
+        deadline = time.monotonic() + timeout
+        want = {h.media_id: h.url for h in self.sfus.values() if h.proc.alive()}
+        found: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            for handle in self.sfus.values():
+                if handle.media_id in want:
+                    handle.proc.check_alive()
+            with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError):
+                found = self.media_servers()
+                if all(found.get(k) == v for k, v in want.items()):
+                    return
+            time.sleep(POLL_S)
+        raise RuntimeError(f"SFUs not registered after {timeout:g} s: want {want}, registry has {found}")
+
+    def host_of(self, channel_id: str) -> str | None:
+        """The media server id the channel is assigned to (signaling's registry API)."""
+        try:
+            body = http_json(
+                f"{self.signaling_url}/internal/servers/{self.server_id}/channels/{channel_id}/media-server",
+                self.sfu_secret,
+            )
+        except urllib.error.HTTPError:
+            return None
+        return str(body["media_server"]["id"])
+
+    def check_alive(self) -> None:
+        """Raise if signaling or redis died (SFUs die on purpose)."""
+        for proc in self.procs:
+            if proc.name in ("redis", "signaling"):
+                proc.check_alive()
+
+    def stop(self) -> None:
+        """Stop every process started here (SIGTERM, SIGKILL after STOP_TIMEOUT_S): signaling first (an
+        SFU's graceful stop waits for signaling's open /v1/events WebSocket to go), SFUs, redis last."""
+        order = sorted(self.procs, key=lambda p: {"signaling": 0, "redis": 2}.get(p.name, 1))
+        for proc in order:
+            began = time.monotonic()
+            try:
+                if proc.alive():
+                    proc.stop()
+                    log(f"stopped {proc.name} (pid {proc.pid}) in {time.monotonic() - began:.1f} s")
+            except Exception as exc:  # keep stopping the others
+                log(f"stopping {proc.name} (pid {proc.pid}) failed: {exc!r}")

@@ -45,5 +45,7 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Libraries that log per connection check or per packet at INFO/DEBUG stay quiet below WARNING.
+    for noisy in ("aiohttp.access", "aioice", "aiortc"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime

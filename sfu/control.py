@@ -36,6 +36,7 @@ class NewPeer(BaseModel):
     can_video: bool = True
     muted: bool = False
     server_muted: bool = False
+    deafened: bool = False
 
 
 class Description(BaseModel):
@@ -52,6 +53,7 @@ class Candidate(BaseModel):
 class PeerState(BaseModel):
     muted: bool | None = None
     server_muted: bool | None = None
+    deafened: bool | None = None
     can_speak: bool | None = None
     can_video: bool | None = None
 
@@ -111,7 +113,9 @@ async def post_peer(request: web.Request) -> web.Response:
     room = worker.router(request.match_info["router"])
     peer_id = request.match_info["peer"]
     answer = await room.add_peer(peer_id, body.sdp, can_speak=body.can_speak, can_video=body.can_video)
-    room.peer(peer_id).set_muted(muted=body.muted, server_muted=body.server_muted)
+    peer = room.peer(peer_id)
+    peer.set_muted(muted=body.muted, server_muted=body.server_muted)
+    peer.set_deafened(body.deafened)
     return web.json_response({"type": "answer", "sdp": answer})
 
 
@@ -139,14 +143,10 @@ async def put_state(request: web.Request) -> web.Response:
     peer = request.app[WORKER].router(request.match_info["router"]).peer(request.match_info["peer"])
     peer.set_muted(muted=body.muted, server_muted=body.server_muted)
     peer.set_rights(can_speak=body.can_speak, can_video=body.can_video)
-    return web.json_response(
-        {
-            "muted": peer.muted,
-            "server_muted": peer.server_muted,
-            "can_speak": peer.can_speak,
-            "can_video": peer.can_video,
-        }
-    )
+    if body.deafened is not None:
+        peer.set_deafened(body.deafened)
+    state = {"muted": peer.muted, "server_muted": peer.server_muted, "deafened": peer.deafened}
+    return web.json_response({**state, "can_speak": peer.can_speak, "can_video": peer.can_video})
 
 
 async def delete_peer(request: web.Request) -> web.Response:

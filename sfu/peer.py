@@ -41,6 +41,7 @@ class Peer:
         self.can_video = can_video
         self.muted = False
         self.server_muted = False
+        self.deafened = False
         self.rtcp_ssrc = random_ssrc()
         self.producers: dict[str, Producer] = {}  # mid -> producer
         self.by_ssrc: dict[int, Producer] = {}
@@ -188,6 +189,12 @@ class Peer:
         for producer in self.producers.values():
             producer.set_paused(permitted=self._permitted(producer.kind))
 
+    def set_deafened(self, deafened: bool) -> None:
+        """Deafened (by itself or a moderator): stop sending this peer anything, without renegotiation."""
+        self.deafened = deafened
+        for consumer in self.consumers.values():
+            consumer.set_paused(deafened)
+
     def set_muted(self, *, muted: bool | None = None, server_muted: bool | None = None) -> None:
         """Mute (client's own) or server-mute (moderator's) every audio producer, without renegotiation."""
         if muted is not None:
@@ -210,6 +217,7 @@ class Peer:
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers[consumer.id] = consumer
+        consumer.paused = self.deafened
 
     def drop_consumers(self, consumers: list[Consumer]) -> None:
         changed = False
@@ -347,6 +355,7 @@ class Peer:
             "connected": self.transport.connected.is_set(),
             "muted": self.muted,
             "server_muted": self.server_muted,
+            "deafened": self.deafened,
             "producers": [
                 {
                     "mid": p.mid,

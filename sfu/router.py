@@ -198,6 +198,7 @@ class Consumer:
         "id",
         "kind",
         "mid",
+        "paused",
         "producer",
         "ready",
         "rewriter",
@@ -214,6 +215,7 @@ class Consumer:
         self.ssrc = random_ssrc()
         self.mid: str | None = None
         self.ready = False
+        self.paused = False  # the subscriber is deafened: nothing is sent to it
         self._send = send
         self._clock_rate = producer.clock_rate
         self.rewriter: rtp.Rewriter | None = None
@@ -255,6 +257,12 @@ class Consumer:
         if self._need_keyframe:
             self.producer.want_keyframe(now)
 
+    def set_paused(self, paused: bool) -> None:
+        if self.paused and not paused:
+            self.paused = False
+            self.resume()
+        self.paused = paused
+
     def resume(self) -> None:
         if self.rewriter is not None:
             self.rewriter.resume()
@@ -264,7 +272,7 @@ class Consumer:
 
     def forward(self, data: bytes, now: int, abs_time: int, level: int, keyframe: bool) -> None:
         """Hot path: rewrite and send one producer packet."""
-        if not self.ready:
+        if not self.ready or self.paused:
             return
         if self._need_keyframe:
             if not keyframe:

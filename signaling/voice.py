@@ -325,6 +325,8 @@ class VoiceChannel:
             self.meta = new
             self.ctx.hub.deliver(self.topic, frame)
         sfu_flags = {k: bool(v) for k, v in changes.items() if k in ("muted", "server_muted")}
+        if "deafened" in changes or "server_deafened" in changes:
+            sfu_flags["deafened"] = bool(new.get("deafened") or new.get("server_deafened"))
         if sfu_flags and self.sfu_peer:
             self._spawn(self._sfu_state(sfu_flags))
         return {"state": {k: new[k] for k in STATE_FIELDS}}
@@ -381,6 +383,7 @@ class VoiceChannel:
             "can_video": claims.can(Permission.VIDEO, self.channel_id),
             "muted": bool(meta.get("muted")),
             "server_muted": bool(meta.get("server_muted")),
+            "deafened": bool(meta.get("deafened") or meta.get("server_deafened")),
         }
 
     async def _sdp(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -216,3 +216,22 @@ async def test_killed_sfu_channel_moves_to_another_and_media_resumes(
     finally:
         first.stop()
         second.stop()
+
+
+async def test_deafen_stops_what_the_sfu_sends(stack: Any) -> None:
+    signaling, _sfu = stack
+    mod = RawVoiceClient(signaling.ws_url, "mod", 440.0, grant="connect,speak,deafen_members")
+    bob = RawVoiceClient(signaling.ws_url, "bob", 660.0)
+    await mod.join()
+    await bob.join()
+    assert await hears(bob, "mod", 440.0)
+    assert mod.channel is not None and bob.channel is not None
+    await mod.channel.push("moderate", {"target": "bob", "action": "deafen"})
+    await bob.channel.wait_presence(lambda m: m["bob"]["server_deafened"])
+    await asyncio.sleep(0.5)
+    assert await silent(bob, "mod")
+    assert await hears(mod, "bob", 660.0)  # deafened, not muted: still heard
+    await mod.channel.push("moderate", {"target": "bob", "action": "undeafen"})
+    assert await hears(bob, "mod", 440.0)
+    await mod.close()
+    await bob.close()

@@ -65,7 +65,6 @@ class Line:
     media: LocalMedia
     owner: str  # "client" or "sfu"
     consumer_id: str | None = None
-    last_ssrc: int | None = None  # the SSRC this m-section carried before it went inactive
 
 
 @dataclass(slots=True)
@@ -94,7 +93,6 @@ class Negotiator:
         self.ext_by_uri: dict[str, int] = {}
         self._pending: list[Line] | None = None
         self._mids = itertools.count()
-        self.assigned_ssrc: dict[str, int] = {}  # consumer id -> SSRC of its m-section
 
     # --- payload types and extension ids, stable for the whole session -----------------------------
     def _pt_for(self, codec: Codec) -> int:
@@ -244,10 +242,7 @@ class Negotiator:
         (or an offer is already pending: call again after the answer)."""
         if self.state is not State.STABLE:
             return None
-        lines = [
-            Line(media=_copy(ln.media), owner=ln.owner, consumer_id=ln.consumer_id, last_ssrc=ln.last_ssrc)
-            for ln in self.lines
-        ]
+        lines = [Line(media=_copy(ln.media), owner=ln.owner, consumer_id=ln.consumer_id) for ln in self.lines]
         wanted = {c.consumer_id: c for c in consumers}
         changed = False
         for line in lines:
@@ -256,7 +251,6 @@ class Negotiator:
             if line.consumer_id not in wanted:
                 line.consumer_id = None
                 line.media.direction = "inactive"
-                line.last_ssrc = line.media.ssrc or line.last_ssrc
                 line.media.ssrc = None
                 line.media.stream_id = line.media.track_id = None
                 changed = True
@@ -300,10 +294,9 @@ class Negotiator:
             free.consumer_id = spec.consumer_id
             free.media.direction = "sendonly"
             free.media.codecs = [codec]
-            # A reused m-section keeps its SSRC: receivers bind SSRCs to a transceiver once (aiortc
-            # does), so the new consumer continues the old stream rather than starting another.
-            free.media.ssrc = free.last_ssrc or spec.ssrc
-            self.assigned_ssrc[spec.consumer_id] = free.media.ssrc
+            # A reused m-section gets the new consumer's SSRC: Chromium does not accept an SSRC it has
+            # seen re-signalled under another msid (aiortc clients must re-bind SSRCs; voxa.client does).
+            free.media.ssrc = spec.ssrc
             free.media.cname = spec.cname
             free.media.stream_id = spec.stream_id
             free.media.track_id = spec.track_id

@@ -52,7 +52,6 @@ class Peer:
         self.negotiator: Negotiator | None = None
         self.remote: RemoteDescription | None = None
         self.offers_sent = 0
-        self._line_streams: dict[str, tuple[int, int, int]] = {}  # mid -> (ssrc, next seq, timestamp)
         self._offer_dirty = False
         self.closed = False
         self.send_rtp: Callable[[bytes], None] = self.transport.fast.send_rtp
@@ -103,11 +102,7 @@ class Peer:
             if consumer is None or media is None:
                 continue
             if consumer.mid != mid or consumer.rewriter is None:
-                continued = self._line_streams.pop(mid, None)
-                if continued is not None and continued[0] != consumer.ssrc:
-                    continued = None
-                resume_at = (continued[1], continued[2]) if continued is not None else None
-                consumer.negotiated(mid, media.codecs[0].pt, media.extensions, resume_at)
+                consumer.negotiated(mid, media.codecs[0].pt, media.extensions)
             if self.transport.connected.is_set() and not consumer.ready:
                 consumer.start(now)
         for consumer_id in result.rejected:
@@ -139,10 +134,6 @@ class Peer:
             for c in self.consumers.values()
         ]
         offer = negotiator.create_offer(specs)
-        for consumer in self.consumers.values():
-            ssrc = negotiator.assigned_ssrc.get(consumer.id)
-            if ssrc is not None and ssrc != consumer.ssrc and consumer.rewriter is None:
-                consumer.ssrc = ssrc
         if offer is not None:
             self.offers_sent += 1
             self.worker.emit({"type": "offer", "router": self.room.router.id, "peer": self.id, "sdp": offer})
@@ -221,19 +212,11 @@ class Peer:
 
     def drop_consumers(self, consumers: list[Consumer]) -> None:
         changed = False
-        now = now_ms()
         for consumer in consumers:
             if self.consumers.pop(consumer.id, None) is not None:
                 consumer.ready = False
                 changed = True
-                rewriter = consumer.rewriter
-                if consumer.mid is not None and rewriter is not None:
-                    # Where the m-section's stream stands, for the next consumer that reuses it.
-                    self._line_streams[consumer.mid] = (
-                        consumer.ssrc,
-                        (rewriter.last_seq + 1) & 0xFFFF,
-                        rewriter.timestamp_at(now),
-                    )
+
         if changed:
             self.schedule_offer()
 

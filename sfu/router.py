@@ -223,16 +223,8 @@ class Consumer:
         self._need_keyframe = producer.keyframe_test is not None
         self.stats = ConsumerStats()
 
-    def negotiated(
-        self,
-        mid: str,
-        payload_type: int,
-        extensions: dict[str, int],
-        continue_from: tuple[int, int] | None = None,
-    ) -> None:
-        """The subscriber accepted this consumer on `mid` with `payload_type` and extension ids.
-        `continue_from` (next sequence number, timestamp) continues the stream an m-section carried
-        before, when it is reused with the same SSRC."""
+    def negotiated(self, mid: str, payload_type: int, extensions: dict[str, int]) -> None:
+        """The subscriber accepted this consumer on `mid` with `payload_type` and extension ids."""
         mapping = {self.producer.codec.pt: payload_type}
         kwargs = {
             "mid": mid,
@@ -241,10 +233,7 @@ class Consumer:
             "audio_level_id": extensions.get(AUDIO_LEVEL_URI, 0) if self.kind == "audio" else 0,
         }
         if self.rewriter is None:
-            initial = (
-                {"initial_seq": continue_from[0], "initial_ts": continue_from[1]} if continue_from else {}
-            )
-            self.rewriter = rtp.Rewriter(self.ssrc, self._clock_rate, mapping, **kwargs, **initial)  # type: ignore[arg-type]
+            self.rewriter = rtp.Rewriter(self.ssrc, self._clock_rate, mapping, **kwargs)  # type: ignore[arg-type]
         else:
             self.rewriter.configure(mapping, **kwargs)  # type: ignore[arg-type]
         self.mid = mid

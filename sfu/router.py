@@ -219,7 +219,8 @@ class Consumer:
         self._send = send
         self._clock_rate = producer.clock_rate
         self.rewriter: rtp.Rewriter | None = None
-        self._history = rtcp.PacketHistory(512 if producer.is_audio else 1024)
+        # NACK is negotiated for video only; its history covers ~3 s at typical video packet rates.
+        self._history: rtcp.PacketHistory | None = None if producer.is_audio else rtcp.PacketHistory(256)
         self._need_keyframe = producer.keyframe_test is not None
         self.stats = ConsumerStats()
 
@@ -271,7 +272,9 @@ class Consumer:
         out = self.rewriter.rewrite(data, now, abs_time, level)  # type: ignore[union-attr]
         if out is None:
             return
-        self._history.put(out)
+        history = self._history
+        if history is not None:
+            history.put(out)
         self._send(out)
         stats = self.stats
         stats.packets += 1
@@ -281,7 +284,7 @@ class Consumer:
         """Answer a NACK from the packet history."""
         self.stats.nacks += 1
         for seq in seqs:
-            packet = self._history.get(seq)
+            packet = self._history.get(seq) if self._history is not None else None
             if packet is not None:
                 self._send(packet)
                 self.stats.retransmitted += 1

@@ -87,15 +87,26 @@ def test_server_mute_and_rights_combine() -> None:
 
 
 def test_nack_is_answered_from_history() -> None:
+    producer = Producer("alice", "1", "video", VP8, (2222,), {}, request_keyframe=lambda ssrc: None)
     router, sent = Router("r", lambda e: None), list[bytes]()
-    producer = audio_producer()
-    consumer = subscribe(router, producer, sent)
+    (consumer,) = router.add_producer(producer, {"bob": sent.append})
+    consumer.negotiated("c1", 96, {})
+    consumer.start(now=0)
+    key = bytes([0x10, 0x00]) + b"\x00" * 30
     for i in range(10):
-        producer.receive(packet(i, 960 * i), now=20 * i)
+        producer.receive(packet(i, 3000 * i, ssrc=2222, pt=96, payload=key, level=None), now=33 * i)
+    assert len(sent) == 10
     lost = (rtp.sequence_of(sent[3]), rtp.sequence_of(sent[7]), (rtp.sequence_of(sent[0]) - 500) & 0xFFFF)
     consumer.retransmit(lost)
     assert sent[10:] == [sent[3], sent[7]]  # the unknown one is simply not answered
     assert consumer.stats.retransmitted == 2
+
+
+def test_audio_keeps_no_history() -> None:
+    router, sent = Router("r", lambda e: None), list[bytes]()
+    consumer = subscribe(router, audio_producer(), sent)
+    consumer.retransmit((1, 2, 3))  # audio does not negotiate NACK: nothing to resend, nothing kept
+    assert consumer.stats.retransmitted == 0
 
 
 def test_video_consumer_waits_for_a_keyframe_and_requests_are_throttled() -> None:

@@ -1,0 +1,138 @@
+"""aiortc peer connections reduced to ICE + DTLS keying, with media as raw SRTP on the nominated pair.
+
+After a `RTCPeerConnection` is connected, `FastLink` takes its (BUNDLEd) DTLS transport's SRTP sessions
+and the nominated ICE pair's socket: publishers send ``tx.protect(rtp)`` with ``sendto`` to the remote
+address; subscribers replace the socket protocol's ``datagram_received`` with a function that handles
+RTP (and RTCP) itself and passes STUN and DTLS on to aiortc. aiortc's sender loop (which only
+idles without a track) is cancelled, so no Python-level media pipeline runs for these peers.
+
+Peer connections are loopback only: the Janus harness's `new_peer_connection` gathers host candidates on
+127.0.0.1 and uses no STUN server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pylibsrtp
+from aioice.ice import StunProtocol
+from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc.sdp import SessionDescription
+from janus.peers import new_peer_connection
+
+from loadgen.media import ExtensionIds
+
+MID_URI: Final = "urn:ietf:params:rtp-hdrext:sdes:mid"
+AUDIO_LEVEL_URI: Final = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+RCVBUF_BYTES: Final = 2 * 1024 * 1024
+
+__all__ = ["FastLink", "Negotiated", "negotiated", "new_peer_connection", "prefer_vp8", "wait_connected"]
+
+
+@dataclass(frozen=True, slots=True)
+class Negotiated:
+    """What one m-section of an answer settled: payload type and header extension ids."""
+
+    pt: int
+    ext: ExtensionIds
+
+
+def negotiated(sdp: str, mid: str, codec: str) -> Negotiated:
+    """The payload type of `codec` and the extension ids in m-section `mid` of `sdp`."""
+    description = SessionDescription.parse(sdp)
+    for media in description.media:
+        if media.rtp.muxId != mid:
+            continue
+        pts = [c.payloadType for c in media.rtp.codecs if c.mimeType.split("/")[-1].lower() == codec.lower()]
+        if not pts or pts[0] is None:
+            raise ValueError(f"m-section {mid!r} did not negotiate {codec}")
+        ids = {e.uri: e.id for e in media.rtp.headerExtensions}
+        return Negotiated(
+            pts[0],
+            ExtensionIds(
+                mid=mid,
+                mid_id=ids.get(MID_URI, 0),
+                audio_level_id=ids.get(AUDIO_LEVEL_URI, 0),
+                abs_send_time_id=ids.get(ABS_SEND_TIME_URI, 0),
+            ),
+        )
+    raise ValueError(f"no m-section {mid!r} in the answer")
+
+
+def prefer_vp8(transceiver: RTCRtpTransceiver) -> None:
+    """Offer VP8 only (no RTX, no H.264): the smallest SDP both servers accept."""
+    caps = RTCRtpSender.getCapabilities("video")
+    transceiver.setCodecPreferences([c for c in caps.codecs if c.mimeType.lower() == "video/vp8"])
+
+
+async def wait_connected(pc: RTCPeerConnection, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while pc.connectionState != "connected":
+            if pc.connectionState in ("failed", "closed"):
+                raise ConnectionError(f"peer connection {pc.connectionState}")
+            await asyncio.sleep(0.02)
+
+
+def _stop_sender_loops(pc: RTCPeerConnection) -> None:
+    """Cancel aiortc's RTP loop of senders without a track (it only sleeps 20 ms in a loop)."""
+    for transceiver in pc.getTransceivers():
+        task = getattr(transceiver.sender, "_RTCRtpSender__rtp_task", None)
+        if isinstance(task, asyncio.Task) and getattr(transceiver.sender, "track", None) is None:
+            task.cancel()
+
+
+DatagramHandler = Callable[[Any, Any], None]
+# (unprotect, aiortc's datagram_received) -> the socket's new datagram_received
+HandlerFactory = Callable[[Callable[[bytes], bytes], DatagramHandler], DatagramHandler]
+
+
+class FastLink:
+    """Raw SRTP in and out of a connected peer connection's nominated candidate pair."""
+
+    def __init__(self, pc: RTCPeerConnection) -> None:
+        transceivers = pc.getTransceivers()
+        if not transceivers:
+            raise RuntimeError("peer connection has no transceiver")
+        dtls: RTCDtlsTransport = transceivers[0].sender.transport
+        if dtls._tx_srtp is None or dtls._rx_srtp is None:
+            raise RuntimeError("DTLS has no SRTP sessions yet")
+        self.tx: pylibsrtp.Session = dtls._tx_srtp
+        self.rx: pylibsrtp.Session = dtls._rx_srtp
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise RuntimeError("ICE has no nominated pair")
+        self.protocol: StunProtocol = pair.protocol
+        transport = self.protocol.transport
+        self.sendto: Callable[[bytes, Any], None] = transport.sendto
+        self.is_closing: Callable[[], bool] = transport.is_closing
+        self.addr: tuple[str, int] = pair.remote_addr
+        self._original: DatagramHandler | None = None
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+        _stop_sender_loops(pc)
+
+    def protect(self, packet: bytes) -> bytes:
+        return self.tx.protect(packet)
+
+    def hook(self, make_handler: HandlerFactory) -> None:
+        """Take over the socket's datagrams: `make_handler(unprotect, original)` returns the function that
+        receives every datagram (RTP: unprotect and handle it; the rest: `original`, i.e. aiortc)."""
+        if self._original is not None:
+            return
+        original = self.protocol.datagram_received
+        self._original = original
+        handler = make_handler(self.rx.unprotect, original)
+        self.protocol.datagram_received = handler  # type: ignore[method-assign, assignment]
+
+    def unhook(self) -> None:
+        if self._original is not None:
+            self.protocol.datagram_received = self._original  # type: ignore[method-assign, assignment]
+            self._original = None

@@ -1,0 +1,100 @@
+"""Smoke test of bench/sfu.py: tiny runs end to end (a real `voxa sfu`, real SRTP peers), checking the
+shape of the one JSON object it prints (no timing thresholds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "sfu.py"
+
+NUMBERS = (
+    "pps_per_core",
+    "cpu_percent",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "cpu_per_consumer_pct",
+    "rss_per_peer_kib",
+    "forwarded_pps",
+    "loss_percent",
+    "duration_s",
+)
+COUNTS = ("rooms", "peers", "publishers", "subscribers", "consumers", "sfu_workers")
+
+
+def run_bench(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout[-2000:]}"
+    result: dict[str, Any] = json.loads(lines[0])
+    return result
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_common(result: dict[str, Any]) -> None:
+    for key in NUMBERS:
+        assert is_number(result[key]), (key, result[key])
+    for key in COUNTS:
+        assert isinstance(result[key], int) and not isinstance(result[key], bool), (key, result[key])
+    assert result["scenario"] == "audio-rooms"
+    assert (result["rooms"], result["peers"], result["publishers"]) == (1, 10, 2)
+    assert (result["subscribers"], result["consumers"]) == (10, 18)  # 2 speakers x 9 receivers
+    assert result["sfu_workers"] == 1
+    assert result["pps_per_core"] > 0 and result["forwarded_pps"] > 0
+    assert 0 <= result["loss_percent"] <= 100
+    assert result["latency_p50_ms"] <= result["latency_p99_ms"]
+    assert result["duration_s"] == 3.0
+    assert isinstance(result["python"], str) and result["python"]
+    host = result["host"]
+    assert isinstance(host["cpu_count"], int) and isinstance(host["note"], str)
+    loadgen = result["loadgen"]
+    assert is_number(loadgen["cpu_percent"]) and isinstance(loadgen["saturated"], bool)
+    final = result["sfu"]["final"]
+    assert final["consumers"] == 18 and final["expected_pps"] > 0
+    half = result["sfu"]["half_load"]
+    assert half is not None and half["consumers"] < final["consumers"]  # half of the listeners left
+    assert result["setup_failures"] == {}, result["error_samples"]
+    assert isinstance(result["warnings"], list)
+
+
+@pytest.mark.slow
+def test_bench_sfu_smoke_without_janus() -> None:
+    result = run_bench("--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--no-janus")
+    check_common(result)
+    assert result["janus_ratio"] is None
+    assert isinstance(result["janus_reason"], str) and result["janus_reason"]
+    assert result["janus"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("janus") is None, reason="janus is not installed (apt-get install janus)")
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_bench_sfu_smoke_with_janus() -> None:
+    result = run_bench(
+        "--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--latency-seconds", "2"
+    )  # fmt: skip
+    check_common(result)
+    assert is_number(result["janus_ratio"]) and result["janus_ratio"] > 0
+    janus = result["janus"]
+    assert janus["event_loops"] == 1
+    assert janus["final"]["consumers"] == 18
+    for key in ("pps_per_core", "cpu_percent", "loss_percent", "latency_p50_ms", "latency_p99_ms"):
+        assert is_number(janus[key]), (key, janus[key])

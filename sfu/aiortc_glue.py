@@ -220,26 +220,18 @@ class FastPath:
             self._on_rtp(plain)
 
     def send_rtp(self, plain: bytes) -> None:
-        tx = self._tx
-        sendto = self._sendto
-        if tx is None or sendto is None:
-            return
-        try:
-            data = tx.protect(plain)
-        except pylibsrtp.Error:
-            self.tx_errors += 1
-            return
-        sendto(data, self._addr)
-        self.tx_packets += 1
-        self.tx_bytes += len(data)
+        self._send(plain, False)
 
     def send_rtcp(self, plain: bytes) -> None:
+        self._send(plain, True)
+
+    def _send(self, plain: bytes, is_rtcp: bool) -> None:
         tx = self._tx
         sendto = self._sendto
         if tx is None or sendto is None:
             return
         try:
-            data = tx.protect_rtcp(plain)
+            data = tx.protect_rtcp(plain) if is_rtcp else tx.protect(plain)
         except pylibsrtp.Error:
             self.tx_errors += 1
             return

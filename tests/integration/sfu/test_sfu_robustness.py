@@ -30,7 +30,10 @@ def test_sfu_code_never_touches_aiortc_media_pipeline() -> None:
         "get_decoder",
         "get_encoder",
         "aiortc.codecs",
-    , "threading", "run_in_executor", "to_thread")
+        "threading",
+        "run_in_executor",
+        "to_thread",
+    )
     for path in SFU_SOURCES.glob("*.py"):
         text = path.read_text()
         for name in forbidden:

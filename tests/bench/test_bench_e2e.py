@@ -3,13 +3,12 @@ wall-clock thresholds)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.bench import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "e2e.py"
@@ -20,23 +19,10 @@ STEPS = ("ws_open", "join_reply", "answer_received", "ice_connected", "dtls_conn
 
 
 def run_bench(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout[-2000:]}"
-    result: dict[str, Any] = json.loads(lines[0])
-    return result
+    return runner.run_bench("e2e.py", *args, timeout=240)
 
 
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+is_number = runner.is_number
 
 
 @pytest.mark.slow

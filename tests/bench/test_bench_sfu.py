@@ -3,14 +3,13 @@ shape of the one JSON object it prints (no timing thresholds)."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.bench import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "sfu.py"
@@ -30,23 +29,10 @@ COUNTS = ("rooms", "peers", "publishers", "subscribers", "consumers", "sfu_worke
 
 
 def run_bench(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout[-2000:]}"
-    result: dict[str, Any] = json.loads(lines[0])
-    return result
+    return runner.run_bench("sfu.py", *args, timeout=280)
 
 
-def is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+is_number = runner.is_number
 
 
 def check_common(result: dict[str, Any]) -> None:

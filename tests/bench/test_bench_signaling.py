@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.bench import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "signaling.py"
@@ -19,19 +18,7 @@ STRINGS = ("redis_version", "python")
 
 
 def run_bench(*args: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one JSON line on stdout, got:\n{proc.stdout[-2000:]}"
-    result: dict[str, Any] = json.loads(lines[0])
-    return result
+    return runner.run_bench("signaling.py", *args, timeout=240)
 
 
 @pytest.mark.slow

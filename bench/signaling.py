@@ -55,6 +55,7 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import orjson
+from loadgen.procfs import cpu_seconds, status_kib
 
 SERVER_ID: Final = "bench"
 HEARTBEAT_INTERVAL_S: Final = 30.0
@@ -425,28 +426,6 @@ def free_port() -> int:
         return port
 
 
-def read_proc_status_kib(pid: int, field: str) -> int | None:
-    """A `kB` field (VmRSS, VmHWM) of /proc/<pid>/status."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # fields after "(comm)", starting at field 3
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def host_cpu_ticks() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs, from /proc/stat."""
     try:
@@ -616,7 +595,7 @@ class Services:
         return out
 
     def rss_kib(self) -> int | None:
-        return read_proc_status_kib(self.pid, "VmRSS")
+        return status_kib(self.pid, "VmRSS")
 
     def stop(self) -> None:
         terminate(self.signaling, 15.0)
@@ -897,7 +876,7 @@ class Benchmark:
         out["server_channel_members"] = int(metrics.get("voxa_signaling_channel_members", -1))
         out["rss_mib"] = mib(rss_samples[-1] if rss_samples else None)
         out["rss_min_hold_mib"] = mib(min(rss_samples) if rss_samples else None)
-        out["rss_peak_mib"] = mib(read_proc_status_kib(services.pid, "VmHWM"))
+        out["rss_peak_mib"] = mib(status_kib(services.pid, "VmHWM"))
         base = out["rss_before_capacity_mib"]
         if held and out["rss_mib"] is not None and base is not None:
             out["rss_per_socket_kib"] = round((out["rss_mib"] - base) * 1024 / held, 2)

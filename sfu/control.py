@@ -8,7 +8,6 @@ What the SFU initiates (its offers, peer states, speaking) streams to signaling 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field, ValidationError
 
+from voxa.common.auth import bearer_matches
 from voxa.sfu.negotiation import NegotiationError
 from voxa.sfu.peer import PeerError
 from voxa.sfu.sdp import SdpError
@@ -77,9 +77,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bearer auth on /v1, and domain errors turned into clear HTTP answers."""
     if request.path.startswith("/v1/"):
         secret = request.app[WORKER].settings.secret
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+        if not bearer_matches(request.headers.get("Authorization"), secret):
             return _error(401, "bad or missing bearer secret")
     try:
         response: web.StreamResponse = await handler(request)

@@ -3,7 +3,6 @@ media-server registry API."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from voxa.common.auth import bearer_matches, bearer_token
 from voxa.common.turn import ice_config
 from voxa.signaling import protocol
 from voxa.signaling.auth import AuthError
@@ -88,7 +88,7 @@ async def ice(request: web.Request) -> web.Response:
     """TURN credentials in the STUNner auth-service shape, for a client holding a valid token."""
     ctx = request.app[CTX]
     header = request.headers.get("Authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else None
+    token = bearer_token(header)
     try:
         claims = ctx.verifier.verify(token)
     except AuthError as exc:
@@ -137,9 +137,7 @@ async def internal_auth(request: web.Request, handler: Any) -> web.StreamRespons
         secret = request.app[CTX].settings.sfu_secret
         if not secret:
             return _json_error(404, "the registry API is disabled (VOXA_SFU_SECRET unset)")
-        header = request.headers.get("Authorization", "")
-        given = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(given.encode(), secret.encode()):
+        if not bearer_matches(request.headers.get("Authorization"), secret):
             return _json_error(401, "bad or missing bearer secret")
         try:
             response: web.StreamResponse = await handler(request)

@@ -89,6 +89,18 @@ def _sfu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from voxa.operator.main import run
+
+    return run()
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from voxa.operator.crdgen import main as crdgen
+
+    return crdgen(["--out", args.out, *(["--check"] if args.check else [])])
+
+
 def _demo(args: argparse.Namespace) -> int:
     from voxa.common.demo import run_demo
 
@@ -110,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     sfu.add_argument("--workers", type=int, default=None, help="Worker processes, 0 = one per core.")
     sfu.add_argument("--server-id", default=None, help="Voice server id (VOXA_SFU_SERVER_ID).")
     sfu.set_defaults(func=_sfu)
+
+    op = sub.add_parser("operator", help="Run the Kubernetes operator (settings from VOXA_OPERATOR_*).")
+    op.set_defaults(func=_operator)
+
+    crds = sub.add_parser("crds", help="Write (or --check) the CustomResourceDefinitions from the models.")
+    crds.add_argument("--out", default="crds", help="Directory of the CRD files.")
+    crds.add_argument("--check", action="store_true", help="Exit 1 if the files differ from the models.")
+    crds.set_defaults(func=_crds)
 
     tok = sub.add_parser("token", help="Print a signed access token for development and tests.")
     tok.add_argument("--secret", help="HS256 secret (default: VOXA_JWT_SECRET).")

@@ -29,6 +29,7 @@ def settings_table(model: type[BaseSettings], prefix: str = "VOXA_") -> str:
 
 
 def render() -> str:
+    from voxa.operator.settings import OperatorSettings
     from voxa.sfu.settings import SfuSettings
     from voxa.signaling.settings import SignalingSettings
 
@@ -41,6 +42,10 @@ def render() -> str:
         "### `voxa sfu`",
         "",
         settings_table(SfuSettings, "VOXA_SFU_"),
+        "",
+        "### `voxa operator`",
+        "",
+        settings_table(OperatorSettings, "VOXA_OPERATOR_"),
         END,
     ]
     return "\n".join(parts)

@@ -199,5 +199,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def assignment_clear(self, server_id: str, channel_id: str) -> None: ...
 
+    @abc.abstractmethod
+    async def purge_server(self, server_id: str) -> int:
+        """Forget a deleted voice server: presence, member flags, registry, drain marks, assignments.
+        Returns how many keys (or entries) went. The operator's finalizer calls this."""
+
     def stats(self) -> dict[str, Any]:
         return {}

@@ -189,3 +189,18 @@ class MemoryStore(Store):
 
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         self.backend.assignments.pop((server_id, channel_id), None)
+
+    async def purge_server(self, server_id: str) -> int:
+        b = self.backend
+        gone = 0
+        for topic in b.indexes.pop(server_id, set()):
+            gone += b.presence.pop(topic, None) is not None
+            b.subscribers.pop(topic, None)
+        for table in (b.members, b.assignments):
+            for key in [k for k in table if k[0] == server_id]:
+                del table[key]
+                gone += 1
+        gone += len(b.media.pop(server_id, {}))
+        marks = {m for m in b.drain_marks if m[0] == server_id}
+        b.drain_marks -= marks
+        return gone + len(marks)

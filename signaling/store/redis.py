@@ -464,3 +464,18 @@ class RedisStore(Store):
 
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         await self._call(lambda: self._redis.delete(f"voxa:assign:{server_id}:{channel_id}"))
+
+    async def purge_server(self, server_id: str) -> int:
+        # SCAN, not KEYS: a shared Redis keeps serving other voice servers while this runs.
+        topics: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:channels:{server_id}"))
+        keys = {f"voxa:channels:{server_id}", f"voxa:ms:{server_id}"}
+        keys.update(f"voxa:{kind}:{topic}" for topic in topics for kind in ("presence", "subs"))
+        for pattern in ("ms", "drain", "assign", "member"):
+            match = f"voxa:{pattern}:{server_id}:*"
+
+            async def scan(match: str = match) -> list[str]:
+                return [key async for key in self._redis.scan_iter(match=match, count=500)]
+
+            keys.update(await self._call(scan))
+        deleted: int = await self._call(lambda: self._redis.unlink(*keys))
+        return deleted

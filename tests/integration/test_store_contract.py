@@ -266,3 +266,25 @@ async def test_assignment_first_writer_wins_and_stale_is_replaced(make_store: St
     assert await b.assignment_set("g", "c", "s2", replace="s1") == "s2"
     await a.assignment_clear("g", "c")
     assert await b.assignment_get("g", "c") is None
+
+
+async def test_purge_server_forgets_one_server_and_keeps_the_others(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    for server in ("g", "h"):
+        await a.presence_join(f"voice:{server}:c", server, entry("alice", "r1"), 10, frame("f"))
+        await a.member_set(server, "alice", {"server_muted": True})
+        await a.media_server_upsert(sfu("s1").model_copy(update={"server_id": server}), ttl_s=30)
+        await a.media_server_mark_draining(server, "s1", True)
+        await a.assignment_set(server, "c", "s1", replace=None)
+    assert await a.purge_server("g") > 0
+    assert await a.channels("g") == []
+    assert await a.presence_list("voice:g:c") == []
+    assert await a.member_get("g", "alice") == {}
+    assert await a.media_servers("g") == []
+    assert await a.assignment_get("g", "c") is None
+    # The other server is untouched.
+    assert await a.channels("h") == ["voice:h:c"]
+    assert await a.member_get("h", "alice") == {"server_muted": True}
+    assert [m.draining for m in await a.media_servers("h")] == [True]
+    assert await a.assignment_get("h", "c") == "s1"
+    assert await a.purge_server("g") == 0

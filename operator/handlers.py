@@ -1,0 +1,195 @@
+"""kopf wiring: watch caches (indexes) of the children, and the VoiceServer handlers.
+
+kopf fills every index before any handler runs, so after a restart the first reconcile already sees
+every child and finds nothing to write. Children are found by the labels the operator puts on them
+(`voxa.dev/voiceserver`, `app.kubernetes.io/managed-by: voxa-operator`), never by listing the API.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from voxa.operator import registry
+from voxa.operator.kube import KubeClient
+from voxa.operator.models import GROUP, VERSION, VoiceServer
+from voxa.operator.reconcile import HASH_ANNOTATION, Child, Reconciler, State
+
+__all__ = ["FINALIZER", "Reconciler", "Runtime"]
+from voxa.operator.render.common import COMPONENT_LABEL, MANAGED_BY, OWNER_LABEL
+from voxa.operator.render.signaling import redis_url
+from voxa.operator.settings import OperatorSettings
+
+log = logging.getLogger("voxa.operator")
+
+VOICESERVERS = (GROUP, VERSION, "voiceservers")
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+FINALIZER = "voxa.dev/finalizer"
+
+
+class Runtime:
+    """Process-wide objects the handlers share, set up at startup."""
+
+    settings = OperatorSettings()
+    kube: KubeClient | None = None
+    reconciler: Reconciler | None = None
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _child(kind: str, api_version: str, body: Any, spec: Any, status: Any) -> Child:
+    meta = body.get("metadata", {})
+    replicas = (spec or {}).get("replicas")
+    return Child(
+        api_version=api_version,
+        kind=kind,
+        name=meta.get("name", ""),
+        hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
+        status=dict(status or {}),
+        replicas=int(replicas) if isinstance(replicas, int) else None,
+        ready=_ready(dict(status or {})),
+        deleting=bool(meta.get("deletionTimestamp")),
+        annotations={},
+    )
+
+
+def _index_of(kind: str, api_version: str, body: Any, namespace: str | None, labels: Any, **kw: Any) -> Any:
+    owner = labels.get(OWNER_LABEL)
+    if not owner:
+        return None
+    return {(namespace or "", owner): _child(kind, api_version, body, kw.get("spec"), kw.get("status"))}
+
+
+@kopf.index("v1", "configmaps", labels=MANAGED)
+def configmaps_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    return _index_of("ConfigMap", "v1", body, namespace, labels)
+
+
+@kopf.index("v1", "secrets", labels=MANAGED)
+def secrets_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    # Only names are kept: secret values never sit in the operator's memory.
+    return _index_of("Secret", "v1", {"metadata": {"name": body["metadata"]["name"]}}, namespace, labels)
+
+
+@kopf.index("v1", "services", labels=MANAGED)
+def services_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+    return _index_of("Service", "v1", body, namespace, labels, status=status)
+
+
+@kopf.index("apps", "v1", "deployments", labels=MANAGED)
+def deployments_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+    return _index_of("Deployment", "apps/v1", body, namespace, labels, spec=spec, status=status)
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
+def statefulsets_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+    return _index_of("StatefulSet", "apps/v1", body, namespace, labels, spec=spec, status=status)
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
+def pdbs_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    return _index_of("PodDisruptionBudget", "policy/v1", body, namespace, labels)
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
+def netpols_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    return _index_of("NetworkPolicy", "networking.k8s.io/v1", body, namespace, labels)
+
+
+@kopf.index("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
+def ingresses_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    return _index_of("Ingress", "networking.k8s.io/v1", body, namespace, labels)
+
+
+@kopf.index("v1", "pods", labels={**MANAGED, COMPONENT_LABEL: "sfu"})
+def sfu_pods_idx(body: Any, namespace: str | None, labels: Any, status: Any, **_: Any) -> Any:
+    return _index_of("Pod", "v1", body, namespace, labels, status=status)
+
+
+CHILD_INDEXES = (
+    "configmaps_idx",
+    "secrets_idx",
+    "services_idx",
+    "deployments_idx",
+    "statefulsets_idx",
+    "pdbs_idx",
+    "netpols_idx",
+    "ingresses_idx",
+)
+
+
+def _children(key: tuple[str, str], indexes: dict[str, Any]) -> dict[tuple[str, str], Child]:
+    found: dict[tuple[str, str], Child] = {}
+    for index_name in CHILD_INDEXES:
+        for child in indexes[index_name].get(key, []):
+            found[(child.kind, child.name)] = child
+    return found
+
+
+def _state(memo: Any) -> State:
+    state = getattr(memo, "voxa_state", None)
+    if state is None:
+        state = State()
+        memo.voxa_state = state
+    assert isinstance(state, State)
+    return state
+
+
+async def _run(
+    body: Any, memo: Any, namespace: str | None, name: str, scale: bool, kwargs: dict[str, Any]
+) -> None:
+    assert Runtime.reconciler is not None
+    key = (namespace or "", name)
+    children = _children(key, kwargs)
+    pods = list(kwargs["sfu_pods_idx"].get(key, []))
+    await Runtime.reconciler.reconcile(dict(body), _state(memo), children, pods, scale=scale)
+
+
+@kopf.on.event(*VOICESERVERS)
+async def voiceserver_changed(
+    type: str | None, body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any
+) -> None:
+    """Any change (including the initial listing) reconciles at once; status-only echoes find nothing."""
+    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    await _run(body, memo, namespace, name, scale=False, kwargs=kwargs)
+
+
+@kopf.timer(*VOICESERVERS, interval=Runtime.settings.resync_s, initial_delay=0.5, idle=None)
+async def voiceserver_tick(body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """Scaling and status, and repair of anything deleted or edited behind the operator's back."""
+    await _run(body, memo, namespace, name, scale=True, kwargs=kwargs)
+
+
+@kopf.on.delete(*VOICESERVERS)
+async def voiceserver_deleted(body: Any, retry: int, **_: Any) -> None:
+    """Forget the server's Redis keys; the children go with their owner (garbage collector)."""
+    vs = VoiceServer.model_validate(dict(body))
+    if redis_url(vs):
+        return  # a managed Redis is deleted with the voice server, keys and all
+    assert Runtime.reconciler is not None
+    started = time.monotonic()
+    try:
+        url = await Runtime.reconciler.redis_url(vs, State())
+        if url is None:
+            return
+        gone = await registry.purge(url, vs.server_id)
+    except LookupError as exc:
+        kopf.warn(
+            body, reason="CleanupSkipped", message=f"Redis URL unavailable ({exc}); keys left to expire"
+        )
+        return
+    except Exception as exc:
+        if retry + 1 >= Runtime.settings.cleanup_attempts:
+            kopf.warn(body, reason="CleanupFailed", message=f"gave up removing Redis keys: {exc}")
+            return
+        raise kopf.TemporaryError(f"cannot reach Redis: {exc}", delay=5) from exc
+    log.info(
+        "purged",
+        extra={"voiceserver": vs.name, "keys": gone, "ms": round((time.monotonic() - started) * 1000)},
+    )

@@ -1,0 +1,356 @@
+"""The custom resources' schemas, as pydantic models: the one source of truth.
+
+`crds/*.yaml` are generated from these classes (`make crds`, see `voxa.operator.crdgen`), and the operator
+parses every object it receives with them, so the API server's validation and the operator's view of a
+spec can never disagree. Field names are the camelCase names users write in YAML; every field has a
+description because `kubectl explain` shows it. Rules that span fields are CEL (`x-kubernetes-validations`),
+checked by the API server itself, so a bad spec is refused at `kubectl apply` with a readable message
+instead of being accepted and failing later in the operator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
+
+GROUP = "voxa.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DEFAULT_IMAGE = "ghcr.io/voxa-dev/voxa:0.1.0"
+DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+
+QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One `x-kubernetes-validations` entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class Model(BaseModel):
+    """Base of every schema model: camelCase names as written, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ResourceList(Model):
+    cpu: str | None = Field(default=None, pattern=QUANTITY, description="CPU quantity, e.g. `250m` or `1`.")
+    memory: str | None = Field(
+        default=None, pattern=QUANTITY, description="Memory quantity, e.g. `256Mi` or `1Gi`."
+    )
+
+
+class Resources(Model):
+    """Compute resources of one container, as in a Pod spec (requests are always set)."""
+
+    requests: ResourceList = Field(description="What the scheduler reserves for the container.")
+    limits: ResourceList = Field(
+        default_factory=ResourceList, description="Hard caps; memory should be set, CPU usually not."
+    )
+
+
+def _resources(cpu: str, memory: str, memory_limit: str) -> Resources:
+    return Resources(requests=ResourceList(cpu=cpu, memory=memory), limits=ResourceList(memory=memory_limit))
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the VoiceServer's namespace."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Secret name.")
+    key: str = Field(min_length=1, max_length=253, description="Key inside the Secret's data.")
+
+
+class ServiceSpec(Model):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        default="ClusterIP", description="Kubernetes Service type of the signaling endpoint."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations for the Service (e.g. a cloud load balancer's)."
+    )
+
+
+class IngressSpec(Model):
+    host: str = Field(
+        min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Public host name of signaling."
+    )
+    className: str | None = Field(default=None, max_length=253, description="IngressClass to use.")
+    tlsSecretName: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN,
+        description="TLS certificate Secret for the host; set, the endpoint is wss://.",
+    )
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations for the Ingress.")
+
+
+class SignalingSpec(Model):
+    replicas: int = Field(
+        default=2, ge=1, le=100, description="Signaling pods (WebSocket endpoints; stateless, share Redis)."
+    )
+    image: str = Field(
+        default=DEFAULT_IMAGE, min_length=1, description="Voxa image running `voxa signaling`."
+    )
+    resources: Resources = Field(
+        default_factory=lambda: _resources("100m", "128Mi", "512Mi"),
+        description="Resources of each signaling container.",
+    )
+    service: ServiceSpec = Field(default_factory=ServiceSpec, description="How signaling is exposed.")
+    ingress: IngressSpec | None = Field(
+        default=None, description="An Ingress for signaling at this host; omit for none."
+    )
+
+
+class PortRange(Model):
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [cel("self.min <= self.max", "min must be <= max")]}
+    )
+
+    min: int = Field(default=40000, ge=1024, le=65535, description="Lowest UDP port for media.")
+    max: int = Field(default=49999, ge=1024, le=65535, description="Highest UDP port for media.")
+
+
+class SfuSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas"),
+                cel(
+                    "!has(self.replicas) || (self.replicas >= self.minReplicas"
+                    " && self.replicas <= self.maxReplicas)",
+                    "replicas must lie within [minReplicas, maxReplicas]",
+                ),
+                cel(
+                    "self.targetParticipantsPerPod <= self.capacityPerPod",
+                    "targetParticipantsPerPod must be <= capacityPerPod",
+                ),
+            ]
+        }
+    )
+
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1, description="Voxa image running `voxa sfu`.")
+    resources: Resources = Field(
+        default_factory=lambda: _resources("500m", "256Mi", "1Gi"), description="Resources of each SFU pod."
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Pinned SFU pod count (what `kubectl scale` sets). Omit to let the operator scale "
+        "on load: ceil(participants / targetParticipantsPerPod) + buffer within [minReplicas, maxReplicas].",
+    )
+    minReplicas: int = Field(default=1, ge=0, le=1000, description="Fewest SFU pods, even when idle.")
+    maxReplicas: int = Field(default=10, ge=1, le=1000, description="Most SFU pods, whatever the load.")
+    targetParticipantsPerPod: int = Field(
+        default=100, ge=1, le=10000, description="Participants one SFU pod should carry when scaling."
+    )
+    capacityPerPod: int = Field(
+        default=500, ge=1, le=10000, description="Participants one SFU pod accepts at most (hard limit)."
+    )
+    buffer: int = Field(
+        default=1, ge=0, le=100, description="Idle SFU pods kept ready above the load, for sudden joins."
+    )
+    drainDeadlineSeconds: int = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="On scale-down, how long a draining SFU pod may keep its calls before it is removed.",
+    )
+    udpPortRange: PortRange = Field(
+        default_factory=PortRange, description="UDP ports SFU pods use for media."
+    )
+
+
+class AuthSpec(Model):
+    """How signaling verifies client tokens (JWT): exactly one source of verification material."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.jwtSecretRef), has(self.publicKeyRef), has(self.jwksRef)]"
+                    ".filter(x, x).size() == 1",
+                    "set exactly one of jwtSecretRef, publicKeyRef or jwksRef",
+                )
+            ]
+        }
+    )
+
+    jwtSecretRef: SecretKeyRef | None = Field(
+        default=None, description="HS256 shared secret your backend signs client tokens with."
+    )
+    publicKeyRef: SecretKeyRef | None = Field(
+        default=None, description="PEM public key (RS256, ES256 or EdDSA tokens)."
+    )
+    jwksRef: SecretKeyRef | None = Field(
+        default=None, description="A JWKS document; keys are chosen by `kid`."
+    )
+    issuer: str | None = Field(default=None, max_length=512, description="Required `iss` claim, if set.")
+    audience: str | None = Field(default=None, max_length=512, description="Required `aud` claim, if set.")
+
+
+class RedisSpec(Model):
+    """Where presence, calls and the SFU registry live: your Redis, or one the operator runs."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.managed != has(self.urlSecretRef)",
+                    "set either managed: true or urlSecretRef, not both",
+                )
+            ]
+        }
+    )
+
+    managed: bool = Field(
+        default=False, description="Run a single-node Redis (StatefulSet) for this voice server."
+    )
+    urlSecretRef: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a redis:// or rediss:// URL of an external Redis."
+    )
+    image: str = Field(default=DEFAULT_REDIS_IMAGE, min_length=1, description="Image of the managed Redis.")
+    resources: Resources = Field(
+        default_factory=lambda: _resources("100m", "128Mi", "512Mi"), description="Managed Redis resources."
+    )
+
+
+class ObjectRef(Model):
+    name: str = Field(min_length=1, max_length=253, pattern=DNS_SUBDOMAIN, description="Object name.")
+    namespace: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL,
+        description="Namespace; defaults to the referring object's.",
+    )
+
+
+class LimitsSpec(Model):
+    maxParticipantsPerChannel: int = Field(
+        default=200, ge=1, le=10000, description="Participants one voice channel admits."
+    )
+
+
+class VoiceServerSpec(Model):
+    """Desired state of one voice server (a community): signaling, SFUs, auth and Redis."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.serverId) == has(oldSelf.serverId)"
+                    " && (!has(self.serverId) || self.serverId == oldSelf.serverId)",
+                    "serverId is immutable",
+                )
+            ]
+        }
+    )
+
+    serverId: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="The id clients use in tokens and topics (voice:<serverId>:<channel>); "
+        "defaults to the object's name. Immutable.",
+    )
+    signaling: SignalingSpec = Field(default_factory=SignalingSpec, description="The signaling service.")
+    sfu: SfuSpec = Field(default_factory=SfuSpec, description="The SFU pods and how they scale.")
+    auth: AuthSpec = Field(description="Verification of client tokens.")
+    redis: RedisSpec = Field(description="The Redis holding shared state.")
+    stunnerGatewayRef: ObjectRef | None = Field(
+        default=None,
+        description="A StunnerGateway through which clients reach the SFUs (TURN); omit for direct media.",
+    )
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Per-channel limits.")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Status
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: str = Field(description="Ready, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Machine-readable CamelCase reason.")
+    message: str = Field(default="", description="Human-readable details.")
+    observedGeneration: int = Field(default=0, description="The spec generation this was computed from.")
+    lastTransitionTime: str = Field(default="", description="When status last changed (RFC 3339).")
+
+
+class Draining(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pod: str = Field(description="The SFU pod being drained before removal.")
+    since: str = Field(description="When draining started (RFC 3339).")
+    deadline: str = Field(description="When the pod is removed even if it still carries participants.")
+
+
+class SfuStatus(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    replicas: int = Field(default=0, description="SFU pods that exist.")
+    readyReplicas: int = Field(default=0, description="SFU pods that are ready.")
+    desiredReplicas: int = Field(default=0, description="What the scaling policy asks for now.")
+    selector: str = Field(default="", description="Label selector of the SFU pods (scale subresource).")
+    draining: Draining | None = Field(default=None, description="The scale-down in progress, if any.")
+
+
+class SignalingStatus(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    replicas: int = Field(default=0, description="Signaling pods that exist.")
+    readyReplicas: int = Field(default=0, description="Signaling pods that are ready.")
+
+
+class VoiceServerStatus(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    observedGeneration: int = Field(default=0, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    endpoint: str = Field(default="", description="Where clients open their socket.")
+    serverId: str = Field(default="", description="The effective voice-server id.")
+    sfu: SfuStatus = Field(default_factory=SfuStatus, description="SFU pods.")
+    signaling: SignalingStatus = Field(default_factory=SignalingStatus, description="Signaling pods.")
+    participants: int = Field(default=0, description="Participants connected to this server's SFUs.")
+    sfus: str = Field(default="0/0", description="Ready/desired SFU pods, for `kubectl get`.")
+    ready: str = Field(default="False", description="Ready condition's status, for `kubectl get`.")
+
+
+class CustomResource(BaseModel):
+    """What the operator parses an object into: metadata stays a dict, spec is validated."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    metadata: dict[str, Any]
+
+
+class VoiceServer(CustomResource):
+    spec: VoiceServerSpec
+    status: VoiceServerStatus = Field(default_factory=VoiceServerStatus)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))
+
+    @property
+    def server_id(self) -> str:
+        return self.spec.serverId or self.name
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation", 0))

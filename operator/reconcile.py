@@ -1,0 +1,314 @@
+"""One VoiceServer's reconciliation: render, apply what changed, scale, report status.
+
+Level-triggered and idempotent: it runs on every change of the VoiceServer and on a timer, compares
+what it renders with what the watch caches (kopf indexes) say exists, and writes only differences. Each
+applied child carries a hash of its rendered manifest; equal hash, no request at all, which is why an
+operator restart makes zero writes. Writes are server-side applies owned by field manager
+`voxa-operator`, so fields other controllers set (a Service's clusterIP, a Deployment's status) are
+never fought over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+import orjson
+
+from voxa.operator import registry
+from voxa.operator import status as status_mod
+from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
+from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
+from voxa.operator.models import API_VERSION, VoiceServer
+from voxa.operator.render import Inputs, voiceserver_children
+from voxa.operator.render import sfu as sfu_render
+from voxa.operator.render.common import child_name
+from voxa.operator.render.signaling import redis_url, sfu_secret_name
+from voxa.operator.scaling import (
+    DELETION_COST_ANNOTATION,
+    DRAIN_DELETION_COST,
+    Decision,
+    DrainState,
+    SfuPod,
+    decide,
+    desired_replicas,
+)
+
+log = logging.getLogger("voxa.operator")
+
+HASH_ANNOTATION = "voxa.dev/applied-hash"
+# Kinds whose children are deleted when no longer rendered (the generated Secret never is).
+PRUNABLE = (
+    "ConfigMap",
+    "Service",
+    "Deployment",
+    "StatefulSet",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
+    "Ingress",
+)
+SECRET_CACHE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child as the watch cache holds it: enough to decide whether to write, and to report status."""
+
+    api_version: str
+    kind: str
+    name: str
+    hash: str | None
+    status: dict[str, Any] = field(default_factory=dict)
+    replicas: int | None = None
+    ready: bool = False
+    deleting: bool = False
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    """Per-VoiceServer memory of this operator process (kopf's per-object memo holds one)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sfu_replicas: int | None = None
+    applied: dict[tuple[str, str], str] = field(default_factory=dict)
+    redis_url: tuple[float, str] | None = None
+    last_registry_error: str | None = None
+
+
+def manifest_hash(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+
+
+def with_hash(manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    digest = manifest_hash(manifest)
+    meta = dict(manifest["metadata"])
+    meta["annotations"] = {**meta.get("annotations", {}), HASH_ANNOTATION: digest}
+    return {**manifest, "metadata": meta}, digest
+
+
+class Reconciler:
+    """The I/O side: a KubeClient for writes, Redis for load, kopf for events."""
+
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+        self.reconciles = 0
+
+    async def redis_url(self, vs: VoiceServer, state: State) -> str | None:
+        managed = redis_url(vs)
+        if managed:
+            return managed
+        ref = vs.spec.redis.urlSecretRef
+        if ref is None:
+            return None
+        if state.redis_url is not None and time.monotonic() - state.redis_url[0] < SECRET_CACHE_S:
+            return state.redis_url[1]
+        secret = await self.kube.get(path_for("v1", "Secret", vs.namespace, ref.name))
+        data = (secret or {}).get("data") or {}
+        if ref.key not in data:
+            raise LookupError(f"Secret {ref.name} has no key {ref.key!r}")
+        url = base64.b64decode(data[ref.key]).decode().strip()
+        state.redis_url = (time.monotonic(), url)
+        return url
+
+    async def ensure_control_secret(
+        self, vs: VoiceServer, body: dict[str, Any], children: dict[tuple[str, str], Child]
+    ) -> None:
+        if ("Secret", sfu_secret_name(vs)) in children:
+            return
+        created = await self.kube.create(sfu_render.control_secret(vs, secrets.token_urlsafe(32)))
+        if created is not None:
+            _info(body, reason="SecretCreated", message=f"generated {sfu_secret_name(vs)}")
+
+    async def scale(
+        self, vs: VoiceServer, body: dict[str, Any], state: State, replicas: int, pods: list[Child]
+    ) -> tuple[Decision, int, str | None]:
+        """One scaling step; returns the decision, participants and a registry error, if any."""
+        drain = status_mod.drain_state(vs.status)
+        try:
+            url = await self.redis_url(vs, state)
+            loads = await registry.loads(url, vs.server_id) if url else {}
+            error = None
+        except Exception as exc:
+            loads, error = {}, f"{type(exc).__name__}: {exc}"[:200]
+        if error is not None:
+            # Without load figures the only safe moves are towards [min, max] and the pinned count.
+            hold = max(vs.spec.sfu.minReplicas, min(vs.spec.sfu.maxReplicas, replicas))
+            if vs.spec.sfu.replicas is not None:
+                hold = desired_replicas(vs.spec.sfu, 0)
+            if error != state.last_registry_error:
+                _warn(body, reason="RegistryUnavailable", message=error)
+            state.last_registry_error = error
+            return Decision(replicas=hold, desired=hold, draining=drain), 0, error
+        state.last_registry_error = None
+        sfu_pods = [SfuPod(name=p.name, ready=p.ready, deleting=p.deleting) for p in pods]
+        decision = decide(vs.spec.sfu, replicas, sfu_pods, loads, drain, time.time())
+        assert url is not None or not loads
+        if decision.mark and url:
+            await registry.mark_draining(url, vs.server_id, decision.mark, True)
+        if decision.unmark and url:
+            await registry.mark_draining(url, vs.server_id, decision.unmark, False)
+        if decision.remove:
+            # The ReplicaSet removes the pod with the lowest deletion cost: this one, not a busy one.
+            path = path_for("v1", "Pod", vs.namespace, decision.remove)
+            try:
+                await self.kube.merge_patch(
+                    path, {"metadata": {"annotations": {DELETION_COST_ANNOTATION: DRAIN_DELETION_COST}}}
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        if decision.reason:
+            SCALING_DECISIONS.labels(decision.reason).inc()
+            _info(body, reason=decision.reason, message=decision.message)
+            log.info(
+                "scale", extra={"voiceserver": vs.name, "reason": decision.reason, "detail": decision.message}
+            )
+        participants = sum(load.peers for load in loads.values())
+        return decision, participants, None
+
+    async def reconcile(
+        self,
+        body: dict[str, Any],
+        state: State,
+        children: dict[tuple[str, str], Child],
+        pods: list[Child],
+        *,
+        scale: bool,
+    ) -> None:
+        async with state.lock:
+            await self._reconcile(body, state, children, pods, scale=scale)
+
+    async def _reconcile(
+        self,
+        body: dict[str, Any],
+        state: State,
+        children: dict[tuple[str, str], Child],
+        pods: list[Child],
+        *,
+        scale: bool,
+    ) -> None:
+        self.reconciles += 1
+        RECONCILES.labels("timer" if scale else "event").inc()
+        vs = VoiceServer.model_validate(body)
+        if vs.metadata.get("deletionTimestamp"):
+            return
+        await self.ensure_control_secret(vs, body, children)
+
+        sfu_name = child_name(vs, "sfu")
+        live_sfu = children.get(("Deployment", sfu_name))
+        if state.sfu_replicas is None:
+            state.sfu_replicas = (
+                live_sfu.replicas
+                if live_sfu and live_sfu.replicas is not None
+                else desired_replicas(vs.spec.sfu, 0)
+            )
+        replicas = state.sfu_replicas
+        participants = vs.status.participants
+        registry_error = None
+        drain: DrainState | None = status_mod.drain_state(vs.status)
+        desired = vs.status.sfu.desiredReplicas or replicas
+        if scale:
+            decision, participants, registry_error = await self.scale(vs, body, state, replicas, pods)
+            replicas = state.sfu_replicas = decision.replicas
+            drain, desired = decision.draining, decision.desired
+        elif (target := desired_replicas(vs.spec.sfu, participants)) > replicas:
+            # Scaling up is safe at once (a spec change, new bounds); scaling down waits for the timer,
+            # which drains first.
+            replicas = state.sfu_replicas = desired = target
+
+        errors: list[str] = []
+        rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas))
+        wanted: set[tuple[str, str]] = set()
+        applied: list[str] = []
+        for manifest in rendered:
+            key = (manifest["kind"], manifest["metadata"]["name"])
+            wanted.add(key)
+            full, digest = with_hash(manifest)
+            live = children.get(key)
+            if live is not None and digest in (live.hash,) and not live.deleting:
+                state.applied[key] = digest
+                continue
+            if live is not None and state.applied.get(key) == digest and live.hash is not None:
+                continue  # applied a moment ago; the watch cache has not caught up yet
+            try:
+                await self.kube.apply(full)
+                state.applied[key] = digest
+                applied.append(f"{key[0]}/{key[1]}")
+            except ApiError as exc:
+                errors.append(f"{key[0]} {key[1]}: {exc.message or exc}")
+        for key, child in children.items():
+            if key[0] in PRUNABLE and key not in wanted and not child.deleting:
+                await self.kube.delete(path_for(child.api_version, child.kind, vs.namespace, child.name))
+                state.applied.pop(key, None)
+                applied.append(f"-{key[0]}/{key[1]}")
+        if applied:
+            _info(body, reason="Applied", message="applied " + ", ".join(applied))
+            log.info("applied", extra={"voiceserver": vs.name, "children": applied})
+        if errors:
+            _warn(body, reason="ApplyFailed", message="; ".join(errors)[:1000])
+
+        observed = status_mod.Observed(
+            signaling=_status(children, "Deployment", child_name(vs, "signaling")),
+            sfu=_status(children, "Deployment", sfu_name),
+            redis=_status(children, "StatefulSet", child_name(vs, "redis")),
+            service=_status(children, "Service", child_name(vs, "signaling")),
+            sfu_replicas=replicas,
+            desired_sfus=desired,
+            participants=participants,
+            draining=drain,
+            apply_errors=errors,
+            registry_error=registry_error,
+        )
+        await self.write_status(vs, body, status_mod.compute(vs, observed, time.time()))
+
+    async def write_status(self, vs: VoiceServer, body: dict[str, Any], new: Any) -> None:
+        current = body.get("status") or {}
+        compact = new.model_dump(mode="json", exclude_none=True)
+        if _same_status(current, compact):
+            return
+        before = {c.type: c for c in vs.status.conditions}
+        path = (
+            object_path({"apiVersion": API_VERSION, "kind": "VoiceServer", "metadata": vs.metadata})
+            + "/status"
+        )
+        await self.kube.merge_patch(path, {"status": new.model_dump(mode="json")})
+        for cond in new.conditions:
+            old = before.get(cond.type)
+            if old is None or old.status != cond.status or old.reason != cond.reason:
+                post = _warn if (cond.type == "Degraded" and cond.status == "True") else _info
+                post(body, reason=f"{cond.type}{cond.status}", message=f"{cond.reason}: {cond.message}")
+
+
+def _info(body: dict[str, Any], *, reason: str, message: str) -> None:
+    """A Normal event on the VoiceServer (kopf posts it in the background, batched)."""
+    kopf.info(cast(kopf.Body, body), reason=reason, message=message[:1000])
+
+
+def _warn(body: dict[str, Any], *, reason: str, message: str) -> None:
+    kopf.warn(cast(kopf.Body, body), reason=reason, message=message[:1000])
+
+
+def _same_status(current: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Equal except for fields the API server defaulted (absent in ours) — compare on our keys."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v not in (None, {}, [])}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return bool(strip(current) == strip(new))
+
+
+def _status(children: dict[tuple[str, str], Child], kind: str, name: str) -> dict[str, Any] | None:
+    child = children.get((kind, name))
+    return None if child is None else child.status

@@ -1,0 +1,41 @@
+"""Pure rendering: a VoiceServer (plus the few facts only the cluster knows) → the manifests it needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from voxa.operator.models import VoiceServer
+from voxa.operator.render import redis, sfu, signaling
+from voxa.operator.render.common import Manifest
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What rendering needs beyond the spec."""
+
+    sfu_replicas: int
+    """The SFU Deployment's replicas, as the scaler decided."""
+
+
+def voiceserver_children(vs: VoiceServer, inputs: Inputs) -> list[Manifest]:
+    """Every child the VoiceServer should have, in apply order (config before the pods that read it).
+
+    The generated SFU control Secret is not here: it is created once, with a random value, and never
+    re-applied (see `sfu.control_secret`).
+    """
+    children: list[Manifest] = [signaling.config_map(vs)]
+    if vs.spec.redis.managed:
+        children += [redis.service(vs), redis.stateful_set(vs), redis.network_policy(vs)]
+    children += [
+        signaling.service(vs),
+        signaling.deployment(vs),
+        signaling.disruption_budget(vs),
+        sfu.service(vs),
+        sfu.deployment(vs, inputs.sfu_replicas),
+        sfu.disruption_budget(vs),
+        sfu.network_policy(vs),
+    ]
+    ingress = signaling.ingress(vs)
+    if ingress is not None:
+        children.append(ingress)
+    return children

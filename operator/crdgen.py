@@ -182,6 +182,22 @@ def voiceserver_crd() -> dict[str, Any]:
     )
 
 
+def stunnergateway_crd() -> dict[str, Any]:
+    return _crd(
+        kind="StunnerGateway",
+        plural="stunnergateways",
+        short_names=["sgw"],
+        description="A TURN gateway (STUNner's dataplane, stunnerd) through which clients reach SFU pods.",
+        spec=models.StunnerGatewaySpec,
+        status=models.StunnerGatewayStatus,
+        columns=[
+            _column("Ready", ".status.ready", "string", "Whether the gateway relays."),
+            _column("Address", ".status.address", "string", "Public address of the gateway."),
+            _column("Listeners", ".status.listeners", "integer", "TURN listeners."),
+        ],
+    )
+
+
 def peering_crd(namespaced: bool = False) -> dict[str, Any]:
     """kopf's peering resource, which lets several operator replicas agree which one is active."""
     kind = "KopfPeering" if namespaced else "ClusterKopfPeering"
@@ -217,6 +233,7 @@ def all_crds() -> dict[str, dict[str, Any]]:
     """File name under crds/ → the CRD it holds."""
     return {
         "voiceservers.yaml": voiceserver_crd(),
+        "stunnergateways.yaml": stunnergateway_crd(),
         "kopf-clusterpeering.yaml": peering_crd(),
         "kopf-peering.yaml": peering_crd(namespaced=True),
     }

@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 
 from voxa.operator import registry
+from voxa.operator.gateway import GatewayView, SfuRef, reconcile_gateway
 from voxa.operator.kube import KubeClient
 from voxa.operator.models import GROUP, VERSION, VoiceServer
 from voxa.operator.reconcile import HASH_ANNOTATION, Child, Reconciler, State
@@ -21,13 +22,16 @@ from voxa.operator.reconcile import HASH_ANNOTATION, Child, Reconciler, State
 __all__ = ["FINALIZER", "Reconciler", "Runtime"]
 from voxa.operator.render.common import COMPONENT_LABEL, MANAGED_BY, OWNER_LABEL
 from voxa.operator.render.signaling import redis_url
+from voxa.operator.render.stunner import GATEWAY_LABEL
 from voxa.operator.settings import OperatorSettings
 
 log = logging.getLogger("voxa.operator")
 
 VOICESERVERS = (GROUP, VERSION, "voiceservers")
+GATEWAYS = (GROUP, VERSION, "stunnergateways")
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 FINALIZER = "voxa.dev/finalizer"
+GATEWAY_KEY_PREFIX = "gateway:"
 
 
 class Runtime:
@@ -45,21 +49,31 @@ def _ready(status: dict[str, Any]) -> bool:
 def _child(kind: str, api_version: str, body: Any, spec: Any, status: Any) -> Child:
     meta = body.get("metadata", {})
     replicas = (spec or {}).get("replicas")
+    status = dict(status or {})
     return Child(
         api_version=api_version,
         kind=kind,
         name=meta.get("name", ""),
         hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
-        status=dict(status or {}),
+        status=status,
         replicas=int(replicas) if isinstance(replicas, int) else None,
-        ready=_ready(dict(status or {})),
+        ready=_ready(status),
         deleting=bool(meta.get("deletionTimestamp")),
-        annotations={},
+        ip=str(status.get("podIP") or ""),
+        ports=tuple(
+            (str(p.get("name", "")), int(p.get("nodePort") or 0)) for p in (spec or {}).get("ports") or []
+        )
+        if kind == "Service"
+        else (),
+        service_type=str((spec or {}).get("type", "")) if kind == "Service" else "",
     )
 
 
 def _index_of(kind: str, api_version: str, body: Any, namespace: str | None, labels: Any, **kw: Any) -> Any:
+    """Children are keyed by their owner: (namespace, voiceserver) or (namespace, "gateway:" + name)."""
     owner = labels.get(OWNER_LABEL)
+    if not owner and labels.get(GATEWAY_LABEL):
+        owner = GATEWAY_KEY_PREFIX + labels[GATEWAY_LABEL]
     if not owner:
         return None
     return {(namespace or "", owner): _child(kind, api_version, body, kw.get("spec"), kw.get("status"))}
@@ -72,13 +86,17 @@ def configmaps_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> A
 
 @kopf.index("v1", "secrets", labels=MANAGED)
 def secrets_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
-    # Only names are kept: secret values never sit in the operator's memory.
-    return _index_of("Secret", "v1", {"metadata": {"name": body["metadata"]["name"]}}, namespace, labels)
+    # Only names and the applied hash are kept: secret values never sit in the operator's memory.
+    meta = body["metadata"]
+    hashed = {HASH_ANNOTATION: (meta.get("annotations") or {}).get(HASH_ANNOTATION)}
+    return _index_of(
+        "Secret", "v1", {"metadata": {"name": meta["name"], "annotations": hashed}}, namespace, labels
+    )
 
 
 @kopf.index("v1", "services", labels=MANAGED)
 def services_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
-    return _index_of("Service", "v1", body, namespace, labels, status=status)
+    return _index_of("Service", "v1", body, namespace, labels, spec=spec, status=status)
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
@@ -150,6 +168,35 @@ async def _run(
     await Runtime.reconciler.reconcile(dict(body), _state(memo), children, pods, scale=scale)
 
 
+@kopf.index(*VOICESERVERS)
+def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
+    """VoiceServers by the gateway they route through: the gateway relays to their SFU pods."""
+    ref = (spec or {}).get("stunnerGatewayRef")
+    if not ref:
+        return None
+    ports = (spec.get("sfu") or {}).get("udpPortRange") or {}
+    gw_key = (ref.get("namespace") or namespace or "", ref["name"])
+    return {gw_key: SfuRef(namespace or "", name, int(ports.get("min", 40000)), int(ports.get("max", 49999)))}
+
+
+@kopf.index(*GATEWAYS)
+def gateways_idx(spec: Any, status: Any, namespace: str | None, name: str, **_: Any) -> Any:
+    """What VoiceServers need of a gateway: its URIs (status), secret and credential lifetime."""
+    auth = (spec or {}).get("auth") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in (status or {}).get("conditions") or []
+    )
+    return {
+        (namespace or "", name): GatewayView(
+            uris=tuple((status or {}).get("uris") or []),
+            secret_name=str((status or {}).get("secretName") or ""),
+            auth_type=str(auth.get("type", "ephemeral")),
+            ttl_s=int((spec or {}).get("credentialTtlSeconds", 86400)),
+            ready=ready,
+        )
+    }
+
+
 @kopf.on.event(*VOICESERVERS)
 async def voiceserver_changed(
     type: str | None, body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any
@@ -193,3 +240,31 @@ async def voiceserver_deleted(body: Any, retry: int, **_: Any) -> None:
         "purged",
         extra={"voiceserver": vs.name, "keys": gone, "ms": round((time.monotonic() - started) * 1000)},
     )
+
+
+async def _run_gateway(
+    body: Any, memo: Any, namespace: str | None, name: str, kwargs: dict[str, Any]
+) -> None:
+    assert Runtime.reconciler is not None
+    ns = namespace or ""
+    children = _children((ns, GATEWAY_KEY_PREFIX + name), kwargs)
+    routes = sorted(kwargs["routes_idx"].get((ns, name), []), key=lambda r: (r.namespace, r.name))
+    pods_of = {
+        (r.namespace, r.name): list(kwargs["sfu_pods_idx"].get((r.namespace, r.name), [])) for r in routes
+    }
+    await reconcile_gateway(Runtime.reconciler, dict(body), _state(memo), children, routes, pods_of)
+
+
+@kopf.on.event(*GATEWAYS)
+async def gateway_changed(
+    type: str | None, body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any
+) -> None:
+    if type == "DELETED" or body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    await _run_gateway(body, memo, namespace, name, kwargs)
+
+
+@kopf.timer(*GATEWAYS, interval=Runtime.settings.resync_s, initial_delay=0.5, idle=None)
+async def gateway_tick(body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
+    """SFU endpoints follow pods, the address follows the Service, status follows the Deployment."""
+    await _run_gateway(body, memo, namespace, name, kwargs)

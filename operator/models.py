@@ -354,3 +354,152 @@ class VoiceServer(CustomResource):
     @property
     def generation(self) -> int:
         return int(self.metadata.get("generation", 0))
+
+
+# ----------------------------------------------------------------------------------------------------
+# StunnerGateway
+
+ListenerProtocol = Literal["TURN-UDP", "TURN-TCP", "TURN-TLS", "TURN-DTLS"]
+DEFAULT_STUNNERD_IMAGE = "docker.io/l7mp/stunnerd:1.1.0"
+
+
+class GatewayListener(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(self.protocol in ['TURN-TLS', 'TURN-DTLS']) || has(self.tlsSecretRef)",
+                    "TURN-TLS and TURN-DTLS listeners need tlsSecretRef",
+                ),
+                cel(
+                    "self.protocol in ['TURN-TLS', 'TURN-DTLS'] || !has(self.tlsSecretRef)",
+                    "only TURN-TLS and TURN-DTLS listeners take tlsSecretRef",
+                ),
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Listener name (unique).")
+    protocol: ListenerProtocol = Field(
+        default="TURN-UDP",
+        description="TURN-UDP and TURN-DTLS listen on UDP; TURN-TCP and TURN-TLS on TCP.",
+    )
+    port: int = Field(default=3478, ge=1, le=65535, description="Port clients connect to.")
+    tlsSecretRef: ObjectRef | None = Field(
+        default=None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) for TURN-TLS and TURN-DTLS."
+    )
+
+
+class GatewayAuth(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type == 'ephemeral' || has(self.secretRef)",
+                    "static auth needs secretRef (keys username and password)",
+                )
+            ]
+        }
+    )
+
+    type: Literal["ephemeral", "static"] = Field(
+        default="ephemeral",
+        description="ephemeral: signaling issues short-lived credentials (TURN REST API, HMAC-SHA1 of "
+        "`<expiry>:<user>`); static: one username and password for everyone.",
+    )
+    secretRef: ObjectRef | None = Field(
+        default=None,
+        description="Secret with key `secret` (ephemeral) or `username` and `password` (static); "
+        "omitted, the operator generates an ephemeral secret.",
+    )
+
+
+class GatewayServiceSpec(Model):
+    type: Literal["LoadBalancer", "NodePort", "ClusterIP"] = Field(
+        default="LoadBalancer", description="Service type that exposes the gateway's listeners."
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, description="Annotations for the Service (e.g. a cloud load balancer's)."
+    )
+
+
+class StunnerGatewaySpec(Model):
+    """A TURN gateway (STUNner's dataplane, stunnerd) through which clients reach SFU pods."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.listeners.all(a, self.listeners.exists_one(b, b.name == a.name))",
+                    "listener names must be unique",
+                ),
+                cel(
+                    "self.listeners.all(a, self.listeners.exists_one(b, b.port == a.port"
+                    " && (b.protocol in ['TURN-UDP', 'TURN-DTLS'])"
+                    " == (a.protocol in ['TURN-UDP', 'TURN-DTLS'])))",
+                    "two listeners cannot share a port on the same transport (UDP or TCP)",
+                ),
+            ]
+        }
+    )
+
+    listeners: list[GatewayListener] = Field(
+        default_factory=lambda: [GatewayListener(name="turn-udp")],
+        min_length=1,
+        max_length=8,
+        description="TURN listeners; each becomes a port of the Service and a TURN URI.",
+    )
+    realm: str = Field(default="voxa", min_length=1, max_length=128, description="TURN realm.")
+    auth: GatewayAuth = Field(default_factory=GatewayAuth, description="How TURN clients authenticate.")
+    service: GatewayServiceSpec = Field(
+        default_factory=GatewayServiceSpec, description="How the gateway is exposed."
+    )
+    publicAddress: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Address clients use (IP or DNS name), when the Service's own address is not it.",
+    )
+    replicas: int = Field(default=1, ge=1, le=50, description="stunnerd pods.")
+    image: str = Field(default=DEFAULT_STUNNERD_IMAGE, min_length=1, description="stunnerd image.")
+    resources: Resources = Field(
+        default_factory=lambda: _resources("200m", "64Mi", "256Mi"),
+        description="Resources of each stunnerd pod.",
+    )
+    credentialTtlSeconds: int = Field(
+        default=86400,
+        ge=60,
+        le=604800,
+        description="Lifetime of the ephemeral credentials signaling issues. A TURN allocation is "
+        "refreshed with the same credentials, so a call through the gateway lasts at most this long. "
+        "Also how long the previous secret stays accepted after a rotation.",
+    )
+
+
+class StunnerGatewayStatus(Model):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    observedGeneration: int = Field(default=0, description="Generation of the spec last reconciled.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
+    address: str = Field(default="", description="The public address clients reach the gateway at.")
+    uris: list[str] = Field(default_factory=list, description="One TURN URI per listener.")
+    listeners: int = Field(default=0, description="Listeners configured.")
+    ready: str = Field(default="False", description="Ready condition's status, for `kubectl get`.")
+    secretName: str = Field(default="", description="The Secret holding the auth secret in use.")
+    endpoints: int = Field(default=0, description="SFU pod addresses the gateway may relay to.")
+
+
+class StunnerGateway(CustomResource):
+    spec: StunnerGatewaySpec = Field(default_factory=StunnerGatewaySpec)
+    status: StunnerGatewayStatus = Field(default_factory=StunnerGatewayStatus)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation", 0))

@@ -27,7 +27,7 @@ from voxa.operator import status as status_mod
 from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
 from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
 from voxa.operator.models import API_VERSION, VoiceServer
-from voxa.operator.render import Inputs, voiceserver_children
+from voxa.operator.render import Inputs, TurnInputs, voiceserver_children
 from voxa.operator.render import sfu as sfu_render
 from voxa.operator.render.common import child_name
 from voxa.operator.render.signaling import redis_url, sfu_secret_name
@@ -69,7 +69,11 @@ class Child:
     replicas: int | None = None
     ready: bool = False
     deleting: bool = False
-    annotations: dict[str, str] = field(default_factory=dict)
+    ip: str = ""
+    """A pod's IP (SFU pods: the gateway relays to them)."""
+    ports: tuple[tuple[str, int], ...] = ()
+    """A Service's (port name, nodePort) pairs."""
+    service_type: str = ""
 
 
 @dataclass
@@ -81,6 +85,8 @@ class State:
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
     redis_url: tuple[float, str] | None = None
     last_registry_error: str | None = None
+    turn: TurnInputs | None = None
+    """The TURN settings last rendered (VoiceServers with a gateway), rotation included."""
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -182,9 +188,10 @@ class Reconciler:
         pods: list[Child],
         *,
         scale: bool,
+        gateway: Any = None,
     ) -> None:
         async with state.lock:
-            await self._reconcile(body, state, children, pods, scale=scale)
+            await self._reconcile(body, state, children, pods, scale=scale, gateway=gateway)
 
     async def _reconcile(
         self,
@@ -194,6 +201,7 @@ class Reconciler:
         pods: list[Child],
         *,
         scale: bool,
+        gateway: Any = None,
     ) -> None:
         self.reconciles += 1
         RECONCILES.labels("timer" if scale else "event").inc()
@@ -224,36 +232,13 @@ class Reconciler:
             # which drains first.
             replicas = state.sfu_replicas = desired = target
 
-        errors: list[str] = []
-        rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas))
-        wanted: set[tuple[str, str]] = set()
-        applied: list[str] = []
-        for manifest in rendered:
-            key = (manifest["kind"], manifest["metadata"]["name"])
-            wanted.add(key)
-            full, digest = with_hash(manifest)
-            live = children.get(key)
-            if live is not None and digest in (live.hash,) and not live.deleting:
-                state.applied[key] = digest
-                continue
-            if live is not None and state.applied.get(key) == digest and live.hash is not None:
-                continue  # applied a moment ago; the watch cache has not caught up yet
-            try:
-                await self.kube.apply(full)
-                state.applied[key] = digest
-                applied.append(f"{key[0]}/{key[1]}")
-            except ApiError as exc:
-                errors.append(f"{key[0]} {key[1]}: {exc.message or exc}")
-        for key, child in children.items():
-            if key[0] in PRUNABLE and key not in wanted and not child.deleting:
-                await self.kube.delete(path_for(child.api_version, child.kind, vs.namespace, child.name))
-                state.applied.pop(key, None)
-                applied.append(f"-{key[0]}/{key[1]}")
-        if applied:
-            _info(body, reason="Applied", message="applied " + ", ".join(applied))
-            log.info("applied", extra={"voiceserver": vs.name, "children": applied})
-        if errors:
-            _warn(body, reason="ApplyFailed", message="; ".join(errors)[:1000])
+        from voxa.operator.gateway import turn_inputs  # the gateway module builds on this one
+
+        turn, turn_error = await turn_inputs(self, vs, body, gateway, state, time.time())
+        if turn is None and vs.spec.stunnerGatewayRef is not None and state.turn is not None:
+            turn = state.turn  # keep the last good TURN settings while the gateway is unavailable
+        rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
+        errors = await self.converge(body, vs.namespace, rendered, children, state)
 
         observed = status_mod.Observed(
             signaling=_status(children, "Deployment", child_name(vs, "signaling")),
@@ -266,18 +251,62 @@ class Reconciler:
             draining=drain,
             apply_errors=errors,
             registry_error=registry_error,
+            gateway_error=turn_error,
         )
         await self.write_status(vs, body, status_mod.compute(vs, observed, time.time()))
 
+    async def converge(
+        self,
+        body: dict[str, Any],
+        namespace: str,
+        rendered: list[dict[str, Any]],
+        children: dict[tuple[str, str], Child],
+        state: State,
+    ) -> list[str]:
+        """Apply what differs from the watch cache, delete what is no longer rendered; return errors."""
+        errors: list[str] = []
+        wanted: set[tuple[str, str]] = set()
+        applied: list[str] = []
+        for manifest in rendered:
+            key = (manifest["kind"], manifest["metadata"]["name"])
+            wanted.add(key)
+            full, digest = with_hash(manifest)
+            live = children.get(key)
+            if live is not None and digest == live.hash and not live.deleting:
+                state.applied[key] = digest
+                continue
+            if live is not None and state.applied.get(key) == digest and live.hash is not None:
+                continue  # applied a moment ago; the watch cache has not caught up yet
+            try:
+                await self.kube.apply(full)
+                state.applied[key] = digest
+                applied.append(f"{key[0]}/{key[1]}")
+            except ApiError as exc:
+                errors.append(f"{key[0]} {key[1]}: {exc.message or exc}")
+        for key, child in children.items():
+            if key[0] in PRUNABLE and key not in wanted and not child.deleting:
+                await self.kube.delete(path_for(child.api_version, child.kind, namespace, child.name))
+                state.applied.pop(key, None)
+                applied.append(f"-{key[0]}/{key[1]}")
+        if applied:
+            _info(body, reason="Applied", message="applied " + ", ".join(applied))
+            log.info("applied", extra={"owner": body["metadata"]["name"], "children": applied})
+        if errors:
+            _warn(body, reason="ApplyFailed", message="; ".join(errors)[:1000])
+        return errors
+
     async def write_status(self, vs: VoiceServer, body: dict[str, Any], new: Any) -> None:
+        await self.write_status_of(body, "VoiceServer", vs.status.conditions, new)
+
+    async def write_status_of(self, body: dict[str, Any], kind: str, conditions: list[Any], new: Any) -> None:
+        """Patch the status subresource if it differs; post an event for every condition change."""
         current = body.get("status") or {}
         compact = new.model_dump(mode="json", exclude_none=True)
         if _same_status(current, compact):
             return
-        before = {c.type: c for c in vs.status.conditions}
+        before = {c.type: c for c in conditions}
         path = (
-            object_path({"apiVersion": API_VERSION, "kind": "VoiceServer", "metadata": vs.metadata})
-            + "/status"
+            object_path({"apiVersion": API_VERSION, "kind": kind, "metadata": body["metadata"]}) + "/status"
         )
         await self.kube.merge_patch(path, {"status": new.model_dump(mode="json")})
         for cond in new.conditions:

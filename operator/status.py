@@ -17,6 +17,8 @@ from voxa.operator.models import (
     Draining,
     SfuStatus,
     SignalingStatus,
+    StunnerGateway,
+    StunnerGatewayStatus,
     VoiceServer,
     VoiceServerStatus,
 )
@@ -43,6 +45,8 @@ class Observed:
     draining: DrainState | None = None
     apply_errors: list[str] = field(default_factory=list)
     registry_error: str | None = None
+    gateway_error: str | None = None
+    """Why the referenced StunnerGateway's TURN settings are not (or no longer) available."""
 
 
 def iso(ts: float) -> str:
@@ -106,6 +110,8 @@ def compute(vs: VoiceServer, seen: Observed, now: float) -> VoiceServerStatus:
 
     if seen.apply_errors:
         degraded, d_reason, d_message = True, "ApplyFailed", "; ".join(seen.apply_errors)
+    elif seen.gateway_error:
+        degraded, d_reason, d_message = True, "GatewayUnavailable", seen.gateway_error
     elif seen.registry_error:
         degraded, d_reason = True, "RegistryUnavailable"
         d_message = f"cannot read SFU load from Redis ({seen.registry_error}); scaling holds"
@@ -158,3 +164,57 @@ def drain_state(status: VoiceServerStatus) -> DrainState | None:
 
 def parse_iso(text: str) -> float:
     return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True)
+class GatewayObserved:
+    deployment: dict[str, Any] | None = None
+    address: str = ""
+    uris: list[str] = field(default_factory=list)
+    secret_name: str = ""
+    endpoints: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def gateway(gw: StunnerGateway, seen: GatewayObserved, now: float) -> StunnerGatewayStatus:
+    """A StunnerGateway's status: Ready once a stunnerd pod is ready and clients have an address."""
+    stamp = iso(now)
+    previous = gw.status.conditions
+    ready_pods = _count(seen.deployment, "readyReplicas")
+    if ready_pods < 1:
+        ready, reason, message = False, "NoReadyPods", "no stunnerd pod is ready"
+    elif not seen.address:
+        ready, reason = False, "AddressPending"
+        message = "waiting for the Service's load-balancer address (or set spec.publicAddress)"
+    else:
+        ready, reason = True, "Available"
+        message = f"{ready_pods} stunnerd pods relay at {seen.address}"
+    rolling = _rolling(seen.deployment, gw.spec.replicas)
+    if seen.errors:
+        degraded, d_reason, d_message = True, "ConfigInvalid", "; ".join(seen.errors)
+    else:
+        degraded, d_reason, d_message = False, "AsExpected", "nothing needs attention"
+    generation = gw.generation
+    conditions = [
+        _condition("Ready", ready, reason, message, generation, previous, stamp),
+        _condition(
+            "Progressing",
+            rolling,
+            "RollingOut" if rolling else "Stable",
+            "stunnerd pods are being created or updated" if rolling else "every child is as specified",
+            generation,
+            previous,
+            stamp,
+        ),
+        _condition("Degraded", degraded, d_reason, d_message, generation, previous, stamp),
+    ]
+    return StunnerGatewayStatus(
+        observedGeneration=generation,
+        conditions=conditions,
+        address=seen.address,
+        uris=seen.uris,
+        listeners=len(gw.spec.listeners),
+        ready="True" if ready else "False",
+        secretName=seen.secret_name,
+        endpoints=seen.endpoints,
+    )

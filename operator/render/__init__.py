@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from voxa.operator.models import VoiceServer
 from voxa.operator.render import redis, sfu, signaling
 from voxa.operator.render.common import Manifest
+from voxa.operator.render.signaling import TurnInputs
+
+__all__ = ["Inputs", "TurnInputs", "voiceserver_children"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,8 @@ class Inputs:
 
     sfu_replicas: int
     """The SFU Deployment's replicas, as the scaler decided."""
+    turn: TurnInputs | None = None
+    """The referenced StunnerGateway's URIs and secret, once known."""
 
 
 def voiceserver_children(vs: VoiceServer, inputs: Inputs) -> list[Manifest]:
@@ -23,12 +28,14 @@ def voiceserver_children(vs: VoiceServer, inputs: Inputs) -> list[Manifest]:
     The generated SFU control Secret is not here: it is created once, with a random value, and never
     re-applied (see `sfu.control_secret`).
     """
-    children: list[Manifest] = [signaling.config_map(vs)]
+    children: list[Manifest] = [signaling.config_map(vs, inputs.turn)]
+    if inputs.turn is not None:
+        children.append(signaling.turn_secret(vs, inputs.turn))
     if vs.spec.redis.managed:
         children += [redis.service(vs), redis.stateful_set(vs), redis.network_policy(vs)]
     children += [
         signaling.service(vs),
-        signaling.deployment(vs),
+        signaling.deployment(vs, inputs.turn),
         signaling.disruption_budget(vs),
         sfu.service(vs),
         sfu.deployment(vs, inputs.sfu_replicas),

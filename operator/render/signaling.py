@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from voxa.operator.models import VoiceServer
@@ -27,6 +28,34 @@ from voxa.operator.render.common import (
 
 COMPONENT = "signaling"
 JWT_MOUNT = "/etc/voxa/jwt"
+ROTATED_AT_ANNOTATION = "voxa.dev/rotated-at"
+
+
+@dataclass(frozen=True)
+class TurnInputs:
+    """TURN settings from the referenced StunnerGateway. During a rotation `previous` is the secret
+    credentials issued before it were made with, still accepted until `previous_until`."""
+
+    uris: tuple[str, ...]
+    ttl_s: int
+    secret: str
+    previous: str | None = None
+    previous_until: int = 0
+
+
+def turn_secret_name(vs: VoiceServer) -> str:
+    return child_name(vs, "turn")
+
+
+def turn_secret(vs: VoiceServer, turn: TurnInputs) -> Manifest:
+    """The gateway's secret, copied next to signaling (Secrets cannot be referenced across namespaces,
+    and the copy holds the previous secret during a rotation)."""
+    data = {"secret": turn.secret}
+    meta = metadata(vs, turn_secret_name(vs), COMPONENT)
+    if turn.previous:
+        data["previous"] = turn.previous
+        meta["annotations"] = {ROTATED_AT_ANNOTATION: str(turn.previous_until)}
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque", "stringData": data}
 
 
 def sfu_secret_name(vs: VoiceServer) -> str:
@@ -49,7 +78,7 @@ def internal_url(vs: VoiceServer) -> str:
     return f"http://{service_host(vs)}:{SIGNALING_SERVICE_PORT}"
 
 
-def config_data(vs: VoiceServer) -> dict[str, str]:
+def config_data(vs: VoiceServer, turn: TurnInputs | None = None) -> dict[str, str]:
     """Signaling's non-secret settings (VOXA_* variables, see the README's configuration reference)."""
     auth = vs.spec.auth
     data = {
@@ -68,15 +97,18 @@ def config_data(vs: VoiceServer) -> dict[str, str]:
     url = redis_url(vs)
     if url:
         data["VOXA_REDIS_URL"] = url
+    if turn is not None:
+        data["VOXA_TURN_URIS"] = ",".join(turn.uris)
+        data["VOXA_TURN_TTL_S"] = str(turn.ttl_s)
     return data
 
 
-def config_map(vs: VoiceServer) -> Manifest:
+def config_map(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(vs, child_name(vs, COMPONENT), COMPONENT),
-        "data": config_data(vs),
+        "data": config_data(vs, turn),
     }
 
 
@@ -84,10 +116,17 @@ def _fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def deployment(vs: VoiceServer) -> Manifest:
+def deployment(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
     spec = vs.spec.signaling
     auth = vs.spec.auth
     env: list[dict[str, Any]] = [secret_env("VOXA_SFU_SECRET", sfu_secret_name(vs), "secret")]
+    turn_fingerprint = None
+    if turn is not None:
+        env.append(secret_env("VOXA_TURN_SECRET", turn_secret_name(vs), "secret"))
+        if turn.previous:
+            env.append(secret_env("VOXA_TURN_SECRET_PREVIOUS", turn_secret_name(vs), "previous"))
+        # A rotation rolls signaling (a digest of the secrets, never the secrets, in the template).
+        turn_fingerprint = _fingerprint([turn.secret, turn.previous])
     if auth.jwtSecretRef:
         env.append(secret_env("VOXA_JWT_SECRET", auth.jwtSecretRef.name, auth.jwtSecretRef.key))
     if vs.spec.redis.urlSecretRef:
@@ -105,7 +144,9 @@ def deployment(vs: VoiceServer) -> Manifest:
         )
         mounts.append({"name": "jwt", "mountPath": JWT_MOUNT, "readOnly": True})
     # Pods roll when settings change: the template carries a fingerprint of everything they read.
-    fingerprint = _fingerprint({"config": config_data(vs), "env": env, "volumes": volumes})
+    fingerprint = _fingerprint(
+        {"config": config_data(vs, turn), "env": env, "volumes": volumes, "turn": turn_fingerprint}
+    )
     container = {
         "name": COMPONENT,
         "image": spec.image,

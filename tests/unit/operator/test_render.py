@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.unit.operator.conftest import voiceserver
@@ -177,3 +178,35 @@ def test_service_type_annotations_and_endpoint() -> None:
 
 def test_rendering_is_deterministic(vs: VoiceServer) -> None:
     assert voiceserver_children(vs, Inputs(2)) == voiceserver_children(voiceserver(), Inputs(2))
+
+
+def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it() -> None:
+    from voxa.operator.render import TurnInputs
+
+    vs = voiceserver({"stunnerGatewayRef": {"name": "edge"}})
+    turn = TurnInputs(uris=("turn:203.0.113.9:3478?transport=udp",), ttl_s=86400, secret="one")
+    kinds = by_kind(voiceserver_children(vs, Inputs(sfu_replicas=1, turn=turn)))
+    assert "lobby-turn" in kinds["Secret"]
+    data = signaling.config_data(vs, turn)
+    assert data["VOXA_TURN_URIS"] == "turn:203.0.113.9:3478?transport=udp"
+    assert data["VOXA_TURN_TTL_S"] == "86400"
+    env = env_of(signaling.deployment(vs, turn))
+    assert env["VOXA_TURN_SECRET"] == {"secretKeyRef": {"name": "lobby-turn", "key": "secret"}}
+    assert "VOXA_TURN_SECRET_PREVIOUS" not in env
+
+    rotated = TurnInputs(
+        uris=turn.uris, ttl_s=86400, secret="two", previous="one", previous_until=1_700_086_400
+    )
+    env = env_of(signaling.deployment(vs, rotated))
+    assert env["VOXA_TURN_SECRET_PREVIOUS"] == {"secretKeyRef": {"name": "lobby-turn", "key": "previous"}}
+    secret = signaling.turn_secret(vs, rotated)
+    assert secret["stringData"] == {"secret": "two", "previous": "one"}
+
+    def fingerprint(t: TurnInputs) -> str:
+        return str(
+            signaling.deployment(vs, t)["spec"]["template"]["metadata"]["annotations"]["voxa.dev/config-hash"]
+        )
+
+    assert fingerprint(turn) != fingerprint(rotated)
+    # Secrets never appear in the pod template, only a digest of them.
+    assert "two" not in json.dumps(signaling.deployment(vs, rotated))

@@ -1,0 +1,232 @@
+"""StunnerGateway reconciliation, and the TURN settings a VoiceServer gets from its gateway.
+
+A gateway relays only to the SFU pods of the VoiceServers that reference it: one stunnerd cluster per
+VoiceServer, holding its SFU pod IPs and media port range, rewritten (hot, stunnerd watches the file)
+as pods come and go. Secret values are read from the API when needed and kept a few seconds, never in
+the watch caches.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from voxa.operator import status as status_mod
+from voxa.operator.kube import path_for
+from voxa.operator.models import StunnerGateway, VoiceServer
+from voxa.operator.reconcile import Child, Reconciler, State, _info
+from voxa.operator.render import stunner
+from voxa.operator.render.signaling import ROTATED_AT_ANNOTATION, TurnInputs, turn_secret_name
+from voxa.operator.render.stunnerd_config import Cluster
+
+log = logging.getLogger("voxa.operator")
+
+SECRET_TTL_S = 10.0
+NODES_TTL_S = 60.0
+
+
+@dataclass(frozen=True)
+class GatewayView:
+    """What a VoiceServer needs of its gateway, from the gateway's watch cache."""
+
+    uris: tuple[str, ...]
+    secret_name: str
+    auth_type: str
+    ttl_s: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class SfuRef:
+    """A VoiceServer that routes through a gateway (from the VoiceServer watch cache)."""
+
+    namespace: str
+    name: str
+    min_port: int
+    max_port: int
+
+
+@dataclass
+class SecretCache:
+    values: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = field(default_factory=dict)
+    nodes: tuple[float, list[str]] | None = None
+
+
+CACHE = SecretCache()
+
+
+async def read_secret(rec: Reconciler, namespace: str, name: str) -> dict[str, str] | None:
+    """A Secret's decoded data, cached for SECRET_TTL_S (so a rotation is seen within seconds)."""
+    key = (namespace, name)
+    hit = CACHE.values.get(key)
+    if hit is not None and time.monotonic() - hit[0] < SECRET_TTL_S:
+        return hit[1]
+    body = await rec.kube.get(path_for("v1", "Secret", namespace, name))
+    data = None
+    if body is not None:
+        data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+    CACHE.values[key] = (time.monotonic(), data)
+    return data
+
+
+async def node_addresses(rec: Reconciler) -> list[str]:
+    if CACHE.nodes is not None and time.monotonic() - CACHE.nodes[0] < NODES_TTL_S:
+        return CACHE.nodes[1]
+    nodes = await rec.kube.list("/api/v1/nodes")
+    found: list[str] = []
+    for kind in ("ExternalIP", "InternalIP"):
+        for node in nodes:
+            found += [a["address"] for a in node.get("status", {}).get("addresses", []) if a["type"] == kind]
+    CACHE.nodes = (time.monotonic(), found)
+    return found
+
+
+async def reconcile_gateway(
+    rec: Reconciler,
+    body: dict[str, Any],
+    state: State,
+    children: dict[tuple[str, str], Child],
+    routes: list[SfuRef],
+    pods_of: dict[tuple[str, str], list[Child]],
+) -> None:
+    async with state.lock:
+        gw = StunnerGateway.model_validate(body)
+        if gw.metadata.get("deletionTimestamp"):
+            return
+        errors: list[str] = []
+        secret_name = stunner.auth_secret_name(gw)
+        if gw.spec.auth.secretRef is None and ("Secret", secret_name) not in children:
+            created = await rec.kube.create(stunner.generated_auth_secret(gw, secrets.token_urlsafe(32)))
+            if created is not None:
+                _info(body, reason="SecretCreated", message=f"generated {secret_name}")
+        inputs = stunner.GatewayInputs()
+        auth = await read_secret(rec, gw.namespace, secret_name) or {}
+        if gw.spec.auth.type == "ephemeral":
+            secret = auth.get("secret", "")
+            if not secret:
+                errors.append(f"Secret {secret_name} has no key 'secret'")
+            elif "$" in secret:
+                errors.append("the TURN secret must not contain '$' (stunnerd expands variables)")
+            inputs = stunner.GatewayInputs(secret=secret)
+        else:
+            inputs = stunner.GatewayInputs(
+                username=auth.get("username", ""), password=auth.get("password", "")
+            )
+            if not inputs.username or not inputs.password:
+                errors.append(f"Secret {secret_name} needs keys 'username' and 'password'")
+        tls: dict[str, tuple[str, str]] = {}
+        for listener in gw.spec.listeners:
+            if listener.tlsSecretRef is not None:
+                ref = listener.tlsSecretRef
+                data = await read_secret(rec, ref.namespace or gw.namespace, ref.name) or {}
+                if "tls.crt" in data and "tls.key" in data:
+                    tls[listener.name] = (data["tls.crt"], data["tls.key"])
+                else:
+                    errors.append(f"listener {listener.name}: Secret {ref.name} needs tls.crt and tls.key")
+        clusters = [
+            Cluster(
+                name=f"{ref.namespace}/{ref.name}",
+                endpoints=sorted(
+                    p.ip for p in pods_of.get((ref.namespace, ref.name), []) if p.ip and not p.deleting
+                ),
+                ports=(ref.min_port, ref.max_port),
+            )
+            for ref in routes
+        ]
+        inputs = stunner.GatewayInputs(
+            secret=inputs.secret,
+            username=inputs.username,
+            password=inputs.password,
+            tls=tls,
+            clusters=clusters,
+        )
+        rendered: list[dict[str, Any]] = []
+        if not errors:
+            try:
+                rendered = stunner.children(gw, inputs)
+            except ValueError as exc:
+                errors.append(str(exc))
+        if rendered:
+            errors += await rec.converge(body, gw.namespace, rendered, children, state)
+
+        service = children.get(("Service", gw.name))
+        service_body: dict[str, Any] | None = None
+        if service is not None:
+            service_body = {
+                "spec": {
+                    "type": service.service_type,
+                    "ports": [{"name": n, "nodePort": p} for n, p in service.ports],
+                },
+                "status": service.status,
+            }
+        needs_nodes = (
+            not gw.spec.publicAddress and service is not None and service.service_type != "ClusterIP"
+        )
+        nodes = await node_addresses(rec) if needs_nodes else []
+        address, ports = stunner.public_endpoint(gw, service_body, nodes)
+        observed = status_mod.GatewayObserved(
+            deployment=(children.get(("Deployment", gw.name)) or Child("", "", "", None)).status or None,
+            address=address,
+            uris=stunner.uris(gw, address, ports),
+            secret_name=secret_name,
+            endpoints=sum(len(c.endpoints) for c in clusters),
+            errors=errors,
+        )
+        new = status_mod.gateway(gw, observed, time.time())
+        await rec.write_status_of(body, "StunnerGateway", gw.status.conditions, new)
+
+
+async def turn_inputs(
+    rec: Reconciler, vs: VoiceServer, body: dict[str, Any], view: GatewayView | None, state: State, now: float
+) -> tuple[TurnInputs | None, str | None]:
+    """The TURN settings for a VoiceServer with stunnerGatewayRef, or (None, why not)."""
+    ref = vs.spec.stunnerGatewayRef
+    if ref is None:
+        return None, None
+    if view is None:
+        return None, f"StunnerGateway {ref.name} not found"
+    if view.auth_type != "ephemeral":
+        return (
+            None,
+            f"StunnerGateway {ref.name} uses static auth; signaling issues ephemeral credentials only",
+        )
+    if not view.uris:
+        return None, f"StunnerGateway {ref.name} has no address yet"
+    data = await read_secret(rec, ref.namespace or vs.namespace, view.secret_name) or {}
+    secret = data.get("secret", "")
+    if not secret:
+        return None, f"Secret {view.secret_name} of StunnerGateway {ref.name} has no key 'secret'"
+    # The secret in use so far: this process's memory, else the copy signaling reads (after a restart).
+    if state.turn is None:
+        copy = await rec.kube.get(path_for("v1", "Secret", vs.namespace, turn_secret_name(vs)))
+        if copy is not None:
+            values = {k: base64.b64decode(v).decode() for k, v in (copy.get("data") or {}).items()}
+            until = int((copy["metadata"].get("annotations") or {}).get(ROTATED_AT_ANNOTATION, "0"))
+            state.turn = TurnInputs(
+                uris=view.uris,
+                ttl_s=view.ttl_s,
+                secret=values.get("secret", ""),
+                previous=values.get("previous"),
+                previous_until=until,
+            )
+    current = state.turn
+    previous, until = None, 0
+    if current is not None and current.secret and current.secret != secret:
+        # Rotation: credentials already issued were made with the old secret; keep accepting it
+        # for one credential lifetime.
+        previous, until = current.secret, int(now) + view.ttl_s
+        _info(
+            body,
+            reason="TurnSecretRotated",
+            message=f"TURN secret of {ref.name} changed; the previous one is accepted until {until}",
+        )
+    elif current is not None and current.previous and now < current.previous_until:
+        previous, until = current.previous, current.previous_until
+    state.turn = TurnInputs(
+        uris=view.uris, ttl_s=view.ttl_s, secret=secret, previous=previous, previous_until=until
+    )
+    return state.turn, None

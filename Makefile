@@ -37,3 +37,17 @@ bench: setup
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache
+
+# A local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# kwok with fake nodes; e2e/cluster/) with the CRDs and the operator: `make cluster` prints the
+# `export KUBECONFIG=...` line to use it. The first build compiles Kubernetes, then it is cached.
+.PHONY: cluster-tools cluster cluster-down
+
+cluster-tools:
+	@bash e2e/cluster/build.sh
+
+cluster: setup
+	$(PY) -m e2e.cluster up
+
+cluster-down:
+	$(PY) -m e2e.cluster down

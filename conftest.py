@@ -20,6 +20,10 @@ import pytest
 from aioice.ice import StunProtocol
 from aioice.stun import Message
 
+# The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), and the
+# real TURN servers, stunnerd and coturn (e2e/turn/).
+pytest_plugins = ["e2e.cluster.fixtures", "e2e.turn.fixtures"]
+
 ROOT = Path(__file__).resolve().parent
 VOXA = str(Path(sys.executable).with_name("voxa"))
 JWT_SECRET = "test-secret-0123456789-abcdefghijklmnop"

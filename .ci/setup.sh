@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(redis-server chromium janus)
+APT_PACKAGES=(redis-server chromium janus coturn)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -45,3 +45,8 @@ if [ -f package-lock.json ]; then
     npm ci --silent --no-audit --no-fund
   fi
 fi
+
+# stunnerd (STUNner's TURN dataplane) is built from its Go module once and cached under
+# ~/.cache/voxa/; the Kubernetes control plane's binaries are built the same way by the test fixture
+# that needs them (e2e/cluster/build.sh), before the first test that uses it.
+bash e2e/turn/build.sh >/dev/null

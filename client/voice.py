@@ -13,7 +13,9 @@ What it does, and why:
 
 * ICE servers come from the join reply (or the `ice_servers` override). An empty list stays empty:
   aiortc would otherwise fall back to Google's public STUN server, which a private deployment neither
-  needs nor wants to leak candidates to.
+  needs nor wants to leak candidates to. The ICE transport policy comes from the join reply too, or
+  from `ice_transport_policy` ("relay": TURN relay candidates only, as a client behind a strict
+  firewall ends up using; the tests use it to prove media goes through the TURN gateway).
 * aiortc does not trickle: its candidates are in the SDP once `setLocalDescription` returns, so the
   client never pushes ``ice``. The SFU does not trickle either.
 * The SFU offers one m-section per other participant's track and reuses inactive ones; the stream id
@@ -320,6 +322,7 @@ class VoiceClient:
         loop: bool = False,
         record: str | Path | None = None,
         ice_servers: Sequence[RTCIceServer | Mapping[str, Any]] | None = None,
+        ice_transport_policy: str | None = None,
         muted: bool = False,
         deafened: bool = False,
         reconnect: bool = True,
@@ -341,6 +344,7 @@ class VoiceClient:
         self._pcm = read_wav_48k(play) if play is not None else None  # a bad file fails here, not later
         self.record = Path(record) if record is not None else None
         self._ice_override = list(ice_servers) if ice_servers is not None else None
+        self._ice_policy_override = ice_transport_policy
         self.reconnect = reconnect
         self.backoff_s = backoff_s
         self.max_reconnect_attempts = max_reconnect_attempts
@@ -794,7 +798,8 @@ class VoiceClient:
         entries = self._ice_override
         if entries is None:
             entries = self.join_reply.get("ice_servers") or []
-        pc = RTCPeerConnection(rtc_configuration(entries, self.join_reply.get("ice_transport_policy")))
+        policy = self._ice_policy_override or self.join_reply.get("ice_transport_policy")
+        pc = RTCPeerConnection(rtc_configuration(entries, policy))
         self._generation += 1
         track = self._acquire_track() if not (self._self_muted or self._self_deafened) else None
         self._transceiver = pc.addTransceiver(track if track is not None else "audio", direction="sendrecv")

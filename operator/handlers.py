@@ -165,7 +165,12 @@ async def _run(
     key = (namespace or "", name)
     children = _children(key, kwargs)
     pods = list(kwargs["sfu_pods_idx"].get(key, []))
-    await Runtime.reconciler.reconcile(dict(body), _state(memo), children, pods, scale=scale)
+    view = None
+    ref = (body.get("spec") or {}).get("stunnerGatewayRef")
+    if ref:
+        views = list(kwargs["gateways_idx"].get((ref.get("namespace") or key[0], ref["name"]), []))
+        view = views[0] if views else None
+    await Runtime.reconciler.reconcile(dict(body), _state(memo), children, pods, scale=scale, gateway=view)
 
 
 @kopf.index(*VOICESERVERS)

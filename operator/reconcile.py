@@ -220,7 +220,7 @@ class Reconciler:
             )
         replicas = state.sfu_replicas
         participants = vs.status.participants
-        registry_error = None
+        registry_error = state.last_registry_error  # the event path does not read Redis; keep the last word
         drain: DrainState | None = status_mod.drain_state(vs.status)
         desired = vs.status.sfu.desiredReplicas or replicas
         if scale:

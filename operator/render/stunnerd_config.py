@@ -31,14 +31,17 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 API_VERSION = "v1"
+# stunnerd expands environment variables in the file (all but the credentials), so one rendered
+# config can serve every gateway pod: `address: $POD_IP`, with POD_IP from the downward API.
 POD_ADDRESS = "$STUNNER_ADDR"
-"""stunnerd expands environment variables in its config file: in a pod, STUNNER_ADDR is the pod IP
-(downward API), the address it listens on and relays from."""
+"""What the operator renders as the listener address; STUNNER_ADDR is the pod IP (downward API)."""
+ENV_PLACEHOLDER = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})")
 ListenerProtocol = Literal["TURN-UDP", "TURN-TCP", "TURN-TLS", "TURN-DTLS"]
 PROTOCOLS: tuple[ListenerProtocol, ...] = ("TURN-UDP", "TURN-TCP", "TURN-TLS", "TURN-DTLS")
 TLS_PROTOCOLS: frozenset[str] = frozenset({"TURN-TLS", "TURN-DTLS"})
@@ -46,7 +49,8 @@ TLS_PROTOCOLS: frozenset[str] = frozenset({"TURN-TLS", "TURN-DTLS"})
 
 @dataclass(frozen=True)
 class EphemeralAuth:
-    """TURN REST API credentials: username ``<expiry>:<user>``, password base64(HMAC-SHA1(secret, user))."""
+    """TURN REST API credentials: username ``<expiry>:<user>``, password
+    base64(HMAC-SHA1(secret, username))."""
 
     secret: str
     type: Literal["ephemeral"] = "ephemeral"
@@ -66,8 +70,9 @@ Auth = EphemeralAuth | StaticAuth
 
 @dataclass(frozen=True)
 class Listener:
-    """A TURN server socket. `address` is also the relay address written in allocations;
-    `public_address`/`public_port` are informational (what clients are told to use)."""
+    """A TURN server socket. `address` (an IP, or a ``$VARIABLE`` stunnerd takes from its environment)
+    is also the relay address written in allocations; `public_address`/`public_port` are
+    informational (what clients are told to use)."""
 
     name: str
     protocol: ListenerProtocol
@@ -125,12 +130,13 @@ def _listener(listener: Listener, clusters: list[str]) -> dict[str, Any]:
         raise ValueError("every listener needs a name")
     if listener.protocol not in PROTOCOLS:
         raise ValueError(f"listener {listener.name!r}: protocol must be one of {', '.join(PROTOCOLS)}")
-    if listener.address != POD_ADDRESS:
+    if not ENV_PLACEHOLDER.fullmatch(listener.address):
         try:
             ipaddress.ip_address(listener.address)
         except ValueError:
-            what = f"listener {listener.name!r}: address {listener.address!r}"
-            raise ValueError(f"{what} is not an IP") from None
+            raise ValueError(
+                f"listener {listener.name!r}: address {listener.address!r} is not an IP or a $VARIABLE"
+            ) from None
     out: dict[str, Any] = {
         "name": listener.name,
         "protocol": listener.protocol,
@@ -164,8 +170,9 @@ def render_stunnerd_config(
     metrics_endpoint: str | None = None,
     log_level: str = "all:INFO",
 ) -> dict[str, Any]:
-    """The stunnerd config document for one gateway: every listener routes to every cluster (one per
-    VoiceServer using the gateway; a cluster may be empty while its SFU pods have no addresses yet).
+    """The stunnerd config document for one gateway: every listener routes to every cluster (the
+    operator renders one per VoiceServer using the gateway; a cluster may be empty while its SFU pods
+    have no addresses yet, and with no cluster at all nothing is relayed).
 
     `health_check_endpoint` is e.g. ``http://0.0.0.0:8086`` (``/live``, ``/ready``, ``/status``) or
     ``""`` for none. Raises ValueError for inputs stunnerd would refuse or misread."""

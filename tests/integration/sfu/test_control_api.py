@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,19 @@ AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}
 
 
 class SfuProcess:
-    def __init__(self, tmp: Path, signaling_url: str | None = None, media_id: str = "sfu-a") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        signaling_url: str | None = None,
+        media_id: str = "sfu-a",
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`env`: extra or overriding VOXA_SFU_* variables (e.g. VOXA_SFU_RTC_LISTEN_IP)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
-        env.update(
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
+        environ.update(
             VOXA_SFU_SECRET=SFU_SECRET,
             VOXA_SFU_ID=media_id,
             VOXA_SFU_SERVER_ID="g1",
@@ -39,11 +46,12 @@ class SfuProcess:
             VOXA_SFU_DRAIN_DEADLINE_S="30",
         )
         if signaling_url:
-            env["VOXA_SFU_SIGNALING_URL"] = signaling_url
+            environ["VOXA_SFU_SIGNALING_URL"] = signaling_url
+        environ.update(env or {})
         self.log = tmp / "sfu.log"
         self.proc = subprocess.Popen(
             [VOXA, "sfu", "--workers", "1", "--port", str(self.port)],
-            env=env,
+            env=environ,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,140 @@
+"""Pytest fixtures for real TURN servers on loopback (e2e/turn/servers.py).
+
+Nothing here skips: stunnerd is built from the Go module proxy on first use (e2e/turn/build.sh, then
+cached under ~/.cache/voxa), and coturn's turnserver must be installed (Debian package `coturn`).
+
+    def test_x(stunnerd_factory: StunnerdFactory, coturn_factory: CoturnFactory) -> None:
+        gateway = stunnerd_factory(secret="s1", endpoints=["127.0.0.2"], watch=True)
+        relay = coturn_factory(secrets=["s1", "s0"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from e2e.turn.servers import (
+    CoturnProcess,
+    StunnerdProcess,
+    build_stunnerd,
+    free_udp_port,
+    free_udp_tcp_port,
+    stunnerd_cache_path,
+)
+from voxa.operator.render.stunnerd_config import Listener
+
+REALM = "voxa.test"
+SECRET = "turn-secret-0123456789"
+SFU_HOST = "127.0.0.2"  # the only peer address the test servers relay to by default
+
+
+class StunnerdFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        secret: str = SECRET,
+        realm: str = REALM,
+        endpoints: Sequence[str] = (SFU_HOST,),
+        watch: bool = False,
+        extra_listeners: Sequence[Listener] = (),
+    ) -> StunnerdProcess: ...
+
+
+class CoturnFactory(Protocol):
+    def __call__(
+        self,
+        *,
+        secrets: Sequence[str] = (SECRET,),
+        realm: str = REALM,
+        allowed_peers: Sequence[str] = (SFU_HOST,),
+        denied_peers: Sequence[str] = ("127.0.0.0-127.255.255.255",),
+        secrets_in_db: bool = False,
+    ) -> CoturnProcess: ...
+
+
+@pytest.fixture(scope="session")
+def stunnerd_binary() -> Path:
+    """The pinned stunnerd, built once (minutes on a cold Go cache, instant afterwards)."""
+    binary = build_stunnerd()
+    assert binary == stunnerd_cache_path(), (binary, stunnerd_cache_path())
+    return binary
+
+
+@pytest.fixture
+def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[StunnerdFactory]:
+    started: list[StunnerdProcess] = []
+
+    def factory(
+        *,
+        secret: str = SECRET,
+        realm: str = REALM,
+        endpoints: Sequence[str] = (SFU_HOST,),
+        watch: bool = False,
+        extra_listeners: Sequence[Listener] = (),
+    ) -> StunnerdProcess:
+        workdir = tmp_path / f"stunnerd-{len(started)}"
+        workdir.mkdir()
+        server = StunnerdProcess(
+            workdir,
+            realm,
+            free_udp_port(),
+            binary=stunnerd_binary,
+            secret=secret,
+            endpoints=tuple(endpoints),
+            watch=watch,
+            extra_listeners=tuple(extra_listeners),
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def coturn_factory(tmp_path: Path) -> Iterator[CoturnFactory]:
+    started: list[CoturnProcess] = []
+
+    def factory(
+        *,
+        secrets: Sequence[str] = (SECRET,),
+        realm: str = REALM,
+        allowed_peers: Sequence[str] = (SFU_HOST,),
+        denied_peers: Sequence[str] = ("127.0.0.0-127.255.255.255",),
+        secrets_in_db: bool = False,
+    ) -> CoturnProcess:
+        workdir = tmp_path / f"coturn-{len(started)}"
+        workdir.mkdir()
+        server = CoturnProcess(
+            workdir,
+            realm,
+            free_udp_tcp_port(),
+            secrets=tuple(secrets),
+            allowed_peers=tuple(allowed_peers),
+            denied_peers=tuple(denied_peers),
+            secrets_in_db=secrets_in_db,
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def stunnerd(stunnerd_factory: StunnerdFactory) -> StunnerdProcess:
+    """stunnerd with the default secret, relaying to 127.0.0.2 only, in watch mode."""
+    return stunnerd_factory(watch=True)
+
+
+@pytest.fixture
+def coturn(coturn_factory: CoturnFactory) -> CoturnProcess:
+    """coturn with the default secret, relaying to 127.0.0.2 only."""
+    return coturn_factory()

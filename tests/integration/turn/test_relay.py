@@ -1,0 +1,439 @@
+"""Media through a TURN gateway, for both TURN servers Voxa supports: stunnerd (STUNner's dataplane, the
+gateway the operator deploys) and coturn.
+
+* A call: real Redis, `voxa signaling` issuing TURN credentials (VOXA_TURN_SECRET/VOXA_TURN_URIS), a
+  real `voxa sfu` whose media listens on 127.0.0.2, and Python VoiceClients that take their ICE
+  servers from signaling's GET /ice and gather relay candidates only. Each hears the other's tone,
+  and the ICE pair in use is the client's relay candidate to the SFU.
+* Credentials: expired (correctly signed) and forged (wrong HMAC) ones cannot allocate.
+* Peers: the gateway relays only to the allowed endpoints (127.0.0.2 here); a permission, channel
+  binding or packet for 127.0.0.3 is refused.
+* Secret rotation: what each server does when its secret changes (see docs/turn.md, "Rotating the
+  secret"), pinned so a change of behaviour in a new version shows up here.
+
+The error codes differ between the servers and are part of what is pinned: stunnerd (pion/turn)
+answers bad credentials with 400 and an unsigned response, coturn with 401; a refused permission is
+an error response without ERROR-CODE from stunnerd and 403 from coturn; a refused channel binding is
+401 from stunnerd and 403 from coturn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aioice.ice import CandidatePair
+from aioice.turn import create_turn_endpoint
+
+from conftest import RedisServer, SignalingFactory, SignalingProcess
+from e2e.turn.fixtures import SFU_HOST, CoturnFactory, StunnerdFactory
+from e2e.turn.probe import FIRST_CHANNEL, TurnProbe, TurnResult, TurnTimeout, UdpPeer
+from e2e.turn.servers import (
+    LOOPBACK,
+    CoturnProcess,
+    StunnerdProcess,
+    TurnServerProcess,
+    free_tcp_port,
+    self_signed_certificate,
+    stunnerd_is_built,
+)
+from tests.integration.conftest import token
+from tests.integration.sfu.test_control_api import SfuProcess
+from tests.integration.test_media_signaling import registered
+from tests.integration.test_voice_clients import TOLERANCE_HZ, hears
+from voxa.client.voice import VoiceClient
+from voxa.common.turn import turn_credentials
+from voxa.operator.render.stunnerd_config import Listener
+
+# The first test builds stunnerd when it is not cached yet (about three minutes on a cold Go cache).
+pytestmark = pytest.mark.timeout(120 if stunnerd_is_built() else 900)
+
+OUTSIDE_HOST = "127.0.0.3"  # not an allowed peer of either server
+REFUSED_CREDENTIALS = {"stunnerd": 400, "coturn": 401}
+REFUSED_PERMISSION: dict[str, int | None] = {"stunnerd": None, "coturn": 403}
+REFUSED_CHANNEL_BIND = {"stunnerd": 401, "coturn": 403}
+
+
+@pytest.fixture(params=["stunnerd", "coturn"])
+def turn(request: pytest.FixtureRequest) -> TurnServerProcess:
+    """One TURN server of each kind, default secret, relaying to 127.0.0.2 only."""
+    if request.param == "stunnerd":
+        server: TurnServerProcess = request.getfixturevalue("stunnerd")
+    else:
+        server = request.getfixturevalue("coturn")
+    return server
+
+
+async def allocate(server: TurnServerProcess, credentials: tuple[str, str]) -> TurnResult:
+    """Allocate on a fresh 5-tuple and release the socket."""
+    probe = await TurnProbe.open(server.address, *credentials)
+    try:
+        return await probe.allocate()
+    finally:
+        probe.close()
+
+
+@pytest.fixture
+async def echo_peers() -> AsyncIterator[Callable[[str], Awaitable[UdpPeer]]]:
+    peers: list[UdpPeer] = []
+
+    async def open_peer(host: str) -> UdpPeer:
+        peer = await UdpPeer.open(host)
+        peers.append(peer)
+        return peer
+
+    yield open_peer
+    for peer in peers:
+        peer.close()
+
+
+@pytest.fixture
+async def probes() -> AsyncIterator[Callable[[TurnServerProcess, tuple[str, str]], Awaitable[TurnProbe]]]:
+    opened: list[TurnProbe] = []
+
+    async def open_probe(server: TurnServerProcess, credentials: tuple[str, str]) -> TurnProbe:
+        probe = await TurnProbe.open(server.address, *credentials)
+        opened.append(probe)
+        return probe
+
+    yield open_probe
+    for probe in opened:
+        probe.close()
+
+
+ProbeFactory = Callable[[TurnServerProcess, tuple[str, str]], Awaitable[TurnProbe]]
+PeerFactory = Callable[[str], Awaitable[UdpPeer]]
+
+
+# --- a call through the gateway ---------------------------------------------------------------------------
+@dataclass
+class TurnStack:
+    turn: TurnServerProcess
+    signaling: SignalingProcess
+    sfu: SfuProcess
+
+    async def ice(self, user: str) -> dict[str, Any]:
+        """What a client gets from signaling's GET /ice with its token."""
+        headers = {"Authorization": f"Bearer {token(user)}"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.signaling.url}/ice", headers=headers) as r,
+        ):
+            assert r.status == 200, await r.text()
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def client(self, user: str, hz: float) -> VoiceClient:
+        """A relay-only VoiceClient with the ICE servers signaling issued to `user`."""
+        ice = await self.ice(user)
+        return VoiceClient(
+            self.signaling.ws_url,
+            token(user),
+            "lobby",
+            tone_hz=hz,
+            loop=True,
+            ice_servers=ice["iceServers"],
+            ice_transport_policy="relay",
+        )
+
+
+@pytest.fixture
+async def turn_stack(
+    turn: TurnServerProcess,
+    redis_server: RedisServer,
+    signaling_factory: SignalingFactory,
+    tmp_path: Path,
+) -> AsyncIterator[TurnStack]:
+    signaling = signaling_factory(
+        redis_server.url,
+        media_server_ttl_s="3",
+        turn_secret=turn.signing_secret(),
+        turn_uris=turn.uri,
+        turn_ttl_s="600",
+    )
+    sfu = SfuProcess(tmp_path / "sfu", signaling_url=signaling.url, env={"VOXA_SFU_RTC_LISTEN_IP": SFU_HOST})
+    try:
+        await sfu.ready()
+        await registered(signaling.url, "sfu-a")
+        yield TurnStack(turn, signaling, sfu)
+    finally:
+        sfu.stop()
+
+
+def selected_pair(client: VoiceClient) -> CandidatePair:
+    """The ICE candidate pair the client's media flows on (aiortc keeps its aioice Connection private)."""
+    assert client.pc is not None
+    ice = client.pc.getTransceivers()[0].sender.transport.transport
+    pair = ice._connection._nominated.get(1)
+    assert pair is not None, "no nominated candidate pair"
+    return pair
+
+
+async def test_a_relay_only_call_goes_through_the_turn_server(
+    turn_stack: TurnStack, loopback_ice: list[tuple[str, int]]
+) -> None:
+    turn = turn_stack.turn
+    ice = await turn_stack.ice("alice")
+    [server] = ice["iceServers"]
+    assert server["urls"] == [turn.uri]
+    expiry, _, user = server["username"].partition(":")
+    assert user == "alice" and int(expiry) > 0
+
+    tones = {"alice": 440.0, "bob": 660.0}
+    clients = {user: await turn_stack.client(user, hz) for user, hz in tones.items()}
+    try:
+        for client in clients.values():
+            await client.start()
+        for user, client in clients.items():
+            other = next(u for u in tones if u != user)
+            level = await hears(client, other, tones[other], timeout=20)
+            assert level.hz is not None and abs(level.hz - tones[other]) < TOLERANCE_HZ
+
+        for client in clients.values():
+            assert client.pc is not None
+            ice_transport = client.pc.getTransceivers()[0].sender.transport.transport
+            gathered = ice_transport._connection.local_candidates
+            assert gathered and {c.type for c in gathered} == {"relay"}
+            pair = selected_pair(client)
+            assert pair.local_candidate.type == "relay"
+            assert pair.local_candidate.host == LOOPBACK  # the gateway's relay address
+            assert pair.remote_candidate.host == SFU_HOST  # straight to the SFU's media address
+
+        assert not [addr for addr in loopback_ice if addr[0] == SFU_HOST]  # the SFU's checks got through
+        if isinstance(turn, StunnerdProcess):
+            assert turn.allocation_count >= 2
+        else:
+            log = turn.log_text()
+            for user in tones:
+                assert f":{user}>: incoming packet ALLOCATE processed, success" in log
+    finally:
+        for client in clients.values():
+            await client.close()
+
+
+async def test_a_call_keeps_its_media_when_the_stunnerd_secret_changes(
+    stunnerd: StunnerdProcess, redis_server: RedisServer, signaling_factory: SignalingFactory, tmp_path: Path
+) -> None:
+    """Allocations survive a secret change in the watched config: the call goes on. (Their next
+    refresh must then be signed with the new secret: see the probe-level test below.)"""
+    signaling = signaling_factory(
+        redis_server.url, media_server_ttl_s="3", turn_secret=stunnerd.secret, turn_uris=stunnerd.uri
+    )
+    sfu = SfuProcess(tmp_path / "sfu", signaling_url=signaling.url, env={"VOXA_SFU_RTC_LISTEN_IP": SFU_HOST})
+    stack = TurnStack(stunnerd, signaling, sfu)
+    old_secret = stunnerd.secret
+    clients: list[VoiceClient] = []
+    try:
+        await sfu.ready()
+        await registered(signaling.url, "sfu-a")
+        alice = await stack.client("alice", 440.0)
+        bob = await stack.client("bob", 660.0)
+        clients += [alice, bob]
+        await alice.start()
+        await bob.start()
+        assert await hears(alice, "bob", 660.0, timeout=20)
+        allocations = stunnerd.allocation_count
+        stunnerd.reconfigure(secret="rotated-secret-9876543210")
+        assert stunnerd.allocation_count == allocations
+        await asyncio.sleep(1.0)
+        assert await hears(alice, "bob", 660.0) and await hears(bob, "alice", 440.0)
+        assert alice.media_state == "connected" and bob.media_state == "connected"
+    finally:
+        # Hanging up deletes the allocations with a Refresh signed with the old secret: stunnerd
+        # refuses it with an unsigned 400, which aioice ignores, so each close would wait about a
+        # minute for its retransmissions to give up. Put the old secret back first.
+        if stunnerd.secret != old_secret:
+            stunnerd.reconfigure(secret=old_secret)
+        for client in clients:
+            await client.close()
+        sfu.stop()
+
+
+# --- credentials --------------------------------------------------------------------------------------------
+async def test_expired_and_forged_credentials_are_refused(turn: TurnServerProcess) -> None:
+    refused = REFUSED_CREDENTIALS[turn.kind]
+    valid = turn.credentials("alice")
+    assert (await allocate(turn, valid)).ok
+
+    expired = turn.credentials("alice", ttl_s=-60)  # signed with the right secret, expiry in the past
+    result = await allocate(turn, expired)
+    assert not result.ok and result.code == refused, result
+
+    forged = (valid[0], turn_credentials("not-the-secret", "alice", 600)[1])
+    assert forged[1] != valid[1]
+    result = await allocate(turn, forged)
+    assert not result.ok and result.code == refused, result
+
+    # A username without the expiry prefix is not a TURN REST credential at all.
+    result = await allocate(turn, ("alice", valid[1]))
+    assert not result.ok and result.code == refused, result
+
+
+# --- allowed peers ------------------------------------------------------------------------------------------
+async def test_relaying_outside_the_allowed_peers_is_refused(
+    turn: TurnServerProcess, probes: ProbeFactory, echo_peers: PeerFactory
+) -> None:
+    sfu_side, outside = await echo_peers(SFU_HOST), await echo_peers(OUTSIDE_HOST)
+    probe = await probes(turn, turn.credentials("mallory"))
+    assert (await probe.allocate()).ok
+
+    permission = await probe.create_permission(OUTSIDE_HOST)
+    assert not permission.ok and permission.code == REFUSED_PERMISSION[turn.kind], permission
+    binding = await probe.channel_bind(FIRST_CHANNEL + 1, outside.address)
+    assert not binding.ok and binding.code == REFUSED_CHANNEL_BIND[turn.kind], binding
+    probe.send_indication(outside.address, b"let me out")
+
+    # The allowed peer, on the same allocation, works: the refusals are about the address.
+    assert (await probe.create_permission(SFU_HOST)).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, sfu_side.address)).ok
+    assert await probe.echo(FIRST_CHANNEL, b"to the sfu")
+    await asyncio.sleep(0.3)
+    assert outside.received == []
+    assert {data for _, data in sfu_side.received} == {b"to the sfu"}
+
+
+# --- secret rotation: stunnerd ------------------------------------------------------------------------------
+async def test_stunnerd_secret_change_keeps_allocations_but_only_new_credentials_authenticate(
+    stunnerd: StunnerdProcess, probes: ProbeFactory, echo_peers: PeerFactory
+) -> None:
+    """stunnerd holds one secret. A new one in the watched config applies within milliseconds and
+    restarts nothing: existing allocations keep relaying, but from then on every authenticated request
+    (Allocate, Refresh, CreatePermission, ChannelBind) must be signed with the new secret, including
+    the refreshes of allocations made with the old one. Such an allocation is not tied to the username
+    it was made with: a Refresh signed with any valid new credential keeps it."""
+    old, new = stunnerd.secret, "rotated-secret-9876543210"
+    peer = await echo_peers(SFU_HOST)
+    probe = await probes(stunnerd, turn_credentials(old, "alice", 600))
+    assert (await probe.allocate()).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, peer.address)).ok
+    assert await probe.echo(FIRST_CHANNEL, b"before")
+
+    stunnerd.reconfigure(secret=new)
+    assert stunnerd.allocation_count == 1
+    assert await probe.echo(FIRST_CHANNEL, b"after")  # the allocation and its channel survived
+
+    refused = REFUSED_CREDENTIALS["stunnerd"]
+    for result in (
+        await probe.refresh(),
+        await probe.create_permission(SFU_HOST),
+        await probe.channel_bind(FIRST_CHANNEL, peer.address),
+        await allocate(stunnerd, turn_credentials(old, "bob", 600)),
+    ):
+        assert not result.ok and result.code == refused, result
+    assert (await allocate(stunnerd, turn_credentials(new, "bob", 600))).ok
+
+    probe.use_credentials(*turn_credentials(new, "someone-else", 600))
+    assert (await probe.refresh()).ok
+    assert (await probe.create_permission(SFU_HOST)).ok
+    assert await probe.echo(FIRST_CHANNEL, b"still here")
+
+
+async def test_stunnerd_realm_change_restarts_the_listener_and_drops_allocations(
+    stunnerd: StunnerdProcess, probes: ProbeFactory, echo_peers: PeerFactory
+) -> None:
+    peer = await echo_peers(SFU_HOST)
+    probe = await probes(stunnerd, stunnerd.credentials("alice"))
+    assert (await probe.allocate()).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, peer.address)).ok
+    assert await probe.echo(FIRST_CHANNEL, b"before")
+
+    stunnerd.reconfigure(realm="elsewhere.test")
+    assert stunnerd.allocation_count == 0
+    assert not await probe.echo(FIRST_CHANNEL, b"after", timeout=1.0)
+    with pytest.raises(TurnTimeout):  # pion/turn does not answer requests for unknown allocations
+        await probe.refresh(timeout=1.0)
+    fresh = await probes(stunnerd, stunnerd.credentials("alice"))
+    assert (await fresh.allocate()).ok
+    assert fresh.realm == "elsewhere.test"
+
+
+async def test_stunnerd_follows_cluster_changes_without_dropping_allocations(
+    stunnerd: StunnerdProcess, probes: ProbeFactory, echo_peers: PeerFactory
+) -> None:
+    """What the operator does when SFU pods come and go: rewrite the endpoints."""
+    first, second = await echo_peers(SFU_HOST), await echo_peers(OUTSIDE_HOST)
+    probe = await probes(stunnerd, stunnerd.credentials("alice"))
+    assert (await probe.allocate()).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, first.address)).ok
+    assert not (await probe.channel_bind(FIRST_CHANNEL + 1, second.address)).ok
+
+    stunnerd.reconfigure(endpoints=[OUTSIDE_HOST])
+    assert stunnerd.allocation_count == 1
+    assert (await probe.channel_bind(FIRST_CHANNEL + 1, second.address)).ok
+    assert await probe.echo(FIRST_CHANNEL + 1, b"new endpoint")
+    # Relaying to a peer no longer allowed stops at once, even on a channel bound before.
+    assert not await probe.echo(FIRST_CHANNEL, b"old endpoint", timeout=1.0)
+    assert not (await probe.create_permission(SFU_HOST)).ok
+
+
+# --- secret rotation: coturn --------------------------------------------------------------------------------
+async def test_coturn_accepts_every_static_auth_secret(coturn_factory: CoturnFactory) -> None:
+    """Several `static-auth-secret` lines are all valid at once (read at start only)."""
+    server = coturn_factory(secrets=("new-secret-1", "old-secret-0"))
+    for secret in ("new-secret-1", "old-secret-0"):
+        assert (await allocate(server, turn_credentials(secret, "alice", 600))).ok, secret
+    result = await allocate(server, turn_credentials("unknown-secret", "alice", 600))
+    assert not result.ok and result.code == REFUSED_CREDENTIALS["coturn"]
+
+
+async def test_coturn_database_secrets_rotate_live_and_keep_allocations(
+    coturn_factory: CoturnFactory, probes: ProbeFactory, echo_peers: PeerFactory
+) -> None:
+    """With the secrets in coturn's database instead of the config file, adding and removing one takes
+    effect at once, without a restart; an allocation made with a removed secret keeps refreshing (coturn
+    keeps the key of the session)."""
+    server = coturn_factory(secrets=("old-secret-0",), secrets_in_db=True)
+    assert isinstance(server, CoturnProcess)
+    peer = await echo_peers(SFU_HOST)
+    probe = await probes(server, turn_credentials("old-secret-0", "alice", 600))
+    assert (await probe.allocate()).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, peer.address)).ok
+
+    server.set_db_secrets(["new-secret-1", "old-secret-0"])
+    assert (await allocate(server, turn_credentials("new-secret-1", "bob", 600))).ok
+    assert (await allocate(server, turn_credentials("old-secret-0", "bob", 600))).ok
+
+    server.set_db_secrets(["new-secret-1"])
+    result = await allocate(server, turn_credentials("old-secret-0", "carol", 600))
+    assert not result.ok and result.code == REFUSED_CREDENTIALS["coturn"], result
+    assert (await probe.refresh()).ok
+    assert (await probe.channel_bind(FIRST_CHANNEL, peer.address)).ok
+    assert await probe.echo(FIRST_CHANNEL, b"still relayed")
+    assert server.running
+
+
+# --- TLS ----------------------------------------------------------------------------------------------------
+class _Relayed(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def test_stunnerd_serves_turn_over_tls_with_a_rendered_certificate(
+    stunnerd_factory: StunnerdFactory,
+) -> None:
+    """The renderer's TURN-TLS listener (cert and key as base64 PEM) is what stunnerd expects: a client
+    that trusts exactly that certificate allocates over TLS."""
+    cert_pem, key_pem = self_signed_certificate(LOOPBACK)
+    port = free_tcp_port()
+    tls = Listener("tls", "TURN-TLS", LOOPBACK, port, cert_pem=cert_pem, key_pem=key_pem)
+    gateway = stunnerd_factory(extra_listeners=[tls])
+    context = ssl.create_default_context(cadata=cert_pem)
+    transport, protocol = await create_turn_endpoint(
+        _Relayed, (LOOPBACK, port), *gateway.credentials("alice"), ssl=context, transport="tcp"
+    )
+    try:
+        relayed = transport.get_extra_info("sockname")
+        assert relayed[0] == LOOPBACK and gateway.allocation_count == 1
+    finally:
+        transport.close()
+        await asyncio.wait_for(protocol.lost, 10)

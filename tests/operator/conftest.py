@@ -1,0 +1,169 @@
+"""The operator as a real process (`voxa operator`) against the real local control plane."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from conftest import ROOT, VOXA, free_port
+from e2e.cluster.fixtures import KubeCluster
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
+    """Poll until check() returns something truthy (and return it)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except AssertionError as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class OperatorProcess:
+    """One `voxa operator` process; start/stop/restart keep the same settings and log file."""
+
+    cluster: KubeCluster
+    log_path: Path
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "VOXA_OPERATOR_RESYNC_S": "1",
+            "VOXA_OPERATOR_LIVENESS_PORT": str(self.port),
+            "VOXA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
+            "VOXA_OPERATOR_METRICS_PORT": str(free_port()),
+            "VOXA_OPERATOR_PEERING": "",
+            "VOXA_OPERATOR_CLEANUP_ATTEMPTS": "3",
+            **self.env_overrides,
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([VOXA, "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        eventually(self.alive, 60, "the operator's liveness endpoint")
+
+    def alive(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kube_cluster: KubeCluster) -> KubeCluster:
+    kube_cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd", "--all")
+    return kube_cluster
+
+
+@pytest.fixture
+def operator(crds_installed: KubeCluster, tmp_path: Path) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(crds_installed, tmp_path / "operator.log")
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"--- operator log tail ---\n{proc.log_tail()}")
+
+
+@pytest.fixture
+def namespace(crds_installed: KubeCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    crds_installed.kubectl("create", "namespace", name)
+    yield name
+    crds_installed.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+
+def voiceserver(name: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "auth": {"jwtSecretRef": {"name": "jwt", "key": "secret"}},
+        "redis": {"urlSecretRef": {"name": "redis", "key": "url"}},
+    }
+    body.update(spec)
+    return {
+        "apiVersion": "voxa.dev/v1alpha1",
+        "kind": "VoiceServer",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def get(cluster: KubeCluster, namespace: str, *what: str) -> Any:
+    result = cluster.kubectl("get", "-n", namespace, *what, "-o", "json", check=False)
+    if result.returncode != 0:
+        if "NotFound" in result.stderr:
+            return None
+        raise AssertionError(result.stderr)
+    return json.loads(result.stdout)
+
+
+def voiceserver_when(
+    cluster: KubeCluster,
+    namespace: str,
+    name: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Wait until the VoiceServer satisfies predicate; return its body."""
+
+    def check() -> dict[str, Any] | None:
+        body = get(cluster, namespace, "voiceserver", name)
+        return dict(body) if body is not None and predicate(body) else None
+
+    return eventually(check, timeout, what)
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for c in (body.get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return dict(c)
+    return None

@@ -1,0 +1,184 @@
+"""StunnerGateway on a real control plane: children, status, TURN settings for a VoiceServer that
+references it, SFU endpoints following pods, and secret rotation."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from conftest import RedisServer
+from e2e.cluster.fixtures import KubeCluster, KubectlError
+from tests.operator.conftest import OperatorProcess, condition, eventually, get, secret, voiceserver
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def gateway(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "voxa.dev/v1alpha1",
+        "kind": "StunnerGateway",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+def stunnerd_config(cluster: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
+    body = get(cluster, namespace, "secret", f"{name}-stunnerd-config")
+    return dict(json.loads(base64.b64decode(body["data"]["stunnerd.conf"])))
+
+
+def decoded(cluster: KubeCluster, namespace: str, name: str) -> dict[str, str]:
+    body = get(cluster, namespace, "secret", name)
+    return {k: base64.b64decode(v).decode() for k, v in (body or {}).get("data", {}).items()}
+
+
+def test_invalid_gateways_are_refused(crds_installed: KubeCluster, namespace: str) -> None:
+    cases = [
+        (gateway("a", listeners=[{"name": "t", "protocol": "TURN-TLS", "port": 443}]), "need tlsSecretRef"),
+        (
+            gateway(
+                "b",
+                listeners=[{"name": "u", "port": 3478}, {"name": "u", "protocol": "TURN-TCP", "port": 3479}],
+            ),
+            "listener names must be unique",
+        ),
+        (
+            gateway(
+                "c",
+                listeners=[
+                    {"name": "u", "port": 3478},
+                    {"name": "d", "protocol": "TURN-DTLS", "port": 3478, "tlsSecretRef": {"name": "x"}},
+                ],
+            ),
+            "two listeners cannot share a port",
+        ),
+        (gateway("d", auth={"type": "static"}), "static auth needs secretRef"),
+        (gateway("e", listeners=[{"name": "u", "protocol": "QUIC"}]), 'supported values: "TURN-UDP"'),
+    ]
+    for obj, message in cases:
+        with pytest.raises(KubectlError) as info:
+            crds_installed.apply(obj, namespace=namespace)
+        assert message in info.value.stderr, (obj, info.value.stderr)
+
+
+def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
+    operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    cluster = operator.cluster
+    cluster.apply(
+        gateway(
+            "edge",
+            publicAddress="203.0.113.9",
+            listeners=[{"name": "udp", "port": 3478}, {"name": "tcp", "protocol": "TURN-TCP", "port": 3478}],
+        ),
+        namespace=namespace,
+    )
+
+    def ready_gateway() -> dict[str, Any] | None:
+        b = get(cluster, namespace, "stunnergateway", "edge")
+        return dict(b) if b and (condition(b, "Ready") or {}).get("status") == "True" else None
+
+    body = eventually(ready_gateway, 90, "gateway Ready")
+    assert body["status"]["address"] == "203.0.113.9"
+    assert body["status"]["uris"] == [
+        "turn:203.0.113.9:3478?transport=udp",
+        "turn:203.0.113.9:3478?transport=tcp",
+    ]
+    table = cluster.kubectl("get", "stunnergateways", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "ADDRESS", "LISTENERS", "AGE"]
+    assert table[1].split()[:4] == ["edge", "True", "203.0.113.9", "2"]
+    svc = get(cluster, namespace, "service", "edge")
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["sessionAffinity"] == "ClientIP"
+    assert [(p["port"], p["protocol"]) for p in svc["spec"]["ports"]] == [(3478, "UDP"), (3478, "TCP")]
+    generated = decoded(cluster, namespace, "edge-auth")["secret"]
+    assert stunnerd_config(cluster, namespace, "edge")["auth"]["credentials"] == {"secret": generated}
+
+    # A VoiceServer routed through it gets the URIs and the secret, and the gateway relays to its SFUs.
+    cluster.apply(
+        secret("jwt", secret="s" * 32),
+        secret("redis", url=redis_server.url),
+        voiceserver("lobby", stunnerGatewayRef={"name": "edge"}, sfu={"minReplicas": 2, "maxReplicas": 3}),
+        namespace=namespace,
+    )
+
+    def turn_config() -> dict[str, Any] | None:
+        c = get(cluster, namespace, "configmap", "lobby-signaling")
+        return dict(c) if c and "VOXA_TURN_URIS" in c["data"] else None
+
+    try:
+        config = eventually(turn_config, 60, "TURN settings in signaling's config")
+    except AssertionError:
+        print(json.dumps(get(cluster, namespace, "voiceserver", "lobby").get("status"), indent=1))
+        print(json.dumps(get(cluster, namespace, "stunnergateway", "edge").get("status"), indent=1))
+        raise
+    assert (
+        config["data"]["VOXA_TURN_URIS"]
+        == "turn:203.0.113.9:3478?transport=udp,turn:203.0.113.9:3478?transport=tcp"
+    )
+    assert decoded(cluster, namespace, "lobby-turn") == {"secret": generated}
+
+    def sfu_ips() -> list[str]:
+        pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=sfu")["items"]
+        return sorted(
+            p["status"].get("podIP", "") for p in pods if not p["metadata"].get("deletionTimestamp")
+        )
+
+    def endpoints() -> list[str]:
+        clusters = stunnerd_config(cluster, namespace, "edge")["clusters"]
+        return [e for c in clusters if c["name"] == f"{namespace}/lobby" for e in c["endpoints"]]
+
+    def endpoints_follow_pods() -> bool:
+        ips = sfu_ips()
+        return len(ips) == 2 and all(ips) and endpoints() == sorted(f"{ip}/32:<40000-49999>" for ip in ips)
+
+    eventually(endpoints_follow_pods, 60, "gateway endpoints = the two SFU pod IPs")
+    # A pod replaced: the endpoints follow.
+    victim = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=sfu")["items"][0]["metadata"][
+        "name"
+    ]
+    cluster.kubectl("delete", "pod", victim, "-n", namespace, "--wait=false")
+
+    def replaced() -> bool:
+        pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=sfu")["items"]
+        return victim not in [p["metadata"]["name"] for p in pods] and endpoints_follow_pods()
+
+    eventually(replaced, 60, "endpoints after a pod replacement")
+
+    # Rotation: a new secret reaches stunnerd and signaling; the previous one stays for a credential TTL.
+    template = get(cluster, namespace, "deployment", "lobby-signaling")["spec"]["template"]["metadata"]
+    cluster.kubectl(
+        "patch",
+        "secret",
+        "edge-auth",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"stringData": {"secret": "rotated-1"}}',
+    )
+    eventually(
+        lambda: stunnerd_config(cluster, namespace, "edge")["auth"]["credentials"] == {"secret": "rotated-1"},
+        60,
+        "stunnerd config with the new secret",
+    )
+    eventually(
+        lambda: decoded(cluster, namespace, "lobby-turn") == {"secret": "rotated-1", "previous": generated},
+        60,
+        "signaling's copy with the previous secret",
+    )
+
+    def rolled() -> dict[str, Any] | None:
+        d = get(cluster, namespace, "deployment", "lobby-signaling")
+        return dict(d) if d["spec"]["template"]["metadata"] != template else None
+
+    deployment = eventually(rolled, 60, "signaling rolled")
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["VOXA_TURN_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "lobby-turn",
+        "key": "previous",
+    }
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=lobby")["items"]
+    assert "TurnSecretRotated" in {e["reason"] for e in events}

@@ -1,0 +1,264 @@
+"""The VoiceServer resource on a real control plane, reconciled by a real `voxa operator` process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from conftest import RedisServer
+from e2e.cluster.fixtures import KubeCluster, KubectlError
+from tests.operator.conftest import (
+    OperatorProcess,
+    condition,
+    eventually,
+    get,
+    secret,
+    voiceserver,
+    voiceserver_when,
+)
+from voxa.signaling.store.base import MediaLoad, MediaServer
+from voxa.signaling.store.redis import RedisStore
+
+pytestmark = pytest.mark.timeout(300)
+
+CHILDREN = [
+    ("configmap", "{n}-signaling"),
+    ("secret", "{n}-sfu-control"),
+    ("service", "{n}-signaling"),
+    ("service", "{n}-sfu"),
+    ("deployment", "{n}-signaling"),
+    ("deployment", "{n}-sfu"),
+    ("poddisruptionbudget", "{n}-signaling"),
+    ("poddisruptionbudget", "{n}-sfu"),
+    ("networkpolicy", "{n}-sfu"),
+]
+
+
+def rejected(cluster: KubeCluster, namespace: str, obj: dict[str, Any]) -> str:
+    with pytest.raises(KubectlError) as info:
+        cluster.apply(obj, namespace=namespace)
+    return str(info.value.stderr)
+
+
+def test_invalid_specs_are_refused_by_the_api_server_with_readable_messages(
+    crds_installed: KubeCluster, namespace: str
+) -> None:
+    cluster = crds_installed
+    cases = [
+        (voiceserver("a", sfu={"minReplicas": 5, "maxReplicas": 2}), "minReplicas must be <= maxReplicas"),
+        (
+            voiceserver("b", sfu={"targetParticipantsPerPod": 600, "capacityPerPod": 500}),
+            "targetParticipantsPerPod must be <= capacityPerPod",
+        ),
+        (
+            voiceserver("c", redis={"managed": True, "urlSecretRef": {"name": "r", "key": "u"}}),
+            "set either managed: true or urlSecretRef, not both",
+        ),
+        (voiceserver("d", auth={}), "set exactly one of jwtSecretRef, publicKeyRef or jwksRef"),
+        (voiceserver("e", signaling={"service": {"type": "ExternalName"}}), 'supported values: "ClusterIP"'),
+        (voiceserver("f", sfu={"udpPortRange": {"min": 50000, "max": 40000}}), "min must be <= max"),
+        (voiceserver("g", sfu={"maxReplicas": 0}), "spec.sfu.maxReplicas"),
+        (voiceserver("h", sfuu={}), 'unknown field "sfuu"'),
+    ]
+    for obj, message in cases:
+        assert message in rejected(cluster, namespace, obj), obj
+    # Nothing was stored.
+    assert get(cluster, namespace, "voiceservers")["items"] == []
+    # Immutable serverId (a transition rule).
+    cluster.apply(voiceserver("imm", serverId="one"), namespace=namespace)
+    assert "serverId is immutable" in rejected(cluster, namespace, voiceserver("imm", serverId="two"))
+
+
+def test_kubectl_explain_shows_field_descriptions(crds_installed: KubeCluster) -> None:
+    out = crds_installed.kubectl("explain", "voiceserver.spec.sfu.buffer").stdout
+    assert "Idle SFU pods kept ready above the load" in out
+
+
+def wait_ready(cluster: KubeCluster, namespace: str, name: str, timeout: float = 90) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        body = get(cluster, namespace, "voiceserver", name)
+        cond = condition(body, "Ready") if body else None
+        if cond and cond["status"] == "True" and cond["observedGeneration"] == body["metadata"]["generation"]:
+            return dict(body)
+        return None
+
+    return eventually(ready, timeout, f"VoiceServer {name} Ready")
+
+
+def test_voiceserver_lifecycle(operator: OperatorProcess, namespace: str, redis_server: RedisServer) -> None:
+    cluster = operator.cluster
+    cluster.apply(
+        secret("jwt", secret="s" * 32),
+        secret("redis", url=redis_server.url),
+        voiceserver("lobby", signaling={"replicas": 2}, sfu={"minReplicas": 2, "maxReplicas": 4}),
+        namespace=namespace,
+    )
+    body = wait_ready(cluster, namespace, "lobby")
+    uid = body["metadata"]["uid"]
+    status = body["status"]
+    assert status["endpoint"] == f"ws://lobby-signaling.{namespace}.svc/socket"
+    assert status["sfu"]["readyReplicas"] == 2 and status["sfus"] == "2/2"
+    assert status["signaling"]["readyReplicas"] == 2
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Degraded": "False",
+    }
+
+    # Every child exists, is owned by the VoiceServer and labelled.
+    for kind, pattern in CHILDREN:
+        child = get(cluster, namespace, kind, pattern.format(n="lobby"))
+        assert child is not None, (kind, pattern)
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("VoiceServer", uid, True)
+        assert child["metadata"]["labels"]["voxa.dev/voiceserver"] == "lobby"
+    sfu_pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=sfu")["items"]
+    assert len(sfu_pods) == 2 and all(p["status"]["phase"] == "Running" for p in sfu_pods)
+
+    # kubectl get shows the printer columns.
+    table = cluster.kubectl("get", "voiceservers", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "SFUS", "PARTICIPANTS", "ENDPOINT", "AGE"]
+    assert table[1].split()[:5] == [
+        "lobby",
+        "True",
+        "2/2",
+        "0",
+        f"ws://lobby-signaling.{namespace}.svc/socket",
+    ]
+    assert cluster.kubectl("get", "vs", "-n", namespace, "-o", "name").stdout.strip() == (
+        "voiceserver.voxa.dev/lobby"
+    )
+
+    # Decisions are events.
+    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=lobby")["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"Applied", "SecretCreated", "ReadyTrue"} <= reasons, reasons
+
+    # A spec change updates the children.
+    cluster.kubectl(
+        "patch", "voiceserver", "lobby", "-n", namespace, "--type=merge",
+        "-p", '{"spec": {"signaling": {"replicas": 3}, "limits": {"maxParticipantsPerChannel": 25}}}',
+    )  # fmt: skip
+    eventually(
+        lambda: get(cluster, namespace, "deployment", "lobby-signaling")["status"].get("readyReplicas") == 3,
+        60,
+        "3 signaling pods",
+    )
+    config = get(cluster, namespace, "configmap", "lobby-signaling")
+    assert config["data"]["VOXA_MAX_CHANNEL_MEMBERS"] == "25"
+    wait_ready(cluster, namespace, "lobby")
+
+    # Redis holds this server's state; deletion removes it, the children and the finalizer.
+    async def seed() -> None:
+        store = RedisStore(redis_server.url, "test", 10)
+        await store.member_set("lobby", "alice", {"server_muted": True})
+        await store.media_server_upsert(
+            MediaServer(id="x", server_id="lobby", url="http://x", load=MediaLoad()), ttl_s=300
+        )
+        await store.close()
+
+    async def keys() -> list[str]:
+        store = RedisStore(redis_server.url, "test", 10)
+        found = [k async for k in store._redis.scan_iter(match="voxa:*lobby*")]
+        await store.close()
+        return found
+
+    asyncio.run(seed())
+    assert asyncio.run(keys())
+    cluster.kubectl("delete", "voiceserver", "lobby", "-n", namespace, "--wait=true", "--timeout=60s")
+    assert get(cluster, namespace, "voiceserver", "lobby") is None
+    assert asyncio.run(keys()) == []
+
+    def children_gone() -> bool:
+        return all(get(cluster, namespace, k, p.format(n="lobby")) is None for k, p in CHILDREN)
+
+    eventually(children_gone, 60, "children garbage-collected")
+    eventually(lambda: not get(cluster, namespace, "pods")["items"], 60, "pods gone")
+
+
+def test_managed_redis_ingress_and_removal_of_what_is_no_longer_asked_for(
+    operator: OperatorProcess, namespace: str
+) -> None:
+    cluster = operator.cluster
+    cluster.apply(
+        secret("jwt", secret="s" * 32),
+        voiceserver(
+            "club",
+            redis={"managed": True},
+            signaling={"replicas": 1, "ingress": {"host": "voice.example.com", "tlsSecretName": "tls"}},
+        ),
+        namespace=namespace,
+    )
+    body = wait_ready(cluster, namespace, "club")
+    assert body["status"]["endpoint"] == "wss://voice.example.com/socket"
+    sts = get(cluster, namespace, "statefulset", "club-redis")
+    assert sts["status"].get("readyReplicas") == 1
+    assert get(cluster, namespace, "networkpolicy", "club-redis") is not None
+    assert (
+        get(cluster, namespace, "ingress", "club-signaling")["spec"]["rules"][0]["host"]
+        == "voice.example.com"
+    )
+    config = get(cluster, namespace, "configmap", "club-signaling")
+    assert config["data"]["VOXA_REDIS_URL"] == f"redis://club-redis.{namespace}.svc:6379/0"
+    # The operator, outside the cluster, cannot reach the managed Redis: said so, not hidden.
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "club",
+        lambda b: (condition(b, "Degraded") or {}).get("reason") == "RegistryUnavailable",
+        "Degraded: RegistryUnavailable",
+    )
+    assert (condition(body, "Ready") or {}).get("status") == "True"
+
+    cluster.kubectl(
+        "patch", "voiceserver", "club", "-n", namespace, "--type=json",
+        "-p", '[{"op": "remove", "path": "/spec/signaling/ingress"}]',
+    )  # fmt: skip
+    eventually(lambda: get(cluster, namespace, "ingress", "club-signaling") is None, 30, "ingress removed")
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "club",
+        lambda b: b["status"]["endpoint"].startswith("ws://"),
+        "endpoint via Service",
+    )
+    assert body["status"]["endpoint"] == f"ws://club-signaling.{namespace}.svc/socket"
+
+
+def test_operator_restart_makes_no_writes(
+    operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    cluster = operator.cluster
+    cluster.apply(
+        secret("jwt", secret="s" * 32),
+        secret("redis", url=redis_server.url),
+        voiceserver("calm", signaling={"replicas": 1}),
+        namespace=namespace,
+    )
+    wait_ready(cluster, namespace, "calm")
+
+    def versions() -> dict[str, str]:
+        out: dict[str, str] = {}
+        kinds = (
+            "voiceservers,configmaps,secrets,services,deployments,replicasets,pods,"
+            "poddisruptionbudgets,networkpolicies"
+        )
+        for item in get(cluster, namespace, kinds)["items"]:
+            out[f"{item['kind']}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]
+        return out
+
+    def settled() -> dict[str, str] | None:
+        first = versions()
+        time.sleep(3)  # three resync periods with nothing changing
+        return first if versions() == first else None
+
+    before = eventually(settled, 60, "a quiet cluster")
+    operator.stop()
+    operator.start()
+    time.sleep(6)  # six resync periods of the new process
+    assert operator.alive()
+    after = versions()
+    assert {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v} == {}

@@ -12,9 +12,10 @@ import base64
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from voxa.operator import secret_values
 from voxa.operator import status as status_mod
 from voxa.operator.kube import path_for
 from voxa.operator.models import StunnerGateway, VoiceServer
@@ -25,7 +26,6 @@ from voxa.operator.render.stunnerd_config import Cluster
 
 log = logging.getLogger("voxa.operator")
 
-SECRET_TTL_S = 10.0
 NODES_TTL_S = 60.0
 
 
@@ -51,26 +51,15 @@ class SfuRef:
 
 
 @dataclass
-class SecretCache:
-    values: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = field(default_factory=dict)
+class NodeCache:
     nodes: tuple[float, list[str]] | None = None
 
 
-CACHE = SecretCache()
+CACHE = NodeCache()
 
 
 async def read_secret(rec: Reconciler, namespace: str, name: str) -> dict[str, str] | None:
-    """A Secret's decoded data, cached for SECRET_TTL_S (so a rotation is seen within seconds)."""
-    key = (namespace, name)
-    hit = CACHE.values.get(key)
-    if hit is not None and time.monotonic() - hit[0] < SECRET_TTL_S:
-        return hit[1]
-    body = await rec.kube.get(path_for("v1", "Secret", namespace, name))
-    data = None
-    if body is not None:
-        data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
-    CACHE.values[key] = (time.monotonic(), data)
-    return data
+    return await secret_values.read_secret(rec.kube, namespace, name)
 
 
 async def node_addresses(rec: Reconciler) -> list[str]:

@@ -11,7 +11,6 @@ never fought over.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import secrets
@@ -22,7 +21,7 @@ from typing import Any, cast
 import kopf
 import orjson
 
-from voxa.operator import registry
+from voxa.operator import registry, secret_values
 from voxa.operator import status as status_mod
 from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
 from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
@@ -54,7 +53,6 @@ PRUNABLE = (
     "NetworkPolicy",
     "Ingress",
 )
-SECRET_CACHE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,6 @@ class State:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sfu_replicas: int | None = None
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
-    redis_url: tuple[float, str] | None = None
     last_registry_error: str | None = None
     turn: TurnInputs | None = None
     """The TURN settings last rendered (VoiceServers with a gateway), rotation included."""
@@ -114,14 +111,10 @@ class Reconciler:
         ref = vs.spec.redis.urlSecretRef
         if ref is None:
             return None
-        if state.redis_url is not None and time.monotonic() - state.redis_url[0] < SECRET_CACHE_S:
-            return state.redis_url[1]
-        secret = await self.kube.get(path_for("v1", "Secret", vs.namespace, ref.name))
-        data = (secret or {}).get("data") or {}
+        data = await secret_values.read_secret(self.kube, vs.namespace, ref.name) or {}
         if ref.key not in data:
             raise LookupError(f"Secret {ref.name} has no key {ref.key!r}")
-        url = base64.b64decode(data[ref.key]).decode().strip()
-        state.redis_url = (time.monotonic(), url)
+        url = data[ref.key].strip()
         return url
 
     async def ensure_control_secret(

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from voxa.operator import crdgen
-from voxa.operator.models import VoiceServerSpec
+from voxa.operator.models import StunnerGatewaySpec, VoiceServerSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -66,17 +66,19 @@ def test_cel_rules_are_present() -> None:
         assert message in text
 
 
-def samples() -> list[dict[str, Any]]:
+def samples(kind: str) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted((ROOT / "crds" / "samples").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "VoiceServer"]
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == kind]
     return docs
 
 
 def test_samples_are_valid() -> None:
-    assert len(samples()) >= 2
-    for doc in samples():
+    assert len(samples("VoiceServer")) >= 2
+    for doc in samples("VoiceServer"):
         VoiceServerSpec.model_validate(doc["spec"])
+    (gateway,) = samples("StunnerGateway")
+    StunnerGatewaySpec.model_validate(gateway["spec"])
 
 
 def test_models_refuse_unknown_fields() -> None:

@@ -1,0 +1,84 @@
+"""`make cluster` as a user runs it (`python -m e2e.cluster up|down`): the control plane, the CRDs
+and the operator in the background, the samples applied with kubectl, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from e2e.cluster.controlplane import build_tools
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "e2e.cluster", *args, "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
+    kubectl = str(build_tools() / "kubectl")
+    state = tmp_path / "cluster"
+    up = cli("up", state_dir=state)
+    assert up.returncode == 0, up.stderr
+    assert up.stdout.strip().splitlines()[-1] == f"export KUBECONFIG={state.resolve() / 'kubeconfig'}"
+    env = {**os.environ, "KUBECONFIG": str(state / "kubeconfig")}
+    records = json.loads((state / "state.json").read_text())["processes"]
+    assert "operator" in {r["name"] for r in records}
+    pids = [int(r["pid"]) for r in records]
+    try:
+        subprocess.run(
+            [kubectl, "apply", "-f", str(ROOT / "crds" / "samples")], env=env, check=True, timeout=60
+        )
+        deadline = time.monotonic() + 90
+        rows: list[list[str]] = []
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [kubectl, "get", "voiceservers"],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=30,
+            ).stdout
+            rows = [line.split() for line in out.splitlines()]
+            if len(rows) == 3 and all(r[1] == "True" for r in rows[1:]):
+                break
+            time.sleep(1)
+        assert rows[0] == ["NAME", "READY", "SFUS", "PARTICIPANTS", "ENDPOINT", "AGE"]
+        assert [(r[0], r[1]) for r in rows[1:]] == [("arena", "True"), ("lobby", "True")], rows
+        out = subprocess.run(
+            [kubectl, "get", "stunnergateways"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        assert out.splitlines()[0].split() == ["NAME", "READY", "ADDRESS", "LISTENERS", "AGE"]
+    finally:
+        down = cli("down", state_dir=state)
+    assert down.returncode == 0, down.stderr
+    assert [pid for pid in pids if alive(pid)] == []

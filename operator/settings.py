@@ -35,6 +35,12 @@ class OperatorSettings(BaseSettings):
         default="voxa-operator",
         description="kopf peering name: replicas sharing it elect one active operator. Empty: standalone.",
     )
+    peering_lifetime_s: int = Field(
+        default=60,
+        ge=5,
+        description="How long a replica that stopped without saying goodbye (killed) still counts as "
+        "active; the standby takes over after it. A clean stop hands over at once.",
+    )
     priority: int = Field(
         default=0, description="Peering priority; the highest-priority replica is the active one."
     )

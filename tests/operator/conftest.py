@@ -49,16 +49,18 @@ class OperatorProcess:
     env_overrides: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
+    metrics_port: int = 0
 
     def start(self) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "VOXA_OPERATOR_RESYNC_S": "1",
             "VOXA_OPERATOR_LIVENESS_PORT": str(self.port),
             "VOXA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
-            "VOXA_OPERATOR_METRICS_PORT": str(free_port()),
+            "VOXA_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "VOXA_OPERATOR_PEERING": "",
             "VOXA_OPERATOR_CLEANUP_ATTEMPTS": "3",
             **self.env_overrides,
@@ -77,6 +79,16 @@ class OperatorProcess:
                 return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+    def reconciles(self) -> float:
+        """voxa_operator_reconciles_total, all triggers."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("voxa_operator_reconciles_total{")
+        )
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -40,6 +40,7 @@ class StunnerdFactory(Protocol):
         endpoints: Sequence[str] = (SFU_HOST,),
         watch: bool = False,
         extra_listeners: Sequence[Listener] = (),
+        operator_rendered: bool = False,
     ) -> StunnerdProcess: ...
 
 
@@ -74,6 +75,7 @@ def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[Stunnerd
         endpoints: Sequence[str] = (SFU_HOST,),
         watch: bool = False,
         extra_listeners: Sequence[Listener] = (),
+        operator_rendered: bool = False,
     ) -> StunnerdProcess:
         workdir = tmp_path / f"stunnerd-{len(started)}"
         workdir.mkdir()
@@ -86,6 +88,7 @@ def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[Stunnerd
             endpoints=tuple(endpoints),
             watch=watch,
             extra_listeners=tuple(extra_listeners),
+            operator_rendered=operator_rendered,
         )
         started.append(server)
         server.start()

@@ -169,10 +169,12 @@ class TurnServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _spawn(self, argv: list[str]) -> None:
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = self.log_path.open("ab")
         try:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
+            )
         finally:
             log.close()
 
@@ -215,6 +217,9 @@ class StunnerdProcess(TurnServerProcess):
     watch: bool = False
     extra_listeners: Sequence[Listener] = ()
     health_port: int = 0
+    operator_rendered: bool = False
+    """Render the config as the operator does for a StunnerGateway (listeners on $STUNNER_ADDR, one
+    cluster per VoiceServer with its media port range), instead of this harness's own inputs."""
     config: dict[str, Any] = field(default_factory=dict, init=False)
 
     kind = "stunnerd"
@@ -228,6 +233,8 @@ class StunnerdProcess(TurnServerProcess):
         return f"http://{LOOPBACK}:{self.health_port}"
 
     def render(self) -> dict[str, Any]:
+        if self.operator_rendered:
+            return self._render_as_the_operator()
         return render_stunnerd_config(
             name="voxa-turn-test",
             realm=self.realm,
@@ -236,6 +243,24 @@ class StunnerdProcess(TurnServerProcess):
             clusters=[Cluster("sfu", list(self.endpoints))],
             health_check_endpoint=self.health_url,
         )
+
+    def _render_as_the_operator(self) -> dict[str, Any]:
+        from voxa.operator.models import StunnerGateway
+        from voxa.operator.render import stunner
+
+        gateway = StunnerGateway.model_validate(
+            {
+                "metadata": {"name": "edge", "namespace": "voxa", "uid": "uid"},
+                "spec": {"realm": self.realm, "listeners": [{"name": "udp", "port": self.port}]},
+            }
+        )
+        inputs = stunner.GatewayInputs(
+            secret=self.secret, clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))]
+        )
+        config = stunner.stunnerd_config(gateway, inputs)
+        # The one change: the health check on a free loopback port rather than the pod's 0.0.0.0:8086.
+        config["admin"]["healthcheck_endpoint"] = self.health_url
+        return config
 
     def _write(self) -> None:
         self.config = self.render()
@@ -253,7 +278,8 @@ class StunnerdProcess(TurnServerProcess):
         argv = [str(self.binary), "-c", f"file://{self.config_path}", "-l", "all:INFO"]
         if self.watch:
             argv.insert(1, "-w")
-        self._spawn(argv)
+        # What the operator's Deployment sets from the downward API (status.podIP).
+        self._spawn(argv, env={**os.environ, "STUNNER_ADDR": LOOPBACK})
         self.wait_applied(timeout)
 
     def status(self) -> dict[str, Any]:

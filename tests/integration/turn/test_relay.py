@@ -60,11 +60,15 @@ REFUSED_PERMISSION: dict[str, int | None] = {"stunnerd": None, "coturn": 403}
 REFUSED_CHANNEL_BIND = {"stunnerd": 401, "coturn": 403}
 
 
-@pytest.fixture(params=["stunnerd", "coturn"])
+@pytest.fixture(params=["stunnerd", "stunnerd-operator-config", "coturn"])
 def turn(request: pytest.FixtureRequest) -> TurnServerProcess:
     """One TURN server of each kind, default secret, relaying to 127.0.0.2 only."""
     if request.param == "stunnerd":
         server: TurnServerProcess = request.getfixturevalue("stunnerd")
+    elif request.param == "stunnerd-operator-config":
+        # The config the operator renders for a StunnerGateway, loaded by the real stunnerd.
+        factory: StunnerdFactory = request.getfixturevalue("stunnerd_factory")
+        server = factory(watch=True, operator_rendered=True)
     else:
         server = request.getfixturevalue("coturn")
     return server

@@ -610,9 +610,22 @@ class ControlPlane:
 
     # -- lifecycle --
 
-    def start(self, state_dir: Path, timeout: float = 60.0) -> None:
+    def start(self, state_dir: Path, timeout: float = 60.0, attempts: int = 3) -> None:
         """Start every process in state_dir (wiping what an earlier, stopped run left there) and wait
-        until the cluster can run Pods. On failure everything started is stopped again."""
+        until the cluster can run Pods. On failure everything started is stopped again.
+
+        Ports are picked free and then bound by the processes a moment later; on a busy machine
+        another process can take one in between ("address already in use"), so a failed start is
+        retried with new ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self._start_once(state_dir, timeout)
+                return
+            except ControlPlaneError:
+                if attempt == attempts:
+                    raise
+
+    def _start_once(self, state_dir: Path, timeout: float) -> None:
         state_dir = state_dir.resolve()
         old = read_state(state_dir)
         if old is not None and any(is_alive(p) for p in old.processes):

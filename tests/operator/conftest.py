@@ -24,13 +24,14 @@ T = TypeVar("T")
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll until check() returns something truthy (and return it)."""
+    """Poll until check() returns something truthy (and return it). A check that finds an object not
+    there yet, or not filled in yet (KeyError, TypeError on None), is polled again."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
             result = check()
-        except AssertionError as exc:
+        except (AssertionError, KeyError, TypeError) as exc:
             last = exc
         else:
             if result:

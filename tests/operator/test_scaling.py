@@ -58,7 +58,9 @@ class FakeSfuFleet:
 
 def deployment_replicas(cluster: KubeCluster, namespace: str) -> tuple[int, int]:
     d = get(cluster, namespace, "deployment", "arena-sfu")
-    return int(d["spec"]["replicas"]), int(d["status"].get("readyReplicas") or 0)
+    if d is None:
+        return 0, 0  # not created yet
+    return int(d["spec"]["replicas"]), int((d.get("status") or {}).get("readyReplicas") or 0)
 
 
 def test_load_scales_up_then_drains_before_scaling_down(

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PKGS := -p voxa.common -p voxa.signaling -p voxa.sfu -p voxa.operator -p voxa.client
 
-.PHONY: setup demo test test-quick lint typecheck pytest bench clean
+.PHONY: setup demo test test-quick lint typecheck pytest bench clean crds
 
 setup:
 	@bash .ci/setup.sh
@@ -34,6 +34,11 @@ test-quick: setup
 
 bench: setup
 	$(PY) bench/signaling.py --json
+
+# crds/*.yaml and charts/voxa-operator/operator.yaml from the pydantic models (CI fails on drift:
+# tests/unit/operator/test_crds.py).
+crds: setup
+	$(VENV)/bin/voxa crds
 
 clean:
 	rm -rf build .mypy_cache .pytest_cache .ruff_cache

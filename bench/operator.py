@@ -144,7 +144,7 @@ class Bench:
             "VOXA_OPERATOR_LIVENESS_PORT": str(free_port()),
             "VOXA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
             "VOXA_OPERATOR_METRICS_PORT": str(self.metrics_port),
-            "VOXA_OPERATOR_LOG_LEVEL": "warning",
+            "VOXA_OPERATOR_LOG_LEVEL": os.environ.get("VOXA_OPERATOR_LOG_LEVEL", "warning"),
         }
         log_file = (self.workdir / "operator.log").open("ab")
         self.operator = subprocess.Popen(

@@ -43,7 +43,6 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.loggers = False
     settings.watching.server_timeout = 300
     settings.peering.lifetime = ours.peering_lifetime_s
-    settings.batching.worker_limit = 64
     client = KubeClient(_login(settings))
     handlers.Runtime.kube = client
     handlers.Runtime.reconciler = handlers.Reconciler(client)

@@ -334,11 +334,6 @@ class CustomResource(BaseModel):
 
     metadata: dict[str, Any]
 
-
-class VoiceServer(CustomResource):
-    spec: VoiceServerSpec
-    status: VoiceServerStatus = Field(default_factory=VoiceServerStatus)
-
     @property
     def name(self) -> str:
         return str(self.metadata["name"])
@@ -348,12 +343,17 @@ class VoiceServer(CustomResource):
         return str(self.metadata.get("namespace", "default"))
 
     @property
-    def server_id(self) -> str:
-        return self.spec.serverId or self.name
-
-    @property
     def generation(self) -> int:
         return int(self.metadata.get("generation", 0))
+
+
+class VoiceServer(CustomResource):
+    spec: VoiceServerSpec
+    status: VoiceServerStatus = Field(default_factory=VoiceServerStatus)
+
+    @property
+    def server_id(self) -> str:
+        return self.spec.serverId or self.name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -491,15 +491,3 @@ class StunnerGatewayStatus(Model):
 class StunnerGateway(CustomResource):
     spec: StunnerGatewaySpec = Field(default_factory=StunnerGatewaySpec)
     status: StunnerGatewayStatus = Field(default_factory=StunnerGatewayStatus)
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace", "default"))
-
-    @property
-    def generation(self) -> int:
-        return int(self.metadata.get("generation", 0))

@@ -214,9 +214,9 @@ class UdpPeer(asyncio.DatagramProtocol):
     transport: asyncio.DatagramTransport | None = None
 
     @classmethod
-    async def open(cls, host: str, echo: bool = True) -> UdpPeer:
+    async def open(cls, host: str, echo: bool = True, port: int = 0) -> UdpPeer:
         loop = asyncio.get_running_loop()
-        _, peer = await loop.create_datagram_endpoint(lambda: cls(echo), local_addr=(host, 0))
+        _, peer = await loop.create_datagram_endpoint(lambda: cls(echo), local_addr=(host, port))
         return peer
 
     @property

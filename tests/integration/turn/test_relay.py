@@ -20,6 +20,7 @@ an error response without ERROR-CODE from stunnerd and 403 from coturn; a refuse
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -88,9 +89,16 @@ async def echo_peers() -> AsyncIterator[Callable[[str], Awaitable[UdpPeer]]]:
     peers: list[UdpPeer] = []
 
     async def open_peer(host: str) -> UdpPeer:
-        peer = await UdpPeer.open(host)
-        peers.append(peer)
-        return peer
+        # A port in the SFU's media range (40000-49999), as a real SFU peer would use: the config the
+        # operator renders lets the gateway relay only to those ports.
+        for port in random.sample(range(40000, 50000), 50):
+            try:
+                peer = await UdpPeer.open(host, port=port)
+            except OSError:
+                continue
+            peers.append(peer)
+            return peer
+        raise RuntimeError(f"no free UDP port in 40000-49999 on {host}")
 
     yield open_peer
     for peer in peers:

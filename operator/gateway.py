@@ -1,4 +1,4 @@
-"""StunnerGateway reconciliation, and the TURN settings a VoiceServer gets from its gateway.
+"""StunnerGateway reconciliation.
 
 A gateway relays only to the SFU pods of the VoiceServers that reference it: one stunnerd cluster per
 VoiceServer, holding its SFU pod IPs and media port range, rewritten (hot, stunnerd watches the file)
@@ -8,7 +8,6 @@ the watch caches.
 
 from __future__ import annotations
 
-import base64
 import logging
 import secrets
 import time
@@ -17,27 +16,15 @@ from typing import Any
 
 from voxa.operator import secret_values
 from voxa.operator import status as status_mod
-from voxa.operator.kube import path_for
-from voxa.operator.models import StunnerGateway, VoiceServer
-from voxa.operator.reconcile import Child, Reconciler, State, _info
+from voxa.operator.events import info
+from voxa.operator.models import StunnerGateway
+from voxa.operator.reconcile import Child, Reconciler, State, child_status
 from voxa.operator.render import stunner
-from voxa.operator.render.signaling import ROTATED_AT_ANNOTATION, TurnInputs, turn_secret_name
 from voxa.operator.render.stunnerd_config import Cluster
 
 log = logging.getLogger("voxa.operator")
 
 NODES_TTL_S = 60.0
-
-
-@dataclass(frozen=True)
-class GatewayView:
-    """What a VoiceServer needs of its gateway, from the gateway's watch cache."""
-
-    uris: tuple[str, ...]
-    secret_name: str
-    auth_type: str
-    ttl_s: int
-    ready: bool
 
 
 @dataclass(frozen=True)
@@ -56,10 +43,6 @@ class NodeCache:
 
 
 CACHE = NodeCache()
-
-
-async def read_secret(rec: Reconciler, namespace: str, name: str) -> dict[str, str] | None:
-    return await secret_values.read_secret(rec.kube, namespace, name)
 
 
 async def node_addresses(rec: Reconciler) -> list[str]:
@@ -91,9 +74,9 @@ async def reconcile_gateway(
         if gw.spec.auth.secretRef is None and ("Secret", secret_name) not in children:
             created = await rec.kube.create(stunner.generated_auth_secret(gw, secrets.token_urlsafe(32)))
             if created is not None:
-                _info(body, reason="SecretCreated", message=f"generated {secret_name}")
+                info(body, reason="SecretCreated", message=f"generated {secret_name}")
         inputs = stunner.GatewayInputs()
-        auth = await read_secret(rec, gw.namespace, secret_name) or {}
+        auth = await secret_values.read_secret(rec.kube, gw.namespace, secret_name) or {}
         if gw.spec.auth.type == "ephemeral":
             secret = auth.get("secret", "")
             if not secret:
@@ -111,7 +94,9 @@ async def reconcile_gateway(
         for listener in gw.spec.listeners:
             if listener.tlsSecretRef is not None:
                 ref = listener.tlsSecretRef
-                data = await read_secret(rec, ref.namespace or gw.namespace, ref.name) or {}
+                data = (
+                    await secret_values.read_secret(rec.kube, ref.namespace or gw.namespace, ref.name) or {}
+                )
                 if "tls.crt" in data and "tls.key" in data:
                     tls[listener.name] = (data["tls.crt"], data["tls.key"])
                 else:
@@ -158,7 +143,7 @@ async def reconcile_gateway(
         nodes = await node_addresses(rec) if needs_nodes else []
         address, ports = stunner.public_endpoint(gw, service_body, nodes)
         observed = status_mod.GatewayObserved(
-            deployment=(children.get(("Deployment", gw.name)) or Child("", "", "", None)).status or None,
+            deployment=child_status(children, "Deployment", gw.name),
             address=address,
             uris=stunner.uris(gw, address, ports),
             secret_name=secret_name,
@@ -167,55 +152,3 @@ async def reconcile_gateway(
         )
         new = status_mod.gateway(gw, observed, time.time())
         await rec.write_status_of(body, "StunnerGateway", gw.status.conditions, new)
-
-
-async def turn_inputs(
-    rec: Reconciler, vs: VoiceServer, body: dict[str, Any], view: GatewayView | None, state: State, now: float
-) -> tuple[TurnInputs | None, str | None]:
-    """The TURN settings for a VoiceServer with stunnerGatewayRef, or (None, why not)."""
-    ref = vs.spec.stunnerGatewayRef
-    if ref is None:
-        return None, None
-    if view is None:
-        return None, f"StunnerGateway {ref.name} not found"
-    if view.auth_type != "ephemeral":
-        return (
-            None,
-            f"StunnerGateway {ref.name} uses static auth; signaling issues ephemeral credentials only",
-        )
-    if not view.uris:
-        return None, f"StunnerGateway {ref.name} has no address yet"
-    data = await read_secret(rec, ref.namespace or vs.namespace, view.secret_name) or {}
-    secret = data.get("secret", "")
-    if not secret:
-        return None, f"Secret {view.secret_name} of StunnerGateway {ref.name} has no key 'secret'"
-    # The secret in use so far: this process's memory, else the copy signaling reads (after a restart).
-    if state.turn is None:
-        copy = await rec.kube.get(path_for("v1", "Secret", vs.namespace, turn_secret_name(vs)))
-        if copy is not None:
-            values = {k: base64.b64decode(v).decode() for k, v in (copy.get("data") or {}).items()}
-            until = int((copy["metadata"].get("annotations") or {}).get(ROTATED_AT_ANNOTATION, "0"))
-            state.turn = TurnInputs(
-                uris=view.uris,
-                ttl_s=view.ttl_s,
-                secret=values.get("secret", ""),
-                previous=values.get("previous"),
-                previous_until=until,
-            )
-    current = state.turn
-    previous, until = None, 0
-    if current is not None and current.secret and current.secret != secret:
-        # Rotation: credentials already issued were made with the old secret; keep accepting it
-        # for one credential lifetime.
-        previous, until = current.secret, int(now) + view.ttl_s
-        _info(
-            body,
-            reason="TurnSecretRotated",
-            message=f"TURN secret of {ref.name} changed; the previous one is accepted until {until}",
-        )
-    elif current is not None and current.previous and now < current.previous_until:
-        previous, until = current.previous, current.previous_until
-    state.turn = TurnInputs(
-        uris=view.uris, ttl_s=view.ttl_s, secret=secret, previous=previous, previous_until=until
-    )
-    return state.turn, None

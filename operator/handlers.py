@@ -14,10 +14,11 @@ from typing import Any
 import kopf
 
 from voxa.operator import registry
-from voxa.operator.gateway import GatewayView, SfuRef, reconcile_gateway
+from voxa.operator.gateway import SfuRef, reconcile_gateway
 from voxa.operator.kube import KubeClient
 from voxa.operator.models import GROUP, VERSION, VoiceServer
 from voxa.operator.reconcile import HASH_ANNOTATION, Child, Reconciler, State
+from voxa.operator.turn import GatewayView
 
 __all__ = ["FINALIZER", "Reconciler", "Runtime"]
 from voxa.operator.render.common import COMPONENT_LABEL, MANAGED_BY, OWNER_LABEL
@@ -188,16 +189,12 @@ def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
 def gateways_idx(spec: Any, status: Any, namespace: str | None, name: str, **_: Any) -> Any:
     """What VoiceServers need of a gateway: its URIs (status), secret and credential lifetime."""
     auth = (spec or {}).get("auth") or {}
-    ready = any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in (status or {}).get("conditions") or []
-    )
     return {
         (namespace or "", name): GatewayView(
             uris=tuple((status or {}).get("uris") or []),
             secret_name=str((status or {}).get("secretName") or ""),
             auth_type=str(auth.get("type", "ephemeral")),
             ttl_s=int((spec or {}).get("credentialTtlSeconds", 86400)),
-            ready=ready,
         )
     }
 
@@ -227,7 +224,7 @@ async def voiceserver_deleted(body: Any, retry: int, **_: Any) -> None:
     assert Runtime.reconciler is not None
     started = time.monotonic()
     try:
-        url = await Runtime.reconciler.redis_url(vs, State())
+        url = await Runtime.reconciler.redis_url(vs)
         if url is None:
             return
         gone = await registry.purge(url, vs.server_id)

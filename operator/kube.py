@@ -2,8 +2,9 @@
 
 kopf watches and posts events; applying children (server-side apply), patching status and pods, and
 reading Secrets happen here. It takes its credentials from the same `kopf.ConnectionInfo` kopf logs in
-with, so there is one source of credentials, and it counts its writes: the operator's promise is zero
-writes when nothing changed, and the tests and the benchmark check that through these counters.
+with, so there is one source of credentials, and it counts its requests by verb
+(voxa_operator_api_requests_total): the operator's promise is zero writes when nothing changed, and
+the benchmark checks that through this metric.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import base64
 import ssl
 import tempfile
-from collections import Counter
 from typing import Any
 from urllib.parse import quote
 
@@ -114,11 +114,6 @@ class KubeClient:
         self._headers = headers
         self._ssl = _ssl_context(info)
         self._session: aiohttp.ClientSession | None = None
-        self.requests: Counter[str] = Counter()
-
-    @property
-    def writes(self) -> int:
-        return sum(n for verb, n in self.requests.items() if verb not in ("GET",))
 
     async def close(self) -> None:
         if self._session is not None:
@@ -143,7 +138,6 @@ class KubeClient:
         content_type: str = "application/json",
         params: dict[str, str] | None = None,
     ) -> Any:
-        self.requests[method] += 1
         API_REQUESTS.labels(method).inc()
         data = None if body is None else orjson.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}

@@ -16,13 +16,13 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-import kopf
 import orjson
 
 from voxa.operator import registry, secret_values
 from voxa.operator import status as status_mod
+from voxa.operator.events import info, warn
 from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
 from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
 from voxa.operator.models import API_VERSION, VoiceServer
@@ -39,6 +39,7 @@ from voxa.operator.scaling import (
     decide,
     desired_replicas,
 )
+from voxa.operator.turn import turn_inputs
 
 log = logging.getLogger("voxa.operator")
 
@@ -102,9 +103,8 @@ class Reconciler:
 
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
-        self.reconciles = 0
 
-    async def redis_url(self, vs: VoiceServer, state: State) -> str | None:
+    async def redis_url(self, vs: VoiceServer) -> str | None:
         managed = redis_url(vs)
         if managed:
             return managed
@@ -114,8 +114,7 @@ class Reconciler:
         data = await secret_values.read_secret(self.kube, vs.namespace, ref.name) or {}
         if ref.key not in data:
             raise LookupError(f"Secret {ref.name} has no key {ref.key!r}")
-        url = data[ref.key].strip()
-        return url
+        return data[ref.key].strip()
 
     async def ensure_control_secret(
         self, vs: VoiceServer, body: dict[str, Any], children: dict[tuple[str, str], Child]
@@ -124,7 +123,7 @@ class Reconciler:
             return
         created = await self.kube.create(sfu_render.control_secret(vs, secrets.token_urlsafe(32)))
         if created is not None:
-            _info(body, reason="SecretCreated", message=f"generated {sfu_secret_name(vs)}")
+            info(body, reason="SecretCreated", message=f"generated {sfu_secret_name(vs)}")
 
     async def scale(
         self, vs: VoiceServer, body: dict[str, Any], state: State, replicas: int, pods: list[Child]
@@ -132,7 +131,7 @@ class Reconciler:
         """One scaling step; returns the decision, participants and a registry error, if any."""
         drain = status_mod.drain_state(vs.status)
         try:
-            url = await self.redis_url(vs, state)
+            url = await self.redis_url(vs)
             loads = await registry.loads(url, vs.server_id) if url else {}
             error = None
         except Exception as exc:
@@ -143,13 +142,12 @@ class Reconciler:
             if vs.spec.sfu.replicas is not None:
                 hold = desired_replicas(vs.spec.sfu, 0)
             if error != state.last_registry_error:
-                _warn(body, reason="RegistryUnavailable", message=error)
+                warn(body, reason="RegistryUnavailable", message=error)
             state.last_registry_error = error
             return Decision(replicas=hold, desired=hold, draining=drain), 0, error
         state.last_registry_error = None
         sfu_pods = [SfuPod(name=p.name, ready=p.ready, deleting=p.deleting) for p in pods]
         decision = decide(vs.spec.sfu, replicas, sfu_pods, loads, drain, time.time())
-        assert url is not None or not loads
         if decision.mark and url:
             await registry.mark_draining(url, vs.server_id, decision.mark, True)
         if decision.unmark and url:
@@ -166,7 +164,7 @@ class Reconciler:
                     raise
         if decision.reason:
             SCALING_DECISIONS.labels(decision.reason).inc()
-            _info(body, reason=decision.reason, message=decision.message)
+            info(body, reason=decision.reason, message=decision.message)
             log.info(
                 "scale", extra={"voiceserver": vs.name, "reason": decision.reason, "detail": decision.message}
             )
@@ -196,7 +194,6 @@ class Reconciler:
         scale: bool,
         gateway: Any = None,
     ) -> None:
-        self.reconciles += 1
         RECONCILES.labels("timer" if scale else "event").inc()
         vs = VoiceServer.model_validate(body)
         if vs.metadata.get("deletionTimestamp"):
@@ -225,19 +222,19 @@ class Reconciler:
             # which drains first.
             replicas = state.sfu_replicas = desired = target
 
-        from voxa.operator.gateway import turn_inputs  # the gateway module builds on this one
-
-        turn, turn_error = await turn_inputs(self, vs, body, gateway, state, time.time())
-        if turn is None and vs.spec.stunnerGatewayRef is not None and state.turn is not None:
+        turn, turn_error = await turn_inputs(self.kube, vs, body, gateway, state.turn, time.time())
+        if turn is not None:
+            state.turn = turn
+        elif vs.spec.stunnerGatewayRef is not None:
             turn = state.turn  # keep the last good TURN settings while the gateway is unavailable
         rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
         errors = await self.converge(body, vs.namespace, rendered, children, state)
 
         observed = status_mod.Observed(
-            signaling=_status(children, "Deployment", child_name(vs, "signaling")),
-            sfu=_status(children, "Deployment", sfu_name),
-            redis=_status(children, "StatefulSet", child_name(vs, "redis")),
-            service=_status(children, "Service", child_name(vs, "signaling")),
+            signaling=child_status(children, "Deployment", child_name(vs, "signaling")),
+            sfu=child_status(children, "Deployment", sfu_name),
+            redis=child_status(children, "StatefulSet", child_name(vs, "redis")),
+            service=child_status(children, "Service", child_name(vs, "signaling")),
             sfu_replicas=replicas,
             desired_sfus=desired,
             participants=participants,
@@ -282,10 +279,10 @@ class Reconciler:
                 state.applied.pop(key, None)
                 applied.append(f"-{key[0]}/{key[1]}")
         if applied:
-            _info(body, reason="Applied", message="applied " + ", ".join(applied))
+            info(body, reason="Applied", message="applied " + ", ".join(applied))
             log.info("applied", extra={"owner": body["metadata"]["name"], "children": applied})
         if errors:
-            _warn(body, reason="ApplyFailed", message="; ".join(errors)[:1000])
+            warn(body, reason="ApplyFailed", message="; ".join(errors)[:1000])
         return errors
 
     async def write_status(self, vs: VoiceServer, body: dict[str, Any], new: Any) -> None:
@@ -305,17 +302,8 @@ class Reconciler:
         for cond in new.conditions:
             old = before.get(cond.type)
             if old is None or old.status != cond.status or old.reason != cond.reason:
-                post = _warn if (cond.type == "Degraded" and cond.status == "True") else _info
+                post = warn if (cond.type == "Degraded" and cond.status == "True") else info
                 post(body, reason=f"{cond.type}{cond.status}", message=f"{cond.reason}: {cond.message}")
-
-
-def _info(body: dict[str, Any], *, reason: str, message: str) -> None:
-    """A Normal event on the VoiceServer (kopf posts it in the background, batched)."""
-    kopf.info(cast(kopf.Body, body), reason=reason, message=message[:1000])
-
-
-def _warn(body: dict[str, Any], *, reason: str, message: str) -> None:
-    kopf.warn(cast(kopf.Body, body), reason=reason, message=message[:1000])
 
 
 def _same_status(current: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -331,6 +319,6 @@ def _same_status(current: dict[str, Any], new: dict[str, Any]) -> bool:
     return bool(strip(current) == strip(new))
 
 
-def _status(children: dict[tuple[str, str], Child], kind: str, name: str) -> dict[str, Any] | None:
+def child_status(children: dict[tuple[str, str], Child], kind: str, name: str) -> dict[str, Any] | None:
     child = children.get((kind, name))
     return None if child is None else child.status

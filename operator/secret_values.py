@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from typing import Any
 
 from voxa.operator.kube import KubeClient, path_for
 
@@ -23,8 +24,11 @@ async def read_secret(kube: KubeClient, namespace: str, name: str) -> dict[str, 
     if hit is not None and time.monotonic() - hit[0] < SECRET_TTL_S:
         return hit[1]
     body = await kube.get(path_for("v1", "Secret", namespace, name))
-    data = None
-    if body is not None:
-        data = {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}
+    data = None if body is None else decode(body)
     _values[key] = (time.monotonic(), data)
     return data
+
+
+def decode(body: dict[str, Any]) -> dict[str, str]:
+    """A Secret object's data, base64-decoded."""
+    return {k: base64.b64decode(v).decode() for k, v in (body.get("data") or {}).items()}

@@ -127,6 +127,20 @@ def field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
+def ingress_policy(vs: VoiceServer, component: str, rules: list[dict[str, Any]]) -> Manifest:
+    """A NetworkPolicy admitting to the component's pods only what `rules` allow."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(vs, child_name(vs, component), component),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(vs, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
+        },
+    }
+
+
 def pdb(vs: VoiceServer, component: str) -> Manifest:
     return {
         "apiVersion": "policy/v1",

@@ -13,6 +13,7 @@ from voxa.operator.render.common import (
     Manifest,
     child_name,
     container_security_context,
+    ingress_policy,
     labels,
     metadata,
     pod_security_context,
@@ -74,21 +75,16 @@ def service(vs: VoiceServer) -> Manifest:
 
 def network_policy(vs: VoiceServer) -> Manifest:
     """Signaling (state) and the operator (the registry it scales on) reach Redis; nobody else."""
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(vs, child_name(vs, COMPONENT), COMPONENT),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(vs, COMPONENT)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [
-                        {"podSelector": {"matchLabels": selector_labels(vs, "signaling")}},
-                        {"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_SELECTOR}},
-                    ],
-                    "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
-                }
-            ],
-        },
-    }
+    return ingress_policy(
+        vs,
+        COMPONENT,
+        [
+            {
+                "from": [
+                    {"podSelector": {"matchLabels": selector_labels(vs, "signaling")}},
+                    {"namespaceSelector": {}, "podSelector": {"matchLabels": OPERATOR_SELECTOR}},
+                ],
+                "ports": [{"protocol": "TCP", "port": REDIS_PORT}],
+            }
+        ],
+    )

@@ -18,6 +18,7 @@ from voxa.operator.render.common import (
     container_security_context,
     field_env,
     http_probe,
+    ingress_policy,
     labels,
     metadata,
     pdb,
@@ -129,27 +130,18 @@ def service(vs: VoiceServer) -> Manifest:
 
 def network_policy(vs: VoiceServer) -> Manifest:
     """Control port: signaling pods only. Media ports: anyone (clients, or the TURN gateway)."""
-    spec = vs.spec.sfu
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": metadata(vs, child_name(vs, COMPONENT), COMPONENT),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(vs, COMPONENT)},
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                {
-                    "from": [{"podSelector": {"matchLabels": selector_labels(vs, "signaling")}}],
-                    "ports": [{"protocol": "TCP", "port": SFU_CONTROL_PORT}],
-                },
-                {
-                    "ports": [
-                        {"protocol": "UDP", "port": spec.udpPortRange.min, "endPort": spec.udpPortRange.max}
-                    ]
-                },
-            ],
-        },
-    }
+    media = vs.spec.sfu.udpPortRange
+    return ingress_policy(
+        vs,
+        COMPONENT,
+        [
+            {
+                "from": [{"podSelector": {"matchLabels": selector_labels(vs, "signaling")}}],
+                "ports": [{"protocol": "TCP", "port": SFU_CONTROL_PORT}],
+            },
+            {"ports": [{"protocol": "UDP", "port": media.min, "endPort": media.max}]},
+        ],
+    )
 
 
 def disruption_budget(vs: VoiceServer) -> Manifest:

@@ -2,8 +2,9 @@
 
 A gateway relays only to the SFU pods of the VoiceServers that reference it: one stunnerd cluster per
 VoiceServer, holding its SFU pod IPs and media port range, rewritten (hot, stunnerd watches the file)
-as pods come and go. Secret values are read from the API when needed and kept a few seconds, never in
-the watch caches.
+as pods come and go. A change of the auth Secret rotates the slots (`voxa.operator.slots`). Secret
+values are read from the API when needed and kept a few seconds, never in the watch caches; the
+slots' state is read back uncached, once, after a restart.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxa.operator import secret_values
+from voxa.operator import slots as slots_mod
 from voxa.operator import status as status_mod
-from voxa.operator.events import info
+from voxa.operator.events import info, warn
+from voxa.operator.kube import path_for
 from voxa.operator.models import StunnerGateway
 from voxa.operator.reconcile import Child, Reconciler, State, child_status
 from voxa.operator.render import stunner
-from voxa.operator.render.stunnerd_config import Cluster
+from voxa.operator.render.stunnerd_config import Auth, Cluster, EphemeralAuth, StaticAuth
 
 log = logging.getLogger("voxa.operator")
 
@@ -75,21 +78,22 @@ async def reconcile_gateway(
             created = await rec.kube.create(stunner.generated_auth_secret(gw, secrets.token_urlsafe(32)))
             if created is not None:
                 info(body, reason="SecretCreated", message=f"generated {secret_name}")
-        inputs = stunner.GatewayInputs()
-        auth = await secret_values.read_secret(rec.kube, gw.namespace, secret_name) or {}
+        auth_values = await secret_values.read_secret(rec.kube, gw.namespace, secret_name) or {}
+        auth: Auth | None = None
         if gw.spec.auth.type == "ephemeral":
-            secret = auth.get("secret", "")
+            secret = auth_values.get("secret", "")
             if not secret:
                 errors.append(f"Secret {secret_name} has no key 'secret'")
             elif "$" in secret:
                 errors.append("the TURN secret must not contain '$' (stunnerd expands variables)")
-            inputs = stunner.GatewayInputs(secret=secret)
+            else:
+                auth = EphemeralAuth(secret=secret)
         else:
-            inputs = stunner.GatewayInputs(
-                username=auth.get("username", ""), password=auth.get("password", "")
-            )
-            if not inputs.username or not inputs.password:
+            username, password = auth_values.get("username", ""), auth_values.get("password", "")
+            if not username or not password:
                 errors.append(f"Secret {secret_name} needs keys 'username' and 'password'")
+            else:
+                auth = StaticAuth(username=username, password=password)
         tls: dict[str, tuple[str, str]] = {}
         for listener in gw.spec.listeners:
             if listener.tlsSecretRef is not None:
@@ -111,21 +115,28 @@ async def reconcile_gateway(
             )
             for ref in routes
         ]
-        inputs = stunner.GatewayInputs(
-            secret=inputs.secret,
-            username=inputs.username,
-            password=inputs.password,
-            tls=tls,
-            clusters=clusters,
-        )
         rendered: list[dict[str, Any]] = []
-        if not errors:
+        slots: slots_mod.Slots | None = None
+        change: slots_mod.Change | None = None
+        if state.slots is None:
+            state.slots = await _written_slots(rec, gw)
+        if auth is not None:
+            ttl = gw.spec.credentialTtlSeconds
+            slots, change = slots_mod.advance(state.slots, auth, ttl, int(time.time()))
+        if slots is not None and not errors:
+            inputs = stunner.GatewayInputs(slots=slots, tls=tls, clusters=clusters)
             try:
                 rendered = stunner.children(gw, inputs)
             except ValueError as exc:
                 errors.append(str(exc))
         if rendered:
-            errors += await rec.converge(body, gw.namespace, rendered, children, state)
+            failed = await rec.converge(body, gw.namespace, rendered, children, state)
+            errors += failed
+            if not failed:
+                state.slots = slots
+                if change is not None:
+                    (warn if change.warning else info)(body, reason=change.reason, message=change.message)
+        shown = state.slots
 
         service = children.get(("Service", gw.name))
         service_body: dict[str, Any] | None = None
@@ -145,10 +156,20 @@ async def reconcile_gateway(
         observed = status_mod.GatewayObserved(
             deployment=child_status(children, "Deployment", gw.name),
             address=address,
-            uris=stunner.uris(gw, address, ports),
+            uris=stunner.uris(gw, address, ports, shown.active) if shown else [],
+            active_slot=shown.active if shown else "",
+            standby_uris=stunner.uris(gw, address, ports, shown.standby) if shown else [],
+            previous_secret_valid_until=slots_mod.standby_until_text(shown) if shown else "",
             secret_name=secret_name,
             endpoints=sum(len(c.endpoints) for c in clusters),
             errors=errors,
         )
         new = status_mod.gateway(gw, observed, time.time())
         await rec.write_status_of(body, "StunnerGateway", gw.status.conditions, new)
+
+
+async def _written_slots(rec: Reconciler, gw: StunnerGateway) -> slots_mod.Slots | None:
+    """The slots recorded in the gateway's config Secret (read uncached: a stale copy could undo a
+    rotation), or None for a new gateway."""
+    body = await rec.kube.get(path_for("v1", "Secret", gw.namespace, stunner.config_secret_name(gw)))
+    return None if body is None else stunner.slots_from_config(secret_values.decode(body))

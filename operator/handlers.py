@@ -187,12 +187,15 @@ def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
 
 @kopf.index(*GATEWAYS)
 def gateways_idx(spec: Any, status: Any, namespace: str | None, name: str, **_: Any) -> Any:
-    """What VoiceServers need of a gateway: its URIs (status), secret and credential lifetime."""
+    """What VoiceServers need of a gateway: its slots' URIs (status), auth type and credential lifetime."""
     auth = (spec or {}).get("auth") or {}
+    status = status or {}
     return {
         (namespace or "", name): GatewayView(
-            uris=tuple((status or {}).get("uris") or []),
-            secret_name=str((status or {}).get("secretName") or ""),
+            name=name,
+            uris=tuple(status.get("uris") or []),
+            active_slot=str(status.get("activeSlot") or ""),
+            standby_uris=tuple(status.get("standbyUris") or []),
             auth_type=str(auth.get("type", "ephemeral")),
             ttl_s=int((spec or {}).get("credentialTtlSeconds", 86400)),
         )

@@ -375,16 +375,33 @@ class GatewayListener(Model):
                     "self.protocol in ['TURN-TLS', 'TURN-DTLS'] || !has(self.tlsSecretRef)",
                     "only TURN-TLS and TURN-DTLS listeners take tlsSecretRef",
                 ),
+                cel(
+                    "has(self.alternatePort) ? self.alternatePort != self.port : self.port < 65535",
+                    "alternatePort must differ from port (port 65535 needs an explicit alternatePort)",
+                ),
             ]
         }
     )
 
-    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Listener name (unique).")
+    name: str = Field(
+        min_length=1,
+        max_length=61,
+        pattern=DNS_LABEL,
+        description="Listener name (unique). The Service's ports are `a-<name>` and `b-<name>`.",
+    )
     protocol: ListenerProtocol = Field(
         default="TURN-UDP",
         description="TURN-UDP and TURN-DTLS listen on UDP; TURN-TCP and TURN-TLS on TCP.",
     )
-    port: int = Field(default=3478, ge=1, le=65535, description="Port clients connect to.")
+    port: int = Field(default=3478, ge=1, le=65535, description="Port clients connect to (slot a).")
+    alternatePort: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The listener's second port (slot b), default `port` + 1. Each gateway pod runs two "
+        "stunnerd slots; a secret rotation sends new calls to the other slot while calls in progress "
+        "keep theirs, so clients and firewalls must reach both ports.",
+    )
     tlsSecretRef: ObjectRef | None = Field(
         default=None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) for TURN-TLS and TURN-DTLS."
     )
@@ -434,10 +451,13 @@ class StunnerGatewaySpec(Model):
                     "listener names must be unique",
                 ),
                 cel(
-                    "self.listeners.all(a, self.listeners.exists_one(b, b.port == a.port"
-                    " && (b.protocol in ['TURN-UDP', 'TURN-DTLS'])"
-                    " == (a.protocol in ['TURN-UDP', 'TURN-DTLS'])))",
-                    "two listeners cannot share a port on the same transport (UDP or TCP)",
+                    "self.listeners.all(a, self.listeners.all(b, a.name == b.name"
+                    " || (a.protocol in ['TURN-UDP', 'TURN-DTLS'])"
+                    " != (b.protocol in ['TURN-UDP', 'TURN-DTLS'])"
+                    " || [a.port, has(a.alternatePort) ? a.alternatePort : a.port + 1].all(p,"
+                    " p != b.port && p != (has(b.alternatePort) ? b.alternatePort : b.port + 1))))",
+                    "two listeners cannot share a port (port or alternatePort) on the same transport "
+                    "(UDP or TCP)",
                 ),
             ]
         }
@@ -463,7 +483,7 @@ class StunnerGatewaySpec(Model):
     image: str = Field(default=DEFAULT_STUNNERD_IMAGE, min_length=1, description="stunnerd image.")
     resources: Resources = Field(
         default_factory=lambda: _resources("200m", "64Mi", "256Mi"),
-        description="Resources of each stunnerd pod.",
+        description="Resources of each of the pod's two stunnerd containers (slots a and b).",
     )
     credentialTtlSeconds: int = Field(
         default=86400,
@@ -471,7 +491,7 @@ class StunnerGatewaySpec(Model):
         le=604800,
         description="Lifetime of the ephemeral credentials signaling issues. A TURN allocation is "
         "refreshed with the same credentials, so a call through the gateway lasts at most this long. "
-        "Also how long the previous secret stays accepted after a rotation.",
+        "Also how long the previous secret stays valid on the standby slot after a rotation.",
     )
 
 
@@ -481,7 +501,20 @@ class StunnerGatewayStatus(Model):
     observedGeneration: int = Field(default=0, description="Generation of the spec last reconciled.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing, Degraded.")
     address: str = Field(default="", description="The public address clients reach the gateway at.")
-    uris: list[str] = Field(default_factory=list, description="One TURN URI per listener.")
+    uris: list[str] = Field(
+        default_factory=list,
+        description="One TURN URI per listener, on the active slot: what signaling hands out.",
+    )
+    activeSlot: str = Field(default="", description="The stunnerd slot (a or b) new calls use.")
+    standbyUris: list[str] = Field(
+        default_factory=list,
+        description="The TURN URIs of the other slot, which carries calls older than a rotation.",
+    )
+    previousSecretValidUntil: str = Field(
+        default="",
+        description="Until when the standby slot accepts the previous secret (RFC 3339); empty when it "
+        "holds the current one.",
+    )
     listeners: int = Field(default=0, description="Listeners configured.")
     ready: str = Field(default="False", description="Ready condition's status, for `kubectl get`.")
     secretName: str = Field(default="", description="The Secret holding the auth secret in use.")

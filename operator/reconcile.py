@@ -39,6 +39,7 @@ from voxa.operator.scaling import (
     decide,
     desired_replicas,
 )
+from voxa.operator.slots import Slots
 from voxa.operator.turn import turn_inputs
 
 log = logging.getLogger("voxa.operator")
@@ -84,7 +85,9 @@ class State:
     applied: dict[tuple[str, str], str] = field(default_factory=dict)
     last_registry_error: str | None = None
     turn: TurnInputs | None = None
-    """The TURN settings last rendered (VoiceServers with a gateway), rotation included."""
+    """The TURN settings last rendered (VoiceServers with a gateway)."""
+    slots: Slots | None = None
+    """A gateway's stunnerd slots as last written (read back from its config Secret after a restart)."""
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -222,7 +225,7 @@ class Reconciler:
             # which drains first.
             replicas = state.sfu_replicas = desired = target
 
-        turn, turn_error = await turn_inputs(self.kube, vs, body, gateway, state.turn, time.time())
+        turn, turn_error = await turn_inputs(self.kube, vs, body, gateway, state.turn)
         if turn is not None:
             state.turn = turn
         elif vs.spec.stunnerGatewayRef is not None:

@@ -171,6 +171,10 @@ class GatewayObserved:
     deployment: dict[str, Any] | None = None
     address: str = ""
     uris: list[str] = field(default_factory=list)
+    """The active slot's URIs."""
+    active_slot: str = ""
+    standby_uris: list[str] = field(default_factory=list)
+    previous_secret_valid_until: str = ""
     secret_name: str = ""
     endpoints: int = 0
     errors: list[str] = field(default_factory=list)
@@ -213,6 +217,9 @@ def gateway(gw: StunnerGateway, seen: GatewayObserved, now: float) -> StunnerGat
         conditions=conditions,
         address=seen.address,
         uris=seen.uris,
+        activeSlot=seen.active_slot,
+        standbyUris=seen.standby_uris,
+        previousSecretValidUntil=seen.previous_secret_valid_until,
         listeners=len(gw.spec.listeners),
         ready="True" if ready else "False",
         secretName=seen.secret_name,

@@ -57,10 +57,6 @@ class SignalingSettings(BaseSettings):
     )
 
     turn_secret: str | None = Field(default=None, description="TURN REST shared secret.")
-    turn_secret_previous: str | None = Field(
-        default=None,
-        description="The previous TURN secret, accepted during a rotation (issues use the new one).",
-    )
     turn_uris: CommaList = Field(default_factory=list, description="Comma list of turn:/turns:/stun: URIs.")
     turn_ttl_s: int = Field(default=3600, gt=0, description="Lifetime of issued TURN credentials.")
 

@@ -18,6 +18,7 @@ import pytest
 
 from e2e.turn.servers import (
     CoturnProcess,
+    GatewayPod,
     StunnerdProcess,
     build_stunnerd,
     free_udp_port,
@@ -129,6 +130,18 @@ def coturn_factory(tmp_path: Path) -> Iterator[CoturnFactory]:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def gateway_pod(tmp_path: Path, stunnerd_binary: Path) -> Iterator[GatewayPod]:
+    """A StunnerGateway's pod on loopback: two stunnerd slots with the operator's configs, secret
+    SECRET, relaying to 127.0.0.2's SFU port range only."""
+    pod = GatewayPod(tmp_path / "gateway-pod", stunnerd_binary, SECRET, realm=REALM, endpoints=(SFU_HOST,))
+    try:
+        pod.start()
+        yield pod
+    finally:
+        pod.stop()
 
 
 @pytest.fixture

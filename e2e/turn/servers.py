@@ -8,6 +8,8 @@ reached on loopback here) and relay only to the peers they are told to allow.
 * `StunnerdProcess` renders its config with `stunnerd_config.render_stunnerd_config`, writes it to a
   file, and runs ``stunnerd -w -c file://...`` (watch mode) or ``-c`` (load once). `reconfigure()`
   rewrites the file and waits until stunnerd's own status shows the new config.
+* `GatewayPod` is what one pod of a StunnerGateway runs: one stunnerd per slot, each loading the
+  config the operator renders for it; `rotate()` changes the secret as the operator does.
 * `CoturnProcess` runs ``turnserver -c <file>`` with ``use-auth-secret`` and one
   ``static-auth-secret`` line per secret, or (``secrets_in_db=True``) the secrets in its SQLite
   database, which `set_db_secrets` changes while it runs.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import ipaddress
 import json
@@ -29,7 +32,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from voxa.common.turn import turn_credentials
+from voxa.operator.models import StunnerGateway
+from voxa.operator.render import stunner
 from voxa.operator.render.stunnerd_config import (
     Cluster,
     EphemeralAuth,
@@ -47,6 +52,7 @@ from voxa.operator.render.stunnerd_config import (
     dumps,
     render_stunnerd_config,
 )
+from voxa.operator.slots import SLOTS, Change, Slot, Slots, advance
 
 LOOPBACK = "127.0.0.1"
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build.sh")
@@ -220,6 +226,9 @@ class StunnerdProcess(TurnServerProcess):
     operator_rendered: bool = False
     """Render the config as the operator does for a StunnerGateway (listeners on $STUNNER_ADDR, one
     cluster per VoiceServer with its media port range), instead of this harness's own inputs."""
+    rendered: Callable[[], dict[str, Any]] | None = None
+    """Where the config comes from instead (a `GatewayPod` slot); its health check is moved to
+    `health_port` on loopback."""
     config: dict[str, Any] = field(default_factory=dict, init=False)
 
     kind = "stunnerd"
@@ -233,6 +242,11 @@ class StunnerdProcess(TurnServerProcess):
         return f"http://{LOOPBACK}:{self.health_port}"
 
     def render(self) -> dict[str, Any]:
+        if self.rendered is not None:
+            config = self.rendered()
+            config["admin"]["healthcheck_endpoint"] = self.health_url
+            self.secret = str(config["auth"]["credentials"].get("secret", ""))
+            return config
         if self.operator_rendered:
             return self._render_as_the_operator()
         return render_stunnerd_config(
@@ -245,20 +259,19 @@ class StunnerdProcess(TurnServerProcess):
         )
 
     def _render_as_the_operator(self) -> dict[str, Any]:
-        from voxa.operator.models import StunnerGateway
-        from voxa.operator.render import stunner
-
         gateway = StunnerGateway.model_validate(
             {
                 "metadata": {"name": "edge", "namespace": "voxa", "uid": "uid"},
                 "spec": {"realm": self.realm, "listeners": [{"name": "udp", "port": self.port}]},
             }
         )
+        auth = EphemeralAuth(self.secret)
         inputs = stunner.GatewayInputs(
-            secret=self.secret, clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))]
+            slots=Slots(active="a", a=auth, b=auth),
+            clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))],
         )
-        config = stunner.stunnerd_config(gateway, inputs)
-        # The one change: the health check on a free loopback port rather than the pod's 0.0.0.0:8086.
+        config = stunner.stunnerd_config(gateway, inputs, "a")
+        # The one change: the health check on a free loopback port rather than the pod's 0.0.0.0.
         config["admin"]["healthcheck_endpoint"] = self.health_url
         return config
 
@@ -332,12 +345,98 @@ class StunnerdProcess(TurnServerProcess):
         self._write()
         self.wait_applied(timeout)
 
+    def rewrite(self, timeout: float = 15.0) -> None:
+        """Render again (a `rendered` source changed), rewrite the file, wait until it is applied."""
+        self._write()
+        self.wait_applied(timeout)
+
     @property
     def allocation_count(self) -> int:
         return int(self.status()["allocationCount"])
 
     def signing_secret(self) -> str:
         return self.secret
+
+
+@dataclass
+class GatewayPod:
+    """One pod of a StunnerGateway, on loopback: a stunnerd per slot, in watch mode, each loading the
+    config the operator renders for that slot (`voxa.operator.render.stunner`) from a gateway with one
+    TURN-UDP listener. The slots advance with `voxa.operator.slots`, as the operator advances them."""
+
+    workdir: Path
+    binary: Path
+    secret: str
+    realm: str = "voxa.test"
+    endpoints: Sequence[str] = ("127.0.0.2",)
+    ttl_s: int = 600
+    slots: Slots = field(init=False)
+    servers: dict[Slot, StunnerdProcess] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        port_a = free_udp_port()
+        port_b = next(p for p in iter(free_udp_port, None) if p != port_a)
+        self.gateway = StunnerGateway.model_validate(
+            {
+                "metadata": {"name": "edge", "namespace": "voxa", "uid": "uid"},
+                "spec": {
+                    "realm": self.realm,
+                    "listeners": [{"name": "udp", "port": port_a, "alternatePort": port_b}],
+                    "credentialTtlSeconds": self.ttl_s,
+                },
+            }
+        )
+        self.slots, _ = advance(None, EphemeralAuth(self.secret), self.ttl_s, int(time.time()))
+
+    def _config(self, slot: Slot) -> dict[str, Any]:
+        inputs = stunner.GatewayInputs(
+            slots=self.slots,
+            clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))],
+        )
+        return stunner.stunnerd_config(self.gateway, inputs, slot)
+
+    def start(self) -> None:
+        (listener,) = self.gateway.spec.listeners
+        for slot in SLOTS:
+            workdir = self.workdir / f"slot-{slot}"
+            workdir.mkdir(parents=True, exist_ok=True)
+            server = StunnerdProcess(
+                workdir,
+                self.realm,
+                stunner.slot_port(listener, slot),
+                binary=self.binary,
+                watch=True,
+                rendered=functools.partial(self._config, slot),
+            )
+            self.servers[slot] = server
+            server.start()
+
+    def rotate(self, secret: str, now: float | None = None) -> Change | None:
+        """What the operator does when the auth Secret changes (or, with the same secret and `now` a
+        credential lifetime later, when it retires the previous one): advance the slots and rewrite
+        both configs."""
+        stamp = int(now if now is not None else time.time())
+        self.slots, change = advance(self.slots, EphemeralAuth(secret), self.ttl_s, stamp)
+        self.secret = secret
+        for server in self.servers.values():
+            server.rewrite()
+        return change
+
+    def server(self, slot: Slot) -> StunnerdProcess:
+        return self.servers[slot]
+
+    @property
+    def active(self) -> StunnerdProcess:
+        return self.servers[self.slots.active]
+
+    def slot_secret(self, slot: Slot) -> str:
+        auth = self.slots.auth(slot)
+        assert isinstance(auth, EphemeralAuth)
+        return auth.secret
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.stop()
 
 
 @dataclass

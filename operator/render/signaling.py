@@ -28,19 +28,16 @@ from voxa.operator.render.common import (
 
 COMPONENT = "signaling"
 JWT_MOUNT = "/etc/voxa/jwt"
-ROTATED_AT_ANNOTATION = "voxa.dev/rotated-at"
 
 
 @dataclass(frozen=True)
 class TurnInputs:
-    """TURN settings from the referenced StunnerGateway. During a rotation `previous` is the secret
-    credentials issued before it were made with, still accepted until `previous_until`."""
+    """TURN settings from the referenced StunnerGateway: the URIs of its active slot and that slot's
+    secret (a rotation changes both; calls older than it stay on the other slot)."""
 
     uris: tuple[str, ...]
     ttl_s: int
     secret: str
-    previous: str | None = None
-    previous_until: int = 0
 
 
 def turn_secret_name(vs: VoiceServer) -> str:
@@ -48,14 +45,15 @@ def turn_secret_name(vs: VoiceServer) -> str:
 
 
 def turn_secret(vs: VoiceServer, turn: TurnInputs) -> Manifest:
-    """The gateway's secret, copied next to signaling (Secrets cannot be referenced across namespaces,
-    and the copy holds the previous secret during a rotation)."""
-    data = {"secret": turn.secret}
+    """The gateway's secret, copied next to signaling (Secrets cannot be referenced across namespaces)."""
     meta = metadata(vs, turn_secret_name(vs), COMPONENT)
-    if turn.previous:
-        data["previous"] = turn.previous
-        meta["annotations"] = {ROTATED_AT_ANNOTATION: str(turn.previous_until)}
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque", "stringData": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "stringData": {"secret": turn.secret},
+    }
 
 
 def sfu_secret_name(vs: VoiceServer) -> str:
@@ -123,10 +121,8 @@ def deployment(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
     turn_fingerprint = None
     if turn is not None:
         env.append(secret_env("VOXA_TURN_SECRET", turn_secret_name(vs), "secret"))
-        if turn.previous:
-            env.append(secret_env("VOXA_TURN_SECRET_PREVIOUS", turn_secret_name(vs), "previous"))
-        # A rotation rolls signaling (a digest of the secrets, never the secrets, in the template).
-        turn_fingerprint = _fingerprint([turn.secret, turn.previous])
+        # A rotation rolls signaling (a digest of the secret, never the secret, in the template).
+        turn_fingerprint = _fingerprint([turn.secret])
     if auth.jwtSecretRef:
         env.append(secret_env("VOXA_JWT_SECRET", auth.jwtSecretRef.name, auth.jwtSecretRef.key))
     if vs.spec.redis.urlSecretRef:

@@ -1,10 +1,14 @@
-"""A StunnerGateway's children, pure: stunnerd's config, its Deployment and Service, the auth Secret.
+"""A StunnerGateway's children, pure: stunnerd's config, its Deployment, Service and NetworkPolicy,
+the auth Secret.
 
-The config is stunnerd's own format (`stunnerd_config`). It holds the TURN secret in clear, so it is a
-Secret rather than a ConfigMap; stunnerd watches the mounted file (`-w`) and applies changes (new SFU
-endpoints, a new secret) without restarting, so live allocations survive them. Listeners bind the pod
-IP (`$STUNNER_ADDR`, which stunnerd expands from its environment) and relay only to the clusters: one
-per VoiceServer that references the gateway, holding that server's SFU pod IPs and media port range.
+Each pod runs two stunnerd processes, slots "a" and "b" (`voxa.operator.slots`): slot a listens on
+each listener's `port`, slot b on its `alternatePort`, and a secret rotation moves new calls from one
+to the other while calls in progress keep theirs. The config is stunnerd's own format
+(`stunnerd_config`), one file per slot plus the slots' state, in one Secret (it holds the TURN secret
+in clear); stunnerd watches its mounted file (`-w`) and applies changes (new SFU endpoints, a new
+secret) without restarting, so live allocations survive them. Listeners bind the pod IP
+(`$STUNNER_ADDR`, which stunnerd expands from its environment) and relay only to the clusters: one per
+VoiceServer that references the gateway, holding that server's SFU pod IPs and media port range.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voxa.operator.models import API_VERSION, StunnerGateway
+from voxa.operator.models import API_VERSION, GatewayListener, StunnerGateway
 from voxa.operator.render.common import (
     COMPONENT_LABEL,
     MANAGED_BY,
@@ -26,18 +30,38 @@ from voxa.operator.render.common import (
 from voxa.operator.render.stunnerd_config import (
     POD_ADDRESS,
     Cluster,
-    EphemeralAuth,
     Listener,
-    StaticAuth,
+    auth_of,
+    dumps,
     render_stunnerd_config,
 )
+from voxa.operator.slots import SLOTS, Slot, Slots
 
 COMPONENT = "stunnerd"
 GATEWAY_LABEL = "voxa.dev/stunnergateway"
 CONFIG_DIR = "/etc/stunnerd"
-CONFIG_FILE = "stunnerd.conf"
-HEALTH_PORT = 8086
+STATE_FILE = "slots.json"
+# Not stunnerd's default 8086: each process first serves its health check there while it boots, and
+# the two would race for it.
+HEALTH_PORTS: dict[Slot, int] = {"a": 8087, "b": 8088}
 UDP_PROTOCOLS = ("TURN-UDP", "TURN-DTLS")
+
+
+def config_file(slot: Slot) -> str:
+    return f"{slot}.json"
+
+
+def alternate_port(listener: GatewayListener) -> int:
+    return listener.alternatePort if listener.alternatePort is not None else listener.port + 1
+
+
+def slot_port(listener: GatewayListener, slot: Slot) -> int:
+    return listener.port if slot == "a" else alternate_port(listener)
+
+
+def port_name(listener: str, slot: Slot) -> str:
+    """The Service port of a listener's slot (listener names are at most 61 characters)."""
+    return f"{slot}-{listener}"
 
 
 def auth_secret_name(gw: StunnerGateway) -> str:
@@ -83,10 +107,8 @@ def metadata(gw: StunnerGateway, name: str) -> dict[str, Any]:
 class GatewayInputs:
     """What the gateway's config needs beyond its spec, read from the cluster by the operator."""
 
-    secret: str = ""
-    """The ephemeral shared secret (ephemeral auth)."""
-    username: str = ""
-    password: str = ""
+    slots: Slots
+    """The auth of each slot, and which one is active."""
     tls: dict[str, tuple[str, str]] = field(default_factory=dict)
     """Listener name → (certificate PEM, key PEM)."""
     clusters: Sequence[Cluster] = ()
@@ -103,13 +125,9 @@ def generated_auth_secret(gw: StunnerGateway, secret: str) -> Manifest:
     }
 
 
-def stunnerd_config(gw: StunnerGateway, inputs: GatewayInputs) -> dict[str, Any]:
+def stunnerd_config(gw: StunnerGateway, inputs: GatewayInputs, slot: Slot) -> dict[str, Any]:
+    """One slot's stunnerd config: the spec's listeners on the slot's ports, the slot's auth."""
     spec = gw.spec
-    auth: EphemeralAuth | StaticAuth
-    if spec.auth.type == "ephemeral":
-        auth = EphemeralAuth(secret=inputs.secret)
-    else:
-        auth = StaticAuth(username=inputs.username, password=inputs.password)
     listeners = []
     for item in spec.listeners:
         cert, key = inputs.tls.get(item.name, (None, None))
@@ -118,57 +136,82 @@ def stunnerd_config(gw: StunnerGateway, inputs: GatewayInputs) -> dict[str, Any]
                 name=item.name,
                 protocol=item.protocol,
                 address=POD_ADDRESS,
-                port=item.port,
+                port=slot_port(item, slot),
                 public_address=spec.publicAddress,
                 cert_pem=cert,
                 key_pem=key,
             )
         )
     return render_stunnerd_config(
-        name=f"{gw.namespace}/{gw.name}",
+        name=f"{gw.namespace}/{gw.name}/{slot}",
         realm=spec.realm,
-        auth=auth,
+        auth=inputs.slots.auth(slot),
         listeners=listeners,
         clusters=inputs.clusters,
-        health_check_endpoint=f"http://0.0.0.0:{HEALTH_PORT}",
+        health_check_endpoint=f"http://0.0.0.0:{HEALTH_PORTS[slot]}",
         log_level="all:WARN",
     )
 
 
 def config_secret(gw: StunnerGateway, inputs: GatewayInputs) -> Manifest:
-    text = json.dumps(stunnerd_config(gw, inputs), indent=2, sort_keys=True) + "\n"
+    """Both slots' configs and the slots' state (which is active, until when the standby keeps the
+    previous secret): the operator reads the state back after a restart."""
+    slots = inputs.slots
+    state = {"active": slots.active, "standbyUntil": slots.standby_until}
+    data = {config_file(slot): dumps(stunnerd_config(gw, inputs, slot)) for slot in SLOTS}
+    data[STATE_FILE] = json.dumps(state, sort_keys=True) + "\n"
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": metadata(gw, config_secret_name(gw)),
         "type": "Opaque",
-        "stringData": {CONFIG_FILE: text},
+        "stringData": data,
     }
+
+
+def slots_from_config(data: dict[str, str]) -> Slots | None:
+    """The slots a config Secret's decoded data records, or None if it holds no complete state."""
+    try:
+        state = json.loads(data[STATE_FILE])
+        a = auth_of(json.loads(data[config_file("a")]))
+        b = auth_of(json.loads(data[config_file("b")]))
+        active = state["active"]
+        until = int(state.get("standbyUntil") or 0)
+    except (KeyError, ValueError, TypeError):
+        return None
+    if a is None or b is None or active not in SLOTS:
+        return None
+    return Slots(active=active, a=a, b=b, standby_until=until)
 
 
 def _transport(protocol: str) -> str:
     return "UDP" if protocol in UDP_PROTOCOLS else "TCP"
 
 
-def deployment(gw: StunnerGateway) -> Manifest:
+def _container(gw: StunnerGateway, slot: Slot) -> dict[str, Any]:
     spec = gw.spec
     probe = {"periodSeconds": 5, "timeoutSeconds": 2, "failureThreshold": 3}
-    container = {
-        "name": COMPONENT,
+    return {
+        "name": f"{COMPONENT}-{slot}",
         "image": spec.image,
         "command": ["stunnerd"],
-        "args": ["-w", "-c", f"file://{CONFIG_DIR}/{CONFIG_FILE}"],
+        "args": ["-w", "-c", f"file://{CONFIG_DIR}/{config_file(slot)}"],
         "env": [{"name": "STUNNER_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        # Unnamed: container port names are limited to 15 characters, listener names are not.
         "ports": [
-            {"name": item.name, "containerPort": item.port, "protocol": _transport(item.protocol)}
+            {"containerPort": slot_port(item, slot), "protocol": _transport(item.protocol)}
             for item in spec.listeners
         ],
         "resources": resources(spec.resources),
         "securityContext": container_security_context(),
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": HEALTH_PORT}, **probe},
-        "livenessProbe": {"httpGet": {"path": "/live", "port": HEALTH_PORT}, **probe},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": HEALTH_PORTS[slot]}, **probe},
+        "livenessProbe": {"httpGet": {"path": "/live", "port": HEALTH_PORTS[slot]}, **probe},
         "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
     }
+
+
+def deployment(gw: StunnerGateway) -> Manifest:
+    spec = gw.spec
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -184,7 +227,7 @@ def deployment(gw: StunnerGateway) -> Manifest:
                     "securityContext": pod_security_context(),
                     # Allocations live in the pod: give clients time to move on a rollout.
                     "terminationGracePeriodSeconds": 60,
-                    "containers": [container],
+                    "containers": [_container(gw, slot) for slot in SLOTS],
                     "volumes": [{"name": "config", "secret": {"secretName": config_secret_name(gw)}}],
                 },
             },
@@ -204,11 +247,12 @@ def service(gw: StunnerGateway) -> Manifest:
         "sessionAffinity": "ClientIP",
         "ports": [
             {
-                "name": item.name,
-                "port": item.port,
-                "targetPort": item.port,
+                "name": port_name(item.name, slot),
+                "port": slot_port(item, slot),
+                "targetPort": slot_port(item, slot),
                 "protocol": _transport(item.protocol),
             }
+            for slot in SLOTS
             for item in gw.spec.listeners
         ],
     }
@@ -217,8 +261,30 @@ def service(gw: StunnerGateway) -> Manifest:
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": body}
 
 
+def network_policy(gw: StunnerGateway) -> Manifest:
+    """Only the TURN ports are open: the health ports also serve /status, which shows the secret."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(gw, gw.name),
+        "spec": {
+            "podSelector": {"matchLabels": selector(gw)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "ports": [
+                        {"port": slot_port(item, slot), "protocol": _transport(item.protocol)}
+                        for slot in SLOTS
+                        for item in gw.spec.listeners
+                    ]
+                }
+            ],
+        },
+    }
+
+
 def children(gw: StunnerGateway, inputs: GatewayInputs) -> list[Manifest]:
-    return [config_secret(gw, inputs), service(gw), deployment(gw)]
+    return [config_secret(gw, inputs), service(gw), network_policy(gw), deployment(gw)]
 
 
 def _scheme(protocol: str) -> tuple[str, str]:
@@ -233,9 +299,11 @@ def _scheme(protocol: str) -> tuple[str, str]:
 def public_endpoint(
     gw: StunnerGateway, service_body: dict[str, Any] | None, node_addresses: Sequence[str]
 ) -> tuple[str, dict[str, int]]:
-    """(address, listener → port) clients use: spec.publicAddress, else the load balancer's ingress,
-    else a node's address with the NodePorts; ("", {}) while none is known."""
-    ports = {item.name: item.port for item in gw.spec.listeners}
+    """(address, Service port name → port) clients use: spec.publicAddress, else the load balancer's
+    ingress, else a node's address with the NodePorts; ("", {}) while none is known."""
+    ports = {
+        port_name(item.name, slot): slot_port(item, slot) for slot in SLOTS for item in gw.spec.listeners
+    }
     spec = (service_body or {}).get("spec") or {}
     status = (service_body or {}).get("status") or {}
     if gw.spec.publicAddress:
@@ -251,13 +319,13 @@ def public_endpoint(
     return "", {}
 
 
-def uris(gw: StunnerGateway, address: str, ports: dict[str, int]) -> list[str]:
-    """One TURN URI per listener, as clients put them in iceServers."""
+def uris(gw: StunnerGateway, address: str, ports: dict[str, int], slot: Slot) -> list[str]:
+    """One TURN URI per listener of `slot`, as clients put them in iceServers."""
     if not address:
         return []
     host = f"[{address}]" if ":" in address else address
     out = []
     for item in gw.spec.listeners:
         scheme, transport = _scheme(item.protocol)
-        out.append(f"{scheme}:{host}:{ports[item.name]}?transport={transport}")
+        out.append(f"{scheme}:{host}:{ports[port_name(item.name, slot)]}?transport={transport}")
     return out

@@ -213,6 +213,18 @@ def render_stunnerd_config(
     }
 
 
+def auth_of(config: dict[str, Any]) -> Auth | None:
+    """The auth a rendered config holds (the inverse of what `render_stunnerd_config` writes), or None
+    if it holds none this module would render."""
+    auth = config.get("auth") or {}
+    credentials = auth.get("credentials") or {}
+    if auth.get("type") == "ephemeral" and credentials.get("secret"):
+        return EphemeralAuth(secret=str(credentials["secret"]))
+    if auth.get("type") == "static" and credentials.get("username") and credentials.get("password"):
+        return StaticAuth(username=str(credentials["username"]), password=str(credentials["password"]))
+    return None
+
+
 def dumps(config: dict[str, Any]) -> str:
     """The config file text (JSON, which stunnerd reads as YAML), byte-for-byte stable."""
     return json.dumps(config, indent=2, sort_keys=True) + "\n"

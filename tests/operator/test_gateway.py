@@ -25,9 +25,16 @@ def gateway(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def stunnerd_config(cluster: KubeCluster, namespace: str, name: str) -> dict[str, Any]:
+def stunnerd_config(cluster: KubeCluster, namespace: str, name: str, slot: str = "a") -> dict[str, Any]:
     body = get(cluster, namespace, "secret", f"{name}-stunnerd-config")
-    return dict(json.loads(base64.b64decode(body["data"]["stunnerd.conf"])))
+    return dict(json.loads(base64.b64decode(body["data"][f"{slot}.json"])))
+
+
+def slot_secrets(cluster: KubeCluster, namespace: str, name: str) -> dict[str, str]:
+    return {
+        slot: stunnerd_config(cluster, namespace, name, slot)["auth"]["credentials"]["secret"]
+        for slot in "ab"
+    }
 
 
 def decoded(cluster: KubeCluster, namespace: str, name: str) -> dict[str, str]:
@@ -54,6 +61,15 @@ def test_invalid_gateways_are_refused(crds_installed: KubeCluster, namespace: st
                 ],
             ),
             "two listeners cannot share a port",
+        ),
+        (
+            # The first listener's alternatePort defaults to 3479, the second one's port.
+            gateway("f", listeners=[{"name": "u", "port": 3478}, {"name": "v", "port": 3479}]),
+            "two listeners cannot share a port (port or alternatePort)",
+        ),
+        (
+            gateway("g", listeners=[{"name": "u", "port": 3478, "alternatePort": 3478}]),
+            "alternatePort must differ from port",
         ),
         (gateway("d", auth={"type": "static"}), "static auth needs secretRef"),
         (gateway("e", listeners=[{"name": "u", "protocol": "QUIC"}]), 'supported values: "TURN-UDP"'),
@@ -87,14 +103,30 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
         "turn:203.0.113.9:3478?transport=udp",
         "turn:203.0.113.9:3478?transport=tcp",
     ]
+    assert body["status"]["activeSlot"] == "a"
+    assert body["status"]["standbyUris"] == [
+        "turn:203.0.113.9:3479?transport=udp",
+        "turn:203.0.113.9:3479?transport=tcp",
+    ]
     table = cluster.kubectl("get", "stunnergateways", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "READY", "ADDRESS", "LISTENERS", "AGE"]
     assert table[1].split()[:4] == ["edge", "True", "203.0.113.9", "2"]
     svc = get(cluster, namespace, "service", "edge")
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["sessionAffinity"] == "ClientIP"
-    assert [(p["port"], p["protocol"]) for p in svc["spec"]["ports"]] == [(3478, "UDP"), (3478, "TCP")]
+    assert [(p["name"], p["port"], p["protocol"]) for p in svc["spec"]["ports"]] == [
+        ("a-udp", 3478, "UDP"),
+        ("a-tcp", 3478, "TCP"),
+        ("b-udp", 3479, "UDP"),
+        ("b-tcp", 3479, "TCP"),
+    ]
     generated = decoded(cluster, namespace, "edge-auth")["secret"]
-    assert stunnerd_config(cluster, namespace, "edge")["auth"]["credentials"] == {"secret": generated}
+    assert slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": generated}
+    containers = get(cluster, namespace, "deployment", "edge")["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["stunnerd-a", "stunnerd-b"]
+    assert get(cluster, namespace, "networkpolicy", "edge")["spec"]["ingress"][0]["ports"][0] == {
+        "port": 3478,
+        "protocol": "UDP",
+    }
 
     # A VoiceServer routed through it gets the URIs and the secret, and the gateway relays to its SFUs.
     cluster.apply(
@@ -147,7 +179,8 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
 
     eventually(replaced, 60, "endpoints after a pod replacement")
 
-    # Rotation: a new secret reaches stunnerd and signaling; the previous one stays for a credential TTL.
+    # Rotation: slot b takes the new secret and new calls; slot a keeps the previous one for a
+    # credential lifetime; signaling rolls with slot b's URIs and the new secret.
     template = get(cluster, namespace, "deployment", "lobby-signaling")["spec"]["template"]["metadata"]
     cluster.kubectl(
         "patch",
@@ -160,14 +193,31 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
         '{"stringData": {"secret": "rotated-1"}}',
     )
     eventually(
-        lambda: stunnerd_config(cluster, namespace, "edge")["auth"]["credentials"] == {"secret": "rotated-1"},
+        lambda: slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "rotated-1"},
         60,
-        "stunnerd config with the new secret",
+        "slot b with the new secret, slot a with the previous one",
+    )
+
+    def rotated_status() -> dict[str, Any] | None:
+        st = get(cluster, namespace, "stunnergateway", "edge")["status"]
+        return dict(st) if st.get("activeSlot") == "b" else None
+
+    st = eventually(rotated_status, 60, "gateway status on slot b")
+    assert st["uris"] == ["turn:203.0.113.9:3479?transport=udp", "turn:203.0.113.9:3479?transport=tcp"]
+    assert st["standbyUris"] == ["turn:203.0.113.9:3478?transport=udp", "turn:203.0.113.9:3478?transport=tcp"]
+    assert st["previousSecretValidUntil"].endswith("Z")
+    eventually(
+        lambda: (
+            get(cluster, namespace, "configmap", "lobby-signaling")["data"]["VOXA_TURN_URIS"]
+            == "turn:203.0.113.9:3479?transport=udp,turn:203.0.113.9:3479?transport=tcp"
+        ),
+        60,
+        "signaling's config with slot b's URIs",
     )
     eventually(
-        lambda: decoded(cluster, namespace, "lobby-turn") == {"secret": "rotated-1", "previous": generated},
+        lambda: decoded(cluster, namespace, "lobby-turn") == {"secret": "rotated-1"},
         60,
-        "signaling's copy with the previous secret",
+        "signaling's copy of the new secret",
     )
 
     def rolled() -> dict[str, Any] | None:
@@ -175,10 +225,20 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
         return dict(d) if d["spec"]["template"]["metadata"] != template else None
 
     deployment = eventually(rolled, 60, "signaling rolled")
-    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["VOXA_TURN_SECRET_PREVIOUS"]["valueFrom"]["secretKeyRef"] == {
-        "name": "lobby-turn",
-        "key": "previous",
-    }
-    events = get(cluster, namespace, "events", "--field-selector", "involvedObject.name=lobby")["items"]
-    assert "TurnSecretRotated" in {e["reason"] for e in events}
+    env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "VOXA_TURN_SECRET" in env
+    assert "rotated-1" not in json.dumps(deployment)
+
+    def reasons(name: str) -> set[str]:
+        items = get(cluster, namespace, "events", "--field-selector", f"involvedObject.name={name}")["items"]
+        return {e["reason"] for e in items}
+
+    eventually(lambda: "TurnSecretRotated" in reasons("edge"), 30, "TurnSecretRotated event")
+    eventually(lambda: "TurnSettingsChanged" in reasons("lobby"), 30, "TurnSettingsChanged event")
+    # A restarted operator reads the slots back from the config Secret: nothing rotates again.
+    operator.stop()
+    operator.start()
+    eventually(lambda: operator.reconciles() >= 6, 60, "the restarted operator reconciled a few times")
+    assert slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "rotated-1"}
+    assert get(cluster, namespace, "stunnergateway", "edge")["status"]["activeSlot"] == "b"
+    assert decoded(cluster, namespace, "lobby-turn") == {"secret": "rotated-1"}

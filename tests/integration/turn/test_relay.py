@@ -8,8 +8,9 @@ gateway the operator deploys) and coturn.
 * Credentials: expired (correctly signed) and forged (wrong HMAC) ones cannot allocate.
 * Peers: the gateway relays only to the allowed endpoints (127.0.0.2 here); a permission, channel
   binding or packet for 127.0.0.3 is refused.
-* Secret rotation: what each server does when its secret changes (see docs/turn.md, "Rotating the
-  secret"), pinned so a change of behaviour in a new version shows up here.
+* Secret rotation: the operator's two-slot rotation on a real gateway pod drops no call; and what
+  each server does when its secret changes (see docs/turn.md, "Rotating the secret"), pinned so a
+  change of behaviour in a new version shows up here.
 
 The error codes differ between the servers and are part of what is pinned: stunnerd (pion/turn)
 answers bad credentials with 400 and an unsigned response, coturn with 401; a refused permission is
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +31,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aioice import stun
 from aioice.ice import CandidatePair
-from aioice.turn import create_turn_endpoint
+from aioice.turn import TurnClientProtocol, create_turn_endpoint
 
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from e2e.turn.fixtures import SFU_HOST, CoturnFactory, StunnerdFactory
@@ -38,6 +41,7 @@ from e2e.turn.probe import FIRST_CHANNEL, TurnProbe, TurnResult, TurnTimeout, Ud
 from e2e.turn.servers import (
     LOOPBACK,
     CoturnProcess,
+    GatewayPod,
     StunnerdProcess,
     TurnServerProcess,
     free_tcp_port,
@@ -229,39 +233,109 @@ async def test_a_relay_only_call_goes_through_the_turn_server(
             await client.close()
 
 
-async def test_a_call_keeps_its_media_when_the_stunnerd_secret_changes(
-    stunnerd: StunnerdProcess, redis_server: RedisServer, signaling_factory: SignalingFactory, tmp_path: Path
+def turn_allocation(client: VoiceClient) -> TurnClientProtocol:
+    """The TURN allocation the client's media flows through (aioice keeps it private)."""
+    transport = selected_pair(client).protocol.transport
+    inner: TurnClientProtocol = transport._TurnTransport__inner_protocol  # type: ignore[attr-defined]
+    return inner
+
+
+async def refresh_now(allocation: TurnClientProtocol) -> None:
+    """What the client would do within minutes on its own: refresh the allocation (signed with the
+    credentials it allocated with), and refresh its channel bindings on the next packet sent."""
+    request = stun.Message(message_method=stun.Method.REFRESH, message_class=stun.Class.REQUEST)
+    request.attributes["LIFETIME"] = allocation.lifetime
+    response, _ = await allocation.request_with_retry(request)
+    assert "LIFETIME" in response.attributes
+    for channel in allocation.channel_refresh_at:
+        allocation.channel_refresh_at[channel] = 0.0
+
+
+async def test_a_secret_rotation_on_the_gateway_drops_no_call(
+    gateway_pod: GatewayPod,
+    redis_server: RedisServer,
+    signaling_factory: SignalingFactory,
+    probes: ProbeFactory,
+    tmp_path: Path,
 ) -> None:
-    """Allocations survive a secret change in the watched config: the call goes on. (Their next
-    refresh must then be signed with the new secret: see the probe-level test below.)"""
+    """The rotation the operator performs, on a real gateway pod (one stunnerd per slot, configs as
+    the operator renders them). Calls made before it keep refreshing with their old credentials on
+    their slot and keep their media; signaling, rolled with the new slot's URIs and secret, puts new
+    calls on the other slot; each slot accepts its own secret only; one lifetime later the old slot
+    adopts the new secret."""
+    pod = gateway_pod
+    old_secret, new_secret = pod.secret, "rotated-secret-9876543210"
+    old_slot = pod.server("a")
     signaling = signaling_factory(
-        redis_server.url, media_server_ttl_s="3", turn_secret=stunnerd.secret, turn_uris=stunnerd.uri
+        redis_server.url,
+        media_server_ttl_s="3",
+        turn_secret=old_secret,
+        turn_uris=old_slot.uri,
+        turn_ttl_s="600",
     )
     sfu = SfuProcess(tmp_path / "sfu", signaling_url=signaling.url, env={"VOXA_SFU_RTC_LISTEN_IP": SFU_HOST})
-    stack = TurnStack(stunnerd, signaling, sfu)
-    old_secret = stunnerd.secret
     clients: list[VoiceClient] = []
     try:
         await sfu.ready()
         await registered(signaling.url, "sfu-a")
-        alice = await stack.client("alice", 440.0)
-        bob = await stack.client("bob", 660.0)
+        before = TurnStack(old_slot, signaling, sfu)
+        alice, bob = await before.client("alice", 440.0), await before.client("bob", 660.0)
         clients += [alice, bob]
         await alice.start()
         await bob.start()
-        assert await hears(alice, "bob", 660.0, timeout=20)
-        allocations = stunnerd.allocation_count
-        stunnerd.reconfigure(secret="rotated-secret-9876543210")
-        assert stunnerd.allocation_count == allocations
-        await asyncio.sleep(1.0)
+        assert await hears(alice, "bob", 660.0, timeout=20) and await hears(bob, "alice", 440.0)
+        assert old_slot.allocation_count >= 2
+
+        change = pod.rotate(new_secret)
+        assert change is not None and change.reason == "TurnSecretRotated"
+        assert pod.slots.active == "b" and pod.slot_secret("a") == old_secret
+        new_slot = pod.server("b")
+        assert new_slot.secret == new_secret and old_slot.secret == old_secret
+
+        # Signaling rolls: a replica with the new slot's URIs and secret, beside the old one.
+        rolled = signaling_factory(
+            redis_server.url,
+            media_server_ttl_s="3",
+            turn_secret=new_secret,
+            turn_uris=new_slot.uri,
+            turn_ttl_s="600",
+        )
+        after = TurnStack(new_slot, rolled, sfu)
+        ice = await after.ice("carol")
+        assert ice["iceServers"][0]["urls"] == [new_slot.uri]
+
+        # The calls from before refresh with their own credentials, and their media goes on.
+        for client in (alice, bob):
+            await refresh_now(turn_allocation(client))
+        await asyncio.sleep(0.5)
         assert await hears(alice, "bob", 660.0) and await hears(bob, "alice", 440.0)
         assert alice.media_state == "connected" and bob.media_state == "connected"
+
+        # A new call joins through the new slot and hears the others, who hear it.
+        carol = await after.client("carol", 880.0)
+        clients.append(carol)
+        await carol.start()
+        assert await hears(carol, "alice", 440.0, timeout=20) and await hears(alice, "carol", 880.0)
+        assert turn_allocation(carol).server[1] == new_slot.port
+        assert new_slot.allocation_count >= 1
+
+        # Each slot checks its own secret only.
+        refused = REFUSED_CREDENTIALS["stunnerd"]
+        for slot, secret in ((new_slot, old_secret), (old_slot, new_secret)):
+            result = await (await probes(slot, turn_credentials(secret, "mallory", 600))).allocate()
+            assert not result.ok and result.code == refused, (slot.port, result)
+
+        # One credential lifetime later the old slot adopts the new secret: the old one is dead. (The
+        # calls hang up first: their goodbye, a Refresh signed with the old secret, would be refused.)
+        for client in clients:
+            await client.close()
+        clients.clear()
+        retired = pod.rotate(new_secret, now=time.time() + pod.ttl_s)
+        assert retired is not None and retired.reason == "PreviousSecretRetired"
+        result = await (await probes(old_slot, turn_credentials(old_secret, "mallory", 600))).allocate()
+        assert not result.ok and result.code == refused, result
+        assert (await (await probes(old_slot, turn_credentials(new_secret, "dave", 600))).allocate()).ok
     finally:
-        # Hanging up deletes the allocations with a Refresh signed with the old secret: stunnerd
-        # refuses it with an unsigned 400, which aioice ignores, so each close would wait about a
-        # minute for its retransmissions to give up. Put the old secret back first.
-        if stunnerd.secret != old_secret:
-            stunnerd.reconfigure(secret=old_secret)
         for client in clients:
             await client.close()
         sfu.stop()

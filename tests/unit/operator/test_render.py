@@ -194,13 +194,10 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
     assert env["VOXA_TURN_SECRET"] == {"secretKeyRef": {"name": "lobby-turn", "key": "secret"}}
     assert "VOXA_TURN_SECRET_PREVIOUS" not in env
 
-    rotated = TurnInputs(
-        uris=turn.uris, ttl_s=86400, secret="two", previous="one", previous_until=1_700_086_400
-    )
-    env = env_of(signaling.deployment(vs, rotated))
-    assert env["VOXA_TURN_SECRET_PREVIOUS"] == {"secretKeyRef": {"name": "lobby-turn", "key": "previous"}}
-    secret = signaling.turn_secret(vs, rotated)
-    assert secret["stringData"] == {"secret": "two", "previous": "one"}
+    # A rotation: the other slot's URIs with the new secret.
+    rotated = TurnInputs(uris=("turn:203.0.113.9:3479?transport=udp",), ttl_s=86400, secret="two")
+    assert signaling.turn_secret(vs, rotated)["stringData"] == {"secret": "two"}
+    assert signaling.config_data(vs, rotated)["VOXA_TURN_URIS"] == "turn:203.0.113.9:3479?transport=udp"
 
     def fingerprint(t: TurnInputs) -> str:
         return str(

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from voxa.operator.models import StunnerGateway
 from voxa.operator.render import stunner
 from voxa.operator.render.stunnerd_config import Cluster, EphemeralAuth
-from voxa.operator.slots import Slots
+from voxa.operator.slots import Slot, Slots
 
 
 def gateway(spec: dict[str, Any] | None = None) -> StunnerGateway:
@@ -49,7 +49,8 @@ def test_defaults_are_one_udp_listener_on_two_slots_behind_a_load_balancer() -> 
 
 
 def test_each_slot_relays_only_to_the_sfu_pods_of_referring_voiceservers() -> None:
-    for slot, port, health in (("a", 3478, 8087), ("b", 3479, 8088)):
+    cases: list[tuple[Slot, int, int]] = [("a", 3478, 8087), ("b", 3479, 8088)]
+    for slot, port, health in cases:
         config = stunner.stunnerd_config(gateway(), INPUTS, slot)
         assert config["auth"] == {"type": "ephemeral", "realm": "voxa", "credentials": {"secret": "s3cret"}}
         (listener,) = config["listeners"]

@@ -271,5 +271,6 @@ async def gateway_changed(
 
 @kopf.timer(*GATEWAYS, interval=Runtime.settings.resync_s, initial_delay=0.5, idle=None)
 async def gateway_tick(body: Any, memo: Any, namespace: str | None, name: str, **kwargs: Any) -> None:
-    """SFU endpoints follow pods, the address follows the Service, status follows the Deployment."""
+    """SFU endpoints follow pods, the address follows the Service, status follows the Deployment; a
+    changed auth Secret rotates the slots, and the previous secret is retired when its time is up."""
     await _run_gateway(body, memo, namespace, name, kwargs)

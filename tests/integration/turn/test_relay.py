@@ -266,13 +266,18 @@ async def test_a_secret_rotation_on_the_gateway_drops_no_call(
     pod = gateway_pod
     old_secret, new_secret = pod.secret, "rotated-secret-9876543210"
     old_slot = pod.server("a")
-    signaling = signaling_factory(
-        redis_server.url,
-        media_server_ttl_s="3",
-        turn_secret=old_secret,
-        turn_uris=old_slot.uri,
-        turn_ttl_s="600",
-    )
+
+    def signaling_for(slot: StunnerdProcess) -> SignalingProcess:
+        """A signaling replica as the operator configures it: the active slot's URIs and secret."""
+        return signaling_factory(
+            redis_server.url,
+            media_server_ttl_s="3",
+            turn_secret=slot.secret,
+            turn_uris=slot.uri,
+            turn_ttl_s="600",
+        )
+
+    signaling = signaling_for(old_slot)
     sfu = SfuProcess(tmp_path / "sfu", signaling_url=signaling.url, env={"VOXA_SFU_RTC_LISTEN_IP": SFU_HOST})
     clients: list[VoiceClient] = []
     try:
@@ -293,14 +298,7 @@ async def test_a_secret_rotation_on_the_gateway_drops_no_call(
         assert new_slot.secret == new_secret and old_slot.secret == old_secret
 
         # Signaling rolls: a replica with the new slot's URIs and secret, beside the old one.
-        rolled = signaling_factory(
-            redis_server.url,
-            media_server_ttl_s="3",
-            turn_secret=new_secret,
-            turn_uris=new_slot.uri,
-            turn_ttl_s="600",
-        )
-        after = TurnStack(new_slot, rolled, sfu)
+        after = TurnStack(new_slot, signaling_for(new_slot), sfu)
         ice = await after.ice("carol")
         assert ice["iceServers"][0]["urls"] == [new_slot.uri]
 

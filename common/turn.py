@@ -43,11 +43,9 @@ def turn_credentials(secret: str, user_id: str, ttl_s: int, now: float | None = 
 
 
 def verify_credential(secrets: list[str], username: str, credential: str, now: float | None = None) -> bool:
-    """True if `credential` was issued for `username` with any of `secrets` and has not expired.
-
-    During a secret rotation both the new and the previous secret are passed, so credentials issued
-    before the rotation stay valid until they expire.
-    """
+    """True if `credential` was issued for `username` with any of `secrets` and has not expired: the
+    check a TURN server makes (coturn with several secrets accepts any of them; stunnerd holds one,
+    which is why a StunnerGateway runs two slots, see docs/turn.md)."""
     expiry_text, sep, _user = username.partition(":")
     if not sep or not expiry_text.isdigit():
         return False

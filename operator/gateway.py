@@ -67,6 +67,7 @@ async def reconcile_gateway(
     children: dict[tuple[str, str], Child],
     routes: list[SfuRef],
     pods_of: dict[tuple[str, str], list[Child]],
+    propagation_s: int,
 ) -> None:
     async with state.lock:
         gw = StunnerGateway.model_validate(body)
@@ -118,11 +119,14 @@ async def reconcile_gateway(
         rendered: list[dict[str, Any]] = []
         slots: slots_mod.Slots | None = None
         change: slots_mod.Change | None = None
-        if state.slots is None:
+        config_key = ("Secret", stunner.config_secret_name(gw))
+        live = children.get(config_key)
+        if state.slots is None or (live is not None and live.hash != state.applied.get(config_key)):
+            # After a restart, or written by someone else since (another replica that led meanwhile).
             state.slots = await _written_slots(rec, gw)
         if auth is not None:
             ttl = gw.spec.credentialTtlSeconds
-            slots, change = slots_mod.advance(state.slots, auth, ttl, int(time.time()))
+            slots, change = slots_mod.advance(state.slots, auth, ttl, int(time.time()), propagation_s)
         if slots is not None and not errors:
             inputs = stunner.GatewayInputs(slots=slots, tls=tls, clusters=clusters)
             try:
@@ -132,11 +136,13 @@ async def reconcile_gateway(
         if rendered:
             failed = await rec.converge(body, gw.namespace, rendered, children, state)
             errors += failed
-            if not failed:
+            if failed:
+                state.slots = None  # what was written is unknown: read it back next time
+            else:
                 state.slots = slots
                 if change is not None:
                     (warn if change.warning else info)(body, reason=change.reason, message=change.message)
-        shown = state.slots
+        shown = state.slots if state.slots is not None else slots
 
         service = children.get(("Service", gw.name))
         service_body: dict[str, Any] | None = None
@@ -159,7 +165,8 @@ async def reconcile_gateway(
             uris=stunner.uris(gw, address, ports, shown.active) if shown else [],
             active_slot=shown.active if shown else "",
             standby_uris=stunner.uris(gw, address, ports, shown.standby) if shown else [],
-            previous_secret_valid_until=slots_mod.standby_until_text(shown) if shown else "",
+            previous_secret_valid_until=slots_mod.previous_valid_until(shown) if shown else "",
+            switch_at=slots_mod.pending_switch(shown, auth, propagation_s) if shown else "",
             secret_name=secret_name,
             endpoints=sum(len(c.endpoints) for c in clusters),
             errors=errors,

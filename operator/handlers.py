@@ -257,7 +257,15 @@ async def _run_gateway(
     pods_of = {
         (r.namespace, r.name): list(kwargs["sfu_pods_idx"].get((r.namespace, r.name), [])) for r in routes
     }
-    await reconcile_gateway(Runtime.reconciler, dict(body), _state(memo), children, routes, pods_of)
+    await reconcile_gateway(
+        Runtime.reconciler,
+        dict(body),
+        _state(memo),
+        children,
+        routes,
+        pods_of,
+        propagation_s=Runtime.settings.turn_propagation_s,
+    )
 
 
 @kopf.on.event(*GATEWAYS)

@@ -379,6 +379,12 @@ class GatewayListener(Model):
                     "has(self.alternatePort) ? self.alternatePort != self.port : self.port < 65535",
                     "alternatePort must differ from port (port 65535 needs an explicit alternatePort)",
                 ),
+                cel(
+                    "self.protocol in ['TURN-UDP', 'TURN-DTLS'] || [self.port,"
+                    " has(self.alternatePort) ? self.alternatePort : self.port + 1]"
+                    ".all(p, p < 8086 || p > 8088)",
+                    "TCP ports 8086-8088 are taken by stunnerd's health checks",
+                ),
             ]
         }
     )

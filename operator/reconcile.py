@@ -40,7 +40,7 @@ from voxa.operator.scaling import (
     desired_replicas,
 )
 from voxa.operator.slots import Slots
-from voxa.operator.turn import turn_inputs
+from voxa.operator.turn import rendered_turn, turn_inputs
 
 log = logging.getLogger("voxa.operator")
 
@@ -86,6 +86,7 @@ class State:
     last_registry_error: str | None = None
     turn: TurnInputs | None = None
     """The TURN settings last rendered (VoiceServers with a gateway)."""
+    turn_read_back: bool = False
     slots: Slots | None = None
     """A gateway's stunnerd slots as last written (read back from its config Secret after a restart)."""
 
@@ -229,7 +230,12 @@ class Reconciler:
         if turn is not None:
             state.turn = turn
         elif vs.spec.stunnerGatewayRef is not None:
-            turn = state.turn  # keep the last good TURN settings while the gateway is unavailable
+            # Keep the last good TURN settings while the gateway is unavailable (after a restart, the
+            # ones signaling runs with).
+            if state.turn is None and not state.turn_read_back:
+                state.turn_read_back = True
+                state.turn = await rendered_turn(self.kube, vs)
+            turn = state.turn
         rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
         errors = await self.converge(body, vs.namespace, rendered, children, state)
 

@@ -49,6 +49,12 @@ class OperatorSettings(BaseSettings):
         ge=1,
         description="Attempts (5 s apart) to remove a deleted VoiceServer's Redis keys before giving up.",
     )
+    turn_propagation_s: int = Field(
+        default=120,
+        ge=0,
+        description="How long a new TURN secret waits in a gateway's standby stunnerd slot before new "
+        "calls move to it: the kubelet updates the pods' mounted config within about a minute.",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
 
     @field_validator("namespaces", mode="before")

@@ -175,6 +175,8 @@ class GatewayObserved:
     active_slot: str = ""
     standby_uris: list[str] = field(default_factory=list)
     previous_secret_valid_until: str = ""
+    switch_at: str = ""
+    """When new calls move to the standby slot, during a secret rotation."""
     secret_name: str = ""
     endpoints: int = 0
     errors: list[str] = field(default_factory=list)
@@ -194,6 +196,13 @@ def gateway(gw: StunnerGateway, seen: GatewayObserved, now: float) -> StunnerGat
         ready, reason = True, "Available"
         message = f"{ready_pods} stunnerd pods relay at {seen.address}"
     rolling = _rolling(seen.deployment, gw.spec.replicas)
+    if seen.switch_at:
+        progressing, p_reason = True, "RotatingSecret"
+        p_message = f"the standby slot has the new secret; new calls move to it at {seen.switch_at}"
+    elif rolling:
+        progressing, p_reason, p_message = True, "RollingOut", "stunnerd pods are being created or updated"
+    else:
+        progressing, p_reason, p_message = False, "Stable", "every child is as specified"
     if seen.errors:
         degraded, d_reason, d_message = True, "ConfigInvalid", "; ".join(seen.errors)
     else:
@@ -201,15 +210,7 @@ def gateway(gw: StunnerGateway, seen: GatewayObserved, now: float) -> StunnerGat
     generation = gw.generation
     conditions = [
         _condition("Ready", ready, reason, message, generation, previous, stamp),
-        _condition(
-            "Progressing",
-            rolling,
-            "RollingOut" if rolling else "Stable",
-            "stunnerd pods are being created or updated" if rolling else "every child is as specified",
-            generation,
-            previous,
-            stamp,
-        ),
+        _condition("Progressing", progressing, p_reason, p_message, generation, previous, stamp),
         _condition("Degraded", degraded, d_reason, d_message, generation, previous, stamp),
     ]
     return StunnerGatewayStatus(

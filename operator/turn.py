@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxa.operator.events import info
-from voxa.operator.kube import KubeClient
+from voxa.operator.kube import KubeClient, path_for
 from voxa.operator.models import VoiceServer
-from voxa.operator.render.signaling import TurnInputs
+from voxa.operator.render.common import child_name
+from voxa.operator.render.signaling import TURN_REVISION_ANNOTATION, TurnInputs, turn_secret_name
 from voxa.operator.render.stunner import slots_from_config
 from voxa.operator.render.stunnerd_config import EphemeralAuth
-from voxa.operator.secret_values import read_secret
+from voxa.operator.secret_values import decode, read_secret
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ async def turn_inputs(
     uris = view.uris_of(slots.active)
     if not isinstance(auth, EphemeralAuth) or not uris:
         return None, f"StunnerGateway {ref.name} is changing its auth; waiting for it"
-    turn = TurnInputs(uris=uris, ttl_s=view.ttl_s, secret=auth.secret)
+    turn = TurnInputs(uris=uris, ttl_s=view.ttl_s, secret=auth.secret, revision=slots.revision)
     if current is not None and current != turn:
         info(
             body,
@@ -79,3 +80,20 @@ async def turn_inputs(
             "calls in progress keep theirs",
         )
     return turn, None
+
+
+async def rendered_turn(kube: KubeClient, vs: VoiceServer) -> TurnInputs | None:
+    """The TURN settings signaling runs with now, read back from its children: what a restarted
+    operator keeps while the gateway cannot say (rather than rolling signaling without TURN)."""
+    copy = await kube.get(path_for("v1", "Secret", vs.namespace, turn_secret_name(vs)))
+    config = await kube.get(path_for("v1", "ConfigMap", vs.namespace, child_name(vs, "signaling")))
+    if copy is None or config is None:
+        return None
+    data = config.get("data") or {}
+    uris = tuple(u for u in str(data.get("VOXA_TURN_URIS", "")).split(",") if u)
+    secret = decode(copy).get("secret", "")
+    if not uris or not secret:
+        return None
+    revision = ((copy.get("metadata") or {}).get("annotations") or {}).get(TURN_REVISION_ANNOTATION, "")
+    ttl = int(data.get("VOXA_TURN_TTL_S") or 0)
+    return TurnInputs(uris=uris, ttl_s=ttl, secret=secret, revision=str(revision))

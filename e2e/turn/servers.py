@@ -386,7 +386,7 @@ class GatewayPod:
                 },
             }
         )
-        self.slots, _ = advance(None, EphemeralAuth(self.secret), self.ttl_s, int(time.time()))
+        self.slots, _ = advance(None, EphemeralAuth(self.secret), self.ttl_s, int(time.time()), 0)
 
     def _config(self, slot: Slot) -> dict[str, Any]:
         inputs = stunner.GatewayInputs(
@@ -411,16 +411,22 @@ class GatewayPod:
             self.servers[slot] = server
             server.start()
 
-    def rotate(self, secret: str, now: float | None = None) -> Change | None:
-        """What the operator does when the auth Secret changes (or, with the same secret and `now` a
-        credential lifetime later, when it retires the previous one): advance the slots and rewrite
-        both configs."""
-        stamp = int(now if now is not None else time.time())
-        self.slots, change = advance(self.slots, EphemeralAuth(secret), self.ttl_s, stamp)
+    def rotate(self, secret: str, now: float | None = None) -> list[Change]:
+        """What the operator does when the auth Secret changes: give the standby the new secret, wait
+        until it has it (here: until its stunnerd has applied the file; the operator waits
+        VOXA_OPERATOR_TURN_PROPAGATION_S for the kubelet), then switch. With the same secret and `now`
+        a credential lifetime later: retire the previous one. Returns the changes, as events."""
+        changes: list[Change] = []
+        for _ in range(2):
+            stamp = int(now if now is not None else time.time())
+            self.slots, change = advance(self.slots, EphemeralAuth(secret), self.ttl_s, stamp, 0)
+            if change is None:
+                break
+            changes.append(change)
+            for server in self.servers.values():
+                server.rewrite()
         self.secret = secret
-        for server in self.servers.values():
-            server.rewrite()
-        return change
+        return changes
 
     def server(self, slot: Slot) -> StunnerdProcess:
         return self.servers[slot]

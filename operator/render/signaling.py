@@ -28,6 +28,7 @@ from voxa.operator.render.common import (
 
 COMPONENT = "signaling"
 JWT_MOUNT = "/etc/voxa/jwt"
+TURN_REVISION_ANNOTATION = "voxa.dev/turn-revision"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TurnInputs:
     uris: tuple[str, ...]
     ttl_s: int
     secret: str
+    revision: str = ""
+    """Changes with the secret (the gateway's slot and when it became active), revealing nothing of it."""
 
 
 def turn_secret_name(vs: VoiceServer) -> str:
@@ -121,8 +124,9 @@ def deployment(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
     turn_fingerprint = None
     if turn is not None:
         env.append(secret_env("VOXA_TURN_SECRET", turn_secret_name(vs), "secret"))
-        # A rotation rolls signaling (a digest of the secret, never the secret, in the template).
-        turn_fingerprint = _fingerprint([turn.secret])
+        # A rotation rolls signaling: the template carries the revision, never the secret or a digest
+        # of it (a digest of a weak secret could be tested against guesses).
+        turn_fingerprint = turn.revision
     if auth.jwtSecretRef:
         env.append(secret_env("VOXA_JWT_SECRET", auth.jwtSecretRef.name, auth.jwtSecretRef.key))
     if vs.spec.redis.urlSecretRef:

@@ -154,10 +154,16 @@ def stunnerd_config(gw: StunnerGateway, inputs: GatewayInputs, slot: Slot) -> di
 
 
 def config_secret(gw: StunnerGateway, inputs: GatewayInputs) -> Manifest:
-    """Both slots' configs and the slots' state (which is active, until when the standby keeps the
-    previous secret): the operator reads the state back after a restart."""
+    """Both slots' configs and the slots' state (which is active and since when, since when the standby
+    holds its secret and until when it keeps the previous one): the operator reads it back after a
+    restart."""
     slots = inputs.slots
-    state = {"active": slots.active, "standbyUntil": slots.standby_until}
+    state = {
+        "active": slots.active,
+        "activatedAt": slots.activated_at,
+        "standbySince": slots.standby_since,
+        "standbyUntil": slots.standby_until,
+    }
     data = {config_file(slot): dumps(stunnerd_config(gw, inputs, slot)) for slot in SLOTS}
     data[STATE_FILE] = json.dumps(state, sort_keys=True) + "\n"
     return {
@@ -176,12 +182,19 @@ def slots_from_config(data: dict[str, str]) -> Slots | None:
         a = auth_of(json.loads(data[config_file("a")]))
         b = auth_of(json.loads(data[config_file("b")]))
         active = state["active"]
-        until = int(state.get("standbyUntil") or 0)
+        times = {key: int(state.get(key) or 0) for key in ("activatedAt", "standbySince", "standbyUntil")}
     except (KeyError, ValueError, TypeError):
         return None
     if a is None or b is None or active not in SLOTS:
         return None
-    return Slots(active=active, a=a, b=b, standby_until=until)
+    return Slots(
+        active=active,
+        a=a,
+        b=b,
+        activated_at=times["activatedAt"],
+        standby_since=times["standbySince"],
+        standby_until=times["standbyUntil"],
+    )
 
 
 def _transport(protocol: str) -> str:
@@ -283,7 +296,26 @@ def network_policy(gw: StunnerGateway) -> Manifest:
     }
 
 
+def check_ports(gw: StunnerGateway) -> None:
+    """What the CRD's CEL rules refuse, again, for objects stored before a rule existed: both slots'
+    ports share the pod's network, and TCP 8086-8088 belong to stunnerd's health checks."""
+    seen: dict[tuple[str, int], str] = {}
+    for slot in SLOTS:
+        for item in gw.spec.listeners:
+            key = (_transport(item.protocol), slot_port(item, slot))
+            if key in seen:
+                raise ValueError(f"listeners {seen[key]} and {item.name} both use {key[0]} port {key[1]}")
+            if key[0] == "TCP" and 8086 <= key[1] <= 8088:
+                raise ValueError(
+                    f"listener {item.name}: TCP port {key[1]} is taken by stunnerd's health check"
+                )
+            if slot_port(item, slot) > 65535:
+                raise ValueError(f"listener {item.name}: port 65535 needs an explicit alternatePort")
+            seen[key] = item.name
+
+
 def children(gw: StunnerGateway, inputs: GatewayInputs) -> list[Manifest]:
+    check_ports(gw)
     return [config_secret(gw, inputs), service(gw), network_policy(gw), deployment(gw)]
 
 

@@ -59,6 +59,8 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": str(self.cluster.kubeconfig),
             "VOXA_OPERATOR_RESYNC_S": "1",
+            # kwok runs no kubelet: nothing propagates mounted Secrets, so there is nothing to wait for.
+            "VOXA_OPERATOR_TURN_PROPAGATION_S": "2",
             "VOXA_OPERATOR_LIVENESS_PORT": str(self.port),
             "VOXA_OPERATOR_LIVENESS_HOST": "127.0.0.1",
             "VOXA_OPERATOR_METRICS_PORT": str(self.metrics_port),

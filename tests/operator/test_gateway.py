@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,8 +181,9 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
 
     eventually(replaced, 60, "endpoints after a pod replacement")
 
-    # Rotation: slot b takes the new secret and new calls; slot a keeps the previous one for a
-    # credential lifetime; signaling rolls with slot b's URIs and the new secret.
+    # Rotation: slot b takes the new secret, then (VOXA_OPERATOR_TURN_PROPAGATION_S later) new calls;
+    # slot a keeps the previous one for a credential lifetime; signaling rolls with slot b's URIs and
+    # the new secret.
     template = get(cluster, namespace, "deployment", "lobby-signaling")["spec"]["template"]["metadata"]
     cluster.kubectl(
         "patch",
@@ -233,7 +236,9 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
         items = get(cluster, namespace, "events", "--field-selector", f"involvedObject.name={name}")["items"]
         return {e["reason"] for e in items}
 
-    eventually(lambda: "TurnSecretRotated" in reasons("edge"), 30, "TurnSecretRotated event")
+    eventually(
+        lambda: {"TurnSecretRotating", "TurnSecretRotated"} <= reasons("edge"), 30, "the rotation's events"
+    )
     eventually(lambda: "TurnSettingsChanged" in reasons("lobby"), 30, "TurnSettingsChanged event")
     # A restarted operator reads the slots back from the config Secret: nothing rotates again.
     operator.stop()
@@ -242,3 +247,56 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
     assert slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "rotated-1"}
     assert get(cluster, namespace, "stunnergateway", "edge")["status"]["activeSlot"] == "b"
     assert decoded(cluster, namespace, "lobby-turn") == {"secret": "rotated-1"}
+
+
+def test_new_calls_stay_on_the_old_slot_until_the_pods_can_have_the_new_secret(
+    crds_installed: KubeCluster, namespace: str, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The kubelet updates mounted Secrets lazily: with a propagation time of an hour, the standby slot
+    gets the new secret at once, but the gateway keeps new calls (and signaling) on the old slot."""
+    cluster = crds_installed
+    operator = OperatorProcess(
+        cluster, tmp_path / "operator.log", {"VOXA_OPERATOR_TURN_PROPAGATION_S": "3600"}
+    )
+    operator.start()
+    try:
+        cluster.apply(
+            gateway("edge", publicAddress="203.0.113.9"),
+            secret("jwt", secret="s" * 32),
+            secret("redis", url=redis_server.url),
+            voiceserver("hall", stunnerGatewayRef={"name": "edge"}),
+            namespace=namespace,
+        )
+        eventually(lambda: decoded(cluster, namespace, "hall-turn"), 90, "TURN settings for the VoiceServer")
+        generated = decoded(cluster, namespace, "edge-auth")["secret"]
+        assert decoded(cluster, namespace, "hall-turn") == {"secret": generated}
+        cluster.kubectl(
+            "patch",
+            "secret",
+            "edge-auth",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"stringData": {"secret": "r2"}}',
+        )
+        eventually(
+            lambda: slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "r2"},
+            60,
+            "the new secret on the standby slot",
+        )
+
+        def rotating() -> dict[str, Any] | None:
+            st = get(cluster, namespace, "stunnergateway", "edge")["status"]
+            progressing = next(c for c in st["conditions"] if c["type"] == "Progressing")
+            return dict(st) if progressing["reason"] == "RotatingSecret" else None
+
+        st = eventually(rotating, 30, "Progressing: RotatingSecret")
+        assert st["activeSlot"] == "a" and st["uris"] == ["turn:203.0.113.9:3478?transport=udp"]
+        time.sleep(3)  # several reconciles later, nothing has moved
+        assert decoded(cluster, namespace, "hall-turn") == {"secret": generated}
+        config = get(cluster, namespace, "configmap", "hall-signaling")["data"]
+        assert config["VOXA_TURN_URIS"] == "turn:203.0.113.9:3478?transport=udp"
+        assert get(cluster, namespace, "stunnergateway", "edge")["status"]["activeSlot"] == "a"
+    finally:
+        operator.stop()

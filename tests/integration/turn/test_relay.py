@@ -55,6 +55,7 @@ from tests.integration.test_voice_clients import TOLERANCE_HZ, hears
 from voxa.client.voice import VoiceClient
 from voxa.common.turn import turn_credentials
 from voxa.operator.render.stunnerd_config import Listener
+from voxa.operator.slots import SIGNALING_ROLL_S
 
 # The first test builds stunnerd when it is not cached yet (about three minutes on a cold Go cache).
 pytestmark = pytest.mark.timeout(120 if stunnerd_is_built() else 900)
@@ -291,8 +292,8 @@ async def test_a_secret_rotation_on_the_gateway_drops_no_call(
         assert await hears(alice, "bob", 660.0, timeout=20) and await hears(bob, "alice", 440.0)
         assert old_slot.allocation_count >= 2
 
-        change = pod.rotate(new_secret)
-        assert change is not None and change.reason == "TurnSecretRotated"
+        changes = pod.rotate(new_secret)
+        assert [c.reason for c in changes] == ["TurnSecretRotating", "TurnSecretRotated"]
         assert pod.slots.active == "b" and pod.slot_secret("a") == old_secret
         new_slot = pod.server("b")
         assert new_slot.secret == new_secret and old_slot.secret == old_secret
@@ -328,8 +329,8 @@ async def test_a_secret_rotation_on_the_gateway_drops_no_call(
         for client in clients:
             await client.close()
         clients.clear()
-        retired = pod.rotate(new_secret, now=time.time() + pod.ttl_s)
-        assert retired is not None and retired.reason == "PreviousSecretRetired"
+        retired = pod.rotate(new_secret, now=time.time() + pod.ttl_s + SIGNALING_ROLL_S)
+        assert [c.reason for c in retired] == ["PreviousSecretRetired"]
         result = await (await probes(old_slot, turn_credentials(old_secret, "mallory", 600))).allocate()
         assert not result.ok and result.code == refused, result
         assert (await (await probes(old_slot, turn_credentials(new_secret, "dave", 600))).allocate()).ok

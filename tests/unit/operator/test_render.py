@@ -184,7 +184,9 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
     from voxa.operator.render import TurnInputs
 
     vs = voiceserver({"stunnerGatewayRef": {"name": "edge"}})
-    turn = TurnInputs(uris=("turn:203.0.113.9:3478?transport=udp",), ttl_s=86400, secret="one")
+    turn = TurnInputs(
+        uris=("turn:203.0.113.9:3478?transport=udp",), ttl_s=86400, secret="one", revision="a@1"
+    )
     kinds = by_kind(voiceserver_children(vs, Inputs(sfu_replicas=1, turn=turn)))
     assert "lobby-turn" in kinds["Secret"]
     data = signaling.config_data(vs, turn)
@@ -195,7 +197,9 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
     assert "VOXA_TURN_SECRET_PREVIOUS" not in env
 
     # A rotation: the other slot's URIs with the new secret.
-    rotated = TurnInputs(uris=("turn:203.0.113.9:3479?transport=udp",), ttl_s=86400, secret="two")
+    rotated = TurnInputs(
+        uris=("turn:203.0.113.9:3479?transport=udp",), ttl_s=86400, secret="two", revision="b@2"
+    )
     assert signaling.turn_secret(vs, rotated)["stringData"] == {"secret": "two"}
     assert signaling.config_data(vs, rotated)["VOXA_TURN_URIS"] == "turn:203.0.113.9:3479?transport=udp"
 
@@ -205,5 +209,8 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
         )
 
     assert fingerprint(turn) != fingerprint(rotated)
+    # The revision rolls signaling even where the URIs stay the same (a gateway recreated).
+    recreated = TurnInputs(uris=turn.uris, ttl_s=86400, secret="three", revision="a@3")
+    assert fingerprint(recreated) != fingerprint(turn)
     # Secrets never appear in the pod template, only a digest of them.
     assert "two" not in json.dumps(signaling.deployment(vs, rotated))

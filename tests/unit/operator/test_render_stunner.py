@@ -29,7 +29,14 @@ INPUTS = stunner.GatewayInputs(
 )
 # After a rotation: new calls on slot b with the new secret, slot a keeps the previous one.
 ROTATED = stunner.GatewayInputs(
-    slots=Slots(active="b", a=EphemeralAuth("old"), b=EphemeralAuth("new"), standby_until=1_800_000_000),
+    slots=Slots(
+        active="b",
+        a=EphemeralAuth("old"),
+        b=EphemeralAuth("new"),
+        activated_at=1_700_000_000,
+        standby_since=1_600_000_000,
+        standby_until=1_800_000_000,
+    ),
     clusters=CLUSTERS,
 )
 
@@ -78,7 +85,12 @@ def test_config_secret_holds_both_slots_and_their_state_and_reads_back() -> None
     data = secret["stringData"]
     assert sorted(data) == ["a.json", "b.json", "slots.json"]
     assert json.loads(data["a.json"]) == stunner.stunnerd_config(gw, ROTATED, "a")
-    assert json.loads(data["slots.json"]) == {"active": "b", "standbyUntil": 1_800_000_000}
+    assert json.loads(data["slots.json"]) == {
+        "active": "b",
+        "activatedAt": 1_700_000_000,
+        "standbySince": 1_600_000_000,
+        "standbyUntil": 1_800_000_000,
+    }
     assert stunner.slots_from_config(data) == ROTATED.slots
     assert stunner.slots_from_config({}) is None
     assert stunner.slots_from_config({**data, "slots.json": "{"}) is None
@@ -189,6 +201,22 @@ def test_invalid_gateway_specs(spec: dict[str, Any]) -> None:
         return
     with pytest.raises(ValidationError):
         gateway(spec)
+
+
+@pytest.mark.parametrize(
+    ("listeners", "message"),
+    [
+        ([{"name": "u", "port": 3478}, {"name": "v", "port": 3479}], "both use UDP port 3479"),
+        ([{"name": "t", "protocol": "TURN-TCP", "port": 8085}], "TCP port 8086"),
+        ([{"name": "u", "port": 65535}], "needs an explicit alternatePort"),
+    ],
+)
+def test_port_clashes_the_api_server_would_refuse_are_refused_here_too(
+    listeners: list[dict[str, Any]], message: str
+) -> None:
+    # Objects stored before a CEL rule existed still reach the operator.
+    with pytest.raises(ValueError, match=message):
+        stunner.children(gateway({"listeners": listeners}), INPUTS)
 
 
 def test_children_are_owned_by_the_gateway() -> None:

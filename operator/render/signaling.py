@@ -50,6 +50,7 @@ def turn_secret_name(vs: VoiceServer) -> str:
 def turn_secret(vs: VoiceServer, turn: TurnInputs) -> Manifest:
     """The gateway's secret, copied next to signaling (Secrets cannot be referenced across namespaces)."""
     meta = metadata(vs, turn_secret_name(vs), COMPONENT)
+    meta["annotations"] = {TURN_REVISION_ANNOTATION: turn.revision}
     return {
         "apiVersion": "v1",
         "kind": "Secret",

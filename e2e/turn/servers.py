@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import hashlib
 import ipaddress
 import json
@@ -32,7 +31,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,27 +225,21 @@ class StunnerdProcess(TurnServerProcess):
     operator_rendered: bool = False
     """Render the config as the operator does for a StunnerGateway (listeners on $STUNNER_ADDR, one
     cluster per VoiceServer with its media port range), instead of this harness's own inputs."""
-    rendered: Callable[[], dict[str, Any]] | None = None
-    """Where the config comes from instead (a `GatewayPod` slot); its health check is moved to
-    `health_port` on loopback."""
+    mounted: Path | None = None
+    """A config file someone else writes (a `GatewayPod`'s Secret volume) instead of this harness's."""
     config: dict[str, Any] = field(default_factory=dict, init=False)
 
     kind = "stunnerd"
 
     @property
     def config_path(self) -> Path:
-        return self.workdir / "stunnerd.json"
+        return self.mounted or self.workdir / "stunnerd.json"
 
     @property
     def health_url(self) -> str:
         return f"http://{LOOPBACK}:{self.health_port}"
 
     def render(self) -> dict[str, Any]:
-        if self.rendered is not None:
-            config = self.rendered()
-            config["admin"]["healthcheck_endpoint"] = self.health_url
-            self.secret = str(config["auth"]["credentials"].get("secret", ""))
-            return config
         if self.operator_rendered:
             return self._render_as_the_operator()
         return render_stunnerd_config(
@@ -276,6 +269,10 @@ class StunnerdProcess(TurnServerProcess):
         return config
 
     def _write(self) -> None:
+        if self.mounted is not None:  # written by its owner: only learn what stunnerd should apply
+            self.config = json.loads(self.mounted.read_text())
+            self.secret = str(self.config["auth"]["credentials"].get("secret", ""))
+            return
         self.config = self.render()
         # In place (not rename-over): stunnerd watches the file itself and re-reads it on a write. A
         # read that sees the file half-written fails to parse and is retried on the next event.
@@ -346,7 +343,7 @@ class StunnerdProcess(TurnServerProcess):
         self.wait_applied(timeout)
 
     def rewrite(self, timeout: float = 15.0) -> None:
-        """Render again (a `rendered` source changed), rewrite the file, wait until it is applied."""
+        """Write the file again (a `mounted` one: read it again), wait until stunnerd has applied it."""
         self._write()
         self.wait_applied(timeout)
 
@@ -358,11 +355,39 @@ class StunnerdProcess(TurnServerProcess):
         return self.secret
 
 
+class SecretVolume:
+    """A directory written the way the kubelet writes a Secret volume: the files live in a timestamped
+    directory, ``..data`` links to it, each key is a link through ``..data``, and an update swaps
+    ``..data`` atomically and removes the old directory (what stunnerd's file watcher must follow)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.version = 0
+
+    def write(self, data: dict[str, str]) -> None:
+        self.version += 1
+        new = self.path / f"..{self.version:04d}"
+        new.mkdir()
+        for key, text in data.items():
+            (new / key).write_text(text)
+        link = self.path / "..data_tmp"
+        link.symlink_to(new.name)
+        old = (self.path / "..data").resolve() if (self.path / "..data").exists() else None
+        os.replace(link, self.path / "..data")
+        for key in data:
+            if not (self.path / key).is_symlink():
+                (self.path / key).symlink_to(f"..data/{key}")
+        if old is not None:
+            shutil.rmtree(old)
+
+
 @dataclass
 class GatewayPod:
-    """One pod of a StunnerGateway, on loopback: a stunnerd per slot, in watch mode, each loading the
-    config the operator renders for that slot (`voxa.operator.render.stunner`) from a gateway with one
-    TURN-UDP listener. The slots advance with `voxa.operator.slots`, as the operator advances them."""
+    """One pod of a StunnerGateway, on loopback: a stunnerd per slot, in watch mode, each reading its
+    file from a Secret volume holding what the operator renders for the gateway's config Secret
+    (`voxa.operator.render.stunner.config_secret`) for a gateway with one TURN-UDP listener. The
+    slots advance with `voxa.operator.slots`, as the operator advances them."""
 
     workdir: Path
     binary: Path
@@ -387,15 +412,25 @@ class GatewayPod:
             }
         )
         self.slots, _ = advance(None, EphemeralAuth(self.secret), self.ttl_s, int(time.time()), 0)
+        self.volume = SecretVolume(self.workdir / "config")
+        self.health_ports = {slot: free_tcp_port() for slot in SLOTS}
 
-    def _config(self, slot: Slot) -> dict[str, Any]:
+    def _publish(self) -> None:
+        """What the kubelet does with the operator's config Secret: the same data in the volume. The
+        one change: health checks on free loopback ports rather than the pod's 0.0.0.0:8087/8088."""
         inputs = stunner.GatewayInputs(
             slots=self.slots,
             clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))],
         )
-        return stunner.stunnerd_config(self.gateway, inputs, slot)
+        data = dict(stunner.config_secret(self.gateway, inputs)["stringData"])
+        for slot in SLOTS:
+            config = json.loads(data[stunner.config_file(slot)])
+            config["admin"]["healthcheck_endpoint"] = f"http://{LOOPBACK}:{self.health_ports[slot]}"
+            data[stunner.config_file(slot)] = dumps(config)
+        self.volume.write(data)
 
     def start(self) -> None:
+        self._publish()
         (listener,) = self.gateway.spec.listeners
         for slot in SLOTS:
             workdir = self.workdir / f"slot-{slot}"
@@ -406,7 +441,8 @@ class GatewayPod:
                 stunner.slot_port(listener, slot),
                 binary=self.binary,
                 watch=True,
-                rendered=functools.partial(self._config, slot),
+                health_port=self.health_ports[slot],
+                mounted=self.volume.path / stunner.config_file(slot),
             )
             self.servers[slot] = server
             server.start()
@@ -423,6 +459,7 @@ class GatewayPod:
             if change is None:
                 break
             changes.append(change)
+            self._publish()
             for server in self.servers.values():
                 server.rewrite()
         self.secret = secret

@@ -44,6 +44,17 @@ def decoded(cluster: KubeCluster, namespace: str, name: str) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (body or {}).get("data", {}).items()}
 
 
+def rotate_to(cluster: KubeCluster, namespace: str, new: str, old: str) -> None:
+    """Change the gateway edge's auth secret; wait until slot b has it and slot a keeps the old one."""
+    patch = json.dumps({"stringData": {"secret": new}})
+    cluster.kubectl("patch", "secret", "edge-auth", "-n", namespace, "--type=merge", "-p", patch)
+    eventually(
+        lambda: slot_secrets(cluster, namespace, "edge") == {"a": old, "b": new},
+        60,
+        "slot b with the new secret, slot a with the previous one",
+    )
+
+
 def test_invalid_gateways_are_refused(crds_installed: KubeCluster, namespace: str) -> None:
     cases = [
         (gateway("a", listeners=[{"name": "t", "protocol": "TURN-TLS", "port": 443}]), "need tlsSecretRef"),
@@ -185,21 +196,7 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
     # slot a keeps the previous one for a credential lifetime; signaling rolls with slot b's URIs and
     # the new secret.
     template = get(cluster, namespace, "deployment", "lobby-signaling")["spec"]["template"]["metadata"]
-    cluster.kubectl(
-        "patch",
-        "secret",
-        "edge-auth",
-        "-n",
-        namespace,
-        "--type=merge",
-        "-p",
-        '{"stringData": {"secret": "rotated-1"}}',
-    )
-    eventually(
-        lambda: slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "rotated-1"},
-        60,
-        "slot b with the new secret, slot a with the previous one",
-    )
+    rotate_to(cluster, namespace, "rotated-1", generated)
 
     def rotated_status() -> dict[str, Any] | None:
         st = get(cluster, namespace, "stunnergateway", "edge")["status"]
@@ -270,21 +267,7 @@ def test_new_calls_stay_on_the_old_slot_until_the_pods_can_have_the_new_secret(
         eventually(lambda: decoded(cluster, namespace, "hall-turn"), 90, "TURN settings for the VoiceServer")
         generated = decoded(cluster, namespace, "edge-auth")["secret"]
         assert decoded(cluster, namespace, "hall-turn") == {"secret": generated}
-        cluster.kubectl(
-            "patch",
-            "secret",
-            "edge-auth",
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"stringData": {"secret": "r2"}}',
-        )
-        eventually(
-            lambda: slot_secrets(cluster, namespace, "edge") == {"a": generated, "b": "r2"},
-            60,
-            "the new secret on the standby slot",
-        )
+        rotate_to(cluster, namespace, "r2", generated)
 
         def rotating() -> dict[str, Any] | None:
             st = get(cluster, namespace, "stunnergateway", "edge")["status"]

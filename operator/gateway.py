@@ -124,6 +124,9 @@ async def reconcile_gateway(
         if state.slots is None or (live is not None and live.hash != state.applied.get(config_key)):
             # After a restart, or written by someone else since (another replica that led meanwhile).
             state.slots = await _written_slots(rec, gw)
+            if live is not None and live.hash is not None:
+                state.applied[config_key] = live.hash
+        before = state.slots
         if auth is not None:
             ttl = gw.spec.credentialTtlSeconds
             slots, change = slots_mod.advance(state.slots, auth, ttl, int(time.time()), propagation_s)
@@ -133,16 +136,16 @@ async def reconcile_gateway(
                 rendered = stunner.children(gw, inputs)
             except ValueError as exc:
                 errors.append(str(exc))
+        shown = before
         if rendered:
             failed = await rec.converge(body, gw.namespace, rendered, children, state)
             errors += failed
-            if failed:
-                state.slots = None  # what was written is unknown: read it back next time
+            if any(e.startswith(f"Secret {config_key[1]}:") for e in failed):
+                state.slots = None  # what the config Secret holds is unknown: read it back next time
             else:
-                state.slots = slots
+                state.slots = shown = slots
                 if change is not None:
                     (warn if change.warning else info)(body, reason=change.reason, message=change.message)
-        shown = state.slots if state.slots is not None else slots
 
         service = children.get(("Service", gw.name))
         service_body: dict[str, Any] | None = None

@@ -233,8 +233,8 @@ class Reconciler:
             # Keep the last good TURN settings while the gateway is unavailable (after a restart, the
             # ones signaling runs with).
             if state.turn is None and not state.turn_read_back:
-                state.turn_read_back = True
                 state.turn = await rendered_turn(self.kube, vs)
+                state.turn_read_back = True  # only once it worked: an API error tries again
             turn = state.turn
         rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
         errors = await self.converge(body, vs.namespace, rendered, children, state)
@@ -266,11 +266,18 @@ class Reconciler:
         errors: list[str] = []
         wanted: set[tuple[str, str]] = set()
         applied: list[str] = []
+        config_failed = False
         for manifest in rendered:
             key = (manifest["kind"], manifest["metadata"]["name"])
             wanted.add(key)
             full, digest = with_hash(manifest)
             live = children.get(key)
+            if config_failed and key[0] in ("Deployment", "StatefulSet"):
+                # Pods roll only once the configuration they read is in place: with half of it they
+                # could start with one gateway slot's URIs and another's secret.
+                if live is None or digest != live.hash:
+                    errors.append(f"{key[0]} {key[1]}: not updated, its configuration failed to apply")
+                continue
             if live is not None and digest == live.hash and not live.deleting:
                 state.applied[key] = digest
                 continue
@@ -282,6 +289,7 @@ class Reconciler:
                 applied.append(f"{key[0]}/{key[1]}")
             except ApiError as exc:
                 errors.append(f"{key[0]} {key[1]}: {exc.message or exc}")
+                config_failed = config_failed or key[0] in ("ConfigMap", "Secret")
         for key, child in children.items():
             if key[0] in PRUNABLE and key not in wanted and not child.deleting:
                 await self.kube.delete(path_for(child.api_version, child.kind, namespace, child.name))

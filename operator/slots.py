@@ -102,6 +102,12 @@ def advance(
     active, standby = current.active, current.standby
     if auth == current.auth(active):
         if current.auth(standby) != auth and now >= current.standby_until:
+            if not current.standby_until:  # the standby held a secret prepared, never used
+                return current._standby(auth, now), Change(
+                    "TurnSecretRotationCancelled",
+                    f"the secret is back to the one in use before new calls moved; slot {standby} "
+                    "holds it again",
+                )
             return current._standby(auth, now), Change(
                 "PreviousSecretRetired",
                 f"slot {standby} now holds the current secret too; no other secret is valid any more",
@@ -111,8 +117,10 @@ def advance(
         if now < current.standby_since + propagation_s:
             return current, None  # prepared; waiting for every pod to have it
         until = now + ttl_s + SIGNALING_ROLL_S
+        # The old active slot's pods had its secret before it became active.
+        since = current.activated_at - propagation_s
         switched = dataclasses.replace(
-            current, active=standby, activated_at=now, standby_since=current.activated_at, standby_until=until
+            current, active=standby, activated_at=now, standby_since=since, standby_until=until
         )
         return switched, Change(
             "TurnSecretRotated",

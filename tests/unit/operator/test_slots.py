@@ -42,7 +42,7 @@ def test_a_rotation_prepares_the_standby_switches_after_propagation_and_retires_
     until = T0 + 100 + WAIT + TTL + SIGNALING_ROLL_S
     assert change == "TurnSecretRotated"
     assert switched == Slots(
-        active="b", a=ONE, b=TWO, activated_at=T0 + 100 + WAIT, standby_since=T0, standby_until=until
+        active="b", a=ONE, b=TWO, activated_at=T0 + 100 + WAIT, standby_since=T0 - WAIT, standby_until=until
     )
     assert switched.revision != start.revision
     assert (
@@ -67,16 +67,19 @@ def test_going_back_to_the_previous_secret_switches_at_once_and_warns_of_nothing
     start, _ = step(None, ONE, T0)
     prepared, _ = step(start, TWO, T0)
     switched, _ = step(prepared, TWO, T0 + WAIT)
-    back, change = step(switched, ONE, T0 + WAIT + 60)
+    back, change = step(switched, ONE, T0 + WAIT + 1)
     assert change == "TurnSecretRotated"
     assert back.active == "a" and back.auth("a") == ONE and back.auth("b") == TWO
+    # And forth again: slot b has held TWO all along.
+    forth, change = step(back, TWO, T0 + WAIT + 2)
+    assert change == "TurnSecretRotated" and forth.active == "b"
 
 
 def test_undoing_a_prepared_rotation_keeps_new_calls_where_they_are() -> None:
     start, _ = step(None, ONE, T0)
     prepared, _ = step(start, TWO, T0)
     undone, change = step(prepared, ONE, T0 + 10)
-    assert undone.active == "a" and undone.auth("b") == ONE and change == "PreviousSecretRetired"
+    assert undone.active == "a" and undone.auth("b") == ONE and change == "TurnSecretRotationCancelled"
     assert undone.revision == start.revision
 
 

@@ -17,7 +17,7 @@ from voxa.operator.kube import KubeClient, path_for
 from voxa.operator.models import VoiceServer
 from voxa.operator.render.common import child_name
 from voxa.operator.render.signaling import TURN_REVISION_ANNOTATION, TurnInputs, turn_secret_name
-from voxa.operator.render.stunner import slots_from_config
+from voxa.operator.render.stunner import config_secret_name, slots_from_config
 from voxa.operator.render.stunnerd_config import EphemeralAuth
 from voxa.operator.secret_values import decode, read_secret
 
@@ -36,7 +36,7 @@ class GatewayView:
 
     @property
     def config_secret_name(self) -> str:
-        return f"{self.name}-stunnerd-config"
+        return config_secret_name(self.name)
 
     def uris_of(self, slot: str) -> tuple[str, ...]:
         return self.uris if slot == self.active_slot else self.standby_uris

@@ -69,8 +69,9 @@ def auth_secret_name(gw: StunnerGateway) -> str:
     return ref.name if ref is not None else f"{gw.name}-auth"
 
 
-def config_secret_name(gw: StunnerGateway) -> str:
-    return f"{gw.name}-stunnerd-config"
+def config_secret_name(gw: StunnerGateway | str) -> str:
+    """The config Secret of a gateway (or of the gateway with that name)."""
+    return f"{gw if isinstance(gw, str) else gw.name}-stunnerd-config"
 
 
 def selector(gw: StunnerGateway) -> dict[str, str]:

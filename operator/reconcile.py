@@ -40,7 +40,7 @@ from voxa.operator.scaling import (
     desired_replicas,
 )
 from voxa.operator.slots import Slots
-from voxa.operator.turn import rendered_turn, turn_inputs
+from voxa.operator.turn import GatewayView, rendered_turn, turn_inputs
 
 log = logging.getLogger("voxa.operator")
 
@@ -183,76 +183,67 @@ class Reconciler:
         pods: list[Child],
         *,
         scale: bool,
-        gateway: Any = None,
+        gateway: GatewayView | None = None,
     ) -> None:
+        """Converge one VoiceServer's children, scale (on the timer) and write its status."""
         async with state.lock:
-            await self._reconcile(body, state, children, pods, scale=scale, gateway=gateway)
+            RECONCILES.labels("timer" if scale else "event").inc()
+            vs = VoiceServer.model_validate(body)
+            if vs.metadata.get("deletionTimestamp"):
+                return
+            await self.ensure_control_secret(vs, body, children)
 
-    async def _reconcile(
-        self,
-        body: dict[str, Any],
-        state: State,
-        children: dict[tuple[str, str], Child],
-        pods: list[Child],
-        *,
-        scale: bool,
-        gateway: Any = None,
-    ) -> None:
-        RECONCILES.labels("timer" if scale else "event").inc()
-        vs = VoiceServer.model_validate(body)
-        if vs.metadata.get("deletionTimestamp"):
-            return
-        await self.ensure_control_secret(vs, body, children)
+            sfu_name = child_name(vs, "sfu")
+            live_sfu = children.get(("Deployment", sfu_name))
+            if state.sfu_replicas is None:
+                state.sfu_replicas = (
+                    live_sfu.replicas
+                    if live_sfu and live_sfu.replicas is not None
+                    else desired_replicas(vs.spec.sfu, 0)
+                )
+            replicas = state.sfu_replicas
+            participants = vs.status.participants
+            registry_error = (
+                state.last_registry_error
+            )  # the event path does not read Redis; keep the last word
+            drain: DrainState | None = status_mod.drain_state(vs.status)
+            desired = vs.status.sfu.desiredReplicas or replicas
+            if scale:
+                decision, participants, registry_error = await self.scale(vs, body, state, replicas, pods)
+                replicas = state.sfu_replicas = decision.replicas
+                drain, desired = decision.draining, decision.desired
+            elif (target := desired_replicas(vs.spec.sfu, participants)) > replicas:
+                # Scaling up is safe at once (a spec change, new bounds); scaling down waits for the timer,
+                # which drains first.
+                replicas = state.sfu_replicas = desired = target
 
-        sfu_name = child_name(vs, "sfu")
-        live_sfu = children.get(("Deployment", sfu_name))
-        if state.sfu_replicas is None:
-            state.sfu_replicas = (
-                live_sfu.replicas
-                if live_sfu and live_sfu.replicas is not None
-                else desired_replicas(vs.spec.sfu, 0)
+            turn, turn_error = await turn_inputs(self.kube, vs, body, gateway, state.turn)
+            if turn is not None:
+                state.turn = turn
+            elif vs.spec.stunnerGatewayRef is not None:
+                # Keep the last good TURN settings while the gateway is unavailable (after a restart, the
+                # ones signaling runs with).
+                if state.turn is None and not state.turn_read_back:
+                    state.turn = await rendered_turn(self.kube, vs)
+                    state.turn_read_back = True  # only once it worked: an API error tries again
+                turn = state.turn
+            rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
+            errors = await self.converge(body, vs.namespace, rendered, children, state)
+
+            observed = status_mod.Observed(
+                signaling=child_status(children, "Deployment", child_name(vs, "signaling")),
+                sfu=child_status(children, "Deployment", sfu_name),
+                redis=child_status(children, "StatefulSet", child_name(vs, "redis")),
+                service=child_status(children, "Service", child_name(vs, "signaling")),
+                sfu_replicas=replicas,
+                desired_sfus=desired,
+                participants=participants,
+                draining=drain,
+                apply_errors=errors,
+                registry_error=registry_error,
+                gateway_error=turn_error,
             )
-        replicas = state.sfu_replicas
-        participants = vs.status.participants
-        registry_error = state.last_registry_error  # the event path does not read Redis; keep the last word
-        drain: DrainState | None = status_mod.drain_state(vs.status)
-        desired = vs.status.sfu.desiredReplicas or replicas
-        if scale:
-            decision, participants, registry_error = await self.scale(vs, body, state, replicas, pods)
-            replicas = state.sfu_replicas = decision.replicas
-            drain, desired = decision.draining, decision.desired
-        elif (target := desired_replicas(vs.spec.sfu, participants)) > replicas:
-            # Scaling up is safe at once (a spec change, new bounds); scaling down waits for the timer,
-            # which drains first.
-            replicas = state.sfu_replicas = desired = target
-
-        turn, turn_error = await turn_inputs(self.kube, vs, body, gateway, state.turn)
-        if turn is not None:
-            state.turn = turn
-        elif vs.spec.stunnerGatewayRef is not None:
-            # Keep the last good TURN settings while the gateway is unavailable (after a restart, the
-            # ones signaling runs with).
-            if state.turn is None and not state.turn_read_back:
-                state.turn = await rendered_turn(self.kube, vs)
-                state.turn_read_back = True  # only once it worked: an API error tries again
-            turn = state.turn
-        rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
-        errors = await self.converge(body, vs.namespace, rendered, children, state)
-
-        observed = status_mod.Observed(
-            signaling=child_status(children, "Deployment", child_name(vs, "signaling")),
-            sfu=child_status(children, "Deployment", sfu_name),
-            redis=child_status(children, "StatefulSet", child_name(vs, "redis")),
-            service=child_status(children, "Service", child_name(vs, "signaling")),
-            sfu_replicas=replicas,
-            desired_sfus=desired,
-            participants=participants,
-            draining=drain,
-            apply_errors=errors,
-            registry_error=registry_error,
-            gateway_error=turn_error,
-        )
-        await self.write_status(vs, body, status_mod.compute(vs, observed, time.time()))
+            await self.write_status(vs, body, status_mod.compute(vs, observed, time.time()))
 
     async def converge(
         self,

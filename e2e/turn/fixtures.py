@@ -10,9 +10,10 @@ cached under ~/.cache/voxa), and coturn's turnserver must be installed (Debian p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import pytest
 
@@ -41,7 +42,6 @@ class StunnerdFactory(Protocol):
         endpoints: Sequence[str] = (SFU_HOST,),
         watch: bool = False,
         extra_listeners: Sequence[Listener] = (),
-        operator_rendered: bool = False,
     ) -> StunnerdProcess: ...
 
 
@@ -65,71 +65,82 @@ def stunnerd_binary() -> Path:
     return binary
 
 
-@pytest.fixture
-def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[StunnerdFactory]:
-    started: list[StunnerdProcess] = []
+S = TypeVar("S", StunnerdProcess, CoturnProcess)
 
-    def factory(
-        *,
-        secret: str = SECRET,
-        realm: str = REALM,
-        endpoints: Sequence[str] = (SFU_HOST,),
-        watch: bool = False,
-        extra_listeners: Sequence[Listener] = (),
-        operator_rendered: bool = False,
-    ) -> StunnerdProcess:
-        workdir = tmp_path / f"stunnerd-{len(started)}"
+
+@contextlib.contextmanager
+def _servers(tmp_path: Path, kind: str) -> Iterator[Callable[[Callable[[Path], S]], S]]:
+    """Start servers in their own work directories; stop them all at the end."""
+    started: list[StunnerdProcess | CoturnProcess] = []
+
+    def start(make: Callable[[Path], S]) -> S:
+        workdir = tmp_path / f"{kind}-{len(started)}"
         workdir.mkdir()
-        server = StunnerdProcess(
-            workdir,
-            realm,
-            free_udp_port(),
-            binary=stunnerd_binary,
-            secret=secret,
-            endpoints=tuple(endpoints),
-            watch=watch,
-            extra_listeners=tuple(extra_listeners),
-            operator_rendered=operator_rendered,
-        )
+        server = make(workdir)
         started.append(server)
         server.start()
         return server
 
-    yield factory
-    for server in started:
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[StunnerdFactory]:
+    with _servers(tmp_path, "stunnerd") as start:
+
+        def factory(
+            *,
+            secret: str = SECRET,
+            realm: str = REALM,
+            endpoints: Sequence[str] = (SFU_HOST,),
+            watch: bool = False,
+            extra_listeners: Sequence[Listener] = (),
+        ) -> StunnerdProcess:
+            return start(
+                lambda workdir: StunnerdProcess(
+                    workdir,
+                    realm,
+                    free_udp_port(),
+                    binary=stunnerd_binary,
+                    secret=secret,
+                    endpoints=tuple(endpoints),
+                    watch=watch,
+                    extra_listeners=tuple(extra_listeners),
+                )
+            )
+
+        yield factory
 
 
 @pytest.fixture
 def coturn_factory(tmp_path: Path) -> Iterator[CoturnFactory]:
-    started: list[CoturnProcess] = []
+    with _servers(tmp_path, "coturn") as start:
 
-    def factory(
-        *,
-        secrets: Sequence[str] = (SECRET,),
-        realm: str = REALM,
-        allowed_peers: Sequence[str] = (SFU_HOST,),
-        denied_peers: Sequence[str] = ("127.0.0.0-127.255.255.255",),
-        secrets_in_db: bool = False,
-    ) -> CoturnProcess:
-        workdir = tmp_path / f"coturn-{len(started)}"
-        workdir.mkdir()
-        server = CoturnProcess(
-            workdir,
-            realm,
-            free_udp_tcp_port(),
-            secrets=tuple(secrets),
-            allowed_peers=tuple(allowed_peers),
-            denied_peers=tuple(denied_peers),
-            secrets_in_db=secrets_in_db,
-        )
-        started.append(server)
-        server.start()
-        return server
+        def factory(
+            *,
+            secrets: Sequence[str] = (SECRET,),
+            realm: str = REALM,
+            allowed_peers: Sequence[str] = (SFU_HOST,),
+            denied_peers: Sequence[str] = ("127.0.0.0-127.255.255.255",),
+            secrets_in_db: bool = False,
+        ) -> CoturnProcess:
+            return start(
+                lambda workdir: CoturnProcess(
+                    workdir,
+                    realm,
+                    free_udp_tcp_port(),
+                    secrets=tuple(secrets),
+                    allowed_peers=tuple(allowed_peers),
+                    denied_peers=tuple(denied_peers),
+                    secrets_in_db=secrets_in_db,
+                )
+            )
 
-    yield factory
-    for server in started:
-        server.stop()
+        yield factory
 
 
 @pytest.fixture

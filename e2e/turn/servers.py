@@ -222,9 +222,6 @@ class StunnerdProcess(TurnServerProcess):
     watch: bool = False
     extra_listeners: Sequence[Listener] = ()
     health_port: int = 0
-    operator_rendered: bool = False
-    """Render the config as the operator does for a StunnerGateway (listeners on $STUNNER_ADDR, one
-    cluster per VoiceServer with its media port range), instead of this harness's own inputs."""
     mounted: Path | None = None
     """A config file someone else writes (a `GatewayPod`'s Secret volume) instead of this harness's."""
     config: dict[str, Any] = field(default_factory=dict, init=False)
@@ -240,8 +237,6 @@ class StunnerdProcess(TurnServerProcess):
         return f"http://{LOOPBACK}:{self.health_port}"
 
     def render(self) -> dict[str, Any]:
-        if self.operator_rendered:
-            return self._render_as_the_operator()
         return render_stunnerd_config(
             name="voxa-turn-test",
             realm=self.realm,
@@ -250,23 +245,6 @@ class StunnerdProcess(TurnServerProcess):
             clusters=[Cluster("sfu", list(self.endpoints))],
             health_check_endpoint=self.health_url,
         )
-
-    def _render_as_the_operator(self) -> dict[str, Any]:
-        gateway = StunnerGateway.model_validate(
-            {
-                "metadata": {"name": "edge", "namespace": "voxa", "uid": "uid"},
-                "spec": {"realm": self.realm, "listeners": [{"name": "udp", "port": self.port}]},
-            }
-        )
-        auth = EphemeralAuth(self.secret)
-        inputs = stunner.GatewayInputs(
-            slots=Slots(active="a", a=auth, b=auth),
-            clusters=[Cluster("voxa/lobby", list(self.endpoints), ports=(40000, 49999))],
-        )
-        config = stunner.stunnerd_config(gateway, inputs, "a")
-        # The one change: the health check on a free loopback port rather than the pod's 0.0.0.0.
-        config["admin"]["healthcheck_endpoint"] = self.health_url
-        return config
 
     def _write(self) -> None:
         if self.mounted is not None:  # written by its owner: only learn what stunnerd should apply

@@ -72,9 +72,10 @@ def turn(request: pytest.FixtureRequest) -> TurnServerProcess:
     if request.param == "stunnerd":
         server: TurnServerProcess = request.getfixturevalue("stunnerd")
     elif request.param == "stunnerd-operator-config":
-        # The config the operator renders for a StunnerGateway, loaded by the real stunnerd.
-        factory: StunnerdFactory = request.getfixturevalue("stunnerd_factory")
-        server = factory(watch=True, operator_rendered=True)
+        # The config the operator renders for a StunnerGateway, loaded by the real stunnerd: the active
+        # slot of a gateway pod.
+        pod: GatewayPod = request.getfixturevalue("gateway_pod")
+        server = pod.active
     else:
         server = request.getfixturevalue("coturn")
     return server

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -77,6 +78,19 @@ async def cleanup(**_: Any) -> None:
     await registry.close_all()
 
 
+SENIORITY_BASE_US = 10**17
+"""Above any start time in microseconds for millennia, so seniority priorities stay positive."""
+
+
+def seniority_priority(started_at_us: int) -> int:
+    """A peering priority that is higher the earlier a replica started. kopf lets the highest-priority
+    peer work and pauses all peers of equal priority, so replicas of one Deployment (same settings)
+    need distinct priorities; by start time, the replica already working keeps working when a new one
+    joins (a rolling update hands over only when the old one stops), and ties need two replicas
+    started in the same microsecond."""
+    return SENIORITY_BASE_US - started_at_us
+
+
 def run(settings: OperatorSettings | None = None) -> int:
     settings = settings or handlers.Runtime.settings
     handlers.Runtime.settings = settings
@@ -99,7 +113,11 @@ def run(settings: OperatorSettings | None = None) -> int:
             namespaces=settings.namespaces,
             standalone=not settings.peering,
             peering_name=settings.peering or None,
-            priority=settings.priority,
+            priority=(
+                settings.priority
+                if settings.priority is not None
+                else seniority_priority(time.time_ns() // 1000)
+            ),
             liveness_endpoint=f"http://{settings.liveness_host}:{settings.liveness_port}/healthz",
         )
     )

@@ -15,12 +15,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
 
+from voxa.common.version import image
+
 GROUP = "voxa.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-DEFAULT_IMAGE = "ghcr.io/voxa-dev/voxa:0.1.0"
-DEFAULT_REDIS_IMAGE = "redis:7.2-alpine"
+# Voxa's own images, tagged with the package version (`make images` builds all three).
+DEFAULT_IMAGE = image("voxa")
+DEFAULT_REDIS_IMAGE = image("redis")
+DEFAULT_STUNNERD_IMAGE = image("stunnerd")
 
 QUANTITY = r"^([+]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -68,9 +72,29 @@ class SecretKeyRef(Model):
     key: str = Field(min_length=1, max_length=253, description="Key inside the Secret's data.")
 
 
+NODE_PORT_DESCRIPTION = (
+    "with Service type NodePort or LoadBalancer: a fixed node port (within the cluster's "
+    "service-node-port-range, 30000-32767 by default); omit to let Kubernetes choose one."
+)
+
+
 class ServiceSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.type != 'ClusterIP' || !has(self.nodePort)",
+                    "nodePort needs type NodePort or LoadBalancer",
+                )
+            ]
+        }
+    )
+
     type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
         default="ClusterIP", description="Kubernetes Service type of the signaling endpoint."
+    )
+    nodePort: int | None = Field(
+        default=None, ge=1, le=65535, description=f"The signaling port's node port, {NODE_PORT_DESCRIPTION}"
     )
     annotations: dict[str, str] = Field(
         default_factory=dict, description="Annotations for the Service (e.g. a cloud load balancer's)."
@@ -360,7 +384,6 @@ class VoiceServer(CustomResource):
 # StunnerGateway
 
 ListenerProtocol = Literal["TURN-UDP", "TURN-TCP", "TURN-TLS", "TURN-DTLS"]
-DEFAULT_STUNNERD_IMAGE = "docker.io/l7mp/stunnerd:1.1.0"
 
 
 class GatewayListener(Model):
@@ -374,6 +397,11 @@ class GatewayListener(Model):
                 cel(
                     "self.protocol in ['TURN-TLS', 'TURN-DTLS'] || !has(self.tlsSecretRef)",
                     "only TURN-TLS and TURN-DTLS listeners take tlsSecretRef",
+                ),
+                cel(
+                    "!has(self.nodePort) || !has(self.alternateNodePort)"
+                    " || self.nodePort != self.alternateNodePort",
+                    "nodePort and alternateNodePort must differ",
                 ),
                 cel(
                     "has(self.alternatePort) ? self.alternatePort != self.port : self.port < 65535",
@@ -407,6 +435,12 @@ class GatewayListener(Model):
         description="The listener's second port (slot b), default `port` + 1. Each gateway pod runs two "
         "stunnerd slots; a secret rotation sends new calls to the other slot while calls in progress "
         "keep theirs, so clients and firewalls must reach both ports.",
+    )
+    nodePort: int | None = Field(
+        default=None, ge=1, le=65535, description=f"Slot a's node port, {NODE_PORT_DESCRIPTION}"
+    )
+    alternateNodePort: int | None = Field(
+        default=None, ge=1, le=65535, description=f"Slot b's node port, {NODE_PORT_DESCRIPTION}"
     )
     tlsSecretRef: ObjectRef | None = Field(
         default=None, description="A kubernetes.io/tls Secret (tls.crt, tls.key) for TURN-TLS and TURN-DTLS."
@@ -464,6 +498,11 @@ class StunnerGatewaySpec(Model):
                     " p != b.port && p != (has(b.alternatePort) ? b.alternatePort : b.port + 1))))",
                     "two listeners cannot share a port (port or alternatePort) on the same transport "
                     "(UDP or TCP)",
+                ),
+                cel(
+                    "self.service.type != 'ClusterIP'"
+                    " || self.listeners.all(l, !has(l.nodePort) && !has(l.alternateNodePort))",
+                    "nodePort and alternateNodePort need service type NodePort or LoadBalancer",
                 ),
             ]
         }

@@ -41,8 +41,11 @@ class OperatorSettings(BaseSettings):
         description="How long a replica that stopped without saying goodbye (killed) still counts as "
         "active; the standby takes over after it. A clean stop hands over at once.",
     )
-    priority: int = Field(
-        default=0, description="Peering priority; the highest-priority replica is the active one."
+    priority: int | None = Field(
+        default=None,
+        description="Peering priority; the highest-priority replica is the active one. Unset: by "
+        "seniority, the replica that started first (kopf pauses every replica of equal priority, so "
+        "the replicas of one Deployment must not share one).",
     )
     cleanup_attempts: int = Field(
         default=12,

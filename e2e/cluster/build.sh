@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Builds the commands of the local Kubernetes control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, kwok and etcd) from the versions pinned in this folder's go.mod, and prints
-# the folder that holds them on stdout; everything else goes to stderr.
+# Builds the Kubernetes commands Voxa's clusters use from the versions pinned in this folder's go.mod,
+# and prints the folder that holds them on stdout; everything else goes to stderr.
 #
-# The Kubernetes commands and etcd come from this folder's module, kwok from the module in kwok/ (no
-# kwok release compiles against the client libraries of this Kubernetes release).
+# kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet, kubeadm, kubectl and
+# etcd are one static multicall binary (kube/main.go), `kube`, and a symlink per command: the local
+# control plane (`make cluster`, the kube_cluster fixture) runs them as processes, and the kind node
+# image (e2e/kind/) is built from the same binary, so Kubernetes is compiled once. kwok comes from the
+# module in kwok/ (no kwok release compiles against the client libraries of this Kubernetes release).
 #
 # The first run compiles Kubernetes from source, which takes many minutes on a small machine; the
 # binaries are then kept under ~/.cache/voxa/kube-<version>-<hash of the go.mod and go.sum files>/bin,
@@ -37,18 +39,12 @@ if [ -z "$kube_version" ] || [ -z "$kwok_version" ] || [ -z "$etcd_version" ]; t
   log "cannot read the pinned versions from $here/go.mod and $here/kwok/go.mod"
   exit 1
 fi
-pins_hash=$(cat "$here/go.mod" "$here/go.sum" "$here/kwok/go.mod" "$here/kwok/go.sum" | sha256sum | cut -c1-12)
+pins_hash=$(cat "$here/go.mod" "$here/go.sum" "$here/kube/main.go" "$here/kwok/go.mod" "$here/kwok/go.sum" | sha256sum | cut -c1-12)
 cache_root=${VOXA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/voxa}
 dest=$cache_root/kube-$kube_version-$pins_hash
 bin=$dest/bin
-tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl kwok etcd)
-packages=(
-  k8s.io/kubernetes/cmd/kube-apiserver
-  k8s.io/kubernetes/cmd/kube-controller-manager
-  k8s.io/kubernetes/cmd/kube-scheduler
-  k8s.io/kubernetes/cmd/kubectl
-  go.etcd.io/etcd/server/v3
-)
+commands=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl etcd)
+tools=(kube "${commands[@]}" kwok)
 
 complete() {
   [ -f "$dest/.complete" ] || return 1
@@ -102,13 +98,13 @@ start=$(date +%s)
 (
   export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
   cd "$here"
-  "$GO" build -trimpath -ldflags "${kube_ldflags[*]}" -o "$staging/" "${packages[@]}"
+  "$GO" build -trimpath -ldflags "${kube_ldflags[*]}" -o "$staging/kube" ./kube
   cd "$here/kwok"
   "$GO" build -trimpath -ldflags "${kwok_ldflags[*]}" -o "$staging/kwok" sigs.k8s.io/kwok/cmd/kwok
 ) >&2
-# etcd's main package is the root of its server module go.etcd.io/etcd/server/v3, so Go names the
-# binary "server".
-mv "$staging/server" "$staging/etcd"
+for command in "${commands[@]}"; do
+  ln -s kube "$staging/$command"
+done
 rm -rf "$bin"
 mv "$staging" "$bin"
 trap - EXIT

@@ -119,6 +119,11 @@ def spread(vs: VoiceServer, component: str) -> dict[str, Any]:
     }
 
 
+def node_port(service_type: str, port: int | None) -> dict[str, int]:
+    """A Service port's `nodePort` entry: only where one is asked for and the type has node ports."""
+    return {"nodePort": port} if port is not None and service_type != "ClusterIP" else {}
+
+
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 

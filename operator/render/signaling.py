@@ -18,6 +18,7 @@ from voxa.operator.render.common import (
     http_probe,
     labels,
     metadata,
+    node_port,
     pdb,
     pod_security_context,
     resources,
@@ -201,7 +202,13 @@ def service(vs: VoiceServer) -> Manifest:
             "type": svc.type,
             "selector": selector_labels(vs, COMPONENT),
             "ports": [
-                {"name": "http", "port": SIGNALING_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+                {
+                    "name": "http",
+                    "port": SIGNALING_SERVICE_PORT,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    **node_port(svc.type, svc.nodePort),
+                }
             ],
         },
     }

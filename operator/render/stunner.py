@@ -24,6 +24,7 @@ from voxa.operator.render.common import (
     MANAGED_BY,
     Manifest,
     container_security_context,
+    node_port,
     pod_security_context,
     resources,
 )
@@ -265,6 +266,7 @@ def service(gw: StunnerGateway) -> Manifest:
                 "port": slot_port(item, slot),
                 "targetPort": slot_port(item, slot),
                 "protocol": _transport(item.protocol),
+                **node_port(svc.type, item.nodePort if slot == "a" else item.alternateNodePort),
             }
             for slot in SLOTS
             for item in gw.spec.listeners

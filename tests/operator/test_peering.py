@@ -14,13 +14,25 @@ from tests.operator.conftest import OperatorProcess, eventually, get, secret, vo
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.parametrize(
+    "priorities",
+    [
+        pytest.param(({"VOXA_OPERATOR_PRIORITY": "10"}, {"VOXA_OPERATOR_PRIORITY": "5"}), id="explicit"),
+        # A Deployment's replicas share their settings: unset, the replica that started first works.
+        pytest.param(({}, {}), id="seniority"),
+    ],
+)
 def test_standby_replica_waits_then_takes_over(
-    crds_installed: KubeCluster, namespace: str, redis_server: RedisServer, tmp_path: Path
+    crds_installed: KubeCluster,
+    namespace: str,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    priorities: tuple[dict[str, str], dict[str, str]],
 ) -> None:
     cluster = crds_installed
     peering = {"VOXA_OPERATOR_PEERING": f"voxa-{namespace}"}
-    active = OperatorProcess(cluster, tmp_path / "active.log", {**peering, "VOXA_OPERATOR_PRIORITY": "10"})
-    standby = OperatorProcess(cluster, tmp_path / "standby.log", {**peering, "VOXA_OPERATOR_PRIORITY": "5"})
+    active = OperatorProcess(cluster, tmp_path / "active.log", {**peering, **priorities[0]})
+    standby = OperatorProcess(cluster, tmp_path / "standby.log", {**peering, **priorities[1]})
     active.start()
     standby.start()
     try:

@@ -1,1 +1,0 @@
-"""Voxa operator (arrives with its own issue)."""

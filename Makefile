@@ -4,40 +4,44 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PKGS := -p voxa.common -p voxa.signaling -p voxa.sfu -p voxa.operator -p voxa.client
 
-.PHONY: setup demo test test-quick lint typecheck pytest bench clean crds
+.PHONY: setup setup-test demo test test-quick lint typecheck pytest bench clean crds
 
+# What `make demo` needs (the venv and the runtime dependencies); setup-test adds the rest.
 setup:
 	@bash .ci/setup.sh
+
+setup-test:
+	@bash .ci/setup-test.sh
 
 demo: setup
 	$(VENV)/bin/voxa demo $(ARGS)
 
-lint: setup
+lint: setup-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-typecheck: setup
+typecheck: setup-test
 	$(VENV)/bin/mypy $(PKGS)
 	$(VENV)/bin/mypy conftest.py tests e2e bench --exclude '^bench/e2e\.py$$'
 	# bench/e2e.py alone: as a script its module name, e2e, would clash with the e2e/ package.
 	$(VENV)/bin/mypy bench/e2e.py
 
-pytest: setup
+pytest: setup-test
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # Everything CI runs.
 test: lint typecheck pytest
 
 # The fast subset for the edit-run loop: skips suites marked slow.
-test-quick: setup
+test-quick: setup-test
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-bench: setup
+bench: setup-test
 	$(PY) bench/signaling.py --json
 
 # crds/*.yaml and charts/voxa-operator/operator.yaml from the pydantic models (CI fails on drift:
 # tests/unit/operator/test_crds.py).
-crds: setup
+crds: setup-test
 	$(VENV)/bin/voxa crds
 
 clean:
@@ -51,8 +55,26 @@ clean:
 cluster-tools:
 	@bash e2e/cluster/build.sh
 
-cluster: setup
+cluster: setup-test
 	$(PY) -m e2e.cluster up
 
 cluster-down:
 	$(PY) -m e2e.cluster down
+
+# Voxa with real pods on a local kind cluster (e2e/kind/): `make images` builds the voxa, stunnerd and
+# redis images; `make kind` also builds the node image (once), creates the cluster `voxa`, loads the
+# images and installs charts/voxa, and prints the `export KUBECONFIG=...` line last; `make kind-demo`
+# applies a StunnerGateway and a VoiceServer and prints invite links; `make kind-down` removes it all.
+.PHONY: images kind kind-demo kind-down
+
+images: setup-test
+	$(PY) -m e2e.kind images
+
+kind: setup-test
+	$(PY) -m e2e.kind up
+
+kind-demo: kind
+	$(PY) -m e2e.kind demo
+
+kind-down: setup-test
+	$(PY) -m e2e.kind down

@@ -20,6 +20,21 @@ def _free_port(host: str) -> int:
         return port
 
 
+DEMO_USERS = (("alice", "Alice", ALL_PERMISSIONS), ("bob", "Bob", parse_permissions("connect,speak,video")))
+INVITE_TTL_S = 24 * 3600
+
+
+def invites(base: str, server_id: str, secret: str) -> list[str]:
+    """`Invite for <Name>: <base>/?channel=lobby&token=<jwt>` for each demo user: what `make demo` and
+    `make kind-demo` print, so one format serves both."""
+    lines = []
+    for user, name, perms in DEMO_USERS:
+        claims = VoiceClaims(sub=user, name=name, server=server_id, perms=perms)
+        token = mint_token(claims, secret, ttl_s=INVITE_TTL_S)
+        lines.append(f"Invite for {name}: {base}/?channel=lobby&token={token}")
+    return lines
+
+
 def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1", rtc_ip: str | None = None) -> int:
     from voxa.common import logging as voxa_logging
     from voxa.sfu.server import serve_worker
@@ -56,12 +71,8 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1", rtc_ip: str 
     base = f"http://{local}:{port}"
     print("Voxa demo: signaling + SFU, in-memory state.", flush=True)
     print(f"  Open:    {base}/  (channel voice:{server_id}:lobby)", flush=True)
-    users = [("alice", "Alice", ALL_PERMISSIONS), ("bob", "Bob", parse_permissions("connect,speak,video"))]
-    for user, name, perms in users:
-        token = mint_token(
-            VoiceClaims(sub=user, name=name, server=server_id, perms=perms), secret, ttl_s=24 * 3600
-        )
-        print(f"  Invite for {name}: {base}/?channel=lobby&token={token}", flush=True)
+    for line in invites(base, server_id, secret):
+        print(f"  {line}", flush=True)
     if given:
         print(f"  More tokens: .venv/bin/voxa token --user U --name N --server {server_id}", flush=True)
     else:

@@ -55,9 +55,15 @@ def verify_credential(secrets: list[str], username: str, credential: str, now: f
 
 
 def ice_config(
-    secret: str | None, uris: list[str], user_id: str, ttl_s: int, now: float | None = None
+    secret: str | None,
+    uris: list[str],
+    user_id: str,
+    ttl_s: int,
+    now: float | None = None,
+    transport_policy: str = "all",
 ) -> IceConfig:
-    """ICE servers for one user: TURN URIs with fresh credentials, STUN URIs as they are."""
+    """ICE servers for one user: TURN URIs with fresh credentials, STUN URIs as they are. The policy
+    is passed on only with TURN servers to relay through ("relay" without them would connect nothing)."""
     if not uris:
         return IceConfig()
     turn = [u for u in uris if u.startswith(("turn:", "turns:"))]
@@ -68,4 +74,5 @@ def ice_config(
     if turn and secret:
         username, credential = turn_credentials(secret, user_id, ttl_s, now)
         servers.append(IceServer(urls=turn, username=username, credential=credential))
+        return IceConfig(iceServers=servers, iceTransportPolicy=transport_policy)
     return IceConfig(iceServers=servers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from voxa.operator import secret_values
 from voxa.operator import slots as slots_mod
 from voxa.operator import status as status_mod
 from voxa.operator.events import info, warn
-from voxa.operator.kube import path_for
+from voxa.operator.kube import ApiError, path_for
 from voxa.operator.models import StunnerGateway
 from voxa.operator.reconcile import Child, Reconciler, State, child_status
 from voxa.operator.render import stunner
@@ -68,6 +69,7 @@ async def reconcile_gateway(
     routes: list[SfuRef],
     pods_of: dict[tuple[str, str], list[Child]],
     propagation_s: int,
+    gateway_pods: Sequence[Child] = (),
 ) -> None:
     async with state.lock:
         gw = StunnerGateway.model_validate(body)
@@ -146,6 +148,9 @@ async def reconcile_gateway(
                 state.slots = shown = slots
                 if change is not None:
                     (warn if change.warning else info)(body, reason=change.reason, message=change.message)
+                revision = state.applied.get(config_key)
+                if revision:
+                    await _nudge(rec, gw, gateway_pods, revision)
 
         service = children.get(("Service", gw.name))
         service_body: dict[str, Any] | None = None
@@ -176,6 +181,20 @@ async def reconcile_gateway(
         )
         new = status_mod.gateway(gw, observed, time.time())
         await rec.write_status_of(body, "StunnerGateway", gw.status.conditions, new)
+
+
+async def _nudge(rec: Reconciler, gw: StunnerGateway, pods: Sequence[Child], revision: str) -> None:
+    """Tell every gateway pod of the config revision it should run (see CONFIG_REVISION_ANNOTATION):
+    its kubelet then refreshes the mounted config now, and stunnerd, which watches it, follows."""
+    for pod in pods:
+        if pod.deleting or pod.hash == revision:
+            continue
+        patch = {"metadata": {"annotations": {stunner.CONFIG_REVISION_ANNOTATION: revision}}}
+        try:
+            await rec.kube.merge_patch(path_for("v1", "Pod", gw.namespace, pod.name), patch)
+        except ApiError as exc:
+            if exc.status != 404:  # a pod that is gone needs nothing
+                log.warning("nudge_failed", extra={"pod": pod.name, "error": str(exc)})
 
 
 async def _written_slots(rec: Reconciler, gw: StunnerGateway) -> slots_mod.Slots | None:

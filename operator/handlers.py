@@ -23,7 +23,7 @@ from voxa.operator.turn import GatewayView
 __all__ = ["FINALIZER", "Reconciler", "Runtime"]
 from voxa.operator.render.common import COMPONENT_LABEL, MANAGED_BY, OWNER_LABEL
 from voxa.operator.render.signaling import redis_url
-from voxa.operator.render.stunner import GATEWAY_LABEL
+from voxa.operator.render.stunner import CONFIG_REVISION_ANNOTATION, GATEWAY_LABEL
 from voxa.operator.settings import OperatorSettings
 
 log = logging.getLogger("voxa.operator")
@@ -128,6 +128,17 @@ def ingresses_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> An
 @kopf.index("v1", "pods", labels={**MANAGED, COMPONENT_LABEL: "sfu"})
 def sfu_pods_idx(body: Any, namespace: str | None, labels: Any, status: Any, **_: Any) -> Any:
     return _index_of("Pod", "v1", body, namespace, labels, status=status)
+
+
+@kopf.index("v1", "pods", labels={**MANAGED, COMPONENT_LABEL: "stunnerd"})
+def gateway_pods_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+    """Gateway pods by gateway, with the config revision they were last told of as their hash."""
+    meta = body["metadata"]
+    revision = (meta.get("annotations") or {}).get(CONFIG_REVISION_ANNOTATION)
+    trimmed = {"metadata": {"name": meta["name"], "annotations": {HASH_ANNOTATION: revision}}}
+    if meta.get("deletionTimestamp"):
+        trimmed["metadata"]["deletionTimestamp"] = meta["deletionTimestamp"]
+    return _index_of("Pod", "v1", trimmed, namespace, labels)
 
 
 CHILD_INDEXES = (
@@ -265,6 +276,7 @@ async def _run_gateway(
         routes,
         pods_of,
         propagation_s=Runtime.settings.turn_propagation_s,
+        gateway_pods=list(kwargs["gateway_pods_idx"].get((ns, GATEWAY_KEY_PREFIX + name), [])),
     )
 
 

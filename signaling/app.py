@@ -94,7 +94,13 @@ async def ice(request: web.Request) -> web.Response:
     except AuthError as exc:
         return _json_error(401, str(exc))
     settings = ctx.settings
-    config = ice_config(settings.turn_secret, settings.turn_uris, claims.sub, settings.turn_ttl_s)
+    config = ice_config(
+        settings.turn_secret,
+        settings.turn_uris,
+        claims.sub,
+        settings.turn_ttl_s,
+        transport_policy=settings.ice_transport_policy,
+    )
     return web.json_response(config.model_dump(exclude_none=True))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -59,6 +59,11 @@ class SignalingSettings(BaseSettings):
     turn_secret: str | None = Field(default=None, description="TURN REST shared secret.")
     turn_uris: CommaList = Field(default_factory=list, description="Comma list of turn:/turns:/stun: URIs.")
     turn_ttl_s: int = Field(default=3600, gt=0, description="Lifetime of issued TURN credentials.")
+    ice_transport_policy: Literal["all", "relay"] = Field(
+        default="all",
+        description="What clients are told to use: relay when media servers are reachable only through "
+        "the TURN servers (the operator sets it for a VoiceServer behind a StunnerGateway).",
+    )
 
     max_frame_bytes: int = Field(default=65536, ge=1024, description="Largest WebSocket frame accepted.")
     max_channels_per_socket: int = Field(default=16, ge=1, description="Channels one socket may join.")

@@ -239,7 +239,14 @@ class VoiceChannel:
             self.media = media
             self.link = ctx.media.attach(media, self)
         ctx.hub.deliver(self.topic, result.frame, exclude=self)
-        ice = ice_config(ctx.settings.turn_secret, ctx.settings.turn_uris, self.key, ctx.settings.turn_ttl_s)
+        settings = ctx.settings
+        ice = ice_config(
+            settings.turn_secret,
+            settings.turn_uris,
+            self.key,
+            settings.turn_ttl_s,
+            transport_policy=settings.ice_transport_policy,
+        )
         return {
             "server_id": self.server_id,
             "channel_id": self.channel_id,

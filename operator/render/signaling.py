@@ -103,6 +103,9 @@ def config_data(vs: VoiceServer, turn: TurnInputs | None = None) -> dict[str, st
     if turn is not None:
         data["VOXA_TURN_URIS"] = ",".join(turn.uris)
         data["VOXA_TURN_TTL_S"] = str(turn.ttl_s)
+        # SFU pods have pod addresses only: clients must not try them directly (a check to a pod
+        # address would leave through the client's default route); media enters through the gateway.
+        data["VOXA_ICE_TRANSPORT_POLICY"] = "relay"
     return data
 
 

@@ -40,6 +40,11 @@ from voxa.operator.slots import SLOTS, Slot, Slots
 
 COMPONENT = "stunnerd"
 GATEWAY_LABEL = "voxa.dev/stunnergateway"
+CONFIG_REVISION_ANNOTATION = "voxa.dev/stunnerd-config"
+"""Set on each gateway pod (not its template) to the config Secret's revision after every change of
+it: a pod update makes the kubelet sync the pod, and so its mounted Secret, at once, where it would
+otherwise refresh it on its periodic sync, about a minute later (and new SFU pods could not be
+relayed to until then)."""
 CONFIG_DIR = "/etc/stunnerd"
 STATE_FILE = "slots.json"
 # Not stunnerd's default 8086: each process first serves its health check there while it boots, and

@@ -6,39 +6,19 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from conftest import ROOT, VOXA, free_port
 from e2e.cluster.fixtures import KubeCluster
-
-T = TypeVar("T")
-
-
-def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll until check() returns something truthy (and return it). A check that finds an object not
-    there yet, or not filled in yet (KeyError, TypeError on None), is polled again."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (AssertionError, KeyError, TypeError) as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+from e2e.wait import eventually
 
 
 @dataclass

@@ -13,7 +13,10 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
-from tests.operator.conftest import OperatorProcess, condition, eventually, get, secret, voiceserver
+from e2e.wait import eventually
+from tests.operator.conftest import OperatorProcess, condition, get, secret, voiceserver
+from voxa.operator.reconcile import HASH_ANNOTATION
+from voxa.operator.render.stunner import CONFIG_REVISION_ANNOTATION
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -191,6 +194,19 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
         return victim not in [p["metadata"]["name"] for p in pods] and endpoints_follow_pods()
 
     eventually(replaced, 60, "endpoints after a pod replacement")
+
+    # Each change of the config is told to the gateway pods (their kubelet then refreshes the mounted
+    # Secret at once instead of on its next periodic sync, about a minute later).
+    def pods_told_the_revision() -> bool:
+        config = get(cluster, namespace, "secret", "edge-stunnerd-config")["metadata"]
+        revision = config["annotations"][HASH_ANNOTATION]
+        pods = get(cluster, namespace, "pods", "-l", "app.kubernetes.io/component=stunnerd")["items"]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        return bool(live) and all(
+            (p["metadata"].get("annotations") or {}).get(CONFIG_REVISION_ANNOTATION) == revision for p in live
+        )
+
+    eventually(pods_told_the_revision, 60, "the gateway pods annotated with the config's revision")
 
     # Rotation: slot b takes the new secret, then (VOXA_OPERATOR_TURN_PROPAGATION_S later) new calls;
     # slot a keeps the previous one for a credential lifetime; signaling rolls with slot b's URIs and

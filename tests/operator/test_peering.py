@@ -9,7 +9,8 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from tests.operator.conftest import OperatorProcess, eventually, get, secret, voiceserver
+from e2e.wait import eventually
+from tests.operator.conftest import OperatorProcess, get, secret, voiceserver
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,8 @@ import yaml
 
 from conftest import ROOT, RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from tests.operator.conftest import OperatorProcess, condition, eventually, get, secret, voiceserver
+from e2e.wait import eventually
+from tests.operator.conftest import OperatorProcess, condition, get, secret, voiceserver
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,10 +10,10 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
+from e2e.wait import eventually
 from tests.operator.conftest import (
     OperatorProcess,
     condition,
-    eventually,
     get,
     secret,
     voiceserver,

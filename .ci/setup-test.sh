@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Everything Voxa's tests need on a fresh Debian machine, idempotently: what `make demo` needs
+# (.ci/setup.sh), then the Debian packages (only those missing), the development tools in the venv,
+# the npm packages the browser and phoenix-client tests drive, stunnerd and helm from their Go
+# modules. The Kubernetes binaries, the kind tools and the images are built by the test fixtures that
+# need them (e2e/cluster, e2e/kind), before the first test that uses them; all of it is cached under
+# ~/.cache/voxa/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup.sh
+
+# docker.io (the engine the kind suite starts when none runs), iptables (its fence), debootstrap and
+# python3-venv (the images' Debian bases and the wheels resolved by their interpreter).
+APT_PACKAGES=(redis-server chromium janus coturn docker.io iptables debootstrap python3-venv)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=.venv/.voxa-dev-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log=$(mktemp)
+  if ! .venv/bin/pip install -q -e '.[dev]' >"$log" 2>&1; then
+    cat "$log"
+    exit 1
+  fi
+  rm -f "$log"
+  touch "$stamp"
+fi
+
+# mypy cannot follow setuptools' editable import hook, so it reads the code through a link tree
+# that spells the installed package names (voxa.signaling -> signaling/ ...).
+mkdir -p build/typecheck/voxa
+for pkg in common signaling sfu operator client; do
+  ln -sfn "../../../$pkg" "build/typecheck/voxa/$pkg"
+done
+
+if [ -f package-lock.json ]; then
+  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --silent --no-audit --no-fund
+  fi
+fi
+
+# stunnerd (STUNner's TURN dataplane) and helm are built from their Go modules once and cached.
+bash e2e/turn/build.sh >/dev/null
+bash e2e/kind/tools.sh helm >/dev/null

@@ -24,14 +24,34 @@ log = logging.getLogger("voxa.sfu")
 
 
 class RegistryClient:
-    """Registers this worker with signaling's media-server registry and heartbeats its load."""
+    """Registers this worker with signaling's media-server registry and heartbeats its load.
+
+    Two things make a worker drain (take no new routers, keep its calls): the operator's mark in the
+    registry before a scale-down, and SIGTERM. A mark can be withdrawn (the load came back) and the
+    worker takes routers again; SIGTERM is final. Heartbeats report only the worker's own drain, so
+    a withdrawn mark is not kept alive by the worker echoing it back.
+    """
 
     def __init__(self, worker: SfuWorker, control_url: str) -> None:
         self.worker = worker
         self.settings = worker.settings
         self.control_url = control_url
         self.interval_s = 3.0
-        self.marked_draining = False
+        self.stopping = False
+        """Set on SIGTERM: the worker drains for good."""
+        self.marked_at: float | None = None
+        """When the registry's drain mark was first seen (loop time); None while unmarked."""
+
+    def follow_mark(self, marked: bool, now: float) -> None:
+        """Apply the registry's drain mark, as a heartbeat's answer reports it."""
+        if marked and self.marked_at is None:
+            self.marked_at = now
+            self.worker.draining = True
+            log.info("sfu.drain_marked", extra={"worker": self.worker.id})
+        elif not marked and self.marked_at is not None and not self.stopping:
+            self.marked_at = None
+            self.worker.draining = False
+            log.info("sfu.drain_withdrawn", extra={"worker": self.worker.id})
 
     def _url(self) -> str:
         base = (self.settings.signaling_url or "").rstrip("/")
@@ -44,7 +64,7 @@ class RegistryClient:
             "server_id": self.settings.server_id,
             "url": self.control_url,
             "capacity": self.settings.capacity,
-            "draining": self.worker.draining,
+            "draining": self.stopping,
             "load": {
                 "routers": load["routers"],
                 "peers": load["peers"],
@@ -65,9 +85,8 @@ class RegistryClient:
                             answer = await resp.json()
                             self.interval_s = float(answer.get("heartbeat_interval_s", 3.0))
                             # The operator marks a worker draining in the registry before scaling down.
-                            if answer.get("draining") and not self.worker.draining:
-                                self.marked_draining = True
-                                self.worker.draining = True
+                            marked = bool(answer.get("draining")) and not self.stopping
+                            self.follow_mark(marked, asyncio.get_running_loop().time())
                         else:
                             log.warning("sfu.registry_refused", extra={"status": resp.status})
                 except (aiohttp.ClientError, TimeoutError) as exc:
@@ -110,10 +129,20 @@ async def serve_worker(settings: SfuSettings, index: int, stop: asyncio.Event | 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    # Drain: refuse new routers, tell the registry, wait for the rooms to empty or the deadline.
+    # Drain: refuse new routers, tell the registry, wait for the rooms to empty or the deadline. The
+    # deadline counts from the operator's drain mark when there was one: it removes the pod once that
+    # deadline has passed, and the calls left must not wait a second one.
     worker.draining = True
-    log.info("sfu.draining", extra={"worker": worker.id, **worker.load()})
-    deadline = loop.time() + (settings.drain_deadline_s if not stop_is_external else 2.0)
+    started = loop.time()
+    if registry is not None:
+        registry.stopping = True
+        if registry.marked_at is not None:
+            started = registry.marked_at
+    deadline = started + (settings.drain_deadline_s if not stop_is_external else 2.0)
+    log.info(
+        "sfu.draining",
+        extra={"worker": worker.id, "deadline_in_s": round(deadline - loop.time(), 1), **worker.load()},
+    )
     while worker.load()["peers"] and loop.time() < deadline:
         await asyncio.sleep(0.5)
     if heartbeat is not None:

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +231,67 @@ async def test_registers_heartbeats_and_drains(signaling_factory: SignalingFacto
             assert await servers() == []  # deregistered on the way out
     finally:
         sfu.stop()
+
+
+async def test_a_drain_mark_is_followed_withdrawn_and_its_deadline_kept_through_sigterm(
+    signaling_factory: SignalingFactory, tmp_path: Path
+) -> None:
+    """The operator marks a pod draining before a scale-down, may withdraw the mark when load comes
+    back (the SFU takes routers again), and removes the pod once the drain deadline has passed: the
+    SIGTERM then finds a deadline already due, not a new one."""
+    signaling = signaling_factory(media_server_ttl_s="3")
+    sfu = SfuProcess(tmp_path, signaling_url=signaling.url, env={"VOXA_SFU_DRAIN_DEADLINE_S": "3"})
+    try:
+        await sfu.ready()
+        registry = f"{signaling.url}/internal/servers/g1/media-servers"
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> int:
+                async with http.get(f"{sfu.url}/readyz") as resp:
+                    return resp.status
+
+            async def mark(draining: bool) -> None:
+                async with http.put(
+                    f"{registry}/sfu-a/drain", json={"draining": draining}, headers=AUTH
+                ) as r:
+                    assert r.status == 200
+
+            async def until(check: Callable[[], Awaitable[bool]]) -> None:
+                async with asyncio.timeout(20):
+                    while not await check():
+                        await asyncio.sleep(0.1)
+
+            async def registered() -> bool:
+                async with http.get(registry, headers=AUTH) as resp:
+                    return bool((await resp.json())["media_servers"])
+
+            await until(registered)
+            await mark(True)
+            await until(lambda: _is(ready(), 503))
+            async with http.put(f"{sfu.url}/v1/routers/other", headers=AUTH) as resp:
+                assert resp.status == 503
+            await mark(False)
+            await until(lambda: _is(ready(), 200))  # withdrawn: it takes routers again
+            async with http.put(f"{sfu.url}/v1/routers/lobby", headers=AUTH) as resp:
+                assert resp.status == 200
+            client = ApiClient(http, sfu.url, "lobby", "a", 440.0)
+            await client.join()
+
+            await mark(True)
+            await until(lambda: _is(ready(), 503))
+            await asyncio.sleep(3.5)  # the drain deadline (3 s) passes while a peer is still on
+            sfu.proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                while sfu.proc.poll() is None:
+                    await asyncio.sleep(0.1)
+            await client.close()
+        assert sfu.proc.returncode == 0
+        draining = [json.loads(line) for line in sfu.log.read_text().splitlines() if '"sfu.draining"' in line]
+        assert draining and draining[-1]["deadline_in_s"] <= 0, draining
+        assert draining[-1]["peers"] == 1
+    finally:
+        sfu.stop()
+
+
+async def _is(status: Awaitable[int], wanted: int) -> bool:
+    return await status == wanted

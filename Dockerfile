@@ -71,10 +71,14 @@ LABEL org.opencontainers.image.title="voxa" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.vendor="Voxa"
 COPY --from=build /opt/voxa /opt/voxa
+# The official phoenix JS client signaling serves to its browser client (npm's phoenix package: run
+# `npm ci` before building).
+COPY node_modules/phoenix/priv/static/phoenix.mjs /opt/voxa/share/phoenix.mjs
 # A name for uid 10001 (the pods' runAsUser): libraries look the user up (getpass, kopf's peering id).
 RUN echo 'voxa:x:10001:10001:Voxa:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
     && echo 'voxa:x:10001:' >> /etc/group
 ENV PATH=/opt/voxa/bin:$PATH \
+    VOXA_PHOENIX_JS=/opt/voxa/share/phoenix.mjs \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001

@@ -20,9 +20,10 @@ import pytest
 from aioice.ice import StunProtocol
 from aioice.stun import Message
 
-# The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), and the
-# real TURN servers, stunnerd and coturn (e2e/turn/).
-pytest_plugins = ["e2e.cluster.fixtures", "e2e.turn.fixtures"]
+# The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), the
+# real TURN servers, stunnerd and coturn (e2e/turn/), and `voxa_kind`, a kind cluster with real pods
+# and Voxa installed by its Helm chart (e2e/kind/).
+pytest_plugins = ["e2e.cluster.fixtures", "e2e.turn.fixtures", "e2e.kind.fixtures"]
 
 ROOT = Path(__file__).resolve().parent
 VOXA = str(Path(sys.executable).with_name("voxa"))

@@ -42,10 +42,10 @@ for pkg in common signaling sfu operator client; do
   ln -sfn "../../../$pkg" "build/typecheck/voxa/$pkg"
 done
 
-if [ -f package-lock.json ]; then
-  if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    npm ci --silent --no-audit --no-fund
-  fi
+# The test-only npm packages (playwright-core, ws) too; .ci/setup.sh may have installed only phoenix.
+if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] \
+  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --silent --no-audit --no-fund
 fi
 
 # stunnerd (STUNner's TURN dataplane) and helm are built from their Go modules once and cached.

@@ -126,7 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     op = sub.add_parser("operator", help="Run the Kubernetes operator (settings from VOXA_OPERATOR_*).")
     op.set_defaults(func=_operator)
 
-    crds = sub.add_parser("crds", help="Write (or --check) the CustomResourceDefinitions from the models.")
+    crds = sub.add_parser(
+        "crds",
+        help="Write (or --check) the CRDs, charts/voxa-operator/operator.yaml and the chart charts/voxa.",
+    )
     crds.add_argument("--out", default="crds", help="Directory of the CRD files.")
     crds.add_argument("--check", action="store_true", help="Exit 1 if the files differ from the models.")
     crds.set_defaults(func=_crds)

@@ -3,8 +3,9 @@
 Pydantic emits JSON Schema (draft 2020-12); Kubernetes wants a *structural* OpenAPI v3 schema. The
 conversion inlines `$ref`s, turns `X | None` into an optional `X`, drops titles and `additionalProperties:
 false` (the API server prunes or, with kubectl's strict validation, rejects unknown fields) and keeps
-descriptions, bounds, patterns, enums, defaults and CEL rules. `--check` exits 1 when a file differs
-from what the models say, so CI fails on drift.
+descriptions, bounds, patterns, enums, defaults and CEL rules. The same run writes the operator's
+installation (charts/voxa-operator/operator.yaml) and the Helm chart charts/voxa (operator/install.py,
+operator/chart.py). `--check` exits 1 when a file differs from what the code says, so CI fails on drift.
 """
 
 from __future__ import annotations
@@ -257,9 +258,17 @@ def install_yaml() -> str:
 
 
 def all_files(crd_dir: Path) -> dict[Path, str]:
-    """Every generated file: the CRDs, and the operator's installation next to the charts."""
+    """Every generated file: the CRDs, the operator's plain installation, the Helm chart charts/voxa, and
+    the chart's values table in docs/operator.md (when that file has the table's markers)."""
+    from voxa.operator import chart  # chart.py uses this module's CRDs
+
+    root = crd_dir.parent
     files = {crd_dir / name: dump(crd) for name, crd in all_crds().items()}
-    files[crd_dir.parent / "charts" / "voxa-operator" / "operator.yaml"] = install_yaml()
+    files[root / "charts" / "voxa-operator" / "operator.yaml"] = install_yaml()
+    files.update(chart.files(root / "charts" / "voxa"))
+    docs = root / "docs" / "operator.md"
+    if docs.exists() and chart.DOCS_BEGIN in (text := docs.read_text()):
+        files[docs] = chart.with_values_table(text)
     return files
 
 
@@ -268,8 +277,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("crds"))
     parser.add_argument("--check", action="store_true", help="fail if the files differ from the models")
     args = parser.parse_args(argv)
+    from voxa.operator import chart  # chart.py uses this module's CRDs
+
     stale = []
-    for path, text in all_files(args.out).items():
+    files = all_files(args.out)
+    # A file left in the chart that the generator no longer writes (a renamed template) is drift too.
+    for path in chart.orphans(args.out.parent / "charts" / "voxa", set(files)):
+        if args.check:
+            stale.append(str(path))
+        else:
+            path.unlink()
+            print(f"removed {path}")
+    for path, text in files.items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
@@ -281,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
     if stale:
         print(
-            f"CRDs out of date with operator/models.py (run `make crds`): {', '.join(stale)}", file=sys.stderr
+            "generated files out of date with operator/models.py, install.py or chart.py (run `make crds`): "
+            + ", ".join(stale),
+            file=sys.stderr,
         )
         return 1
     return 0

@@ -191,7 +191,7 @@ def kubeadm_images(kube: Path, version: str) -> list[str]:
 
 def kind_module() -> Path:
     """The sigs.k8s.io/kind module's source, whose images/base/files/ are the node's own files."""
-    kind_version = script(TOOLS, "kind").rsplit("/", 2)[-2].split("-", 1)[1]
+    kind_version = script(TOOLS, "--version", "kind")
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{kind_version}"],
         capture_output=True,

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds a Go tool of the kind cluster (and of the chart checks) once per version, and prints its path:
 #
-#   e2e/kind/tools.sh helm      -> ~/.cache/voxa/tools/helm-v3.22.0/helm
+#   e2e/kind/tools.sh helm      -> ~/.cache/voxa/tools/helm-v3.22.0-<hash of its pin>/helm
 #   e2e/kind/tools.sh all       -> builds every tool, prints one path per line
+#   e2e/kind/tools.sh --version kind  -> v0.32.0 (the pinned version, nothing built)
 #
 # Each tool is `go install`ed from its own module at the version pinned below (none of these modules has
 # replace directives, so the module's own go.sum applies and is checked against the checksum database).
@@ -13,10 +14,10 @@ set -euo pipefail
 # tool -> "module version package [ldflags]"
 declare -A TOOLS=(
   [kind]="sigs.k8s.io/kind v0.32.0 sigs.k8s.io/kind"
-  [helm]="helm.sh/helm/v3 v3.22.0 helm.sh/helm/v3/cmd/helm -X helm.sh/helm/v3/internal/version.version=v3.22.0"
+  # Its default Kubernetes version (what `helm template` and `helm lint` assume) is the clusters' own.
+  [helm]="helm.sh/helm/v3 v3.22.0 helm.sh/helm/v3/cmd/helm -X helm.sh/helm/v3/internal/version.version=v3.22.0 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=35"
   [coredns]="github.com/coredns/coredns v1.13.1 github.com/coredns/coredns"
   [crictl]="sigs.k8s.io/cri-tools v1.34.0 sigs.k8s.io/cri-tools/cmd/crictl -X sigs.k8s.io/cri-tools/pkg/version.Version=v1.34.0"
-  [kube-network-policies]="sigs.k8s.io/kube-network-policies v0.8.0 sigs.k8s.io/kube-network-policies/cmd"
 )
 
 log() { echo "tools: $*" >&2; }
@@ -40,7 +41,8 @@ build() {
   fi
   local module version package ldflags
   read -r module version package ldflags <<<"$spec"
-  local dir=$cache_root/tools/$tool-$version
+  local dir
+  dir=$cache_root/tools/$tool-$version-$(printf '%s' "$spec" | sha256sum | cut -c1-8)
   local binary=$dir/$tool
   if [[ ! -x "$binary" ]]; then
     mkdir -p "$dir"
@@ -65,12 +67,17 @@ build() {
   echo "$binary"
 }
 
+if [[ $# -eq 2 && $1 == --version ]]; then
+  read -r _ version _ <<<"${TOOLS[$2]:?unknown tool $2}"
+  echo "$version"
+  exit 0
+fi
 if [[ $# -ne 1 ]]; then
-  echo "usage: $0 TOOL|all   (tools: ${!TOOLS[*]})" >&2
+  echo "usage: $0 TOOL|all, or $0 --version TOOL   (tools: ${!TOOLS[*]})" >&2
   exit 2
 fi
 if [[ $1 == all ]]; then
-  for tool in kind helm crictl coredns kube-network-policies; do
+  for tool in kind helm crictl coredns; do
     build "$tool"
   done
 else

@@ -4,7 +4,7 @@
 // Protocol: docs/protocol.md (Phoenix Channels v2 socket, topic voice:<server>:<channel>, presence metas,
 // `sdp`/`ice`/`media_reset` for media). Media negotiation lives in media.js.
 //
-// Test hook: window.voxa = {state(), participants(), measure(ms)}.
+// Test hook: window.voxa = {state(), participants(), measure(ms), route()}.
 
 import { Presence, Socket } from "/vendor/phoenix.mjs";
 import { icon } from "./icons.js";
@@ -974,7 +974,12 @@ function state() {
   };
 }
 
-window.voxa = { state, participants, measure };
+/** The ICE route of the voice connection (see Media.route), or null. */
+async function route() {
+  return app.media ? app.media.route() : null;
+}
+
+window.voxa = { state, participants, measure, route };
 
 // --- boot ------------------------------------------------------------------------------------------
 function showJoinForm(message) {

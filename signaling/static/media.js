@@ -381,6 +381,26 @@ export class MediaSession {
     };
   }
 
+  /**
+   * The ICE route in use (a test hook): the selected candidate pair's local candidate type, its remote
+   * address, and the transport policy, or null before a pair is selected.
+   */
+  async route() {
+    const stats = await this.pc.getStats();
+    let pair = null;
+    stats.forEach((s) => {
+      if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+    });
+    if (!pair) return null;
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    return {
+      local: local ? local.candidateType : null,
+      remote: remote ? remote.address : null,
+      policy: this.pc.getConfiguration().iceTransportPolicy,
+    };
+  }
+
   close() {
     if (this.closed) return;
     this.closed = true;

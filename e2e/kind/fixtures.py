@@ -1,0 +1,293 @@
+"""pytest plugin of the kind suite: one kind cluster for the session, with Voxa installed by Helm.
+
+Registered from the repository's root conftest.py. Before the first test that uses `voxa_kind`, the
+Docker engine is started if none runs, and the node image and Voxa's images are built (cached; the
+first build on a machine compiles Kubernetes and takes minutes), outside any test's timeout and with
+the progress shown. The cluster (`voxa-e2e`) maps STACKS sets of ports on 127.0.0.1, one per voice
+stack a test module applies (`voxa_kind.stack(i)`), so modules never share a VoiceServer.
+
+`--keep-cluster` (pytest-kind's option) keeps the cluster, and the engine, after the session.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from e2e.kind import images, stack
+from e2e.kind.cluster import Cluster, ClusterSpec, PortMapping
+from e2e.kind.engine import EngineError, ensure_engine, stop_engine
+from e2e.kind.paths import BUILD_DIR
+from e2e.wait import eventually
+from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.tokens import mint_token
+
+FIXTURE = "voxa_kind"
+NAME = "voxa-e2e"
+STATE_DIR = BUILD_DIR / "kind-e2e"
+STACKS = 4
+NODE_PORT_BASE = 30100
+OPERATOR_VALUES: dict[str, Any] = {
+    "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},
+    "logLevel": "info",
+}
+_prepared = pytest.StashKey[dict[str, Any]]()
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _host_ports(count: int) -> list[tuple[int, int, int]]:
+    """(signaling TCP, TURN slot a UDP, slot b UDP) host ports, each free now."""
+    return [
+        (_free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM))
+        for _ in range(count)
+    ]
+
+
+def stack_ports(host_ports: list[tuple[int, int, int]]) -> list[stack.StackPorts]:
+    out = []
+    for i, (sig, a, b) in enumerate(host_ports):
+        base = NODE_PORT_BASE + 10 * i
+        out.append(
+            stack.StackPorts(
+                signaling=PortMapping(sig, base, "TCP"),
+                turn_a=PortMapping(a, base + 1, "UDP"),
+                turn_b=PortMapping(b, base + 2, "UDP"),
+            )
+        )
+    return out
+
+
+@dataclass
+class KindEnv:
+    """The session's cluster, its port sets and what setting it up took."""
+
+    cluster: Cluster
+    ports: list[stack.StackPorts]
+    images: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+    _handed_out: int = 0
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        return self.cluster.kubectl(*args, input=input, check=check)
+
+    def get(self, *args: str) -> Any:
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
+    def apply(self, objects: list[dict[str, Any]]) -> None:
+        self.kubectl("apply", "-f", "-", input=json.dumps(stack.as_list(objects)))
+
+    def take_ports(self) -> stack.StackPorts:
+        """A port set no other module uses."""
+        if self._handed_out >= len(self.ports):
+            raise RuntimeError(f"all {len(self.ports)} port sets are taken: raise STACKS")
+        ports = self.ports[self._handed_out]
+        self._handed_out += 1
+        return ports
+
+
+JWT_SECRET = "kind-e2e-jwt-secret-0123456789abcdefghij"
+
+
+@dataclass
+class Stack:
+    """A StunnerGateway and a VoiceServer applied by `deploy_stack`, reachable from the host."""
+
+    env: KindEnv
+    namespace: str
+    ports: stack.StackPorts
+    name: str = "demo"
+    server_id: str = "demo"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.signaling.host_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.ports.signaling.host_port}/socket"
+
+    def token(self, user: str, grants: str = "connect,speak") -> str:
+        claims = VoiceClaims(
+            sub=user, name=user.title(), server=self.server_id, perms=parse_permissions(grants)
+        )
+        return mint_token(claims, JWT_SECRET, ttl_s=3600)
+
+    def pods(self, component: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.env.get(
+            "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/component={component}"
+        )["items"]
+        return items
+
+    def voiceserver(self) -> dict[str, Any]:
+        body: dict[str, Any] = self.env.get("voiceserver", self.name, "-n", self.namespace)
+        return body
+
+    def ready(self) -> bool:
+        for kind, name in (("stunnergateway", "edge"), ("voiceserver", self.name)):
+            body = self.env.get(kind, name, "-n", self.namespace)
+            conditions = (body.get("status") or {}).get("conditions") or []
+            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                return False
+        return _answers(f"{self.base_url}/readyz")
+
+    def delete(self) -> None:
+        self.env.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+
+    def output(self) -> str:
+        """The end of signaling's and the SFUs' logs, for failure messages."""
+        parts = []
+        for component in ("signaling", "sfu"):
+            selector = f"app.kubernetes.io/component={component}"
+            logs = self.env.kubectl(
+                "logs", "-n", self.namespace, "-l", selector, "--tail=40", "--prefix", check=False
+            )
+            parts.append(f"--- {component} logs (tail):\n{logs}")
+        return "\n".join(parts)
+
+    def invite(self, user: str, grants: str = "connect,speak") -> str:
+        return f"{self.base_url}/?channel=lobby&token={self.token(user, grants)}"
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - http://127.0.0.1 only
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def pod_ready_seconds(pod: dict[str, Any]) -> float | None:
+    """Seconds from a pod's creation to its Ready condition, or None while it is not ready."""
+    conditions = {c["type"]: c for c in pod.get("status", {}).get("conditions") or []}
+    ready = conditions.get("Ready")
+    if not ready or ready.get("status") != "True":
+        return None
+    created = _time(pod["metadata"]["creationTimestamp"])
+    return _time(ready["lastTransitionTime"]) - created
+
+
+def _time(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def deploy_stack(env: KindEnv, namespace: str, timeout: float = 300.0, **options: Any) -> Stack:
+    """Apply the voice stack (e2e/kind/stack.py) in `namespace` with a port set of its own and wait
+    until the gateway and the VoiceServer are Ready and signaling answers on the host; the pods'
+    created-to-Ready times go into the session's figures."""
+    ports = env.take_ports()
+    objects = stack.manifests(namespace=namespace, ports=ports, jwt_secret=JWT_SECRET, **options)
+    env.apply(objects)
+    deployed = Stack(env, namespace, ports)
+    eventually(deployed.ready, timeout, f"the voice stack in {namespace} Ready")
+    for component in ("signaling", "sfu", "redis", "stunnerd"):
+        times = [t for t in map(pod_ready_seconds, deployed.pods(component)) if t is not None]
+        if times:
+            env.timings.setdefault(f"pod_ready_s.{component}", max(times))
+    return deployed
+
+
+def _uses_kind(session: pytest.Session) -> bool:
+    return any(FIXTURE in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Start the engine and build the images before the first test, when a selected test needs the
+    cluster, so that the cold build counts against no test's timeout. Its progress is shown live."""
+    if session.config.option.collectonly or not _uses_kind(session):
+        return
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    prepared: dict[str, Any] = {}
+    try:
+        if capture is not None:
+            with capture.global_and_fixture_disabled():
+                prepared = _prepare()
+        else:
+            prepared = _prepare()
+    except (EngineError, OSError) as exc:
+        prepared = {"error": str(exc)}
+    session.config.stash[_prepared] = prepared
+
+
+def _prepare() -> dict[str, Any]:
+    start = time.monotonic()
+    engine = ensure_engine(STATE_DIR)
+    node = images.node_image()
+    refs = images.voxa_images()
+    sizes = {name: images.image_size(ref) for name, ref in refs.items()}
+    return {
+        "engine_started": engine.pid_file is not None,
+        "node_image": node,
+        "images": refs,
+        "sizes": sizes,
+        "build_s": time.monotonic() - start,
+    }
+
+
+@pytest.fixture(scope="session")
+def voxa_kind(request: pytest.FixtureRequest) -> Iterator[KindEnv]:
+    prepared = request.config.stash.get(_prepared, {})
+    if "error" in prepared or not prepared:
+        pytest.fail(f"building the kind cluster's images failed: {prepared.get('error', 'not prepared')}")
+    keep = bool(request.config.getoption("keep_cluster", False))
+    ports = stack_ports(_host_ports(STACKS))
+    spec = ClusterSpec(
+        NAME, ports=[m for p in ports for m in p.mappings()], node_image=prepared["node_image"]
+    )
+    cluster = Cluster(spec, STATE_DIR / NAME)
+    if cluster.exists():  # left by an interrupted session: its port mappings are not these
+        cluster.delete()
+    env = KindEnv(cluster, ports, prepared["images"])
+    env.timings["images_build_s"] = prepared["build_s"]
+    try:
+        env.timings["kind_create_s"] = cluster.create()
+        start = time.monotonic()
+        cluster.load_images(list(prepared["images"].values()))
+        env.timings["images_load_s"] = time.monotonic() - start
+        start = time.monotonic()
+        cluster.install_chart(OPERATOR_VALUES)
+        env.timings["helm_install_s"] = time.monotonic() - start
+        yield env
+    finally:
+        (STATE_DIR / "timings.json").write_text(
+            json.dumps({**env.timings, "image_sizes": prepared.get("sizes", {})}, indent=1)
+        )
+        if not keep:
+            cluster.delete()
+            if prepared.get("engine_started"):
+                stop_engine(STATE_DIR)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The kind suite's set-up figures, for the closing notes of those who run it."""
+    path = STATE_DIR / "timings.json"
+    if not terminalreporter.config.stash.get(_prepared, None) or not path.exists():
+        return
+    terminalreporter.write_sep("-", "kind cluster figures")
+    terminalreporter.write_line(path.read_text())
+
+
+__all__ = [
+    "FIXTURE",
+    "KindEnv",
+    "Stack",
+    "deploy_stack",
+    "pytest_runtestloop",
+    "pytest_terminal_summary",
+    "voxa_kind",
+]

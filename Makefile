@@ -61,14 +61,14 @@ cluster: setup-test
 cluster-down:
 	$(PY) -m e2e.cluster down
 
-# Voxa with real pods on a local kind cluster (e2e/kind/): `make images` builds the voxa, stunnerd and
-# redis images; `make kind` also builds the node image (once), creates the cluster `voxa`, loads the
+# Voxa with real pods on a local kind cluster (e2e/kind/): `make images [REGISTRY=r.example/voxa]`
+# builds the voxa, stunnerd and redis images; `make kind` also builds the node image (once), creates the cluster `voxa`, loads the
 # images and installs charts/voxa, and prints the `export KUBECONFIG=...` line last; `make kind-demo`
 # applies a StunnerGateway and a VoiceServer and prints invite links; `make kind-down` removes it all.
 .PHONY: images kind kind-demo kind-down
 
 images: setup-test
-	$(PY) -m e2e.kind images
+	$(PY) -m e2e.kind images $(if $(REGISTRY),--registry $(REGISTRY))
 
 kind: setup-test
 	$(PY) -m e2e.kind up

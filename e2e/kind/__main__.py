@@ -1,6 +1,7 @@
 """`python -m e2e.kind images|up|demo|down|status`: Voxa on a local kind cluster with real pods.
 
-- `images`: build the voxa, stunnerd and redis images (the Docker engine is started if none runs).
+- `images [--registry R]`: build the voxa, stunnerd and redis images tagged R/<name>:<version> (the
+  Docker engine is started if none runs).
 - `up`: the node image (built once), the cluster `voxa` with signaling and the TURN gateway's ports
   mapped on 127.0.0.1, Voxa's images loaded, the chart installed; prints `export KUBECONFIG=...` last.
 - `demo`: after `up`, a StunnerGateway and a VoiceServer in namespace voxa-demo; waits until they are
@@ -29,6 +30,7 @@ from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
 from e2e.wait import eventually
 from voxa.common.demo import invites
+from voxa.common.version import IMAGE_REGISTRY
 
 NAME = "voxa"
 STATE_DIR = BUILD_DIR / "kind"
@@ -45,9 +47,9 @@ def cluster(state_dir: Path, node_image: str = "") -> Cluster:
     return Cluster(spec, state_dir / NAME)
 
 
-def build_images() -> int:
+def build_images(registry: str) -> int:
     ensure_engine(STATE_DIR)
-    for target, ref in images.voxa_images().items():
+    for target, ref in images.voxa_images(registry).items():
         print(f"{target:<9} {ref:<40} {images.image_size(ref) / 1e6:.0f} MB", flush=True)
     return 0
 
@@ -144,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.kind", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=["images", "up", "demo", "down", "status"])
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    parser.add_argument(
+        "--registry", default=IMAGE_REGISTRY, help="images: the repository prefix of the tags (to push them)"
+    )
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
-    commands = {"images": lambda _: build_images(), "up": up, "demo": demo, "down": down, "status": status}
+    commands = {
+        "images": lambda _: build_images(args.registry),
+        "up": up,
+        "demo": demo,
+        "down": down,
+        "status": status,
+    }
     try:
         result: int = commands[args.command](state_dir)
     except (EngineError, AssertionError) as exc:

@@ -2,26 +2,47 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+POLL_S = 0.25
+RETRIED = (AssertionError, KeyError, TypeError)
+"""What a check raises for an object not there yet, or not filled in yet: it is polled again."""
 
 
 def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    """Poll until check() returns something truthy (and return it). A check that finds an object not
-    there yet, or not filled in yet (KeyError, TypeError on None), is polled again."""
+    """Poll until check() returns something truthy (and return it)."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
         try:
             result = check()
-        except (AssertionError, KeyError, TypeError) as exc:
+        except RETRIED as exc:
             last = exc
         else:
             if result:
                 return result
             last = result
-        time.sleep(0.25)
+        time.sleep(POLL_S)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+async def until(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
+    """`eventually` for async tests: the check (kubectl, HTTP: blocking) runs in a thread, so the
+    event loop, and the clients on it, keep running meanwhile."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            result = await asyncio.to_thread(check)
+        except RETRIED as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        await asyncio.sleep(POLL_S)
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")

@@ -19,13 +19,12 @@ import json
 import secrets
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from e2e.kind import images, stack
 from e2e.kind.cluster import Cluster, ClusterSpec, log
+from e2e.kind.deployed import Stack
 from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
 from e2e.wait import eventually
@@ -57,8 +56,7 @@ def build_images(registry: str) -> int:
 def up(state_dir: Path) -> int:
     start = time.monotonic()
     ensure_engine(state_dir)
-    node_image = images.node_image()
-    refs = images.voxa_images()
+    node_image, refs = images.build_all()
     kind = cluster(state_dir, node_image)
     took = kind.create()
     if took:
@@ -80,20 +78,6 @@ def _demo_secret(kind: Cluster) -> str:
     return secrets.token_urlsafe(32)
 
 
-def _ready(kind: Cluster, kind_name: str, name: str) -> bool:
-    obj = json.loads(kind.kubectl("get", kind_name, name, "-n", DEMO_NAMESPACE, "-o", "json"))
-    conditions = (obj.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - http://127.0.0.1 only
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def demo(state_dir: Path) -> int:
     kind = cluster(state_dir)
     if not kind.exists():
@@ -103,10 +87,9 @@ def demo(state_dir: Path) -> int:
     secret = _demo_secret(kind)
     objects = stack.manifests(namespace=DEMO_NAMESPACE, ports=stack.DEMO_PORTS, jwt_secret=secret)
     kind.kubectl("apply", "-f", "-", input=json.dumps(stack.as_list(objects)))
-    base = f"http://127.0.0.1:{stack.DEMO_PORTS.signaling.host_port}"
-    eventually(lambda: _ready(kind, "stunnergateway", "edge"), 300, "the StunnerGateway edge Ready")
-    eventually(lambda: _ready(kind, "voiceserver", "demo"), 300, "the VoiceServer demo Ready")
-    eventually(lambda: _answers(f"{base}/readyz"), 120, f"signaling at {base}")
+    deployed = Stack(kind, DEMO_NAMESPACE, stack.DEMO_PORTS, jwt_secret=secret)
+    eventually(deployed.ready, 300, "the StunnerGateway and the VoiceServer Ready, signaling answering")
+    base = deployed.base_url
     print("Voxa on kind: signaling, SFU, Redis and a TURN gateway in namespace voxa-demo.", flush=True)
     print(f"  Open:    {base}/  (channel voice:demo:lobby)", flush=True)
     for line in invites(base, "demo", secret):

@@ -249,6 +249,10 @@ class Cluster:
             raise EngineError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
         return result.stdout
 
+    def get(self, *args: str) -> Any:
+        """`kubectl get ARGS -o json`, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json"))
+
     def cluster_dns_only(self) -> None:
         """Drop CoreDNS's forwarding to the node's resolver: pods resolve cluster names, nothing else."""
         corefile = json.loads(self.kubectl("get", "configmap", "coredns", "-n", "kube-system", "-o", "json"))

@@ -14,22 +14,18 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import pytest
 
 from e2e.kind import images, stack
 from e2e.kind.cluster import Cluster, ClusterSpec, PortMapping
+from e2e.kind.deployed import JWT_SECRET, Stack, pod_ready_seconds
 from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
 from e2e.wait import eventually
-from voxa.common.claims import VoiceClaims, parse_permissions
-from voxa.common.tokens import mint_token
 
 FIXTURE = "voxa_kind"
 NAME = "voxa-e2e"
@@ -86,7 +82,7 @@ class KindEnv:
         return self.cluster.kubectl(*args, input=input, check=check)
 
     def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
+        return self.cluster.get(*args)
 
     def apply(self, objects: list[dict[str, Any]]) -> None:
         self.kubectl("apply", "-f", "-", input=json.dumps(stack.as_list(objects)))
@@ -100,91 +96,6 @@ class KindEnv:
         return ports
 
 
-JWT_SECRET = "kind-e2e-jwt-secret-0123456789abcdefghij"
-
-
-@dataclass
-class Stack:
-    """A StunnerGateway and a VoiceServer applied by `deploy_stack`, reachable from the host."""
-
-    env: KindEnv
-    namespace: str
-    ports: stack.StackPorts
-    name: str = "demo"
-    server_id: str = "demo"
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.signaling.host_port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.ports.signaling.host_port}/socket"
-
-    def token(self, user: str, grants: str = "connect,speak") -> str:
-        claims = VoiceClaims(
-            sub=user, name=user.title(), server=self.server_id, perms=parse_permissions(grants)
-        )
-        return mint_token(claims, JWT_SECRET, ttl_s=3600)
-
-    def pods(self, component: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = self.env.get(
-            "pods", "-n", self.namespace, "-l", f"app.kubernetes.io/component={component}"
-        )["items"]
-        return items
-
-    def voiceserver(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.env.get("voiceserver", self.name, "-n", self.namespace)
-        return body
-
-    def ready(self) -> bool:
-        for kind, name in (("stunnergateway", "edge"), ("voiceserver", self.name)):
-            body = self.env.get(kind, name, "-n", self.namespace)
-            conditions = (body.get("status") or {}).get("conditions") or []
-            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-                return False
-        return _answers(f"{self.base_url}/readyz")
-
-    def delete(self) -> None:
-        self.env.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
-
-    def output(self) -> str:
-        """The end of signaling's and the SFUs' logs, for failure messages."""
-        parts = []
-        for component in ("signaling", "sfu"):
-            selector = f"app.kubernetes.io/component={component}"
-            logs = self.env.kubectl(
-                "logs", "-n", self.namespace, "-l", selector, "--tail=40", "--prefix", check=False
-            )
-            parts.append(f"--- {component} logs (tail):\n{logs}")
-        return "\n".join(parts)
-
-    def invite(self, user: str, grants: str = "connect,speak") -> str:
-        return f"{self.base_url}/?channel=lobby&token={self.token(user, grants)}"
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - http://127.0.0.1 only
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def pod_ready_seconds(pod: dict[str, Any]) -> float | None:
-    """Seconds from a pod's creation to its Ready condition, or None while it is not ready."""
-    conditions = {c["type"]: c for c in pod.get("status", {}).get("conditions") or []}
-    ready = conditions.get("Ready")
-    if not ready or ready.get("status") != "True":
-        return None
-    created = _time(pod["metadata"]["creationTimestamp"])
-    return _time(ready["lastTransitionTime"]) - created
-
-
-def _time(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-
-
 def deploy_stack(env: KindEnv, namespace: str, timeout: float = 300.0, **options: Any) -> Stack:
     """Apply the voice stack (e2e/kind/stack.py) in `namespace` with a port set of its own and wait
     until the gateway and the VoiceServer are Ready and signaling answers on the host; the pods'
@@ -192,7 +103,7 @@ def deploy_stack(env: KindEnv, namespace: str, timeout: float = 300.0, **options
     ports = env.take_ports()
     objects = stack.manifests(namespace=namespace, ports=ports, jwt_secret=JWT_SECRET, **options)
     env.apply(objects)
-    deployed = Stack(env, namespace, ports)
+    deployed = Stack(env.cluster, namespace, ports, timings=env.timings)
     eventually(deployed.ready, timeout, f"the voice stack in {namespace} Ready")
     for component in ("signaling", "sfu", "redis", "stunnerd"):
         times = [t for t in map(pod_ready_seconds, deployed.pods(component)) if t is not None]
@@ -227,8 +138,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
 def _prepare() -> dict[str, Any]:
     start = time.monotonic()
     engine = ensure_engine(STATE_DIR)
-    node = images.node_image()
-    refs = images.voxa_images()
+    node, refs = images.build_all()
     sizes = {name: images.image_size(ref) for name, ref in refs.items()}
     return {
         "engine_started": engine.pid_file is not None,

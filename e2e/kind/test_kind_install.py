@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from e2e.kind.cluster import OPERATOR_NAMESPACE
-from e2e.kind.fixtures import KindEnv, Stack, deploy_stack
+from e2e.kind.deployed import Stack, is_ready, operator_pods
+from e2e.kind.fixtures import KindEnv, deploy_stack
 from e2e.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -22,23 +23,10 @@ def installed(voxa_kind: KindEnv) -> Iterator[Stack]:
     deployed.delete()
 
 
-def operator_pods(env: KindEnv) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = env.get(
-        "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=voxa-operator"
-    )["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
-    )
-
-
 def test_two_operator_replicas_run_and_one_is_active(voxa_kind: KindEnv, installed: Stack) -> None:
     def pair() -> list[dict[str, Any]] | None:
-        pods = operator_pods(voxa_kind)
-        return pods if len(pods) == 2 and all(map(ready, pods)) else None
+        pods = operator_pods(voxa_kind.cluster)
+        return pods if len(pods) == 2 and all(map(is_ready, pods)) else None
 
     pods = eventually(pair, 120, "two operator pods Running and Ready")
     peering = voxa_kind.get("clusterkopfpeering", "voxa-operator")
@@ -68,7 +56,7 @@ def test_the_stack_runs_real_pods_ready_through_their_probes(installed: Stack) -
         pods = installed.pods(component)
         assert pods, component
         for pod in pods:
-            assert pod["status"]["phase"] == "Running" and ready(pod), (component, pod["status"])
+            assert pod["status"]["phase"] == "Running" and is_ready(pod), (component, pod["status"])
             for container in pod["spec"]["containers"]:
                 assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
     assert len(installed.pods("signaling")) == 2
@@ -77,7 +65,7 @@ def test_the_stack_runs_real_pods_ready_through_their_probes(installed: Stack) -
 def test_every_pod_runs_non_root_on_a_read_only_root(voxa_kind: KindEnv, installed: Stack) -> None:
     pods = [
         *(p for c in ("signaling", "sfu", "redis", "stunnerd") for p in installed.pods(c)),
-        *operator_pods(voxa_kind),
+        *operator_pods(voxa_kind.cluster),
     ]
     for pod in pods:
         name = pod["metadata"]["name"]
@@ -109,3 +97,12 @@ def test_every_pod_runs_non_root_on_a_read_only_root(voxa_kind: KindEnv, install
         "id -u; touch /x 2>&1; touch /data/ok && echo ok",
     )
     assert out.startswith("10001\n") and "Read-only file system" in out and out.strip().endswith("ok"), out
+
+
+def test_no_image_was_ever_pulled(voxa_kind: KindEnv, installed: Stack) -> None:
+    """Every image is in the node (components) or was loaded (Voxa's): the kubelet pulled nothing,
+    and the node's registry hosts point at a closed port, so a pull could not leave the machine."""
+    events = voxa_kind.get("events", "-A", "--field-selector", "reason=Pulling")["items"]
+    assert events == [], [e.get("message") for e in events]
+    failed = voxa_kind.get("events", "-A", "--field-selector", "reason=Failed")["items"]
+    assert not [e for e in failed if "pull" in e.get("message", "").lower()]

@@ -10,7 +10,8 @@ from aiortc import RTCPeerConnection
 
 from e2e.browser.app_client import Client
 from e2e.browser.conftest import ChromiumFactory
-from e2e.kind.fixtures import KindEnv, Stack, deploy_stack
+from e2e.kind.deployed import Stack
+from e2e.kind.fixtures import KindEnv, deploy_stack
 from voxa.client.voice import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -4,6 +4,7 @@ while it still carries calls, whose channel then moves to the remaining pod and 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import subprocess
@@ -15,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from e2e.kind.fixtures import KindEnv, Stack, deploy_stack
+from e2e.kind.deployed import Stack
+from e2e.kind.fixtures import KindEnv, deploy_stack
 from e2e.kind.voice import joined, media_server_of, until_hears
-from e2e.wait import eventually
+from e2e.wait import until
 from voxa.client.voice import VoiceClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -43,8 +45,8 @@ class PodLogs:
 
     def __init__(self, stack: Stack, pod: str, path: Path) -> None:
         self.path = path
-        kubectl = stack.env.cluster.kind.kubectl_path
-        config = stack.env.cluster.kubeconfig
+        kubectl = stack.cluster.kind.kubectl_path
+        config = stack.cluster.kubeconfig
         self.proc = subprocess.Popen(
             [str(kubectl), f"--kubeconfig={config}", "logs", "-f", "-n", stack.namespace, pod],
             stdout=path.open("wb"),
@@ -75,7 +77,7 @@ def ready_sfus(stack: Stack, count: int) -> bool:
 
 
 def scaling_events(stack: Stack) -> list[tuple[str, str]]:
-    items = stack.env.get(
+    items = stack.cluster.get(
         "events", "-n", stack.namespace, "--field-selector", f"involvedObject.name={stack.name}"
     )["items"]
     return [(e["reason"], e.get("message", "")) for e in items]
@@ -104,13 +106,13 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
     scaling_stack: Stack, tmp_path: Path
 ) -> None:
     s = scaling_stack
-    eventually(lambda: ready_sfus(s, 1), 120, "one SFU pod while idle")
+    await until(lambda: ready_sfus(s, 1), 120, "one SFU pod while idle")
 
     # 5 participants need two pods (4 per pod): the first channel is on the first pod, the next
     # channel goes to the new, emptier one.
     async with clients(s, "b", [550.0, 770.0]) as b:
         async with clients(s, "a", [440.0, 660.0, None]):
-            eventually(lambda: ready_sfus(s, 2), 180, "a second SFU pod for 5 participants")
+            await until(lambda: ready_sfus(s, 2), 180, "a second SFU pod for 5 participants")
             assert event_with(s, "ScaledUp", "1 → 2")
             first = media_server_of(s, "a")
             second = media_server_of(s, "b")
@@ -123,10 +125,10 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
             await until_hears(b[0], "b1", 770.0)
         # `a` leaves: 2 participants need one pod; the lightest (`c`'s, empty) is drained and goes at
         # once, through SIGTERM (the SFU logs its drain only on a signal), with nothing to wait for.
-        eventually(lambda: ready_sfus(s, 1), 180, "back to one SFU pod")
+        await until(lambda: ready_sfus(s, 1), 180, "back to one SFU pod")
         assert event_with(s, "DrainStarted", str(newer))
         assert event_with(s, "ScaledDown", f"removed drained pod {newer} (empty)")
-        log = follow.wait_exit(120)
+        log = await asyncio.to_thread(follow.wait_exit, 120)
         draining = [e for e in log if e.get("event") == "sfu.draining"]
         assert draining and draining[-1]["peers"] == 0, log[-5:]
         assert any(e.get("event") == "sfu.stopped" for e in log), log[-5:]
@@ -136,7 +138,7 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
     # Two channels on two pods, then too little load for two: one pod drains with its call still on.
     # It stays until its drain deadline, then leaves, and its channel moves to the other pod.
     async with clients(s, "b", [550.0, 770.0]) as b, clients(s, "c", [None, None, None]) as c:
-        eventually(lambda: ready_sfus(s, 2), 180, "two SFU pods for 5 participants")
+        await until(lambda: ready_sfus(s, 2), 180, "two SFU pods for 5 participants")
         async with clients(s, "a", [440.0, 660.0]) as a:
             hosts = {media_server_of(s, "a"), media_server_of(s, "b")}
             assert len(hosts) == 2, hosts  # `a` went to the new pod
@@ -144,7 +146,7 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
             # `c` (3 listeners) leaves: 4 participants need one pod; one of the two (2 each) drains.
             for client in c:
                 await client.close()
-            drain = eventually(lambda: drain_in_progress(s), 120, "a drain")
+            drain = await until(lambda: drain_in_progress(s), 120, "a drain")
             victim = drain["pod"]
             deadline = datetime.fromisoformat(drain["deadline"].replace("Z", "+00:00")).timestamp()
             assert victim in hosts
@@ -154,9 +156,9 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
             while time.time() < deadline - 5:
                 assert victim in live_sfu_pods(s), f"{victim} removed {deadline - time.time():.0f}s early"
                 await until_hears(moved[0], f"{moved[1].channel_id}1", TONES[moved[1].channel_id][1])
-            eventually(lambda: victim not in live_sfu_pods(s), DRAIN_S + 120, "the drained pod removed")
+            await until(lambda: victim not in live_sfu_pods(s), DRAIN_S + 120, "the drained pod removed")
             assert event_with(s, "ScaledDown", f"removed drained pod {victim} (deadline passed with 2")
-            log = follow.wait_exit(120)
+            log = await asyncio.to_thread(follow.wait_exit, 120)
             signalled = [e for e in log if e.get("event") == "sfu.draining"]
             # SIGTERM came after the operator's deadline: the SFU kept no second one (its own counts
             # from when a heartbeat first told it of the mark, a few seconds after the operator's).
@@ -166,7 +168,7 @@ async def test_load_scales_sfu_pods_and_drained_pods_leave_through_sigterm(
             channel = moved[0].channel_id
             took = await until_hears(moved[0], f"{channel}1", TONES[channel][1])
             await until_hears(moved[1], f"{channel}0", TONES[channel][0])
-            s.env.timings["drained_call_back_audio_s"] = took
+            s.timings["drained_call_back_audio_s"] = took
             other = stays[0].channel_id
             await until_hears(stays[1], f"{other}0", TONES[other][0])
             assert len(live_sfu_pods(s)) == 1

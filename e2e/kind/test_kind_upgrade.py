@@ -5,29 +5,16 @@ the CRDs and every VoiceServer running (docs/install.md), and a new install take
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
 from e2e.kind.cluster import OPERATOR_NAMESPACE, RELEASE
-from e2e.kind.fixtures import OPERATOR_VALUES, KindEnv, Stack, deploy_stack
+from e2e.kind.deployed import Stack, is_ready, operator_pods
+from e2e.kind.fixtures import OPERATOR_VALUES, KindEnv, deploy_stack
 from e2e.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 COMPONENTS = ("signaling", "sfu", "redis", "stunnerd")
-
-
-def operator_pods(env: KindEnv) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = env.get(
-        "pods", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=voxa-operator"
-    )["items"]
-    return [p for p in items if not p["metadata"].get("deletionTimestamp")]
-
-
-def ready(pod: dict[str, Any]) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions") or []
-    )
 
 
 def stack_pods(stack: Stack) -> dict[str, str]:
@@ -49,26 +36,30 @@ def reconciled(stack: Stack, max_replicas: int) -> bool:
 def bump_max_replicas(stack: Stack, value: int) -> None:
     """A spec change that touches no pod (the load decides replicas), so only an operator notices it."""
     patch = json.dumps({"spec": {"sfu": {"maxReplicas": value}}})
-    stack.env.kubectl("patch", "voiceserver", stack.name, "-n", stack.namespace, "--type=merge", "-p", patch)
+    stack.cluster.kubectl(
+        "patch", "voiceserver", stack.name, "-n", stack.namespace, "--type=merge", "-p", patch
+    )
 
 
 def test_helm_upgrade_and_uninstall_leave_voice_servers_running(voxa_kind: KindEnv) -> None:
     stack = deploy_stack(voxa_kind, "kind-upgrade", signaling_replicas=1)
     try:
         pods = stack_pods(stack)
-        before = {p["metadata"]["name"] for p in operator_pods(voxa_kind)}
+        before = {p["metadata"]["name"] for p in operator_pods(voxa_kind.cluster)}
 
         # helm upgrade with changed values: the operator rolls, the voice server's pods stay.
         voxa_kind.cluster.install_chart({**OPERATOR_VALUES, "logLevel": "debug"})
 
         def rolled() -> bool:
-            now = operator_pods(voxa_kind)
+            now = operator_pods(voxa_kind.cluster)
             return (
-                len(now) == 2 and not {p["metadata"]["name"] for p in now} & before and all(map(ready, now))
+                len(now) == 2
+                and not {p["metadata"]["name"] for p in now} & before
+                and all(map(is_ready, now))
             )
 
         eventually(rolled, 300, "the operator rolled to two new pods")
-        env = operator_pods(voxa_kind)[0]["spec"]["containers"][0]["env"]
+        env = operator_pods(voxa_kind.cluster)[0]["spec"]["containers"][0]["env"]
         assert {"name": "VOXA_OPERATOR_LOG_LEVEL", "value": "debug"} in env
         bump_max_replicas(stack, 5)
         eventually(lambda: reconciled(stack, 5), 120, "the new operator reconciling the VoiceServer")
@@ -77,7 +68,7 @@ def test_helm_upgrade_and_uninstall_leave_voice_servers_running(voxa_kind: KindE
         # helm uninstall: the operator goes; CRDs (Helm never deletes a chart's crds/) and every
         # VoiceServer with its pods stay, unmanaged until an operator is installed again.
         voxa_kind.cluster.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
-        eventually(lambda: not operator_pods(voxa_kind), 120, "no operator pods")
+        eventually(lambda: not operator_pods(voxa_kind.cluster), 120, "no operator pods")
         for crd in ("voiceservers.voxa.dev", "stunnergateways.voxa.dev"):
             voxa_kind.kubectl("get", "crd", crd)
         assert stack.ready()

@@ -11,7 +11,7 @@ import time
 import urllib.request
 from typing import Any
 
-from e2e.kind.fixtures import Stack
+from e2e.kind.deployed import Stack
 from voxa.client.media import Level
 from voxa.client.voice import VoiceClient
 
@@ -38,7 +38,7 @@ async def until_hears(client: VoiceClient, user: str, hz: float, timeout: float 
 
 
 def sfu_secret(stack: Stack) -> str:
-    body: dict[str, Any] = stack.env.get("secret", f"{stack.name}-sfu-control", "-n", stack.namespace)
+    body: dict[str, Any] = stack.cluster.get("secret", f"{stack.name}-sfu-control", "-n", stack.namespace)
     return base64.b64decode(body["data"]["secret"]).decode()
 
 

@@ -88,6 +88,18 @@ def test_invalid_gateways_are_refused(crds_installed: KubeCluster, namespace: st
             "alternatePort must differ from port",
         ),
         (gateway("d", auth={"type": "static"}), "static auth needs secretRef"),
+        (
+            gateway("h", listeners=[{"name": "u", "nodePort": 30478}]),
+            "nodePort and alternateNodePort need service type NodePort or LoadBalancer",
+        ),
+        (
+            gateway(
+                "i",
+                service={"type": "NodePort"},
+                listeners=[{"name": "u", "nodePort": 30478, "alternateNodePort": 30478}],
+            ),
+            "nodePort and alternateNodePort must differ",
+        ),
         (gateway("e", listeners=[{"name": "u", "protocol": "QUIC"}]), 'supported values: "TURN-UDP"'),
     ]
     for obj, message in cases:

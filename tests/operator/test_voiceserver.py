@@ -62,6 +62,10 @@ def test_invalid_specs_are_refused_by_the_api_server_with_readable_messages(
         (voiceserver("f", sfu={"udpPortRange": {"min": 50000, "max": 40000}}), "min must be <= max"),
         (voiceserver("g", sfu={"maxReplicas": 0}), "spec.sfu.maxReplicas"),
         (voiceserver("h", sfuu={}), 'unknown field "sfuu"'),
+        (
+            voiceserver("i", signaling={"service": {"nodePort": 30080}}),
+            "nodePort needs type NodePort or LoadBalancer",
+        ),
     ]
     for obj, message in cases:
         assert message in rejected(cluster, namespace, obj), obj

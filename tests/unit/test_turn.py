@@ -55,3 +55,14 @@ def test_verify_during_rotation() -> None:
     assert not verify_credential(["new", "old"], username, old_cred, now=1601)  # expired
     assert not verify_credential(["new"], "alice", new_cred, now=1200)  # no expiry in the username
     assert not verify_credential(["new"], username, "forged", now=1200)
+
+
+def test_the_transport_policy_is_passed_on_only_with_turn_servers() -> None:
+    relay = ice_config("k", ["turn:127.0.0.1:3478?transport=udp"], "bob", 60, transport_policy="relay")
+    assert relay.iceTransportPolicy == "relay"
+    # Relay with nothing to relay through would connect nothing: STUN only keeps "all".
+    assert (
+        ice_config("k", ["stun:127.0.0.1:3478"], "bob", 60, transport_policy="relay").iceTransportPolicy
+        == "all"
+    )
+    assert ice_config(None, ["turn:x:3478"], "bob", 60, transport_policy="relay").iceTransportPolicy == "all"

@@ -192,6 +192,9 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
     data = signaling.config_data(vs, turn)
     assert data["VOXA_TURN_URIS"] == "turn:203.0.113.9:3478?transport=udp"
     assert data["VOXA_TURN_TTL_S"] == "86400"
+    # The SFU pods have pod addresses only: clients are told to relay through the gateway.
+    assert data["VOXA_ICE_TRANSPORT_POLICY"] == "relay"
+    assert "VOXA_ICE_TRANSPORT_POLICY" not in signaling.config_data(vs)
     env = env_of(signaling.deployment(vs, turn))
     assert env["VOXA_TURN_SECRET"] == {"secretKeyRef": {"name": "lobby-turn", "key": "secret"}}
     assert "VOXA_TURN_SECRET_PREVIOUS" not in env
@@ -214,3 +217,9 @@ def test_a_gateway_reference_gives_signaling_turn_settings_and_rotation_rolls_it
     assert fingerprint(recreated) != fingerprint(turn)
     # Secrets never appear in the pod template, only a digest of them.
     assert "two" not in json.dumps(signaling.deployment(vs, rotated))
+
+
+def test_fixed_node_ports_only_where_the_service_has_node_ports() -> None:
+    pinned = voiceserver({"signaling": {"service": {"type": "NodePort", "nodePort": 30080}}})
+    assert signaling.service(pinned)["spec"]["ports"][0]["nodePort"] == 30080
+    assert "nodePort" not in signaling.service(voiceserver())["spec"]["ports"][0]

@@ -226,3 +226,16 @@ def test_children_are_owned_by_the_gateway() -> None:
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"]) == ("StunnerGateway", "edge", "uid-9")
         assert child["metadata"]["labels"]["voxa.dev/stunnergateway"] == "edge"
+
+
+def test_fixed_node_ports_per_slot() -> None:
+    gw = gateway(
+        {
+            "service": {"type": "NodePort"},
+            "listeners": [{"name": "u", "port": 3478, "nodePort": 30478, "alternateNodePort": 30479}],
+        }
+    )
+    assert [(p["name"], p.get("nodePort")) for p in stunner.service(gw)["spec"]["ports"]] == [
+        ("a-u", 30478),
+        ("b-u", 30479),
+    ]

@@ -31,18 +31,6 @@ def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str =
 
 
 async def until(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
-    """`eventually` for async tests: the check (kubectl, HTTP: blocking) runs in a thread, so the
-    event loop, and the clients on it, keep running meanwhile."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            result = await asyncio.to_thread(check)
-        except RETRIED as exc:
-            last = exc
-        else:
-            if result:
-                return result
-            last = result
-        await asyncio.sleep(POLL_S)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """`eventually` for async tests: it polls in a thread (checks run kubectl, HTTP: they block), so
+    the event loop, and the clients on it, keep running meanwhile."""
+    return await asyncio.to_thread(eventually, check, timeout, what)

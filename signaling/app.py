@@ -13,7 +13,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from voxa.common.auth import bearer_matches, bearer_token
-from voxa.common.turn import ice_config
 from voxa.signaling import protocol
 from voxa.signaling.auth import AuthError
 from voxa.signaling.connection import Connection
@@ -93,14 +92,7 @@ async def ice(request: web.Request) -> web.Response:
         claims = ctx.verifier.verify(token)
     except AuthError as exc:
         return _json_error(401, str(exc))
-    settings = ctx.settings
-    config = ice_config(
-        settings.turn_secret,
-        settings.turn_uris,
-        claims.sub,
-        settings.turn_ttl_s,
-        transport_policy=settings.ice_transport_policy,
-    )
+    config = ctx.settings.ice_for(claims.sub)
     return web.json_response(config.model_dump(exclude_none=True))
 
 

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from voxa.common.turn import IceConfig, ice_config
+
 CommaList = Annotated[list[str], NoDecode]
 
 
@@ -91,6 +93,16 @@ class SignalingSettings(BaseSettings):
         if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
             raise ValueError("set VOXA_JWT_SECRET, VOXA_JWT_PUBLIC_KEY_FILE or VOXA_JWT_JWKS_FILE")
         return self
+
+    def ice_for(self, user_id: str) -> IceConfig:
+        """The ICE servers and transport policy one user is given (join replies, GET /ice)."""
+        return ice_config(
+            self.turn_secret,
+            self.turn_uris,
+            user_id,
+            self.turn_ttl_s,
+            transport_policy=self.ice_transport_policy,
+        )
 
     def origin_allowed(self, origin: str | None) -> bool:
         if origin is None:

@@ -16,7 +16,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from voxa.common.claims import Permission, permission_names
-from voxa.common.turn import ice_config
 from voxa.signaling import protocol
 from voxa.signaling.connection import ChannelError
 from voxa.signaling.media import MediaError, SfuLink, router_id
@@ -239,14 +238,7 @@ class VoiceChannel:
             self.media = media
             self.link = ctx.media.attach(media, self)
         ctx.hub.deliver(self.topic, result.frame, exclude=self)
-        settings = ctx.settings
-        ice = ice_config(
-            settings.turn_secret,
-            settings.turn_uris,
-            self.key,
-            settings.turn_ttl_s,
-            transport_policy=settings.ice_transport_policy,
-        )
+        ice = ctx.settings.ice_for(self.key)
         return {
             "server_id": self.server_id,
             "channel_id": self.channel_id,

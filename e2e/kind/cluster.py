@@ -186,18 +186,17 @@ class Cluster:
             "KUBECONFIG": str(self.kubeconfig),
         }
 
-    def _kind(self, *args: str, timeout: float = 600.0) -> str:
+    def _run(self, name: str, argv: list[str], timeout: float, input: str | None = None) -> str:
+        """Run one of the cluster's tools with its environment; a failure raises with its output."""
         result = subprocess.run(
-            [str(self.kind.kind_path), *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+            argv, env=self.env(), input=input, capture_output=True, text=True, timeout=timeout, check=False
         )
         if result.returncode != 0:
-            raise EngineError(f"kind {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+            raise EngineError(f"{name} {' '.join(argv[1:4])} ... failed:\n{result.stdout}{result.stderr}")
         return result.stdout
+
+    def _kind(self, *args: str, timeout: float = 600.0) -> str:
+        return self._run("kind", [str(self.kind.kind_path), *args], timeout)
 
     def exists(self) -> bool:
         return self.spec.name in self._kind("get", "clusters").split()
@@ -237,17 +236,11 @@ class Cluster:
         remove_network()
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
-            [str(self.kind.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if check and result.returncode != 0:
-            raise EngineError(f"kubectl {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result.stdout
+        argv = [str(self.kind.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args]
+        if check:
+            return self._run("kubectl", argv, 300, input)
+        result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=300, check=False)
+        return result.stdout if result.returncode == 0 else ""
 
     def get(self, *args: str) -> Any:
         """`kubectl get ARGS -o json`, parsed."""
@@ -279,17 +272,9 @@ class Cluster:
         self._kind("load", "docker-image", "--name", self.spec.name, *refs, timeout=900)
 
     def helm(self, *args: str, timeout: float = 600.0) -> str:
-        result = subprocess.run(
-            [str(images.tool("helm")), "--kubeconfig", str(self.kubeconfig), *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
+        return self._run(
+            "helm", [str(images.tool("helm")), "--kubeconfig", str(self.kubeconfig), *args], timeout
         )
-        if result.returncode != 0:
-            raise EngineError(f"helm {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result.stdout
 
     def install_chart(self, values: dict[str, Any] | None = None, *, upgrade: bool = False) -> str:
         """`helm upgrade --install` of charts/voxa into voxa-system, waiting for the operator."""

@@ -190,34 +190,27 @@ def kubeadm_images(kube: Path, version: str) -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
-def kind_module() -> Path:
-    """The sigs.k8s.io/kind module's source, whose images/base/files/ are the node's own files."""
-    kind_version = script(TOOLS, "--version", "kind")
+def module_source(module: str, version: str) -> Path:
+    """A Go module's source in the module cache (downloaded from the proxy if it is not there): the
+    build inputs taken from other projects come from here, as their Go code does."""
     out = subprocess.run(
-        ["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{kind_version}"],
+        ["go", "mod", "download", "-json", f"{module}@{version}"],
         capture_output=True,
         text=True,
         check=True,
-        env=_go_env(),
+        env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"},
     )
     return Path(json.loads(out.stdout)["Dir"])
 
 
-def _go_env() -> dict[str, str]:
-    return {**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+def kind_module() -> Path:
+    """The sigs.k8s.io/kind module's source, whose images/base/files/ are the node's own files."""
+    return module_source("sigs.k8s.io/kind", script(TOOLS, "--version", "kind"))
 
 
 def pause_binary(dest: Path, version: str) -> None:
     """Kubernetes' pause (build/pause/linux/pause.c in its module), compiled static."""
-    out = subprocess.run(
-        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{version}"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=_go_env(),
-        cwd=ROOT / "e2e" / "cluster",
-    )
-    source = Path(json.loads(out.stdout)["Dir"]) / "build" / "pause" / "linux" / "pause.c"
+    source = module_source("k8s.io/kubernetes", version) / "build" / "pause" / "linux" / "pause.c"
     subprocess.run(
         ["gcc", "-Os", "-static", "-Wall", '-DVERSION="voxa"', "-o", str(dest), str(source)], check=True
     )

@@ -22,6 +22,9 @@ from voxa.signaling.store import MediaServer, StoreUnavailable
 
 log = logging.getLogger("voxa.signaling.media")
 REQUEST_TIMEOUT_S = 10.0
+EVENTS_CONNECT_TIMEOUT_S = 3.0
+"""Opening an SFU's event socket: a live SFU answers in milliseconds, while a dead pod's address may
+swallow the handshake until a timeout, and three of those decide that the SFU is dead."""
 RECONNECT_ATTEMPTS_BEFORE_DEAD = 3
 
 
@@ -117,7 +120,9 @@ class SfuLink:
         lost = False
         while not self.closed:
             try:
-                async with self.gateway.http.ws_connect(self.base + "/v1/events", heartbeat=10) as ws:
+                async with asyncio.timeout(EVENTS_CONNECT_TIMEOUT_S):
+                    ws = await self.gateway.http.ws_connect(self.base + "/v1/events", heartbeat=10)
+                async with ws:
                     failures = 0
                     self.connected.set()
                     if lost:

@@ -58,6 +58,11 @@ class Stack:
         for kind, name in (("stunnergateway", "edge"), ("voiceserver", self.name)):
             if not is_ready(self.cluster.get(kind, name, "-n", self.namespace)):
                 return False
+        # The gateway relays to every ready SFU pod (a channel may be placed on any of them).
+        gateway = self.cluster.get("stunnergateway", "edge", "-n", self.namespace)
+        sfus = [p for p in self.pods("sfu") if is_ready(p) and not p["metadata"].get("deletionTimestamp")]
+        if (gateway.get("status") or {}).get("endpoints", 0) < len(sfus):
+            return False
         return answers(f"{self.base_url}/readyz")
 
     def delete(self) -> None:

@@ -165,7 +165,17 @@ def voxa_kind(request: pytest.FixtureRequest) -> Iterator[KindEnv]:
     env = KindEnv(cluster, ports, prepared["images"])
     env.timings["images_build_s"] = prepared["build_s"]
     try:
-        env.timings["kind_create_s"] = cluster.create()
+        try:
+            env.timings["kind_create_s"] = cluster.create()
+        except EngineError as exc:  # e.g. a host port taken between choosing and mapping it
+            print(f"kind create failed, once more with other ports: {exc}")
+            cluster.delete()
+            env.ports = stack_ports(_host_ports(STACKS))
+            spec = ClusterSpec(
+                NAME, ports=[m for p in env.ports for m in p.mappings()], node_image=spec.node_image
+            )
+            cluster = env.cluster = Cluster(spec, STATE_DIR / NAME)
+            env.timings["kind_create_s"] = cluster.create()
         start = time.monotonic()
         cluster.load_images(list(prepared["images"].values()))
         env.timings["images_load_s"] = time.monotonic() - start

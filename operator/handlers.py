@@ -3,6 +3,10 @@
 kopf fills every index before any handler runs, so after a restart the first reconcile already sees
 every child and finds nothing to write. Children are found by the labels the operator puts on them
 (`voxa.dev/voiceserver`, `app.kubernetes.io/managed-by: voxa-operator`), never by listing the API.
+
+The index functions are coroutines: kopf runs plain functions in its thread pool, which also serves
+DNS lookups (of a managed Redis, say), and a slow resolver would then hold up every index, and so
+every reconcile.
 """
 
 from __future__ import annotations
@@ -81,12 +85,12 @@ def _index_of(kind: str, api_version: str, body: Any, namespace: str | None, lab
 
 
 @kopf.index("v1", "configmaps", labels=MANAGED)
-def configmaps_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def configmaps_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     return _index_of("ConfigMap", "v1", body, namespace, labels)
 
 
 @kopf.index("v1", "secrets", labels=MANAGED)
-def secrets_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def secrets_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     # Only names and the applied hash are kept: secret values never sit in the operator's memory.
     meta = body["metadata"]
     hashed = {HASH_ANNOTATION: (meta.get("annotations") or {}).get(HASH_ANNOTATION)}
@@ -96,42 +100,48 @@ def secrets_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
 
 
 @kopf.index("v1", "services", labels=MANAGED)
-def services_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+async def services_idx(
+    body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any
+) -> Any:
     return _index_of("Service", "v1", body, namespace, labels, spec=spec, status=status)
 
 
 @kopf.index("apps", "v1", "deployments", labels=MANAGED)
-def deployments_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+async def deployments_idx(
+    body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any
+) -> Any:
     return _index_of("Deployment", "apps/v1", body, namespace, labels, spec=spec, status=status)
 
 
 @kopf.index("apps", "v1", "statefulsets", labels=MANAGED)
-def statefulsets_idx(body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any) -> Any:
+async def statefulsets_idx(
+    body: Any, namespace: str | None, labels: Any, spec: Any, status: Any, **_: Any
+) -> Any:
     return _index_of("StatefulSet", "apps/v1", body, namespace, labels, spec=spec, status=status)
 
 
 @kopf.index("policy", "v1", "poddisruptionbudgets", labels=MANAGED)
-def pdbs_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def pdbs_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     return _index_of("PodDisruptionBudget", "policy/v1", body, namespace, labels)
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED)
-def netpols_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def netpols_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     return _index_of("NetworkPolicy", "networking.k8s.io/v1", body, namespace, labels)
 
 
 @kopf.index("networking.k8s.io", "v1", "ingresses", labels=MANAGED)
-def ingresses_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def ingresses_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     return _index_of("Ingress", "networking.k8s.io/v1", body, namespace, labels)
 
 
 @kopf.index("v1", "pods", labels={**MANAGED, COMPONENT_LABEL: "sfu"})
-def sfu_pods_idx(body: Any, namespace: str | None, labels: Any, status: Any, **_: Any) -> Any:
+async def sfu_pods_idx(body: Any, namespace: str | None, labels: Any, status: Any, **_: Any) -> Any:
     return _index_of("Pod", "v1", body, namespace, labels, status=status)
 
 
 @kopf.index("v1", "pods", labels={**MANAGED, COMPONENT_LABEL: "stunnerd"})
-def gateway_pods_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
+async def gateway_pods_idx(body: Any, namespace: str | None, labels: Any, **_: Any) -> Any:
     """Gateway pods by gateway, with the config revision they were last told of as their hash."""
     meta = body["metadata"]
     revision = (meta.get("annotations") or {}).get(CONFIG_REVISION_ANNOTATION)
@@ -186,7 +196,7 @@ async def _run(
 
 
 @kopf.index(*VOICESERVERS)
-def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
+async def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
     """VoiceServers by the gateway they route through: the gateway relays to their SFU pods."""
     ref = (spec or {}).get("stunnerGatewayRef")
     if not ref:
@@ -197,7 +207,7 @@ def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> Any:
 
 
 @kopf.index(*GATEWAYS)
-def gateways_idx(spec: Any, status: Any, namespace: str | None, name: str, **_: Any) -> Any:
+async def gateways_idx(spec: Any, status: Any, namespace: str | None, name: str, **_: Any) -> Any:
     """What VoiceServers need of a gateway: its slots' URIs (status), auth type and credential lifetime."""
     auth = (spec or {}).get("auth") or {}
     status = status or {}

@@ -58,6 +58,10 @@ class Stack:
         for kind, name in (("stunnergateway", "edge"), ("voiceserver", self.name)):
             if not is_ready(self.cluster.get(kind, name, "-n", self.namespace)):
                 return False
+        # Every workload rolled out (a first rollout is often followed by one with the TURN settings).
+        for kind in ("deployments", "statefulsets"):
+            if not all(map(settled, self.cluster.get(kind, "-n", self.namespace)["items"])):
+                return False
         # The gateway relays to every ready SFU pod (a channel may be placed on any of them).
         gateway = self.cluster.get("stunnergateway", "edge", "-n", self.namespace)
         sfus = [p for p in self.pods("sfu") if is_ready(p) and not p["metadata"].get("deletionTimestamp")]
@@ -96,6 +100,18 @@ def is_ready(obj: dict[str, Any]) -> bool:
     """A pod, VoiceServer or StunnerGateway whose Ready condition is True."""
     conditions = (obj.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def settled(workload: dict[str, Any]) -> bool:
+    """A Deployment or StatefulSet whose pods are all of its latest template, ready, and no more."""
+    spec, status = workload.get("spec") or {}, workload.get("status") or {}
+    wanted = spec.get("replicas", 1)
+    return bool(
+        status.get("observedGeneration") == workload["metadata"].get("generation")
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("readyReplicas", 0) == wanted
+        and status.get("replicas", 0) == wanted
+    )
 
 
 def live_pods(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ Registered from the repository's root conftest.py. Before the first test that us
 Docker engine is started if none runs, and the node image and Voxa's images are built (cached; the
 first build on a machine compiles Kubernetes and takes minutes), outside any test's timeout and with
 the progress shown. The cluster (`voxa-e2e`) maps STACKS sets of ports on 127.0.0.1, one per voice
-stack a test module applies (`voxa_kind.stack(i)`), so modules never share a VoiceServer.
+stack a test module applies (`deploy_stack`), so modules never share a VoiceServer.
 
 `--keep-cluster` (pytest-kind's option) keeps the cluster, and the engine, after the session.
 """
@@ -30,7 +30,7 @@ from e2e.wait import eventually
 FIXTURE = "voxa_kind"
 NAME = "voxa-e2e"
 STATE_DIR = BUILD_DIR / "kind-e2e"
-STACKS = 4
+STACKS = 6
 NODE_PORT_BASE = 30100
 OPERATOR_VALUES: dict[str, Any] = {
     "resources": {"requests": {"cpu": "20m", "memory": "96Mi"}, "limits": {"memory": "384Mi"}},

@@ -89,7 +89,7 @@ def test_invalid_gateways_are_refused(crds_installed: KubeCluster, namespace: st
         ),
         (gateway("d", auth={"type": "static"}), "static auth needs secretRef"),
         (
-            gateway("h", listeners=[{"name": "u", "nodePort": 30478}]),
+            gateway("h", service={"type": "ClusterIP"}, listeners=[{"name": "u", "nodePort": 30478}]),
             "nodePort and alternateNodePort need service type NodePort or LoadBalancer",
         ),
         (

@@ -100,7 +100,19 @@ def test_voiceserver_lifecycle(operator: OperatorProcess, namespace: str, redis_
         voiceserver("lobby", signaling={"replicas": 2}, sfu={"minReplicas": 2, "maxReplicas": 4}),
         namespace=namespace,
     )
-    body = wait_ready(cluster, namespace, "lobby")
+    wait_ready(cluster, namespace, "lobby")
+    # Ready means one pod of each is; every pod ready (and nothing rolling) comes a moment later.
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "lobby",
+        lambda b: (
+            (condition(b, "Progressing") or {}).get("status") == "False"
+            and b["status"]["sfus"] == "2/2"
+            and b["status"]["signaling"]["readyReplicas"] == 2
+        ),
+        "every pod ready",
+    )
     uid = body["metadata"]["uid"]
     status = body["status"]
     assert status["endpoint"] == f"ws://lobby-signaling.{namespace}.svc/socket"

@@ -20,6 +20,8 @@ import pytest
 from aioice.ice import StunProtocol
 from aioice.stun import Message
 
+from voxa.common.ports import free_port
+
 # The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), the
 # real TURN servers, stunnerd and coturn (e2e/turn/), and `voxa_kind`, a kind cluster with real pods
 # and Voxa installed by its Helm chart (e2e/kind/).
@@ -60,13 +62,6 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_only)
     monkeypatch.setattr(aioice.ice.Connection, "request_received", loopback_requests)
     return dropped
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

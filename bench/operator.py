@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from voxa.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +77,6 @@ LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 def log(message: str) -> None:
     print(f"[bench/operator] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:

@@ -60,7 +60,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,8 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import aiohttp
+
+from voxa.common.ports import free_port
 
 BENCH_DIR = str(Path(__file__).resolve().parent)
 if BENCH_DIR not in sys.path:
@@ -121,13 +122,6 @@ def kill_pid(pid: int) -> None:
 
 def log(text: str) -> None:
     print(f"[sfu-bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -39,7 +39,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,8 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import orjson
 from loadgen.procfs import cpu_seconds, status_kib
+
+from voxa.common.ports import free_port
 
 SERVER_ID: Final = "bench"
 HEARTBEAT_INTERVAL_S: Final = 30.0
@@ -417,13 +418,6 @@ def worker_main(pipe: multiprocessing.connection.Connection, config: WorkerConfi
 
 
 # --- parent: services ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def host_cpu_ticks() -> tuple[int, int]:

@@ -7,18 +7,10 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 
 from voxa.common.claims import ALL_PERMISSIONS, VoiceClaims, parse_permissions
+from voxa.common.ports import free_port
 from voxa.common.tokens import mint_token
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 DEMO_USERS = (("alice", "Alice", ALL_PERMISSIONS), ("bob", "Bob", parse_permissions("connect,speak,video")))
 INVITE_TTL_S = 24 * 3600
@@ -58,7 +50,7 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1", rtc_ip: str 
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     sfu = SfuSettings(
         host=local,
-        port=_free_port(local),
+        port=free_port(local),
         secret=sfu_secret,
         id="demo-sfu",
         server_id=server_id,

@@ -187,6 +187,15 @@ class SfuSpec(Model):
         le=86400,
         description="On scale-down, how long a draining SFU pod may keep its calls before it is removed.",
     )
+    scaleDownStabilizationSeconds: int = Field(
+        default=60,
+        ge=0,
+        le=3600,
+        description=(
+            "How long the load must ask for fewer SFU pods, without a break, before a drain starts: "
+            "a dip (clients reconnecting through a signaling rollout, a network blip) moves no call."
+        ),
+    )
     udpPortRange: PortRange = Field(
         default_factory=PortRange, description="UDP ports SFU pods use for media."
     )

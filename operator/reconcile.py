@@ -89,6 +89,10 @@ class State:
     turn_read_back: bool = False
     slots: Slots | None = None
     """A gateway's stunnerd slots as last written (read back from its config Secret after a restart)."""
+    low_since: float | None = None
+    """When the load started asking for fewer SFU pods (the scale-down stabilization window). Kept in
+    memory only: after an operator restart the window starts over, which delays a scale-down and
+    never hastens one."""
 
 
 def manifest_hash(manifest: dict[str, Any]) -> str:
@@ -151,7 +155,8 @@ class Reconciler:
             return Decision(replicas=hold, desired=hold, draining=drain), 0, error
         state.last_registry_error = None
         sfu_pods = [SfuPod(name=p.name, ready=p.ready, deleting=p.deleting) for p in pods]
-        decision = decide(vs.spec.sfu, replicas, sfu_pods, loads, drain, time.time())
+        decision = decide(vs.spec.sfu, replicas, sfu_pods, loads, drain, time.time(), state.low_since)
+        state.low_since = decision.low_since
         if decision.mark and url:
             await registry.mark_draining(url, vs.server_id, decision.mark, True)
         if decision.unmark and url:

@@ -5,6 +5,8 @@ plus `buffer` idle ones for sudden joins, i.e. ceil(participants / targetPartici
 clamped to [minReplicas, maxReplicas] (or the pinned `spec.sfu.replicas`). Scaling up is immediate.
 Scaling down never cuts a call short: one pod at a time is marked draining in the registry (signaling
 stops placing channels on it), and it is removed only once it is empty or its drain deadline has passed.
+A drain starts only once the load has asked for fewer pods for `scaleDownStabilizationSeconds` without a
+break (as the HorizontalPodAutoscaler's scale-down stabilization window), so a dip moves no call.
 Removal sets `controller.kubernetes.io/pod-deletion-cost` on exactly that pod before lowering replicas,
 so the ReplicaSet deletes it and not a busy neighbour.
 """
@@ -62,6 +64,8 @@ class Decision:
     """Pod to give the lowest deletion cost before replicas go down by one."""
     reason: str = ""
     message: str = ""
+    low_since: float | None = None
+    """Since when the load has asked for fewer pods than there are, without a break (None: it does not)."""
 
 
 def desired_replicas(spec: SfuSpec, participants: int) -> int:
@@ -88,11 +92,13 @@ def decide(
     loads: dict[str, PodLoad],
     draining: DrainState | None,
     now: float,
+    low_since: float | None = None,
 ) -> Decision:
     """One scaling step.
 
     `replicas` is the Deployment's current replicas; `pods` its pods; `loads` the registry by pod name;
-    `draining` the drain in progress, if any.
+    `draining` the drain in progress, if any; `low_since` the previous decision's (when the load
+    started asking for fewer pods).
     """
     participants = sum(load.peers for load in loads.values())
     desired = desired_replicas(spec, participants)
@@ -105,6 +111,7 @@ def decide(
             desired=desired,
             draining=None,
             unmark=draining.pod,
+            low_since=low_since,
             reason="DrainTargetGone",
             message=f"SFU pod {draining.pod} disappeared while draining",
         )
@@ -129,10 +136,16 @@ def decide(
             )
         return Decision(replicas=replicas, desired=desired, draining=None)
 
+    low_since = now if low_since is None else low_since
+    if draining is None and now - low_since < spec.scaleDownStabilizationSeconds:
+        return Decision(replicas=replicas, desired=desired, draining=None, low_since=low_since)
+
     if draining is None:
         victim = _victim(pods, loads)
         if victim is None:
-            return Decision(replicas=desired, desired=desired, draining=None, reason="ScaledDown")
+            return Decision(
+                replicas=desired, desired=desired, draining=None, reason="ScaledDown", low_since=low_since
+            )
         # Even an empty pod is marked first: signaling must stop placing channels on it before it goes.
         load = loads.get(victim.name, PodLoad(0))
         state = DrainState(pod=victim.name, since=now, deadline=now + spec.drainDeadlineSeconds)
@@ -141,6 +154,7 @@ def decide(
             desired=desired,
             draining=state,
             mark=victim.name,
+            low_since=low_since,
             reason="DrainStarted",
             message=f"draining SFU pod {victim.name} ({load.peers} participants) before scaling "
             f"{replicas} → {replicas - 1}; deadline in {spec.drainDeadlineSeconds} s",
@@ -154,7 +168,8 @@ def decide(
             desired=desired,
             draining=None,
             remove=draining.pod,
+            low_since=low_since,
             reason="ScaledDown",
             message=f"SFU pods {replicas} → {replicas - 1}: removed drained pod {draining.pod} ({why})",
         )
-    return Decision(replicas=replicas, desired=desired, draining=draining)
+    return Decision(replicas=replicas, desired=desired, draining=draining, low_since=low_since)

@@ -90,9 +90,12 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def put_router(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
-    if worker.draining:
+    router = request.match_info["router"]
+    if worker.draining and router not in worker.routers:
+        # A router it already hosts stays (a call in progress is not cut); signaling moves a
+        # channel whose router is gone to another SFU when it reads `draining`.
         return _error(503, "draining: this SFU takes no new routers", draining=True)
-    room = worker.create_router(request.match_info["router"])
+    room = worker.create_router(router)
     return web.json_response({"id": room.router.id})
 
 

@@ -31,10 +31,12 @@ RECONNECT_ATTEMPTS_BEFORE_DEAD = 3
 class MediaError(Exception):
     """The SFU refused or could not be reached; `reason` is safe to show the client."""
 
-    def __init__(self, reason: str, status: int = 0) -> None:
+    def __init__(self, reason: str, status: int = 0, draining: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.draining = draining
+        """The SFU is draining and refused a router it does not host: the channel must move."""
 
 
 class MediaMember(Protocol):
@@ -70,7 +72,9 @@ class SfuLink:
                 data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 if resp.status >= 400:
                     raise MediaError(
-                        str(data.get("error", f"media server answered {resp.status}")), resp.status
+                        str(data.get("error", f"media server answered {resp.status}")),
+                        resp.status,
+                        draining=data.get("draining") is True,
                     )
                 return data
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

@@ -80,5 +80,17 @@ class MediaRegistry:
             self._assignments = {k: v for k, v in self._assignments.items() if v[0] > now}
         return by_id.get(current)
 
+    async def move_off(self, server_id: str, channel_id: str, media_server_id: str) -> MediaServer | None:
+        """The channel's SFU refused to host it (it is draining and its router for the channel is
+        gone, so nobody is left there): choose another SFU and move the assignment, unless another
+        replica moved it first (compare-and-set), in which case its choice is returned."""
+        servers = await self._live(server_id, cached=False)
+        chosen = choose_media_server([s for s in servers if s.id != media_server_id])
+        if chosen is None:
+            return None
+        current = await self.store.assignment_set(server_id, channel_id, chosen.id, replace=media_server_id)
+        self._assignments[(server_id, channel_id)] = (time.monotonic() + self.cache_s, current)
+        return {s.id: s for s in servers}.get(current)
+
     async def release(self, server_id: str, channel_id: str) -> None:
         await self.store.assignment_clear(server_id, channel_id)

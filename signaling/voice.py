@@ -401,7 +401,7 @@ class VoiceChannel:
         async with self._media_lock:
             try:
                 if kind == "offer" and not self.sfu_peer:
-                    answer = await link.add_peer(self._router(), self.session_id, sdp, **self._flags())
+                    answer = await self._add_peer(link, sdp)
                     self.sfu_peer = True
                 elif kind == "offer":
                     answer = await link.description(self._router(), self.session_id, "offer", sdp)
@@ -416,6 +416,24 @@ class VoiceChannel:
                 raise ChannelError(exc.reason) from None
         self.conn.send(protocol.push(self.join_ref, self.topic, "sdp", {"type": "answer", "sdp": answer}))
         return {}
+
+    async def _add_peer(self, link: SfuLink, offer: str) -> str:
+        """The first offer of this session: a peer on the channel's SFU. An SFU that drains keeps
+        the routers it hosts but refuses new ones; a channel whose router there is gone (everyone
+        left, as in a signaling rollout) moves to another SFU instead of failing for good."""
+        try:
+            return await link.add_peer(self._router(), self.session_id, offer, **self._flags())
+        except MediaError as exc:
+            if not exc.draining:
+                raise
+        media = await self.ctx.registry.move_off(self.server_id, self.channel_id, link.media.id)
+        if media is None:
+            raise ChannelError("no media server available", retry=True)
+        log.info("voice.channel_moved", extra={"from": link.media.id, "to": media.id, "why": "draining"})
+        self.ctx.media.detach(link, self)
+        self.media = media
+        self.link = self.ctx.media.attach(media, self)
+        return await self.link.add_peer(self._router(), self.session_id, offer, **self._flags())
 
     async def _ice(self, payload: dict[str, Any]) -> dict[str, Any]:
         candidate = payload.get("candidate")

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
 
+from voxa.common.ports import free_port
+
 VOXA: Final = str(Path(sys.executable).with_name("voxa"))
 READY_TIMEOUT_S: Final = 20.0
 STOP_TIMEOUT_S: Final = 10.0
@@ -30,13 +32,6 @@ POLL_S: Final = 0.05
 
 def log(text: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def clean_env() -> dict[str, str]:

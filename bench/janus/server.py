@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +34,8 @@ from types import TracebackType
 from typing import Any, Final
 
 import aiohttp
+
+from voxa.common.ports import free_port
 
 VIDEOROOM_PLUGIN: Final = "janus.plugin.videoroom"
 KEEP_PLUGINS: Final = frozenset({"libjanus_videoroom.so"})
@@ -89,14 +90,6 @@ def find_lib_dir() -> Path:
             if (candidate / "plugins" / "libjanus_videoroom.so").exists():
                 return candidate
     raise JanusStartError("cannot find Janus's plugins folder (libjanus_videoroom.so); is `janus` installed?")
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def proc_cpu_seconds(pid: int) -> float:

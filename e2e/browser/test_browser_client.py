@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -46,6 +45,7 @@ from e2e.browser.app_client import (
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import ROOT
 from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.ports import free_port
 from voxa.common.tokens import mint_token
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -57,13 +57,6 @@ INVITE = re.compile(r"Invite for (\w+): (http://\S+)")
 
 
 # --- voxa demo ----------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Demo:
     port: int

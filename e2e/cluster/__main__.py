@@ -27,7 +27,6 @@ from e2e.cluster.controlplane import (
     ControlPlane,
     ControlPlaneError,
     build_tools,
-    free_port,
     http_get,
     is_alive,
     log_tail,
@@ -35,6 +34,7 @@ from e2e.cluster.controlplane import (
     stop_from_state,
     stop_processes,
 )
+from voxa.common.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STATE_DIR = ROOT / "build" / "cluster"

@@ -12,7 +12,6 @@ stack a test module applies (`deploy_stack`), so modules never share a VoiceServ
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from e2e.kind.deployed import JWT_SECRET, Stack, pod_ready_seconds
 from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
 from e2e.wait import eventually
+from voxa.common.ports import UDP, free_port
 
 FIXTURE = "voxa_kind"
 NAME = "voxa-e2e"
@@ -39,19 +39,9 @@ OPERATOR_VALUES: dict[str, Any] = {
 _prepared = pytest.StashKey[dict[str, Any]]()
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _host_ports(count: int) -> list[tuple[int, int, int]]:
     """(signaling TCP, TURN slot a UDP, slot b UDP) host ports, each free now."""
-    return [
-        (_free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_DGRAM))
-        for _ in range(count)
-    ]
+    return [(free_port(), free_port(kinds=UDP), free_port(kinds=UDP)) for _ in range(count)]
 
 
 def stack_ports(host_ports: list[tuple[int, int, int]]) -> list[stack.StackPorts]:

@@ -30,6 +30,7 @@ SFU = {
     "targetParticipantsPerPod": 4,
     "buffer": 0,
     "drainDeadlineSeconds": DRAIN_S,
+    "scaleDownStabilizationSeconds": 5,
 }
 
 

@@ -22,10 +22,9 @@ from e2e.turn.servers import (
     GatewayPod,
     StunnerdProcess,
     build_stunnerd,
-    free_udp_port,
-    free_udp_tcp_port,
     stunnerd_cache_path,
 )
+from voxa.common.ports import ANY, TCP_AND_UDP, UDP, free_port
 from voxa.operator.render.stunnerd_config import Listener
 
 REALM = "voxa.test"
@@ -104,7 +103,7 @@ def stunnerd_factory(tmp_path: Path, stunnerd_binary: Path) -> Iterator[Stunnerd
                 lambda workdir: StunnerdProcess(
                     workdir,
                     realm,
-                    free_udp_port(),
+                    free_port(ANY, UDP),
                     binary=stunnerd_binary,
                     secret=secret,
                     endpoints=tuple(endpoints),
@@ -132,7 +131,7 @@ def coturn_factory(tmp_path: Path) -> Iterator[CoturnFactory]:
                 lambda workdir: CoturnProcess(
                     workdir,
                     realm,
-                    free_udp_tcp_port(),
+                    free_port(kinds=TCP_AND_UDP),
                     secrets=tuple(secrets),
                     allowed_peers=tuple(allowed_peers),
                     denied_peers=tuple(denied_peers),

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from voxa.common.ports import ANY, UDP, free_port
 from voxa.common.turn import turn_credentials
 from voxa.operator.models import StunnerGateway
 from voxa.operator.render import stunner
@@ -55,34 +56,6 @@ from voxa.operator.slots import SLOTS, Change, Slot, Slots, advance
 
 LOOPBACK = "127.0.0.1"
 BUILD_SCRIPT = Path(__file__).resolve().with_name("build.sh")
-
-
-def free_udp_port(host: str = "0.0.0.0") -> int:
-    """A UDP port nobody is bound to on `host` right now (stunnerd binds its listeners on 0.0.0.0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_tcp_port(host: str = LOOPBACK) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def free_udp_tcp_port(host: str = LOOPBACK) -> int:
-    """A port free for both UDP and TCP on `host` (coturn listens on both)."""
-    for _ in range(50):
-        port = free_udp_port(host)
-        try:
-            with socket.socket() as s:
-                s.bind((host, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def self_signed_certificate(ip: str = LOOPBACK, days: int = 1) -> tuple[str, str]:
@@ -261,7 +234,7 @@ class StunnerdProcess(TurnServerProcess):
 
     def start(self, timeout: float = 15.0) -> None:
         if not self.health_port:
-            self.health_port = free_tcp_port()
+            self.health_port = free_port()
         self._write()
         argv = [str(self.binary), "-c", f"file://{self.config_path}", "-l", "all:INFO"]
         if self.watch:
@@ -377,8 +350,8 @@ class GatewayPod:
     servers: dict[Slot, StunnerdProcess] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
-        port_a = free_udp_port()
-        port_b = next(p for p in iter(free_udp_port, None) if p != port_a)
+        port_a = free_port(ANY, UDP)
+        port_b = free_port(ANY, UDP)
         self.gateway = StunnerGateway.model_validate(
             {
                 "metadata": {"name": "edge", "namespace": "voxa", "uid": "uid"},
@@ -391,7 +364,7 @@ class GatewayPod:
         )
         self.slots, _ = advance(None, EphemeralAuth(self.secret), self.ttl_s, int(time.time()), 0)
         self.volume = SecretVolume(self.workdir / "config")
-        self.health_ports = {slot: free_tcp_port() for slot in SLOTS}
+        self.health_ports = {slot: free_port() for slot in SLOTS}
 
     def _publish(self) -> None:
         """What the kubelet does with the operator's config Secret: the same data in the volume. The

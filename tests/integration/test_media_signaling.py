@@ -218,6 +218,48 @@ async def test_killed_sfu_channel_moves_to_another_and_media_resumes(
         second.stop()
 
 
+@pytest.mark.slow
+async def test_a_channel_remembered_on_a_draining_sfu_with_nobody_left_moves_to_another(
+    signaling_factory: SignalingFactory, tmp_path: Path
+) -> None:
+    """As after a signaling rollout while the operator drains an SFU: the channel's assignment names
+    the draining SFU, which has no router for it any more and refuses a new one. The first offer
+    moves the channel to another SFU instead of failing for ever."""
+    signaling = signaling_factory(media_server_ttl_s="3")
+    first = SfuProcess(tmp_path / "a", signaling_url=signaling.url, media_id="sfu-a")
+    second = SfuProcess(tmp_path / "b", signaling_url=signaling.url, media_id="sfu-b")
+    base = f"{signaling.url}/internal/servers/g1"
+    try:
+        await first.ready()
+        await second.ready()
+        await registered(signaling.url, "sfu-a", "sfu-b")
+        async with aiohttp.ClientSession(headers=AUTH) as http:
+            async with http.get(f"{base}/channels/lobby/media-server") as r:
+                remembered = (await r.json())["media_server"]["id"]
+            draining, other = (first, second) if remembered == "sfu-a" else (second, first)
+            async with http.put(f"{base}/media-servers/{remembered}/drain", json={"draining": True}) as r:
+                assert r.status == 200
+            async with asyncio.timeout(20):  # the SFU follows the mark on its next heartbeat
+                while True:
+                    async with http.get(f"{draining.url}/readyz") as r:
+                        if r.status == 503:
+                            break
+                    await asyncio.sleep(0.1)
+            alice = RawVoiceClient(signaling.ws_url, "alice", 440.0)
+            bob = RawVoiceClient(signaling.ws_url, "bob", 660.0)
+            assert (await alice.join())["media_server"] == remembered
+            await bob.join()
+            assert await hears(alice, "bob", 660.0, timeout=20)
+            assert await hears(bob, "alice", 440.0, timeout=20)
+            async with http.get(f"{base}/channels/lobby/media-server") as r:
+                assert (await r.json())["media_server"]["id"] == other.media_id
+            await alice.close()
+            await bob.close()
+    finally:
+        first.stop()
+        second.stop()
+
+
 async def test_deafen_stops_what_the_sfu_sends(stack: Any) -> None:
     signaling, _sfu = stack
     mod = RawVoiceClient(signaling.ws_url, "mod", 440.0, grant="connect,speak,deafen_members")

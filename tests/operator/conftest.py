@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, VOXA, free_port
+from conftest import ROOT, VOXA
 from e2e.cluster.fixtures import KubeCluster
 from e2e.wait import eventually
+from voxa.common.ports import free_port
 
 
 @dataclass

@@ -80,6 +80,7 @@ def test_load_scales_up_then_drains_before_scaling_down(
                 "targetParticipantsPerPod": 10,
                 "buffer": 0,
                 "drainDeadlineSeconds": 600,
+                "scaleDownStabilizationSeconds": 2,
             },
         ),
         namespace=namespace,

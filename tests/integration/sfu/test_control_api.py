@@ -17,8 +17,9 @@ import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from conftest import SFU_SECRET, SignalingFactory, free_port
+from conftest import SFU_SECRET, SignalingFactory
 from voxa.client.media import AudioSink, SineTrack
+from voxa.common.ports import free_port
 
 VOXA = str(Path(sys.executable).with_name("voxa"))
 AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}
@@ -34,6 +35,7 @@ class SfuProcess:
     ) -> None:
         """`env`: extra or overriding VOXA_SFU_* variables (e.g. VOXA_SFU_RTC_LISTEN_IP)."""
         tmp.mkdir(parents=True, exist_ok=True)
+        self.media_id = media_id
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
@@ -220,6 +222,9 @@ async def test_registers_heartbeats_and_drains(signaling_factory: SignalingFacto
                 assert resp.status == 503
             async with http.put(f"{sfu.url}/v1/routers/other", headers=AUTH) as resp:
                 assert resp.status == 503
+                assert (await resp.json())["draining"] is True
+            async with http.put(f"{sfu.url}/v1/routers/lobby", headers=AUTH) as resp:
+                assert resp.status == 200  # a router it hosts is not new: the call goes on
             assert sfu.proc.poll() is None  # still serving its peer
             async with http.delete(f"{sfu.url}/v1/routers/lobby/peers/a", headers=AUTH):
                 pass

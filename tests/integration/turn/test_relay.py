@@ -44,7 +44,6 @@ from e2e.turn.servers import (
     GatewayPod,
     StunnerdProcess,
     TurnServerProcess,
-    free_tcp_port,
     self_signed_certificate,
     stunnerd_is_built,
 )
@@ -53,6 +52,7 @@ from tests.integration.sfu.test_control_api import SfuProcess
 from tests.integration.test_media_signaling import registered
 from tests.integration.test_voice_clients import TOLERANCE_HZ, hears
 from voxa.client.voice import VoiceClient
+from voxa.common.ports import free_port
 from voxa.common.turn import turn_credentials
 from voxa.operator.render.stunnerd_config import Listener
 from voxa.operator.slots import SIGNALING_ROLL_S
@@ -510,7 +510,7 @@ async def test_stunnerd_serves_turn_over_tls_with_a_rendered_certificate(
     """The renderer's TURN-TLS listener (cert and key as base64 PEM) is what stunnerd expects: a client
     that trusts exactly that certificate allocates over TLS."""
     cert_pem, key_pem = self_signed_certificate(LOOPBACK)
-    port = free_tcp_port()
+    port = free_port()
     tls = Listener("tls", "TURN-TLS", LOOPBACK, port, cert_pem=cert_pem, key_pem=key_pem)
     gateway = stunnerd_factory(extra_listeners=[tls])
     context = ssl.create_default_context(cadata=cert_pem)

@@ -7,7 +7,14 @@ import pytest
 from voxa.operator.models import SfuSpec
 from voxa.operator.scaling import DrainState, PodLoad, SfuPod, decide, desired_replicas
 
-SPEC = SfuSpec(minReplicas=1, maxReplicas=6, targetParticipantsPerPod=10, buffer=1, drainDeadlineSeconds=60)
+SPEC = SfuSpec(
+    minReplicas=1,
+    maxReplicas=6,
+    targetParticipantsPerPod=10,
+    buffer=1,
+    drainDeadlineSeconds=60,
+    scaleDownStabilizationSeconds=0,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,3 +90,24 @@ def test_not_ready_and_deleting_pods() -> None:
     mixed = [SfuPod("a", ready=True), SfuPod("b", ready=False), SfuPod("c", ready=True, deleting=True)]
     d = decide(SPEC, 3, mixed, {"a": PodLoad(0)}, None, now=0)
     assert d.mark == "b"  # the ReplicaSet would remove an unready pod first anyway
+
+
+def test_a_drain_starts_only_once_the_load_stays_low_for_the_stabilization_window() -> None:
+    spec = SPEC.model_copy(update={"scaleDownStabilizationSeconds": 60})
+    busy = {"a": PodLoad(20), "b": PodLoad(15)}
+    low = {"a": PodLoad(5), "b": PodLoad(0)}
+    d = decide(spec, 3, pods("a", "b", "c"), low, None, now=100)
+    assert (d.replicas, d.mark, d.reason, d.low_since) == (3, None, "", 100)
+    d = decide(spec, 3, pods("a", "b", "c"), low, None, now=159.9, low_since=d.low_since)
+    assert d.mark is None and d.low_since == 100
+    # A dip that ends (clients back after a signaling rollout) starts the window over.
+    back = decide(spec, 3, pods("a", "b", "c"), busy, None, now=150, low_since=100)
+    assert back.low_since is None and back.mark is None
+    d = decide(spec, 3, pods("a", "b", "c"), low, None, now=160, low_since=100)
+    assert d.mark == "b" and d.reason == "DrainStarted" and d.low_since == 100
+    # Once the window has passed, the next pod drains right after the first is removed.
+    gone = decide(spec, 3, pods("a", "b", "c"), {"a": PodLoad(5)}, d.draining, now=161, low_since=100)
+    assert gone.remove == "b" and gone.replicas == 2
+    assert gone.low_since == 100
+    nxt = decide(spec, 2, pods("a", "c"), {}, None, now=162, low_since=gone.low_since)
+    assert nxt.reason == "DrainStarted"

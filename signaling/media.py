@@ -26,6 +26,8 @@ EVENTS_CONNECT_TIMEOUT_S = 3.0
 """Opening an SFU's event socket: a live SFU answers in milliseconds, while a dead pod's address may
 swallow the handshake until a timeout, and three of those decide that the SFU is dead."""
 RECONNECT_ATTEMPTS_BEFORE_DEAD = 3
+EVENTS_READY_TIMEOUT_S = EVENTS_CONNECT_TIMEOUT_S * RECONNECT_ATTEMPTS_BEFORE_DEAD
+"""How long a first peer on an SFU waits for the link's event socket to open."""
 
 
 class MediaError(Exception):
@@ -83,7 +85,21 @@ class SfuLink:
     async def ensure_router(self, router: str) -> None:
         await self._request("PUT", f"/v1/routers/{router}")
 
+    async def events_ready(self) -> None:
+        """The SFU sends its renegotiation offers (a new participant's tracks) and peer states on the
+        event socket only, and keeps none for a listener that is not there yet: a peer created before
+        the socket of a new link is open (an SFU pod that just started) could miss the offer carrying
+        the next participant's audio, and would never hear them."""
+        if self.connected.is_set():
+            return
+        try:
+            async with asyncio.timeout(EVENTS_READY_TIMEOUT_S):
+                await self.connected.wait()
+        except TimeoutError:
+            raise MediaError("media server events unreachable") from None
+
     async def add_peer(self, router: str, peer: str, offer: str, **flags: bool) -> str:
+        await self.events_ready()
         await self.ensure_router(router)
         data = await self._request("POST", f"/v1/routers/{router}/peers/{peer}", {"sdp": offer, **flags})
         return str(data["sdp"])

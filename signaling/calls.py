@@ -14,6 +14,7 @@ on their `user:` topics, except `exclude_device` (the device that acted already 
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -404,3 +405,44 @@ def _end(call: Call, reason: EndReason, events: list[Event]) -> Outcome:
     events.append(Event(everyone, "call_ended", {"call_id": call.id, "reason": str(reason)}))
     events.append(_state_event(ended))
     return Outcome(None, tuple(events), ended=reason)
+
+
+# --- stored form ------------------------------------------------------------------------------------
+def encode(call: Call) -> str:
+    """The call as the store keeps it (JSON): one value, so a transition commits it whole."""
+    return json.dumps(
+        {
+            "id": call.id,
+            "server_id": call.server_id,
+            "caller": call.caller,
+            "caller_name": call.caller_name,
+            "video": call.video,
+            "group": call.group,
+            "created_at": call.created_at,
+            "state": str(call.state),
+            "caller_gone_since": call.caller_gone_since,
+            "reconnect_grace_s": call.reconnect_grace_s,
+            "members": {user: [str(m.state), m.deadline, m.acked] for user, m in call.members.items()},
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode(raw: str | bytes) -> Call:
+    data = json.loads(raw)
+    return Call(
+        id=data["id"],
+        server_id=data["server_id"],
+        caller=data["caller"],
+        caller_name=data["caller_name"],
+        video=data["video"],
+        group=data["group"],
+        created_at=data["created_at"],
+        state=State(data["state"]),
+        caller_gone_since=data["caller_gone_since"],
+        reconnect_grace_s=data["reconnect_grace_s"],
+        members={
+            user: Invitee(Member(state), deadline=deadline, acked=acked)
+            for user, (state, deadline, acked) in data["members"].items()
+        },
+    )

@@ -1,16 +1,19 @@
 """Shared signaling state behind one interface: in process memory, or in Redis for several replicas."""
 
 from voxa.signaling.store.base import (
+    CallCommit,
     JoinResult,
     MediaLoad,
     MediaServer,
     MetaFrame,
     PresenceEntry,
     Store,
+    StoredCall,
     StoreUnavailable,
 )
 
 __all__ = [
+    "CallCommit",
     "JoinResult",
     "MediaLoad",
     "MediaServer",
@@ -18,6 +21,7 @@ __all__ = [
     "PresenceEntry",
     "Store",
     "StoreUnavailable",
+    "StoredCall",
     "create_store",
 ]
 

@@ -82,6 +82,31 @@ class MediaServer(BaseModel):
         return self.load.peers / self.capacity
 
 
+@dataclass(frozen=True)
+class StoredCall:
+    data: str
+    """The call as `voxa.signaling.calls.encode` wrote it."""
+    version: int
+
+
+@dataclass(frozen=True)
+class CallCommit:
+    version: int | None
+    """The version the transition read (None: a new call)."""
+    data: str | None
+    """The call after the transition; None deletes it (it ended)."""
+    users: tuple[str, ...]
+    """The call's members: their call index gains it, or loses it with the call."""
+    due: float | None
+    """When the call has a deadline next (wall-clock seconds), or None."""
+
+
+MISSED_CALLS_KEPT = 20
+"""Missed-call records kept per user."""
+CALL_TTL_S = 12 * 3600
+"""A safety net: a call untouched this long is dropped even if no replica ever ended it."""
+
+
 class Store(abc.ABC):
     """What signaling keeps outside a single socket."""
 
@@ -198,6 +223,33 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def assignment_clear(self, server_id: str, channel_id: str) -> None: ...
+
+    # --- calls: one stored value per call, written by compare-and-set on its version ----------------
+    @abc.abstractmethod
+    async def call_get(self, server_id: str, call_id: str) -> StoredCall | None: ...
+
+    @abc.abstractmethod
+    async def call_commit(self, server_id: str, call_id: str, commit: CallCommit) -> int | None:
+        """Write the call (or delete it when `commit.data` is None) if its version is still
+        `commit.version` (None: it must not exist yet), index it under each of `commit.users` and
+        schedule it at `commit.due`, all at once. Returns the new version, or None when another
+        replica changed the call first (read it again and redo the transition)."""
+
+    @abc.abstractmethod
+    async def calls_of(self, server_id: str, user_id: str) -> list[str]:
+        """Ids of the calls `user_id` is part of."""
+
+    @abc.abstractmethod
+    async def calls_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        """(server id, call id) of calls whose next deadline is at or before `now` (wall-clock
+        seconds), for any replica to expire."""
+
+    @abc.abstractmethod
+    async def missed_add(self, server_id: str, user_id: str, record: str, ttl_s: float) -> None:
+        """Keep a missed-call record for a while (the newest first, a bounded number)."""
+
+    @abc.abstractmethod
+    async def missed_list(self, server_id: str, user_id: str) -> list[str]: ...
 
     @abc.abstractmethod
     async def purge_server(self, server_id: str) -> int:

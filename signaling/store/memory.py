@@ -9,10 +9,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
-from voxa.signaling.store.base import JoinResult, MediaServer, MetaFrame, PresenceEntry, Store
+from voxa.signaling.store.base import (
+    MISSED_CALLS_KEPT,
+    CallCommit,
+    JoinResult,
+    MediaServer,
+    MetaFrame,
+    PresenceEntry,
+    Store,
+    StoredCall,
+)
 
 
 @dataclass
@@ -28,6 +38,11 @@ class MemoryBackend:
     media: dict[str, dict[str, tuple[MediaServer, float]]] = field(default_factory=dict)
     drain_marks: set[tuple[str, str]] = field(default_factory=set)
     assignments: dict[tuple[str, str], str] = field(default_factory=dict)
+    calls: dict[tuple[str, str], StoredCall] = field(default_factory=dict)
+    user_calls: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    calls_due: dict[tuple[str, str], float] = field(default_factory=dict)
+    missed: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)  # (expires, record)
+    wall_clock: Callable[[], float] = time.time
 
     def alive(self, replica: str) -> bool:
         return self.replicas.get(replica, 0.0) > self.clock()
@@ -190,9 +205,61 @@ class MemoryStore(Store):
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         self.backend.assignments.pop((server_id, channel_id), None)
 
+    async def call_get(self, server_id: str, call_id: str) -> StoredCall | None:
+        return self.backend.calls.get((server_id, call_id))
+
+    async def call_commit(self, server_id: str, call_id: str, commit: CallCommit) -> int | None:
+        b = self.backend
+        key = (server_id, call_id)
+        current = b.calls.get(key)
+        if (current.version if current else None) != commit.version:
+            return None
+        version = (current.version if current else 0) + 1
+        if commit.data is None:
+            b.calls.pop(key, None)
+            b.calls_due.pop(key, None)
+            for user in commit.users:
+                ids = b.user_calls.get((server_id, user))
+                if ids is not None:
+                    ids.discard(call_id)
+                    if not ids:
+                        del b.user_calls[(server_id, user)]
+            return version
+        b.calls[key] = StoredCall(commit.data, version)
+        for user in commit.users:
+            b.user_calls.setdefault((server_id, user), set()).add(call_id)
+        if commit.due is None:
+            b.calls_due.pop(key, None)
+        else:
+            b.calls_due[key] = commit.due
+        return version
+
+    async def calls_of(self, server_id: str, user_id: str) -> list[str]:
+        return sorted(self.backend.user_calls.get((server_id, user_id), ()))
+
+    async def calls_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        due = sorted((at, key) for key, at in self.backend.calls_due.items() if at <= now)
+        return [key for _, key in due[:limit]]
+
+    async def missed_add(self, server_id: str, user_id: str, record: str, ttl_s: float) -> None:
+        kept = self.backend.missed.setdefault((server_id, user_id), [])
+        kept.insert(0, (self.backend.wall_clock() + ttl_s, record))
+        del kept[MISSED_CALLS_KEPT:]
+
+    async def missed_list(self, server_id: str, user_id: str) -> list[str]:
+        now = self.backend.wall_clock()
+        return [
+            record for expires, record in self.backend.missed.get((server_id, user_id), []) if expires > now
+        ]
+
     async def purge_server(self, server_id: str) -> int:
         b = self.backend
         gone = 0
+        tables: tuple[dict[tuple[str, str], Any], ...] = (b.calls, b.user_calls, b.calls_due, b.missed)
+        for table in tables:
+            for key in [k for k in table if k[0] == server_id]:
+                del table[key]
+                gone += 1
         for topic in b.indexes.pop(server_id, set()):
             gone += b.presence.pop(topic, None) is not None
             b.subscribers.pop(topic, None)

@@ -10,6 +10,10 @@ so Redis Cluster is not supported):
   voxa:ms:<server>                  set of media-server ids; voxa:ms:<server>:<id> JSON (PX ttl)
   voxa:drain:<server>:<id>          the operator's drain mark
   voxa:assign:<server>:<channel>    the SFU a channel is assigned to
+  voxa:call:<server>:<call>         hash {v: version, d: the call as JSON}
+  voxa:ucalls:<server>:<user>       set of the ids of the calls a user is part of
+  voxa:calldue                      sorted set "<server>\x1f<call>" by next deadline (any replica expires)
+  voxa:missed:<server>:<user>       list of recent missed-call records (newest first, EX ttl)
 """
 
 from __future__ import annotations
@@ -28,11 +32,15 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from voxa.signaling.store.base import (
+    CALL_TTL_S,
+    MISSED_CALLS_KEPT,
+    CallCommit,
     JoinResult,
     MediaServer,
     MetaFrame,
     PresenceEntry,
     Store,
+    StoredCall,
     StoreUnavailable,
 )
 
@@ -155,6 +163,41 @@ if v == false or v == ARGV[2] then
   return ARGV[1]
 end
 return v
+"""
+
+
+CALL_COMMIT_LUA = """
+-- KEYS: call hash, due set, then the members' call indexes.
+-- ARGV: expected version ('' = new call), data ('' = delete), due ('' = none), due member, call id, ttl.
+local v = redis.call('HGET', KEYS[1], 'v')
+if (ARGV[1] == '' and v) or (ARGV[1] ~= '' and v ~= ARGV[1]) then
+  return false
+end
+local version = (tonumber(v) or 0) + 1
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  for i = 3, #KEYS do redis.call('SREM', KEYS[i], ARGV[5]) end
+  return version
+end
+redis.call('HSET', KEYS[1], 'v', version, 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+for i = 3, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[5])
+  redis.call('EXPIRE', KEYS[i], ARGV[6])
+end
+if ARGV[3] == '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+else
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+end
+return version
+"""
+
+MISSED_ADD_LUA = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
 """
 
 
@@ -465,12 +508,70 @@ class RedisStore(Store):
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         await self._call(lambda: self._redis.delete(f"voxa:assign:{server_id}:{channel_id}"))
 
+    async def call_get(self, server_id: str, call_id: str) -> StoredCall | None:
+        found: list[str | None] = await self._call(
+            lambda: self._redis.hmget(f"voxa:call:{server_id}:{call_id}", ["v", "d"])
+        )
+        version, data = found
+        if version is None or data is None:
+            return None
+        return StoredCall(data, int(version))
+
+    async def call_commit(self, server_id: str, call_id: str, commit: CallCommit) -> int | None:
+        keys = [
+            f"voxa:call:{server_id}:{call_id}",
+            "voxa:calldue",
+            *(f"voxa:ucalls:{server_id}:{user}" for user in commit.users),
+        ]
+        args = [
+            "" if commit.version is None else str(commit.version),
+            commit.data or "",
+            "" if commit.due is None else repr(commit.due),
+            f"{server_id}{SEP}{call_id}",
+            call_id,
+            str(CALL_TTL_S),
+        ]
+        version = await self._call(lambda: self._redis.eval(CALL_COMMIT_LUA, len(keys), *keys, *args))
+        return None if version is None else int(version)
+
+    async def calls_of(self, server_id: str, user_id: str) -> list[str]:
+        ids: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:ucalls:{server_id}:{user_id}"))
+        return sorted(ids)
+
+    async def calls_due(self, now: float, limit: int) -> list[tuple[str, str]]:
+        members: list[str] = await self._call(
+            lambda: self._redis.zrangebyscore("voxa:calldue", "-inf", now, start=0, num=limit)
+        )
+        out = []
+        for member in members:
+            server_id, _, call_id = member.partition(SEP)
+            out.append((server_id, call_id))
+        return out
+
+    async def missed_add(self, server_id: str, user_id: str, record: str, ttl_s: float) -> None:
+        key = f"voxa:missed:{server_id}:{user_id}"
+        await self._call(
+            lambda: self._redis.eval(
+                MISSED_ADD_LUA, 1, key, record, str(MISSED_CALLS_KEPT), str(max(1, round(ttl_s)))
+            )
+        )
+
+    async def missed_list(self, server_id: str, user_id: str) -> list[str]:
+        records: list[str] = await self._call(
+            lambda: self._redis.lrange(f"voxa:missed:{server_id}:{user_id}", 0, -1)
+        )
+        return records
+
     async def purge_server(self, server_id: str) -> int:
         # SCAN, not KEYS: a shared Redis keeps serving other voice servers while this runs.
         topics: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:channels:{server_id}"))
         keys = {f"voxa:channels:{server_id}", f"voxa:ms:{server_id}"}
         keys.update(f"voxa:{kind}:{topic}" for topic in topics for kind in ("presence", "subs"))
-        for pattern in ("ms", "drain", "assign", "member"):
+        due: list[str] = await self._call(lambda: self._redis.zrange("voxa:calldue", 0, -1))
+        mine = [m for m in due if m.startswith(f"{server_id}{SEP}")]
+        if mine:
+            await self._call(lambda: self._redis.zrem("voxa:calldue", *mine))
+        for pattern in ("ms", "drain", "assign", "member", "call", "ucalls", "missed"):
             match = f"voxa:{pattern}:{server_id}:*"
 
             async def scan(match: str = match) -> list[str]:
@@ -478,4 +579,4 @@ class RedisStore(Store):
 
             keys.update(await self._call(scan))
         deleted: int = await self._call(lambda: self._redis.unlink(*keys))
-        return deleted
+        return deleted + len(mine)

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from conftest import RedisServer
-from voxa.signaling.store import MediaLoad, MediaServer, MetaFrame, PresenceEntry, Store
+from voxa.signaling.store import CallCommit, MediaLoad, MediaServer, MetaFrame, PresenceEntry, Store
+from voxa.signaling.store.base import MISSED_CALLS_KEPT
 from voxa.signaling.store.memory import MemoryBackend, MemoryStore
 from voxa.signaling.store.redis import RedisStore
 
@@ -276,7 +277,13 @@ async def test_purge_server_forgets_one_server_and_keeps_the_others(make_store: 
         await a.media_server_upsert(sfu("s1").model_copy(update={"server_id": server}), ttl_s=30)
         await a.media_server_mark_draining(server, "s1", True)
         await a.assignment_set(server, "c", "s1", replace=None)
+        await a.call_commit(server, "k1", CallCommit(None, "{}", ("alice", "bob"), due=10.0))
+        await a.missed_add(server, "bob", "m", ttl_s=60)
     assert await a.purge_server("g") > 0
+    assert await a.call_get("g", "k1") is None and await a.calls_of("g", "alice") == []
+    assert await a.calls_due(100, 10) == [("h", "k1")]
+    assert await a.missed_list("g", "bob") == []
+    assert await a.missed_list("h", "bob") == ["m"]
     assert await a.channels("g") == []
     assert await a.presence_list("voice:g:c") == []
     assert await a.member_get("g", "alice") == {}
@@ -288,3 +295,45 @@ async def test_purge_server_forgets_one_server_and_keeps_the_others(make_store: 
     assert [m.draining for m in await a.media_servers("h")] == [True]
     assert await a.assignment_get("h", "c") == "s1"
     assert await a.purge_server("g") == 0
+
+
+async def test_a_call_is_committed_by_compare_and_set_across_replicas(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    assert await a.call_get("g", "k1") is None
+    first = await a.call_commit("g", "k1", CallCommit(None, '{"n":1}', ("alice", "bob"), due=130.0))
+    assert first == 1
+    # A second "new call" under the same id loses: it exists already.
+    assert await b.call_commit("g", "k1", CallCommit(None, '{"n":9}', ("alice",), due=None)) is None
+    stored = await b.call_get("g", "k1")
+    assert stored is not None and (stored.data, stored.version) == ('{"n":1}', 1)
+    assert await b.calls_of("g", "bob") == ["k1"]
+    assert await b.calls_due(129.9, 10) == []
+    assert await b.calls_due(130.0, 10) == [("g", "k1")]
+    # Two replicas race on version 1: one wins, the other must read again.
+    won = await a.call_commit("g", "k1", CallCommit(1, '{"n":2}', ("alice", "bob", "carol"), due=None))
+    lost = await b.call_commit("g", "k1", CallCommit(1, '{"n":3}', ("alice", "bob"), due=200.0))
+    assert (won, lost) == (2, None)
+    assert await b.calls_due(1e12, 10) == []  # the winner cleared the deadline
+    assert await b.calls_of("g", "carol") == ["k1"]
+    # Ending deletes the call and every index entry of it.
+    assert await b.call_commit("g", "k1", CallCommit(2, None, ("alice", "bob", "carol"), due=None)) == 3
+    assert await a.call_get("g", "k1") is None
+    for user in ("alice", "bob", "carol"):
+        assert await a.calls_of("g", user) == []
+
+
+async def test_calls_due_come_oldest_first_and_bounded(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    for i, due in enumerate((30.0, 10.0, 20.0)):
+        await a.call_commit("g", f"k{i}", CallCommit(None, "{}", ("u",), due=due))
+    assert await a.calls_due(25.0, 10) == [("g", "k1"), ("g", "k2")]
+    assert await a.calls_due(100.0, 2) == [("g", "k1"), ("g", "k2")]
+
+
+async def test_missed_calls_are_kept_newest_first_and_bounded(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    for i in range(MISSED_CALLS_KEPT + 5):
+        await a.missed_add("g", "bob", f"m{i}", ttl_s=60)
+    kept = await a.missed_list("g", "bob")
+    assert len(kept) == MISSED_CALLS_KEPT and kept[0] == f"m{MISSED_CALLS_KEPT + 4}"
+    assert await a.missed_list("g", "alice") == []

@@ -16,6 +16,8 @@ from voxa.signaling.calls import (
     answer,
     caller_presence,
     decline,
+    decode,
+    encode,
     end,
     expire,
     invite,
@@ -210,3 +212,9 @@ def test_a_caller_gone_past_the_grace_cancels_the_ringing_call() -> None:
     assert out.call is None and out.ended is EndReason.CANCELLED
     (stop,) = events(out, "stop_ringing")
     assert stop.payload["reason"] == "cancelled"
+
+
+def test_the_stored_form_round_trips() -> None:
+    call = caller_presence(answer(group(), "bob", "p", now=1).call or group(), connected=False, now=2).call
+    assert call is not None
+    assert decode(encode(call)) == call

@@ -31,6 +31,8 @@ class Permission(enum.StrEnum):
     """Move others to another channel, or disconnect them."""
     PRIORITY_SPEAKER = "priority_speaker"
     """Be heard over others (clients lower the others while this participant speaks)."""
+    CALL = "call"
+    """Place 1:1 and group calls to other users of the voice server."""
 
 
 ALL_PERMISSIONS = frozenset(Permission)

@@ -8,6 +8,7 @@ import logging
 
 from voxa.signaling import protocol
 from voxa.signaling.auth import TokenVerifier
+from voxa.signaling.callservice import CallService
 from voxa.signaling.connection import ChannelSpec, Connection
 from voxa.signaling.hub import Hub
 from voxa.signaling.media import MediaGateway
@@ -15,6 +16,7 @@ from voxa.signaling.metrics import SignalingMetrics
 from voxa.signaling.registry import MediaRegistry
 from voxa.signaling.settings import SignalingSettings
 from voxa.signaling.store import Store, create_store
+from voxa.signaling.user import UserSpec
 from voxa.signaling.voice import VoiceSpec
 
 log = logging.getLogger("voxa.signaling")
@@ -36,7 +38,8 @@ class SignalingContext:
             audience=settings.jwt_audience,
             leeway_s=settings.jwt_leeway_s,
         )
-        self.specs: list[ChannelSpec] = [VoiceSpec(self)]
+        self.calls = CallService(self.store, self.hub, settings.call_policy())
+        self.specs: list[ChannelSpec] = [VoiceSpec(self), UserSpec(self, self.calls)]
         self.connections: set[Connection] = set()
         self.accepting = True
         self._idle_task: asyncio.Task[None] | None = None
@@ -53,6 +56,7 @@ class SignalingContext:
 
     async def start(self) -> None:
         await self.hub.start()
+        self.calls.start_expiry()
         self._idle_task = asyncio.create_task(self._close_idle(), name="voxa-idle-sockets")
 
     async def _close_idle(self) -> None:
@@ -78,5 +82,6 @@ class SignalingContext:
             self._idle_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
+        await self.calls.stop()
         await self.media.close()
         await self.hub.stop()

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from voxa.common.turn import IceConfig, ice_config
+from voxa.signaling.calls import Policy as CallPolicy
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -80,6 +81,25 @@ class SignalingSettings(BaseSettings):
     )
     max_channel_members: int = Field(default=200, ge=1, description="Default capacity of a voice channel.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Deadline to drain sockets on SIGTERM.")
+    call_ring_timeout_s: float = Field(
+        default=30.0, gt=0, le=600, description="How long a call rings an invitee before it times out."
+    )
+    call_max_invitees: int = Field(default=16, ge=1, le=256, description="Most invitees of one call.")
+    call_reconnect_grace_s: float = Field(
+        default=10.0, ge=0, le=300, description="How long a ringing call outlives its caller's last socket."
+    )
+    call_waiting: bool = Field(
+        default=False,
+        description="Ring an invitee who is in another call (`busy: true`) instead of declining for them.",
+    )
+
+    def call_policy(self) -> CallPolicy:
+        return CallPolicy(
+            ring_timeout_s=self.call_ring_timeout_s,
+            max_invitees=self.call_max_invitees,
+            reconnect_grace_s=self.call_reconnect_grace_s,
+            call_waiting=self.call_waiting,
+        )
 
     @field_validator("allowed_origins", "turn_uris", mode="before")
     @classmethod

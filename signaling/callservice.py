@@ -1,0 +1,248 @@
+"""Calls against the store: each request is a pure transition (`voxa.signaling.calls`) applied to the
+stored call and committed by compare-and-set, so callers and callees on different replicas, and
+several replicas expiring the same deadline, cannot both win. The replica whose commit wins delivers
+the transition's events, to every device of their users on whichever replica holds them (through
+the hub's control messages on `user:` topics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from voxa.signaling import calls
+from voxa.signaling.calls import Call, CallError, Member, Outcome, Policy, State
+from voxa.signaling.hub import Hub
+from voxa.signaling.store import CallCommit, Store, StoreUnavailable
+
+log = logging.getLogger("voxa.signaling.calls")
+COMMIT_ATTEMPTS = 8
+EXPIRY_INTERVAL_S = 0.25
+EXPIRY_BATCH = 200
+MISSED_CALL_TTL_S = 24 * 3600
+
+
+def user_hub_topic(server_id: str, user_id: str) -> str:
+    """The hub's (and the store's pub/sub) topic for a user's devices; clients know it as `user:<id>`."""
+    return f"user:{server_id}:{user_id}"
+
+
+def new_call_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+class CallService:
+    def __init__(
+        self, store: Store, hub: Hub, policy: Policy, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.policy = policy
+        self.clock = clock
+        self._expiry: asyncio.Task[None] | None = None
+
+    # --- the transaction --------------------------------------------------------------------------
+    async def transact(
+        self, server_id: str, call_id: str, transition: Callable[[Call | None], Outcome]
+    ) -> Outcome:
+        """Read, transition, commit if nobody changed the call meanwhile (else redo), deliver."""
+        for _ in range(COMMIT_ATTEMPTS):
+            stored = await self.store.call_get(server_id, call_id)
+            before = calls.decode(stored.data) if stored is not None else None
+            outcome = transition(before)
+            if outcome.call == before and not outcome.events:
+                return outcome
+            after = outcome.call
+            users = tuple(
+                dict.fromkeys([*(before.members if before else ()), *(after.members if after else ())])
+            )
+            commit = CallCommit(
+                version=stored.version if stored is not None else None,
+                data=calls.encode(after) if after is not None else None,
+                users=users,
+                due=after.next_deadline() if after is not None else None,
+            )
+            if await self.store.call_commit(server_id, call_id, commit) is None:
+                continue
+            await self._deliver(server_id, outcome)
+            return outcome
+        raise StoreUnavailable("call changed by others too often")
+
+    async def _deliver(self, server_id: str, outcome: Outcome) -> None:
+        for event in outcome.events:
+            control = {"call": {"event": event.name, "payload": dict(event.payload)}}
+            if event.exclude_device is not None:
+                control["call"]["exclude_device"] = event.exclude_device
+            for user in event.users:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.hub.control(user_hub_topic(server_id, user), {**control, "user": user})
+        for missed in outcome.missed:
+            record = json.dumps(
+                {
+                    "call_id": missed.call_id,
+                    "caller": {"id": missed.caller, "name": missed.caller_name},
+                    "at": int(missed.at * 1000),
+                }
+            )
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.missed_add(server_id, missed.user, record, MISSED_CALL_TTL_S)
+        if outcome.ended is not None:
+            log.info("call.ended", extra={"reason": str(outcome.ended)})
+
+    @staticmethod
+    def _existing(call: Call | None) -> Call:
+        if call is None:
+            raise CallError("no such call")
+        return call
+
+    # --- requests -----------------------------------------------------------------------------------
+    async def start(
+        self, server_id: str, caller: str, caller_name: str, invitees: list[str], video: bool
+    ) -> Call:
+        """A new call, or, in glare (the one invitee is ringing us already), that call answered."""
+        if len(invitees) == 1:
+            glare = await self._ringing_from(server_id, invitees[0], caller)
+            if glare is not None:
+                return glare
+        busy = frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
+        call_id = new_call_id()
+        now = self.clock()
+
+        def begin(existing: Call | None) -> Outcome:
+            if existing is not None:  # a 72-bit random id: only a replay of this very commit
+                raise CallError("call id collision")
+            return calls.start(
+                call_id,
+                server_id,
+                caller,
+                caller_name,
+                invitees,
+                video=video,
+                now=now,
+                policy=self.policy,
+                busy=busy,
+            )
+
+        outcome = await self.transact(server_id, call_id, begin)
+        ended = outcome.call is None
+        if ended:
+            raise CallError("busy")
+        assert outcome.call is not None
+        return outcome.call
+
+    async def _ringing_from(self, server_id: str, caller: str, user: str) -> Call | None:
+        """A ringing 1:1 call from `caller` to `user`, answered on the spot (glare)."""
+        for call_id in await self.store.calls_of(server_id, user):
+            stored = await self.store.call_get(server_id, call_id)
+            if stored is None:
+                continue
+            call = calls.decode(stored.data)
+            member = call.members.get(user)
+            if (
+                call.caller == caller
+                and not call.group
+                and member is not None
+                and member.state is Member.RINGING
+            ):
+                outcome = await self.transact(
+                    server_id, call_id, lambda c: calls.answer(self._existing(c), user, "", self.clock())
+                )
+                return outcome.call
+        return None
+
+    async def in_active_call(self, server_id: str, user: str) -> bool:
+        for call_id in await self.store.calls_of(server_id, user):
+            stored = await self.store.call_get(server_id, call_id)
+            if stored is None:
+                continue
+            call = calls.decode(stored.data)
+            member = call.members.get(user)
+            if call.state is State.ACTIVE and member is not None and member.state is Member.JOINED:
+                return True
+        return False
+
+    async def answer(self, server_id: str, call_id: str, user: str, device: str) -> Call:
+        outcome = await self.transact(
+            server_id, call_id, lambda c: calls.answer(self._existing(c), user, device, self.clock())
+        )
+        assert outcome.call is not None
+        return outcome.call
+
+    async def decline(self, server_id: str, call_id: str, user: str, device: str, reason: str) -> None:
+        await self.transact(
+            server_id, call_id, lambda c: calls.decline(self._existing(c), user, device, reason, self.clock())
+        )
+
+    async def end(self, server_id: str, call_id: str, user: str) -> None:
+        await self.transact(server_id, call_id, lambda c: calls.end(self._existing(c), user, self.clock()))
+
+    async def invite(self, server_id: str, call_id: str, user: str, invitees: list[str]) -> None:
+        busy = frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
+        await self.transact(
+            server_id,
+            call_id,
+            lambda c: calls.invite(self._existing(c), user, invitees, self.clock(), self.policy, busy),
+        )
+
+    async def ring_acked(self, server_id: str, call_id: str, user: str) -> None:
+        await self.transact(
+            server_id, call_id, lambda c: calls.ring_acked(c, user) if c is not None else Outcome(None)
+        )
+
+    async def calls_of(self, server_id: str, user: str) -> list[Call]:
+        found = []
+        for call_id in await self.store.calls_of(server_id, user):
+            stored = await self.store.call_get(server_id, call_id)
+            if stored is not None:
+                found.append(calls.decode(stored.data))
+        return found
+
+    async def get(self, server_id: str, call_id: str) -> Call | None:
+        stored = await self.store.call_get(server_id, call_id)
+        return calls.decode(stored.data) if stored is not None else None
+
+    # --- deadlines ----------------------------------------------------------------------------------
+    def start_expiry(self) -> None:
+        if self._expiry is None:
+            self._expiry = asyncio.create_task(self._expire_loop(), name="voxa-call-expiry")
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+            self._expiry = None
+
+    async def expire_due(self) -> int:
+        """Expire every call whose deadline has come, whichever replica placed it. Returns how many."""
+        now = self.clock()
+        due = await self.store.calls_due(now, EXPIRY_BATCH)
+        for server_id, call_id in due:
+            outcome = await self.transact(
+                server_id, call_id, lambda c: calls.expire(c, now) if c is not None else Outcome(None)
+            )
+            if outcome.call is None and outcome.ended is None:
+                # The call is gone but its deadline stayed (its key outlived by the safety TTL):
+                # a delete of what does not exist clears the deadline.
+                await self.store.call_commit(server_id, call_id, CallCommit(None, None, (), None))
+        return len(due)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            try:
+                await self.expire_due()
+            except StoreUnavailable:
+                continue
+            except Exception:
+                log.exception("call.expiry_failed")
+
+
+def call_reply(call: Call) -> dict[str, Any]:
+    return {"call_id": call.id, "topic": call.topic}

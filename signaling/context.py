@@ -8,6 +8,7 @@ import logging
 
 from voxa.signaling import protocol
 from voxa.signaling.auth import TokenVerifier
+from voxa.signaling.callmedia import CallMediaSpec
 from voxa.signaling.callservice import CallService
 from voxa.signaling.connection import ChannelSpec, Connection
 from voxa.signaling.hub import Hub
@@ -39,7 +40,11 @@ class SignalingContext:
             leeway_s=settings.jwt_leeway_s,
         )
         self.calls = CallService(self.store, self.hub, settings.call_policy())
-        self.specs: list[ChannelSpec] = [VoiceSpec(self), UserSpec(self, self.calls)]
+        self.specs: list[ChannelSpec] = [
+            VoiceSpec(self),
+            UserSpec(self, self.calls),
+            CallMediaSpec(self, self.calls),
+        ]
         self.connections: set[Connection] = set()
         self.accepting = True
         self._idle_task: asyncio.Task[None] | None = None

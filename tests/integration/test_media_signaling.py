@@ -15,7 +15,7 @@ from conftest import SignalingFactory
 from tests.integration.conftest import token
 from tests.integration.sfu.test_control_api import AUTH, SfuProcess
 from voxa.client.media import AudioSink, SineTrack
-from voxa.client.phoenix import ClientChannel, PhoenixClient
+from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
 
 TOPIC = "voice:g1:lobby"
 
@@ -23,8 +23,11 @@ TOPIC = "voice:g1:lobby"
 class RawVoiceClient:
     """The smallest polite client: one peer connection, answers whatever `sdp` offers arrive."""
 
-    def __init__(self, ws_url: str, user: str, hz: float, grant: str = "connect,speak") -> None:
+    def __init__(
+        self, ws_url: str, user: str, hz: float, grant: str = "connect,speak", topic: str = TOPIC
+    ) -> None:
         self.phx = PhoenixClient(ws_url, token(user, grant=grant))
+        self.topic = topic
         self.user = user
         self.hz = hz
         self.sinks: dict[str, AudioSink] = {}
@@ -36,7 +39,7 @@ class RawVoiceClient:
 
     async def join(self) -> dict[str, Any]:
         await self.phx.connect()
-        self.channel, reply = await self.phx.join(TOPIC)
+        self.channel, reply = await self.phx.join(self.topic)
         self._task = asyncio.create_task(self._events())
         await self.negotiate()
         return reply
@@ -277,3 +280,48 @@ async def test_deafen_stops_what_the_sfu_sends(stack: Any) -> None:
     assert await hears(bob, "mod", 440.0)
     await mod.close()
     await bob.close()
+
+
+async def test_a_call_answered_on_the_user_channel_carries_media_on_its_call_topic(stack: Any) -> None:
+    """1:1 call: ring and answer on `user:` topics, then both join `call:<id>`, which negotiates with
+    the SFU exactly like a voice channel; a stranger may not join it."""
+    signaling, _sfu = stack
+    caller = PhoenixClient(signaling.ws_url, token("alice", grant="connect,speak,call"))
+    callee = PhoenixClient(signaling.ws_url, token("bob"))
+    stranger = PhoenixClient(signaling.ws_url, token("eve"))
+    alice = bob = None
+    try:
+        for client in (caller, callee, stranger):
+            await client.connect()
+        alice_user, _ = await caller.join("user:alice", {"device_id": "a1"})
+        bob_user, _ = await callee.join("user:bob", {"device_id": "b1"})
+        call = await alice_user.push("start_call", {"invitees": ["bob"]})
+        assert (await bob_user.wait_event("call_started"))["call_id"] == call["call_id"]
+        # Not answered yet: bob may not join the media.
+        with pytest.raises(PushError) as early:
+            await callee.join(call["topic"])
+        assert early.value.response["reason"] == "only the call's members who answered may join its media"
+        answered = await bob_user.push("answer_call", {"call_id": call["call_id"]})
+        alice = RawVoiceClient(signaling.ws_url, "alice", 440.0, topic=call["topic"])
+        bob = RawVoiceClient(signaling.ws_url, "bob", 660.0, topic=answered["topic"])
+        reply = await alice.join()
+        assert reply["call_id"] == call["call_id"]
+        await bob.join()
+        assert await hears(alice, "bob", 660.0)
+        assert await hears(bob, "alice", 440.0)
+        assert bob.channel is not None
+        await bob.channel.push("mute")
+        await asyncio.sleep(0.5)
+        assert await silent(alice, "bob")
+        with pytest.raises(PushError) as refused:
+            await stranger.join(call["topic"])
+        assert refused.value.response["reason"] == "only the call's members who answered may join its media"
+        with pytest.raises(PushError) as moderation:
+            await bob.channel.push("moderate", {"target": "alice", "action": "mute"})
+        assert moderation.value.response["reason"] == "no moderation in a call"
+    finally:
+        for voice in (alice, bob):
+            if voice is not None:
+                await voice.close()
+        for client in (caller, callee, stranger):
+            await client.close()

@@ -1,0 +1,60 @@
+"""The `call:<call_id>` topic: a call's media, negotiated, muted and deafened exactly as in a voice
+channel (the same VoiceChannel, on an SFU router of its own that the first join creates and the last
+leave closes). Only the call's members who are in it (the caller, and invitees who answered) may join;
+moderation, which moves people between a voice server's channels, has no place in a call."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from voxa.signaling.calls import Member
+from voxa.signaling.callservice import CallService
+from voxa.signaling.connection import ChannelError
+from voxa.signaling.rights import Forbidden
+from voxa.signaling.voice import VoiceChannel
+
+if TYPE_CHECKING:
+    from voxa.signaling.connection import Connection
+    from voxa.signaling.context import SignalingContext
+
+TOPIC_PREFIX = "call:"
+CALL_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+def call_channel_id(call_id: str) -> str:
+    """The channel id a call's media runs under (its SFU router is `<server>.call.<id>`)."""
+    return f"call.{call_id}"
+
+
+class CallMediaSpec:
+    def __init__(self, ctx: SignalingContext, calls: CallService) -> None:
+        self.ctx = ctx
+        self.calls = calls
+
+    def matches(self, topic: str) -> bool:
+        return topic.startswith(TOPIC_PREFIX)
+
+    async def join(
+        self, conn: Connection, topic: str, join_ref: str | None, payload: dict[str, Any]
+    ) -> tuple[CallMediaChannel, dict[str, Any]]:
+        call_id = topic[len(TOPIC_PREFIX) :]
+        if not CALL_ID.match(call_id):
+            raise ChannelError("invalid call topic; expected call:<call_id>")
+        server_id = conn.claims.server
+        call = await self.calls.get(server_id, call_id)
+        if call is None:
+            raise ChannelError("no such call")
+        member = call.members.get(conn.claims.sub)
+        if member is None or member.state is not Member.JOINED:
+            raise Forbidden("only the call's members who answered may join its media")
+        channel = CallMediaChannel(self.ctx, conn, topic, join_ref, server_id, call_channel_id(call_id))
+        response = await channel.join(payload)
+        return channel, {**response, "call_id": call_id}
+
+
+class CallMediaChannel(VoiceChannel):
+    async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if event == "moderate":
+            raise ChannelError("no moderation in a call")
+        return await super().handle_in(event, payload)

@@ -92,6 +92,10 @@ class CallService:
             )
             with contextlib.suppress(StoreUnavailable):
                 await self.store.missed_add(server_id, missed.user, record, MISSED_CALL_TTL_S)
+                notice = {"event": "missed_call", "payload": json.loads(record)}
+                await self.hub.control(
+                    user_hub_topic(server_id, missed.user), {"call": notice, "user": missed.user}
+                )
         if outcome.ended is not None:
             log.info("call.ended", extra={"reason": str(outcome.ended)})
 
@@ -202,6 +206,10 @@ class CallService:
             if stored is not None:
                 found.append(calls.decode(stored.data))
         return found
+
+    async def missed(self, server_id: str, user: str) -> list[dict[str, Any]]:
+        """The user's recent missed calls, newest first."""
+        return [json.loads(record) for record in await self.store.missed_list(server_id, user)]
 
     async def get(self, server_id: str, call_id: str) -> Call | None:
         stored = await self.store.call_get(server_id, call_id)

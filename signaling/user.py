@@ -74,7 +74,8 @@ class UserSpec:
             raise ChannelError("join needs {device_id: string of letters, digits, _ . -}")
         channel = UserChannel(self.ctx, self.calls, conn, topic, join_ref, user_id, device)
         await channel.join()
-        return channel, {"user_id": user_id, "device_id": device}
+        missed = await self.calls.missed(conn.claims.server, user_id)
+        return channel, {"user_id": user_id, "device_id": device, "missed_calls": missed}
 
 
 class UserListener:

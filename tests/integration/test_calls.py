@@ -37,7 +37,7 @@ async def device(replicas: tuple[SignalingProcess, SignalingProcess]) -> AsyncIt
         await client.connect()
         clients.append(client)
         channel, reply = await client.join(f"user:{user}", {"device_id": device_id})
-        assert reply == {"user_id": user, "device_id": device_id}
+        assert reply["user_id"] == user and reply["device_id"] == device_id
         return channel
 
     yield open_device
@@ -111,6 +111,36 @@ async def test_an_unanswered_call_times_out(device: Device) -> None:
     await bob.wait_event("call_started")
     assert (await bob.wait_event("stop_ringing", timeout=10)) == {"call_id": call_id, "reason": "timeout"}
     assert (await alice.wait_event("call_ended", timeout=10)) == {"call_id": call_id, "reason": "timeout"}
+
+
+async def test_a_missed_call_is_noticed_now_and_listed_on_the_next_join(
+    device: Device, replicas: tuple[SignalingProcess, SignalingProcess]
+) -> None:
+    alice = await device("alice", "a1", replica=0)
+    bob = await device("bob", "b1", replica=1)
+    call_id = (await alice.push("start_call", {"invitees": ["bob"]}))["call_id"]
+    missed = await bob.wait_event("missed_call", timeout=10)
+    assert missed["call_id"] == call_id and missed["caller"] == {"id": "alice", "name": "Alice"}
+    client = PhoenixClient(replicas[0].ws_url, token("bob"))
+    await client.connect()
+    try:
+        _, reply = await client.join("user:bob", {"device_id": "b2"})
+        assert [m["call_id"] for m in reply["missed_calls"]] == [call_id]
+    finally:
+        await client.close()
+
+
+async def test_a_ringing_call_times_out_even_when_the_replica_that_placed_it_dies(
+    device: Device, replicas: tuple[SignalingProcess, SignalingProcess]
+) -> None:
+    """The deadline lives in Redis: the surviving replica fires it."""
+    alice = await device("alice", "a1", replica=0)
+    bob = await device("bob", "b1", replica=1)
+    call_id = (await alice.push("start_call", {"invitees": ["bob"]}))["call_id"]
+    await bob.wait_event("call_started")
+    replicas[0].stop(kill=True)
+    assert (await bob.wait_event("stop_ringing", timeout=15)) == {"call_id": call_id, "reason": "timeout"}
+    assert (await bob.wait_event("call_ended", timeout=5))["reason"] == "timeout"
 
 
 async def test_a_user_already_in_a_call_is_busy(device: Device) -> None:

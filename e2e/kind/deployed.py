@@ -73,14 +73,25 @@ class Stack:
         self.cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
 
     def output(self) -> str:
-        """The end of signaling's and the SFUs' logs, for failure messages."""
+        """For failure messages: the end of signaling's and the SFUs' logs, the namespace's events
+        (scaling decisions, pod lifecycle) and the operator's log lines about this stack."""
         parts = []
         for component in ("signaling", "sfu"):
             selector = f"app.kubernetes.io/component={component}"
             logs = self.cluster.kubectl(
-                "logs", "-n", self.namespace, "-l", selector, "--tail=40", "--prefix", check=False
+                "logs", "-n", self.namespace, "-l", selector, "--tail=60", "--prefix", check=False
             )
             parts.append(f"--- {component} logs (tail):\n{logs}")
+        events = self.cluster.kubectl(
+            "get", "events", "-n", self.namespace, "--sort-by=.lastTimestamp", check=False
+        )
+        parts.append(f"--- events:\n{events}")
+        operator = self.cluster.kubectl(
+            "logs", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=voxa-operator",
+            "--tail=400", "--prefix", check=False,
+        )  # fmt: skip
+        mine = [line for line in operator.splitlines() if self.namespace in line or '"scale"' in line]
+        parts.append("--- operator log lines about it:\n" + "\n".join(mine[-60:]))
         return "\n".join(parts)
 
     def invite(self, user: str, grants: str = "connect,speak") -> str:

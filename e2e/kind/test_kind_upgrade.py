@@ -22,6 +22,15 @@ def stack_pods(stack: Stack) -> dict[str, str]:
     return {p["metadata"]["uid"]: p["metadata"]["name"] for c in COMPONENTS for p in stack.pods(c)}
 
 
+def steady_pods(stack: Stack) -> dict[str, str] | None:
+    """The stack's pods once none is terminating (a Ready stack may still be letting an old pod of a
+    rollout go); None before."""
+    pods = [p for c in COMPONENTS for p in stack.pods(c)]
+    if any(p["metadata"].get("deletionTimestamp") for p in pods):
+        return None
+    return {p["metadata"]["uid"]: p["metadata"]["name"] for p in pods}
+
+
 def reconciled(stack: Stack, max_replicas: int) -> bool:
     """An operator has reconciled the spec with this maxReplicas (observedGeneration caught up)."""
     body = stack.voiceserver()
@@ -44,7 +53,7 @@ def bump_max_replicas(stack: Stack, value: int) -> None:
 def test_helm_upgrade_and_uninstall_leave_voice_servers_running(voxa_kind: KindEnv) -> None:
     stack = deploy_stack(voxa_kind, "kind-upgrade", signaling_replicas=1)
     try:
-        pods = stack_pods(stack)
+        pods = eventually(lambda: steady_pods(stack), 120, "no pod of the stack terminating")
         before = {p["metadata"]["name"] for p in operator_pods(voxa_kind.cluster)}
 
         # helm upgrade with changed values: the operator rolls, the voice server's pods stay.

@@ -104,7 +104,14 @@ async def get_router(request: web.Request) -> web.Response:
 
 
 async def delete_router(request: web.Request) -> web.Response:
-    await request.app[WORKER].close_router(request.match_info["router"])
+    worker = request.app[WORKER]
+    router = request.match_info["router"]
+    room = worker.routers.get(router)
+    if request.query.get("if_empty") == "true" and room is not None and room.peers:
+        # Signaling closes a channel's router after its last participant left; a participant who
+        # joined meanwhile (on any replica) keeps it.
+        return web.json_response({"closed": False, "peers": len(room.peers)})
+    await worker.close_router(router)
     return web.json_response({"closed": True})
 
 

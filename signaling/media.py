@@ -100,9 +100,20 @@ class SfuLink:
 
     async def add_peer(self, router: str, peer: str, offer: str, **flags: bool) -> str:
         await self.events_ready()
-        await self.ensure_router(router)
-        data = await self._request("POST", f"/v1/routers/{router}/peers/{peer}", {"sdp": offer, **flags})
-        return str(data["sdp"])
+        for attempt in range(2):
+            await self.ensure_router(router)
+            try:
+                data = await self._request(
+                    "POST", f"/v1/routers/{router}/peers/{peer}", {"sdp": offer, **flags}
+                )
+            except MediaError as exc:
+                # The last participant of an earlier session closed the empty router between our
+                # PUT and POST: create it again.
+                if exc.status == 404 and exc.reason.startswith("no router") and attempt == 0:
+                    continue
+                raise
+            return str(data["sdp"])
+        raise AssertionError("unreachable")
 
     async def description(self, router: str, peer: str, kind: str, sdp: str) -> str | None:
         """Relay an offer (returns the answer, or None when the SFU ignored it: glare) or an answer."""
@@ -127,8 +138,9 @@ class SfuLink:
             await self._request("DELETE", f"/v1/routers/{router}/peers/{peer}")
 
     async def close_router(self, router: str) -> None:
+        """Close the router if nobody is in it (a participant may have joined since we looked)."""
         with contextlib.suppress(MediaError):
-            await self._request("DELETE", f"/v1/routers/{router}")
+            await self._request("DELETE", f"/v1/routers/{router}?if_empty=true")
 
     # --- events -----------------------------------------------------------------------------------
     def start(self) -> None:

@@ -92,5 +92,13 @@ class MediaRegistry:
         self._assignments[(server_id, channel_id)] = (time.monotonic() + self.cache_s, current)
         return {s.id: s for s in servers}.get(current)
 
+    async def release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
+        """Forget the channel's SFU if nobody is present in it, in one atomic step with the check
+        (a participant joining on another replica keeps it). True when released."""
+        released = await self.store.assignment_release_if_idle(server_id, channel_id, topic)
+        if released:
+            self._assignments.pop((server_id, channel_id), None)
+        return released
+
     async def release(self, server_id: str, channel_id: str) -> None:
         await self.store.assignment_clear(server_id, channel_id)

@@ -9,6 +9,7 @@ as a control message to whichever replica holds that participant's socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -211,7 +212,6 @@ class VoiceChannel:
             "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
             "joined_at": int(time.time() * 1000),
         }
-        media = await ctx.registry.assign(self.server_id, self.channel_id, cached=True)
         self.session_id = ref
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
@@ -234,6 +234,11 @@ class VoiceChannel:
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
         meta = self.meta = result.entry.meta
         self._state = state_of((e.key, e.meta) for e in result.entries)
+        # After the presence join: a last participant leaving meanwhile releases the channel's SFU
+        # only while nobody is present (atomically), so every joiner agrees on one SFU.
+        media: MediaServer | None = None
+        with contextlib.suppress(StoreUnavailable):  # the first offer assigns one then
+            media = await ctx.registry.assign(self.server_id, self.channel_id, cached=True)
         if media is not None:
             self.media = media
             self.link = ctx.media.attach(media, self)
@@ -503,9 +508,8 @@ class VoiceChannel:
     async def _close_router_if_empty(self, media: MediaServer) -> None:
         """Automatic rooms: the router goes with the channel's last participant."""
         try:
-            if await self.ctx.store.presence_list(self.topic):
+            if not await self.ctx.registry.release_if_idle(self.server_id, self.channel_id, self.topic):
                 return
-            await self.ctx.registry.release(self.server_id, self.channel_id)
         except StoreUnavailable:
             return
         await self.ctx.media.link(media).close_router(self._router())

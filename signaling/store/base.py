@@ -224,6 +224,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def assignment_clear(self, server_id: str, channel_id: str) -> None: ...
 
+    @abc.abstractmethod
+    async def assignment_release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
+        """Clear the assignment if `topic` has no presence entry, atomically; True when cleared."""
+
     # --- calls: one stored value per call, written by compare-and-set on its version ----------------
     @abc.abstractmethod
     async def call_get(self, server_id: str, call_id: str) -> StoredCall | None: ...

@@ -205,6 +205,12 @@ class MemoryStore(Store):
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         self.backend.assignments.pop((server_id, channel_id), None)
 
+    async def assignment_release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
+        if self.backend.presence.get(topic):
+            return False
+        self.backend.assignments.pop((server_id, channel_id), None)
+        return True
+
     async def call_get(self, server_id: str, call_id: str) -> StoredCall | None:
         return self.backend.calls.get((server_id, call_id))
 

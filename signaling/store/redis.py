@@ -194,6 +194,12 @@ end
 return version
 """
 
+RELEASE_IF_IDLE_LUA = """
+if redis.call('HLEN', KEYS[1]) > 0 then return 0 end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 MISSED_ADD_LUA = """
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
@@ -507,6 +513,11 @@ class RedisStore(Store):
 
     async def assignment_clear(self, server_id: str, channel_id: str) -> None:
         await self._call(lambda: self._redis.delete(f"voxa:assign:{server_id}:{channel_id}"))
+
+    async def assignment_release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
+        keys = (f"voxa:presence:{topic}", f"voxa:assign:{server_id}:{channel_id}")
+        released = await self._call(lambda: self._redis.eval(RELEASE_IF_IDLE_LUA, 2, *keys))
+        return bool(released)
 
     async def call_get(self, server_id: str, call_id: str) -> StoredCall | None:
         found: list[str | None] = await self._call(

@@ -337,3 +337,16 @@ async def test_missed_calls_are_kept_newest_first_and_bounded(make_store: StoreF
     kept = await a.missed_list("g", "bob")
     assert len(kept) == MISSED_CALLS_KEPT and kept[0] == f"m{MISSED_CALLS_KEPT + 4}"
     assert await a.missed_list("g", "alice") == []
+
+
+async def test_an_assignment_is_released_only_while_nobody_is_present(make_store: StoreFactory) -> None:
+    """The last leaver's release and a new joiner on another replica cannot split a channel: the
+    release checks presence and clears the assignment in one step."""
+    a, b = await make_store("a"), await make_store("b")
+    await a.assignment_set("g", "c", "s1", replace=None)
+    await b.presence_join("voice:g:c", "g", entry("bob", "r2"), 10, frame("f"))
+    assert await a.assignment_release_if_idle("g", "c", "voice:g:c") is False
+    assert await a.assignment_get("g", "c") == "s1"
+    await b.presence_leave("voice:g:c", "g", "r2", None)
+    assert await a.assignment_release_if_idle("g", "c", "voice:g:c") is True
+    assert await a.assignment_get("g", "c") is None

@@ -225,6 +225,8 @@ async def test_registers_heartbeats_and_drains(signaling_factory: SignalingFacto
                 assert (await resp.json())["draining"] is True
             async with http.put(f"{sfu.url}/v1/routers/lobby", headers=AUTH) as resp:
                 assert resp.status == 200  # a router it hosts is not new: the call goes on
+            async with http.delete(f"{sfu.url}/v1/routers/lobby?if_empty=true", headers=AUTH) as resp:
+                assert (await resp.json())["closed"] is False  # a participant is in it
             assert sfu.proc.poll() is None  # still serving its peer
             async with http.delete(f"{sfu.url}/v1/routers/lobby/peers/a", headers=AUTH):
                 pass

@@ -23,15 +23,16 @@ def choose_media_server(servers: list[MediaServer]) -> MediaServer | None:
 
 
 class MediaRegistry:
-    """Registry operations; the join path reads it through a short cache (`cache_s`), because SFUs
-    heartbeat every few seconds anyway and a join must not pay two extra store round trips."""
+    """Registry operations. The join path reads the SFU list through a short cache (`cache_s`),
+    because SFUs heartbeat every few seconds anyway; a channel's assignment is always read from the
+    store (one round trip), since a replica's remembered copy may name an SFU the channel has left
+    (released by its last participant on another replica) and would split the channel."""
 
     def __init__(self, store: Store, ttl_s: float, cache_s: float = 1.0) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self.cache_s = cache_s
         self._servers: dict[str, tuple[float, list[MediaServer]]] = {}
-        self._assignments: dict[tuple[str, str], tuple[float, str]] = {}
 
     async def heartbeat(self, server: MediaServer) -> None:
         await self.store.media_server_upsert(server, self.ttl_s)
@@ -59,25 +60,23 @@ class MediaRegistry:
     async def assign(self, server_id: str, channel_id: str, *, cached: bool = False) -> MediaServer | None:
         """The SFU hosting the channel: the remembered one while it lives (even draining, so a call in
         progress stays put), else a newly chosen one. None when the voice server has no usable SFU.
-        With `cached`, what this replica read less than `cache_s` ago may be used."""
+        With `cached`, the SFU list this replica read less than `cache_s` ago may be used."""
         servers = await self._live(server_id, cached)
+        current = await self.store.assignment_get(server_id, channel_id)
+        if cached and current is not None and current not in {s.id for s in servers}:
+            # Perhaps an SFU registered since this replica's list: look again before calling the
+            # assignment stale (replacing it would split the channel).
+            servers = await self._live(server_id, cached=False)
         if not servers:
             return None
         by_id = {s.id: s for s in servers}
-        now = time.monotonic()
-        key = (server_id, channel_id)
-        remembered = self._assignments.get(key)
-        if cached and remembered is not None and remembered[0] > now and remembered[1] in by_id:
-            return by_id[remembered[1]]
-        current = await self.store.assignment_get(server_id, channel_id)
         if current is None or current not in by_id:
             chosen = choose_media_server(servers)
             if chosen is None:
                 return None
             current = await self.store.assignment_set(server_id, channel_id, chosen.id, replace=current)
-        self._assignments[key] = (now + self.cache_s, current)
-        if len(self._assignments) > 10_000:
-            self._assignments = {k: v for k, v in self._assignments.items() if v[0] > now}
+            if current not in by_id:  # another replica's choice, newer than our list
+                by_id = {s.id: s for s in await self._live(server_id, cached=False)}
         return by_id.get(current)
 
     async def move_off(self, server_id: str, channel_id: str, media_server_id: str) -> MediaServer | None:
@@ -89,16 +88,12 @@ class MediaRegistry:
         if chosen is None:
             return None
         current = await self.store.assignment_set(server_id, channel_id, chosen.id, replace=media_server_id)
-        self._assignments[(server_id, channel_id)] = (time.monotonic() + self.cache_s, current)
         return {s.id: s for s in servers}.get(current)
 
     async def release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
         """Forget the channel's SFU if nobody is present in it, in one atomic step with the check
         (a participant joining on another replica keeps it). True when released."""
-        released = await self.store.assignment_release_if_idle(server_id, channel_id, topic)
-        if released:
-            self._assignments.pop((server_id, channel_id), None)
-        return released
+        return await self.store.assignment_release_if_idle(server_id, channel_id, topic)
 
     async def release(self, server_id: str, channel_id: str) -> None:
         await self.store.assignment_clear(server_id, channel_id)

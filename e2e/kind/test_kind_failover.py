@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -35,8 +35,17 @@ def failover_stack(voxa_kind: KindEnv) -> Iterator[Stack]:
 async def pair(failover_stack: Stack) -> AsyncIterator[tuple[VoiceClient, VoiceClient, list[VoiceEvent]]]:
     events: list[VoiceEvent] = []
     s = failover_stack
-    alice = VoiceClient(s.ws_url, s.token("alice"), "lobby", tone_hz=A_HZ, on_event=events.append)
-    bob = VoiceClient(s.ws_url, s.token("bob"), "lobby", tone_hz=B_HZ, on_event=events.append)
+    seen: list[tuple[str, VoiceEvent]] = []
+
+    def recorder(name: str) -> Callable[[VoiceEvent], None]:
+        def record(event: VoiceEvent) -> None:
+            events.append(event)
+            seen.append((name, event))
+
+        return record
+
+    alice = VoiceClient(s.ws_url, s.token("alice"), "lobby", tone_hz=A_HZ, on_event=recorder("alice"))
+    bob = VoiceClient(s.ws_url, s.token("bob"), "lobby", tone_hz=B_HZ, on_event=recorder("bob"))
     await alice.start()
     await bob.start()
     try:
@@ -45,6 +54,10 @@ async def pair(failover_stack: Stack) -> AsyncIterator[tuple[VoiceClient, VoiceC
         await until_hears(bob, "alice", A_HZ)
         yield alice, bob, events
     finally:
+        # Shown with a failure: what each client went through (reconnects, media states, resets).
+        for name, event in seen:
+            if event.type not in ("speaking", "presence_update"):
+                print(f"{event.at:.3f} {name} {event.type} {event.data}")
         await alice.close()
         await bob.close()
 

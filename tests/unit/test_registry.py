@@ -36,3 +36,26 @@ def test_draining_and_full_are_skipped() -> None:
 
 def test_none_registered() -> None:
     assert choose_media_server([]) is None
+
+
+async def test_a_replica_never_trusts_its_own_memory_of_an_assignment() -> None:
+    """Replica a assigned the channel; its last participant left through replica b, which released
+    it; the next joiners, one on each replica, must agree on one SFU (a remembered copy on a would
+    have split the channel)."""
+    from voxa.signaling.registry import MediaRegistry
+    from voxa.signaling.store.memory import MemoryBackend, MemoryStore
+
+    backend = MemoryBackend()
+    a = MediaRegistry(MemoryStore("a", 30, backend), ttl_s=30, cache_s=60)
+    b = MediaRegistry(MemoryStore("b", 30, backend), ttl_s=30, cache_s=60)
+    busy = MediaServer(id="s1", server_id="g", url="http://s1", load=MediaLoad(peers=1))
+    await a.heartbeat(busy)
+    await a.heartbeat(MediaServer(id="s2", server_id="g", url="http://s2"))
+    first = await a.assign("g", "lobby", cached=True)
+    assert first is not None and first.id == "s2"
+    assert await b.release_if_idle("g", "lobby", "voice:g:lobby")
+    await b.heartbeat(busy.model_copy(update={"load": MediaLoad(peers=0)}))
+    await b.heartbeat(MediaServer(id="s2", server_id="g", url="http://s2", load=MediaLoad(peers=3)))
+    on_b = await b.assign("g", "lobby", cached=False)
+    on_a = await a.assign("g", "lobby", cached=True)
+    assert on_b is not None and on_a is not None and on_a.id == on_b.id == "s1"

@@ -141,6 +141,8 @@ class VoiceChannel:
         self.link: SfuLink | None = None
         self.sfu_peer = False
         self._media_lock = asyncio.Lock()
+        self._held_offers: list[str] | None = None
+        """The SFU's offers that arrived while a client offer is being answered."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- hub Member protocol ----------------------------------------------------------------------
@@ -402,6 +404,21 @@ class VoiceChannel:
             self.media = media
             self.link = self.ctx.media.attach(media, self)
         link = self.link
+        holds = kind == "offer" and self._held_offers is None
+        if holds:
+            # The SFU's own offers (a new participant's track) come on its event socket and may
+            # overtake the answer to this offer, which comes back on the HTTP reply: hold them until
+            # the answer is out, so the client sees answer then offer, as the SFU made them.
+            self._held_offers = []
+        try:
+            return await self._relay(link, kind, sdp)
+        finally:
+            if holds:
+                held, self._held_offers = self._held_offers or [], None
+                for frame in held:
+                    self.conn.send(frame)
+
+    async def _relay(self, link: SfuLink, kind: str, sdp: str) -> dict[str, Any]:
         answer: str | None
         async with self._media_lock:
             try:
@@ -468,9 +485,11 @@ class VoiceChannel:
     def on_media_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == "offer":
-            self.conn.send(
-                protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": event["sdp"]})
-            )
+            frame = protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": event["sdp"]})
+            if self._held_offers is not None:
+                self._held_offers.append(frame)
+            else:
+                self.conn.send(frame)
         elif kind == "speaking":
             self._spawn(self._update({"speaking": bool(event.get("speaking"))}))
         elif (

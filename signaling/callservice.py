@@ -114,7 +114,7 @@ class CallService:
             glare = await self._ringing_from(server_id, invitees[0], caller)
             if glare is not None:
                 return glare
-        busy = frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
+        busy = await self._busy(server_id, invitees)
         call_id = new_call_id()
         now = self.clock()
 
@@ -142,11 +142,7 @@ class CallService:
 
     async def _ringing_from(self, server_id: str, caller: str, user: str) -> Call | None:
         """A ringing 1:1 call from `caller` to `user`, answered on the spot (glare)."""
-        for call_id in await self.store.calls_of(server_id, user):
-            stored = await self.store.call_get(server_id, call_id)
-            if stored is None:
-                continue
-            call = calls.decode(stored.data)
+        for call in await self.calls_of(server_id, user):
             member = call.members.get(user)
             if (
                 call.caller == caller
@@ -155,21 +151,20 @@ class CallService:
                 and member.state is Member.RINGING
             ):
                 outcome = await self.transact(
-                    server_id, call_id, lambda c: calls.answer(self._existing(c), user, "", self.clock())
+                    server_id, call.id, lambda c: calls.answer(self._existing(c), user, "", self.clock())
                 )
                 return outcome.call
         return None
 
     async def in_active_call(self, server_id: str, user: str) -> bool:
-        for call_id in await self.store.calls_of(server_id, user):
-            stored = await self.store.call_get(server_id, call_id)
-            if stored is None:
-                continue
-            call = calls.decode(stored.data)
+        for call in await self.calls_of(server_id, user):
             member = call.members.get(user)
             if call.state is State.ACTIVE and member is not None and member.state is Member.JOINED:
                 return True
         return False
+
+    async def _busy(self, server_id: str, invitees: list[str]) -> frozenset[str]:
+        return frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
 
     async def answer(self, server_id: str, call_id: str, user: str, device: str) -> Call:
         outcome = await self.transact(
@@ -187,7 +182,7 @@ class CallService:
         await self.transact(server_id, call_id, lambda c: calls.end(self._existing(c), user, self.clock()))
 
     async def invite(self, server_id: str, call_id: str, user: str, invitees: list[str]) -> None:
-        busy = frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
+        busy = await self._busy(server_id, invitees)
         await self.transact(
             server_id,
             call_id,
@@ -197,6 +192,14 @@ class CallService:
     async def ring_acked(self, server_id: str, call_id: str, user: str) -> None:
         await self.transact(
             server_id, call_id, lambda c: calls.ring_acked(c, user) if c is not None else Outcome(None)
+        )
+
+    async def caller_presence(self, server_id: str, call_id: str, connected: bool) -> None:
+        """The caller's last device left (or one came back) while the call rings."""
+        await self.transact(
+            server_id,
+            call_id,
+            lambda c: calls.caller_presence(c, connected, self.clock()) if c is not None else Outcome(None),
         )
 
     async def calls_of(self, server_id: str, user: str) -> list[Call]:

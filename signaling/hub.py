@@ -32,6 +32,8 @@ class Member(Protocol):
     topic: str
     index: str
     key: str
+    wire_topic: str
+    """The topic clients know (a user's hub topic also names the voice server; its frames do not)."""
 
     def deliver(self, frame: str) -> None: ...
 
@@ -213,8 +215,10 @@ class Hub:
                     removed = await self.store.presence_sweep(topic, index)
                     if removed:
                         log.info("hub.swept", extra={"topic": topic, "entries": len(removed)})
+                        members = self.topics.get(topic)
+                        wire = next(iter(members)).wire_topic if members else topic
                         frame = protocol.broadcast(
-                            topic, PRESENCE_DIFF, leaves_diff((e.key, e.meta) for e in removed)
+                            wire, PRESENCE_DIFF, leaves_diff((e.key, e.meta) for e in removed)
                         )
                         await self.broadcast(topic, frame)
             except StoreUnavailable:

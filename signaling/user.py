@@ -12,16 +12,19 @@ import asyncio
 import contextlib
 import logging
 import re
+import secrets
+import time
 from typing import TYPE_CHECKING, Any
 
 from voxa.common.claims import Permission
 from voxa.signaling import protocol
 from voxa.signaling.calls import Call, CallError, Member
+from voxa.signaling.calls import State as CallState
 from voxa.signaling.callservice import CallService, call_reply, user_hub_topic
 from voxa.signaling.connection import ChannelError
-from voxa.signaling.presence import State
+from voxa.signaling.presence import PRESENCE_DIFF, PRESENCE_STATE, Meta, State, leave_diff, state_of
 from voxa.signaling.rights import Forbidden
-from voxa.signaling.store import PresenceEntry, StoreUnavailable
+from voxa.signaling.store import MetaFrame, PresenceEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from voxa.signaling.connection import Connection
@@ -31,6 +34,16 @@ log = logging.getLogger("voxa.signaling.user")
 TOPIC_PREFIX = "user:"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-@]{1,128}$")
 DEVICE_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+MAX_DEVICES = 32
+"""Sockets one user may have on their user topic at once (every device of a user rings)."""
+META_SLOT = "\x00meta\x00"
+META_SLOT_JSON = '"\\u0000meta\\u0000"'
+
+
+def devices_index(server_id: str) -> str:
+    """The store index of a voice server's user topics, apart from its voice channels' index (the
+    server id), so device presence never shows up as a voice channel."""
+    return f"users:{server_id}"
 
 
 def _call_id(payload: dict[str, Any]) -> str:
@@ -84,17 +97,20 @@ class UserListener:
     def __init__(self, channel: UserChannel) -> None:
         self.channel = channel
         self.topic = user_hub_topic(channel.server_id, channel.user_id)
-        self.index = channel.server_id
-        self.key = channel.user_id
+        self.wire_topic = channel.topic
+        self.index = devices_index(channel.server_id)
+        self.key = channel.user_id  # control messages are addressed to the user, all their devices
 
     def deliver(self, frame: str) -> None:
-        del frame  # nothing is broadcast on user topics: every event is addressed (control)
+        """Presence diffs of the user's devices (call events come as control messages)."""
+        self.channel.send(frame)
 
     def presence_entry(self) -> PresenceEntry | None:
-        return None
+        meta = self.channel.meta
+        return PresenceEntry(self.channel.device, meta) if meta is not None else None
 
     def push_presence_state(self, state: State) -> None:
-        del state
+        self.channel.send(protocol.push(self.channel.join_ref, self.channel.topic, PRESENCE_STATE, state))
 
     async def on_control(self, control: dict[str, Any]) -> None:
         await self.channel.on_call_event(control.get("call") or {})
@@ -119,23 +135,56 @@ class UserChannel:
         self.user_id = user_id
         self.device = device
         self.server_id = conn.claims.server
+        self.meta: Meta | None = None
         self.listener = UserListener(self)
         self._held: list[str] | None = []
+        self._state: State | None = None
         self._current: list[Call] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._left = False
+
+    @property
+    def hub_topic(self) -> str:
+        return self.listener.topic
 
     async def join(self) -> None:
-        await self.ctx.hub.add(self.listener)
+        """Presence of this device on the user's topic (so the user's other devices, and pushes,
+        know it is online), then the calls it is part of."""
+        ctx = self.ctx
+        ref = secrets.token_urlsafe(9)
+        meta: Meta = {"phx_ref": ref, "device_id": self.device, "online_at": int(time.time() * 1000)}
+        await ctx.hub.add(self.listener)
+        diff = {"joins": {self.device: {"metas": [META_SLOT]}}, "leaves": {}}
+        prefix, suffix = protocol.broadcast(self.topic, PRESENCE_DIFF, diff).split(META_SLOT_JSON)
         try:
+            result = await ctx.store.presence_join(
+                self.hub_topic,
+                self.listener.index,
+                PresenceEntry(self.device, meta),
+                MAX_DEVICES,
+                MetaFrame(prefix, suffix),
+            )
+            if result is None:
+                raise ChannelError(f"at most {MAX_DEVICES} devices of a user at once")
+            self.meta = result.entry.meta
+            self._state = state_of((e.key, e.meta) for e in result.entries)
+            ctx.hub.deliver(self.hub_topic, result.frame, exclude=self.listener)
             self._current = await self.calls.calls_of(self.server_id, self.user_id)
         except BaseException:
-            await self.ctx.hub.remove(self.listener)
+            await self._leave_presence()
+            await ctx.hub.remove(self.listener)
             raise
+        for call in self._current:
+            if call.caller == self.user_id and call.caller_gone_since is not None:
+                self._spawn(self._caller_present(call.id, True))
 
     def after_join(self) -> None:
+        if self._state is not None:
+            self.conn.send(protocol.push(self.join_ref, self.topic, PRESENCE_STATE, self._state))
+            self._state = None
         # A device that (re)connects rebuilds its UI from one call_state per call it is part of.
         for call in self._current:
-            self._push(
+            self.push(
                 "call_state", {"call_id": call.id, "state": str(call.state), "members": call.member_states()}
             )
             member = call.members.get(self.user_id)
@@ -148,9 +197,52 @@ class UserChannel:
 
     async def leave(self, reason: str) -> None:
         del reason
-        await self.ctx.hub.remove(self.listener)
+        if self._left:
+            return
+        self._left = True
         for task in list(self._tasks):
             task.cancel()
+        await self.ctx.hub.remove(self.listener)
+        if not await self._leave_presence():
+            return
+        # The caller's last device gone while their call rings: the call is cancelled after a grace
+        # unless a device comes back (the expiry, on any replica, fires it).
+        with contextlib.suppress(StoreUnavailable):
+            if await self.ctx.store.presence_list(self.hub_topic):
+                return
+            for call in await self.calls.calls_of(self.server_id, self.user_id):
+                if call.caller == self.user_id and call.state is CallState.RINGING:
+                    with contextlib.suppress(CallError):
+                        await self._caller_present(call.id, False)
+
+    async def _leave_presence(self) -> bool:
+        """Remove this device's presence entry; True when it was written."""
+        meta, self.meta = self.meta, None
+        if meta is None:
+            return False
+        frame = protocol.broadcast(self.topic, PRESENCE_DIFF, leave_diff(self.device, meta))
+        self.ctx.hub.deliver(self.hub_topic, frame, exclude=self.listener)
+        try:
+            await self.ctx.store.presence_leave(self.hub_topic, self.listener.index, meta["phx_ref"], frame)
+        except StoreUnavailable:
+            self.ctx.hub.mark_dirty(self.hub_topic, self.listener.index)
+            return False
+        return True
+
+    async def _caller_present(self, call_id: str, connected: bool) -> None:
+        await self.calls.caller_presence(self.server_id, call_id, connected)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def send(self, frame: str) -> None:
+        """A frame for this device, held until its join reply and presence_state are out."""
+        if self._held is not None:
+            self._held.append(frame)
+        else:
+            self.conn.send(frame)
 
     # --- events from the call service ---------------------------------------------------------------
     async def on_call_event(self, call: dict[str, Any]) -> None:
@@ -159,22 +251,16 @@ class UserChannel:
             return
         if call.get("exclude_device") == self.device:
             return
-        self._push(name, payload)
+        self.push(name, payload)
         if name == "call_started":
             self._ack(str(payload.get("call_id")))
 
-    def _push(self, event: str, payload: dict[str, Any]) -> None:
-        frame = protocol.push(self.join_ref, self.topic, event, payload)
-        if self._held is not None:
-            self._held.append(frame)
-        else:
-            self.conn.send(frame)
+    def push(self, event: str, payload: dict[str, Any]) -> None:
+        self.send(protocol.push(self.join_ref, self.topic, event, payload))
 
     def _ack(self, call_id: str) -> None:
         """This device rings: the caller hears ringback (once, from the first device)."""
-        task = asyncio.create_task(self._ack_soon(call_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._ack_soon(call_id))
 
     async def _ack_soon(self, call_id: str) -> None:
         with contextlib.suppress(StoreUnavailable, CallError):

@@ -121,7 +121,7 @@ class VoiceChannel:
     ) -> None:
         self.ctx = ctx
         self.conn = conn
-        self.topic = topic
+        self.topic = self.wire_topic = topic
         self.join_ref = join_ref
         self.server_id = server_id
         self.channel_id = channel_id

@@ -20,8 +20,9 @@ Device = Callable[..., Awaitable[ClientChannel]]
 async def replicas(
     signaling_factory: SignalingFactory, redis_server: RedisServer
 ) -> tuple[SignalingProcess, SignalingProcess]:
-    one = signaling_factory(redis_server.url, call_ring_timeout_s="2")
-    two = signaling_factory(redis_server.url, call_ring_timeout_s="2")
+    settings = {"call_ring_timeout_s": "2", "call_reconnect_grace_s": "1"}
+    one = signaling_factory(redis_server.url, **settings)
+    two = signaling_factory(redis_server.url, **settings)
     return one, two
 
 
@@ -92,6 +93,57 @@ async def test_a_decline_on_one_device_declines_for_all_and_reaches_the_caller(d
     assert (await alice.wait_event("call_declined"))["user_id"] == "bob"
     assert (await laptop.wait_event("stop_ringing"))["reason"] == "declined_elsewhere"
     assert (await alice.wait_event("call_ended"))["reason"] == "declined"
+
+
+async def test_presence_on_the_user_topic_lists_the_online_devices(device: Device) -> None:
+    phone = await device("bob", "bob-phone", replica=0)
+    await phone.wait_presence(lambda m: set(m) == {"bob-phone"})
+    laptop = await device("bob", "bob-laptop", replica=1)
+    await laptop.wait_presence(lambda m: set(m) == {"bob-phone", "bob-laptop"}, timeout=20)
+    members = await phone.wait_presence(lambda m: set(m) == {"bob-phone", "bob-laptop"}, timeout=20)
+    assert members["bob-laptop"]["device_id"] == "bob-laptop" and members["bob-laptop"]["online_at"] > 0
+    await laptop.client.close()
+    await phone.wait_presence(lambda m: set(m) == {"bob-phone"}, timeout=20)
+
+
+async def test_a_ringing_call_is_cancelled_when_its_caller_is_gone_past_the_grace(device: Device) -> None:
+    alice = await device("alice", "a1", replica=0)
+    bob = await device("bob", "b1", replica=1)
+    call_id = (await alice.push("start_call", {"invitees": ["bob"]}))["call_id"]
+    await bob.wait_event("call_started")
+    await alice.client.close()
+    assert (await bob.wait_event("stop_ringing", timeout=20)) == {"call_id": call_id, "reason": "cancelled"}
+    assert (await bob.wait_event("call_ended"))["reason"] == "cancelled"
+
+
+async def test_a_caller_back_within_the_grace_keeps_the_call_ringing(
+    device: Device, signaling_factory: SignalingFactory, redis_server: RedisServer
+) -> None:
+    # A grace long enough that only the ring timeout (10 s) can end this call.
+    slow = signaling_factory(redis_server.url, call_ring_timeout_s="10", call_reconnect_grace_s="30")
+    clients = []
+    try:
+
+        async def open_device(user: str, device_id: str) -> ClientChannel:
+            client = PhoenixClient(slow.ws_url, token(user, grant="connect,speak,call"))
+            await client.connect()
+            clients.append(client)
+            channel, _ = await client.join(f"user:{user}", {"device_id": device_id})
+            return channel
+
+        alice = await open_device("alice", "a1")
+        bob = await open_device("bob", "b1")
+        call_id = (await alice.push("start_call", {"invitees": ["bob"]}))["call_id"]
+        await bob.wait_event("call_started")
+        await alice.client.close()
+        alice = await open_device("alice", "a1")
+        state = await alice.wait_event("call_state")
+        assert state == {"call_id": call_id, "state": "ringing", "members": {"alice": "joined", "bob": "ringing"}}
+        await bob.push("answer_call", {"call_id": call_id})
+        assert (await alice.wait_event("call_accepted"))["user_id"] == "bob"
+    finally:
+        for client in clients:
+            await client.close()
 
 
 async def test_the_caller_cancels_and_every_ring_stops(device: Device) -> None:

@@ -138,7 +138,11 @@ async def test_a_caller_back_within_the_grace_keeps_the_call_ringing(
         await alice.client.close()
         alice = await open_device("alice", "a1")
         state = await alice.wait_event("call_state")
-        assert state == {"call_id": call_id, "state": "ringing", "members": {"alice": "joined", "bob": "ringing"}}
+        assert state == {
+            "call_id": call_id,
+            "state": "ringing",
+            "members": {"alice": "joined", "bob": "ringing"},
+        }
         await bob.push("answer_call", {"call_id": call_id})
         assert (await alice.wait_event("call_accepted"))["user_id"] == "bob"
     finally:

@@ -1,7 +1,8 @@
 """The `call:<call_id>` topic: a call's media, negotiated, muted and deafened exactly as in a voice
-channel (the same VoiceChannel, on an SFU router of its own that the first join creates and the last
-leave closes). Only the call's members who are in it (the caller, and invitees who answered) may join;
-moderation, which moves people between a voice server's channels, has no place in a call."""
+channel (a room with the same presence and the same MediaSession, on an SFU router of its own that the
+first join creates and the last leave closes). What a call adds is its membership rule: only the
+call's members who are in it (the caller, and invitees who answered) may join; and what it takes
+away: moderation, which moves people between a voice server's channels, has no place in a call."""
 
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ class MediaError(Exception):
 
 
 class MediaMember(Protocol):
-    """A local channel member with media (signaling/voice.py's VoiceChannel)."""
+    """A local participant's media (signaling/session.py's MediaSession)."""
 
     session_id: str
     server_id: str

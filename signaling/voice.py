@@ -9,7 +9,6 @@ as a control message to whichever replica holds that participant's socket.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import secrets
@@ -19,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from voxa.common.claims import Permission, permission_names
 from voxa.signaling import protocol
 from voxa.signaling.connection import ChannelError
-from voxa.signaling.media import MediaError, SfuLink, router_id
 from voxa.signaling.presence import (
     PRESENCE_DIFF,
     PRESENCE_STATE,
@@ -31,7 +29,8 @@ from voxa.signaling.presence import (
     updated_meta,
 )
 from voxa.signaling.rights import Action, Forbidden, allowed, check
-from voxa.signaling.store import MediaServer, MetaFrame, PresenceEntry, StoreUnavailable
+from voxa.signaling.session import MediaSession
+from voxa.signaling.store import MetaFrame, PresenceEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from voxa.signaling.connection import Connection
@@ -135,14 +134,8 @@ class VoiceChannel:
         self._lock = asyncio.Lock()
         self._left = False
         self._muted_before_deafen = False
-        # Media: the SFU hosting this channel, and whether this member has a peer on it yet.
-        self.session_id = ""
-        self.media: MediaServer | None = None
-        self.link: SfuLink | None = None
-        self.sfu_peer = False
-        self._media_lock = asyncio.Lock()
-        self._held_offers: list[str] | None = None
-        """The SFU's offers that arrived while a client offer is being answered."""
+        self.session: MediaSession | None = None
+        """This member's media on the channel's SFU (from its join on)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- hub Member protocol ----------------------------------------------------------------------
@@ -214,7 +207,9 @@ class VoiceChannel:
             "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
             "joined_at": int(time.time() * 1000),
         }
-        self.session_id = ref
+        session = self.session = MediaSession(
+            ctx, self.server_id, self.channel_id, ref, self._send, self._flags, self._speaking
+        )
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
         template = protocol.broadcast(self.topic, PRESENCE_DIFF, diff)
@@ -236,14 +231,7 @@ class VoiceChannel:
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
         meta = self.meta = result.entry.meta
         self._state = state_of((e.key, e.meta) for e in result.entries)
-        # After the presence join: a last participant leaving meanwhile releases the channel's SFU
-        # only while nobody is present (atomically), so every joiner agrees on one SFU.
-        media: MediaServer | None = None
-        with contextlib.suppress(StoreUnavailable):  # the first offer assigns one then
-            media = await ctx.registry.assign(self.server_id, self.channel_id, cached=True)
-        if media is not None:
-            self.media = media
-            self.link = ctx.media.attach(media, self)
+        media = await session.assign()
         ctx.hub.deliver(self.topic, result.frame, exclude=self)
         ice = ctx.settings.ice_for(self.key)
         return {
@@ -273,7 +261,10 @@ class VoiceChannel:
         self._left = True
         ctx = self.ctx
         await ctx.hub.remove(self)
-        await self._leave_media()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()
         async with self._lock:
             meta, self.meta = self.meta, None
         if meta is None:
@@ -285,8 +276,8 @@ class VoiceChannel:
         except StoreUnavailable:
             ctx.hub.mark_dirty(self.topic, self.index)
             return
-        if self.media is not None:
-            await self._close_router_if_empty(self.media)
+        if self.session is not None:
+            await self.session.close_router_if_idle(self.topic)
 
     # --- pushes -----------------------------------------------------------------------------------
     async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -309,10 +300,10 @@ class VoiceChannel:
             return await self._update({"video": enabled})
         if event == "moderate":
             return await self._moderate(payload)
-        if event == "sdp":
-            return await self._sdp(payload)
-        if event == "ice":
-            return await self._ice(payload)
+        if event in ("sdp", "ice"):
+            if self.session is None:
+                raise ChannelError("not joined")
+            return await (self.session.sdp(payload) if event == "sdp" else self.session.ice(payload))
         raise ChannelError(f"unknown event {event!r}")
 
     async def _update(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -333,8 +324,8 @@ class VoiceChannel:
         sfu_flags = {k: bool(v) for k, v in changes.items() if k in ("muted", "server_muted")}
         if "deafened" in changes or "server_deafened" in changes:
             sfu_flags["deafened"] = bool(new.get("deafened") or new.get("server_deafened"))
-        if sfu_flags and self.sfu_peer:
-            self._spawn(self._sfu_state(sfu_flags))
+        if self.session is not None:
+            self.session.set_state(sfu_flags)
         return {"state": {k: new[k] for k in STATE_FIELDS}}
 
     async def _moderate(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -373,15 +364,19 @@ class VoiceChannel:
         return {"target": target, "action": action.value}
 
     # --- media ------------------------------------------------------------------------------------
+    def _send(self, event: str, payload: dict[str, Any]) -> None:
+        self.conn.send(protocol.push(self.join_ref, self.topic, event, payload))
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _router(self) -> str:
-        return router_id(self.server_id, self.channel_id)
+    def _speaking(self, speaking: bool) -> None:
+        self._spawn(self._update({"speaking": speaking}))
 
     def _flags(self) -> dict[str, bool]:
+        """What the SFU enforces for this member: its rights here and its mute state."""
         claims = self.conn.claims
         meta = self.meta or {}
         return {
@@ -391,144 +386,3 @@ class VoiceChannel:
             "server_muted": bool(meta.get("server_muted")),
             "deafened": bool(meta.get("deafened") or meta.get("server_deafened")),
         }
-
-    async def _sdp(self, payload: dict[str, Any]) -> dict[str, Any]:
-        kind = payload.get("type")
-        sdp = payload.get("sdp")
-        if kind not in ("offer", "answer") or not isinstance(sdp, str) or not sdp:
-            raise ChannelError("sdp needs {type: 'offer' | 'answer', sdp: string}")
-        if self.link is None or self.media is None:
-            media = await self.ctx.registry.assign(self.server_id, self.channel_id)
-            if media is None:
-                raise ChannelError("no media server available", retry=True)
-            self.media = media
-            self.link = self.ctx.media.attach(media, self)
-        link = self.link
-        holds = kind == "offer" and self._held_offers is None
-        if holds:
-            # The SFU's own offers (a new participant's track) come on its event socket and may
-            # overtake the answer to this offer, which comes back on the HTTP reply: hold them until
-            # the answer is out, so the client sees answer then offer, as the SFU made them.
-            self._held_offers = []
-        try:
-            return await self._relay(link, kind, sdp)
-        finally:
-            if holds:
-                held, self._held_offers = self._held_offers or [], None
-                for frame in held:
-                    self.conn.send(frame)
-
-    async def _relay(self, link: SfuLink, kind: str, sdp: str) -> dict[str, Any]:
-        answer: str | None
-        async with self._media_lock:
-            try:
-                if kind == "offer" and not self.sfu_peer:
-                    answer = await self._add_peer(link, sdp)
-                    self.sfu_peer = True
-                elif kind == "offer":
-                    answer = await link.description(self._router(), self.session_id, "offer", sdp)
-                    if answer is None:
-                        return {"ignored": True}
-                else:
-                    if not self.sfu_peer:
-                        raise ChannelError("no offer from the media server is waiting for an answer")
-                    await link.description(self._router(), self.session_id, "answer", sdp)
-                    return {}
-            except MediaError as exc:
-                raise ChannelError(exc.reason) from None
-        self.conn.send(protocol.push(self.join_ref, self.topic, "sdp", {"type": "answer", "sdp": answer}))
-        return {}
-
-    async def _add_peer(self, link: SfuLink, offer: str) -> str:
-        """The first offer of this session: a peer on the channel's SFU. An SFU that drains keeps
-        the routers it hosts but refuses new ones; a channel whose router there is gone (everyone
-        left, as in a signaling rollout) moves to another SFU instead of failing for good."""
-        try:
-            return await link.add_peer(self._router(), self.session_id, offer, **self._flags())
-        except MediaError as exc:
-            if not exc.draining:
-                raise
-        media = await self.ctx.registry.move_off(self.server_id, self.channel_id, link.media.id)
-        if media is None:
-            raise ChannelError("no media server available", retry=True)
-        log.info("voice.channel_moved", extra={"from": link.media.id, "to": media.id, "why": "draining"})
-        self.ctx.media.detach(link, self)
-        self.media = media
-        self.link = self.ctx.media.attach(media, self)
-        return await self.link.add_peer(self._router(), self.session_id, offer, **self._flags())
-
-    async def _ice(self, payload: dict[str, Any]) -> dict[str, Any]:
-        candidate = payload.get("candidate")
-        if not isinstance(candidate, str) or len(candidate) > 1024:
-            raise ChannelError("ice needs {candidate: string, sdpMid, sdpMLineIndex}")
-        if self.link is None or not self.sfu_peer:
-            raise ChannelError("send an offer before ICE candidates")
-        body = {
-            "candidate": candidate,
-            "sdpMid": payload.get("sdpMid"),
-            "sdpMLineIndex": payload.get("sdpMLineIndex"),
-        }
-        try:
-            await self.link.candidate(self._router(), self.session_id, body)
-        except MediaError as exc:
-            raise ChannelError(exc.reason) from None
-        return {}
-
-    async def _sfu_state(self, flags: dict[str, bool]) -> None:
-        if self.link is None:
-            return
-        try:
-            await self.link.state(self._router(), self.session_id, **flags)
-        except MediaError as exc:
-            log.warning("voice.sfu_state_failed", extra={"reason": exc.reason})
-
-    def on_media_event(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "offer":
-            frame = protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": event["sdp"]})
-            if self._held_offers is not None:
-                self._held_offers.append(frame)
-            else:
-                self.conn.send(frame)
-        elif kind == "speaking":
-            self._spawn(self._update({"speaking": bool(event.get("speaking"))}))
-        elif (
-            kind == "peer_state"
-            and event.get("state") == "closed"
-            and event.get("reason") != "removed by signaling"
-        ):
-            # The transport failed or timed out on the SFU: start over with a fresh peer connection.
-            self.sfu_peer = False
-            self.conn.send(
-                protocol.push(
-                    self.join_ref, self.topic, "media_reset", {"reason": f"media {event.get('reason')}"}
-                )
-            )
-
-    async def media_reset(self, media: MediaServer | None, reason: str) -> None:
-        """The channel's SFU changed (or restarted): tell the client to negotiate from scratch."""
-        self.sfu_peer = False
-        self.media = media
-        self.link = self.ctx.media.attach(media, self) if media is not None else None
-        if not self._left:
-            self.conn.send(protocol.push(self.join_ref, self.topic, "media_reset", {"reason": reason}))
-
-    async def _leave_media(self) -> None:
-        link = self.link
-        if link is None:
-            return
-        self.ctx.media.detach(link, self)
-        if self.sfu_peer:
-            self.sfu_peer = False
-            await link.remove_peer(self._router(), self.session_id)
-        for task in list(self._tasks):
-            task.cancel()
-
-    async def _close_router_if_empty(self, media: MediaServer) -> None:
-        """Automatic rooms: the router goes with the channel's last participant."""
-        try:
-            if not await self.ctx.registry.release_if_idle(self.server_id, self.channel_id, self.topic):
-                return
-        except StoreUnavailable:
-            return
-        await self.ctx.media.link(media).close_router(self._router())

@@ -314,8 +314,9 @@ class VoiceClient:
         self,
         url: str,
         token: str,
-        channel: str,
+        channel: str | None,
         *,
+        topic: str | None = None,
         server_id: str | None = None,
         tone_hz: float | None = None,
         play: str | Path | None = None,
@@ -334,10 +335,13 @@ class VoiceClient:
     ) -> None:
         if tone_hz is not None and play is not None:
             raise ValueError("pass tone_hz or play, not both")
+        if (channel is None) == (topic is None):
+            raise ValueError("pass a channel id or a topic (such as call:<call_id>), one of them")
         self.url = socket_url(url)
         self.token = token
         self.server_id = server_id or server_id_from_token(token)
-        self.channel_id = channel
+        self.channel_id = channel or ""
+        self._topic = topic or voice_topic(self.server_id, self.channel_id)
         self.tone_hz = tone_hz
         self.play = Path(play) if play is not None else None
         self.loop = loop
@@ -384,7 +388,8 @@ class VoiceClient:
     # --- public state -----------------------------------------------------------------------------
     @property
     def topic(self) -> str:
-        return voice_topic(self.server_id, self.channel_id)
+        """The room joined: `voice:<server>:<channel>`, or a call's `call:<call_id>`."""
+        return self._topic
 
     @property
     def session_id(self) -> str | None:
@@ -742,6 +747,7 @@ class VoiceClient:
                     dest = payload.get("channel_id")
                     if isinstance(dest, str) and dest:
                         self.channel_id = dest
+                        self._topic = voice_topic(self.server_id, dest)
                 elif name in ("phx_close", "phx_error"):
                     return name
                 elif name == _SOCKET_CLOSED:

@@ -201,8 +201,12 @@ class Stack:
         raise RuntimeError(f"redis-server did not start:\n{tail(proc.log_path)}")
 
     # --- signaling --------------------------------------------------------------------------------
-    def start_signaling(self) -> None:
-        self.signaling_port = free_port()
+    def start_signaling(self, **settings: str) -> int:
+        """One more `voxa signaling` (the first is `signaling_url`); `settings` are extra VOXA_ env
+        values by field name (call_ring_timeout_s="5"). Returns its port."""
+        port = free_port()
+        if not self.signaling_port:
+            self.signaling_port = port
         env = clean_env()
         env.update(
             VOXA_JWT_SECRET=self.jwt_secret,
@@ -212,15 +216,17 @@ class Stack:
             VOXA_LOG_LEVEL="warning",
             VOXA_SHUTDOWN_GRACE_S="2",
         )
+        env.update({f"VOXA_{name.upper()}": value for name, value in settings.items()})
         if self.use_redis:
             env["VOXA_REDIS_URL"] = self.redis_url
-        argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(self.signaling_port)]
-        proc = self._proc("signaling", argv, env)
+        argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(port)]
+        name = "signaling" if port == self.signaling_port else f"signaling-{port}"
+        proc = self._proc(name, argv, env)
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             proc.check_alive()
-            if http_ok(self.signaling_url + "/readyz"):
-                return
+            if http_ok(f"http://127.0.0.1:{port}/readyz"):
+                return port
             time.sleep(POLL_S)
         raise RuntimeError(f"signaling not ready:\n{tail(proc.log_path)}")
 
@@ -293,7 +299,7 @@ class Stack:
     def check_alive(self) -> None:
         """Raise if signaling or redis died (SFUs die on purpose)."""
         for proc in self.procs:
-            if proc.name in ("redis", "signaling"):
+            if proc.name == "redis" or proc.name.startswith("signaling"):
                 proc.check_alive()
 
     def stop(self) -> None:

@@ -266,7 +266,8 @@ class VoiceEvent:
     session_id, changes: fields other than speaking), ``speaking`` (user, session_id, speaking),
     ``track`` / ``track_ended`` (user, session_id, mid), ``media_state`` (state: aiortc's
     connectionState), ``media_reset`` (reason), ``reconnecting`` (attempt, delay_s, reason),
-    ``disconnected`` (by, reason), ``moved`` (by, channel_id), ``error`` (reason, fatal), ``left``."""
+    ``disconnected`` (by, reason), ``moved`` (by, channel_id), ``call_ended`` (call_id, reason: on a
+    call's topic, the call is over or we left it), ``error`` (reason, fatal), ``left``."""
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -636,9 +637,10 @@ class VoiceClient:
                 await self._close_media()
                 if self._stopping():  # leave() may have run meanwhile
                     return
-                if outcome == "disconnected":
+                if outcome in ("disconnected", "call_ended"):
                     await self._close_session()
-                    self._finish("disconnected by a moderator")
+                    why = "disconnected by a moderator" if outcome == "disconnected" else "call ended"
+                    self._finish(why)
                     return
                 socket_up = self.phx is not None and not self.phx.closed.is_set()
                 if outcome == MEDIA_FAILED and socket_up and self.channel is not None:
@@ -741,6 +743,9 @@ class VoiceClient:
                 elif name == "disconnected":
                     self._emit("disconnected", by=payload.get("by"), reason=payload.get("reason"))
                     return "disconnected"
+                elif name == "call_ended":  # a call's media: the call is over (or we left it)
+                    self._emit("call_ended", call_id=payload.get("call_id"), reason=payload.get("reason"))
+                    return "call_ended"
                 elif name == "moved":
                     # The server closes this join next (phx_close); then we join the destination.
                     self._emit("moved", by=payload.get("by"), channel_id=payload.get("channel_id"))

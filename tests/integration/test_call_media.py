@@ -81,6 +81,8 @@ async def test_a_one_to_one_call_carries_both_tones_and_ends_for_both(stack: Sta
         assert await silent(alice_voice, "bob")
         await bob.end(call.call_id)
         assert (await alice.wait_event("call_ended", call_id=call.call_id))["reason"] == "hangup"
+        for voice in (alice_voice, bob_voice):
+            await asyncio.wait_for(voice.closed.wait(), 20)
         assert call.call_id not in alice.calls and call.call_id not in bob.calls
     finally:
         await alice.close()
@@ -112,7 +114,10 @@ async def test_a_group_call_takes_a_late_joiner_and_ends_when_the_last_leaves(st
         # The caller leaving does not end a group call; the last one leaving does.
         await alice.end(call.call_id)
         assert (await bob.wait_event("call_left", call_id=call.call_id))["user_id"] == "alice"
-        await alice_voice.close()
+        # The server closes the media of whoever left, whatever their client does.
+        await asyncio.wait_for(alice_voice.closed.wait(), 20)
+        assert alice_voice.close_reason == "call ended"
+        await bob_voice.wait_for(lambda: "alice" not in bob_voice.members(), timeout=20)
         await hears(bob_voice, "carol", 880.0, timeout=30)
         await bob.end(call.call_id)
         await carol.end(call.call_id)

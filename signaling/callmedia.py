@@ -108,11 +108,12 @@ class CallEndListener:
         del state
 
     async def on_control(self, control: dict[str, Any]) -> None:
-        call = control.get("call") or {}
-        payload = call.get("payload") or {}
-        if call.get("event") != "call_state" or payload.get("call_id") != self.channel.call_id:
+        for call in control.get("calls") or ():
+            payload = call.get("payload") or {}
+            if call.get("event") != "call_state" or payload.get("call_id") != self.channel.call_id:
+                continue
+            if payload.get("state") == "ended":
+                await self.channel.call_over("call ended")
+            elif (payload.get("members") or {}).get(self.key) != Member.JOINED.value:
+                await self.channel.call_over("left the call")
             return
-        if payload.get("state") == "ended":
-            await self.channel.call_over("call ended")
-        elif (payload.get("members") or {}).get(self.key) != Member.JOINED.value:
-            await self.channel.call_over("left the call")

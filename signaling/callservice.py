@@ -75,27 +75,31 @@ class CallService:
         raise StoreUnavailable("call changed by others too often")
 
     async def _deliver(self, server_id: str, outcome: Outcome) -> None:
+        """The outcome's events, in order, as one control message per user (each device of the user
+        takes the events not excluded for it), all in one round trip to the store."""
+        per_user: dict[str, list[dict[str, Any]]] = {}
         for event in outcome.events:
-            control = {"call": {"event": event.name, "payload": dict(event.payload)}}
+            item: dict[str, Any] = {"event": event.name, "payload": dict(event.payload)}
             if event.exclude_device is not None:
-                control["call"]["exclude_device"] = event.exclude_device
+                item["exclude_device"] = event.exclude_device
             for user in event.users:
-                with contextlib.suppress(StoreUnavailable):
-                    await self.hub.control(user_hub_topic(server_id, user), {**control, "user": user})
+                per_user.setdefault(user, []).append(item)
         for missed in outcome.missed:
-            record = json.dumps(
-                {
-                    "call_id": missed.call_id,
-                    "caller": {"id": missed.caller, "name": missed.caller_name},
-                    "at": int(missed.at * 1000),
-                }
-            )
+            record = {
+                "call_id": missed.call_id,
+                "caller": {"id": missed.caller, "name": missed.caller_name},
+                "at": int(missed.at * 1000),
+            }
             with contextlib.suppress(StoreUnavailable):
-                await self.store.missed_add(server_id, missed.user, record, MISSED_CALL_TTL_S)
-                notice = {"event": "missed_call", "payload": json.loads(record)}
-                await self.hub.control(
-                    user_hub_topic(server_id, missed.user), {"call": notice, "user": missed.user}
-                )
+                await self.store.missed_add(server_id, missed.user, json.dumps(record), MISSED_CALL_TTL_S)
+            per_user.setdefault(missed.user, []).append({"event": "missed_call", "payload": record})
+        controls = [
+            (user_hub_topic(server_id, user), {"user": user, "calls": items})
+            for user, items in per_user.items()
+        ]
+        if controls:
+            with contextlib.suppress(StoreUnavailable):
+                await self.hub.control_many(controls)
         if outcome.ended is not None:
             log.info("call.ended", extra={"reason": str(outcome.ended)})
 
@@ -111,10 +115,14 @@ class CallService:
     ) -> Call:
         """A new call, or, in glare (the one invitee is ringing us already), that call answered."""
         if len(invitees) == 1:
-            glare = await self._ringing_from(server_id, invitees[0], caller)
+            (callee,) = invitees
+            theirs = await self.calls_of(server_id, callee)
+            glare = await self._answer_glare(theirs, callee, caller)
             if glare is not None:
                 return glare
-        busy = await self._busy(server_id, invitees)
+            busy = frozenset(invitees) if any(_in(call, callee) for call in theirs) else frozenset()
+        else:
+            busy = await self._busy(server_id, invitees)
         call_id = new_call_id()
         now = self.clock()
 
@@ -140,28 +148,27 @@ class CallService:
         assert outcome.call is not None
         return outcome.call
 
-    async def _ringing_from(self, server_id: str, caller: str, user: str) -> Call | None:
-        """A ringing 1:1 call from `caller` to `user`, answered on the spot (glare)."""
-        for call in await self.calls_of(server_id, user):
-            member = call.members.get(user)
+    async def _answer_glare(self, theirs: list[Call], callee: str, caller: str) -> Call | None:
+        """A ringing 1:1 call from `callee` to `caller` (among the callee's calls), answered on the
+        spot: glare."""
+        for call in theirs:
+            member = call.members.get(caller)
             if (
-                call.caller == caller
+                call.caller == callee
                 and not call.group
                 and member is not None
                 and member.state is Member.RINGING
             ):
                 outcome = await self.transact(
-                    server_id, call.id, lambda c: calls.answer(self._existing(c), user, "", self.clock())
+                    call.server_id,
+                    call.id,
+                    lambda c: calls.answer(self._existing(c), caller, "", self.clock()),
                 )
                 return outcome.call
         return None
 
     async def in_active_call(self, server_id: str, user: str) -> bool:
-        for call in await self.calls_of(server_id, user):
-            member = call.members.get(user)
-            if call.state is State.ACTIVE and member is not None and member.state is Member.JOINED:
-                return True
-        return False
+        return any(_in(call, user) for call in await self.calls_of(server_id, user))
 
     async def _busy(self, server_id: str, invitees: list[str]) -> frozenset[str]:
         return frozenset([u for u in invitees if await self.in_active_call(server_id, u)])
@@ -253,6 +260,12 @@ class CallService:
                 continue
             except Exception:
                 log.exception("call.expiry_failed")
+
+
+def _in(call: Call, user: str) -> bool:
+    """`user` is in `call`, which is live: they count as busy for others."""
+    member = call.members.get(user)
+    return call.state is State.ACTIVE and member is not None and member.state is Member.JOINED
 
 
 def call_reply(call: Call) -> dict[str, Any]:

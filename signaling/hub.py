@@ -108,6 +108,12 @@ class Hub:
         await self.store.publish(topic, CONTROL_PREFIX + orjson.dumps(control).decode())
         await self._apply_control(topic, control)
 
+    async def control_many(self, controls: list[tuple[str, dict[str, Any]]]) -> None:
+        """`control` of each (topic, control message), in order, in one round trip to the store."""
+        await self.store.publish_many([(t, CONTROL_PREFIX + orjson.dumps(c).decode()) for t, c in controls])
+        for topic, control in controls:
+            await self._apply_control(topic, control)
+
     def _on_remote(self, topic: str, payload: str) -> None:
         if payload.startswith(CONTROL_PREFIX):
             try:

@@ -113,7 +113,8 @@ class UserListener:
         self.channel.send(protocol.push(self.channel.join_ref, self.channel.topic, PRESENCE_STATE, state))
 
     async def on_control(self, control: dict[str, Any]) -> None:
-        await self.channel.on_call_event(control.get("call") or {})
+        for call in control.get("calls") or ():
+            await self.channel.on_call_event(call)
 
 
 class UserChannel:

@@ -9,7 +9,7 @@ other replicas can hand it to their sockets unchanged.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +187,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, payload: str) -> None:
         """Send `payload` to the other replicas subscribed to `topic`."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """`publish` of each (topic, payload), in order, in as few round trips as the backend can."""
+        for topic, payload in messages:
+            await self.publish(topic, payload)
 
     # --- per-member state of a voice server (server mute and deafen survive rejoins) ---------------
     @abc.abstractmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -237,6 +237,9 @@ class RedisStore(Store):
         self._sweep = self._redis.register_script(SWEEP_LUA)
         self._resync = self._redis.register_script(RESYNC_LUA)
         self._publish = self._redis.register_script(PUBLISH_LUA)
+        self._call_commit = self._redis.register_script(CALL_COMMIT_LUA)
+        self._release_if_idle = self._redis.register_script(RELEASE_IF_IDLE_LUA)
+        self._missed_add = self._redis.register_script(MISSED_ADD_LUA)
         self._topics: set[str] = set()
         self._pubsub: PubSub | None = None
         self._pubsub_lock = asyncio.Lock()
@@ -377,6 +380,19 @@ class RedisStore(Store):
     async def publish(self, topic: str, payload: str) -> None:
         await self._call(lambda: self._publish(args=[topic, self.replica_id, self._message(payload)]))
 
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        if len(messages) == 1:
+            await self.publish(*messages[0])
+            return
+
+        async def send() -> None:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for topic, payload in messages:
+                    await self._publish(args=[topic, self.replica_id, self._message(payload)], client=pipe)
+                await pipe.execute()
+
+        await self._call(send)
+
     async def _pubsub_loop(self) -> None:
         """Receive broadcasts; on any connection loss, reconnect and resubscribe every topic."""
         delay = 0.05
@@ -516,7 +532,7 @@ class RedisStore(Store):
 
     async def assignment_release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
         keys = (f"voxa:presence:{topic}", f"voxa:assign:{server_id}:{channel_id}")
-        released = await self._call(lambda: self._redis.eval(RELEASE_IF_IDLE_LUA, 2, *keys))
+        released = await self._call(lambda: self._release_if_idle(keys=keys))
         return bool(released)
 
     async def call_get(self, server_id: str, call_id: str) -> StoredCall | None:
@@ -542,7 +558,7 @@ class RedisStore(Store):
             call_id,
             str(CALL_TTL_S),
         ]
-        version = await self._call(lambda: self._redis.eval(CALL_COMMIT_LUA, len(keys), *keys, *args))
+        version = await self._call(lambda: self._call_commit(keys=keys, args=args))
         return None if version is None else int(version)
 
     async def calls_of(self, server_id: str, user_id: str) -> list[str]:
@@ -561,11 +577,8 @@ class RedisStore(Store):
 
     async def missed_add(self, server_id: str, user_id: str, record: str, ttl_s: float) -> None:
         key = f"voxa:missed:{server_id}:{user_id}"
-        await self._call(
-            lambda: self._redis.eval(
-                MISSED_ADD_LUA, 1, key, record, str(MISSED_CALLS_KEPT), str(max(1, round(ttl_s)))
-            )
-        )
+        args = [record, str(MISSED_CALLS_KEPT), str(max(1, round(ttl_s)))]
+        await self._call(lambda: self._missed_add(keys=[key], args=args))
 
     async def missed_list(self, server_id: str, user_id: str) -> list[str]:
         records: list[str] = await self._call(

@@ -147,6 +147,23 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
     assert ("t", "after") not in got_b
 
 
+async def test_publish_many_keeps_order_and_skips_topics_nobody_else_hears(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    got_b: list[tuple[str, str]] = []
+    b.on_remote = lambda t, p: got_b.append((t, p))
+    await a.subscribe("only-a")
+    await b.subscribe("x")
+    await b.subscribe("y")
+    await a.publish_many([("x", "1"), ("only-a", "lost"), ("y", "2"), ("x", "3")])
+    await a.publish_many([("y", "4")])
+
+    async def arrived() -> bool:
+        return len(got_b) == 4
+
+    await eventually(arrived)
+    assert got_b == [("x", "1"), ("y", "2"), ("x", "3"), ("y", "4")]
+
+
 async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
     await join(a, "t", entry("alive", "1"), 10, "f")

@@ -28,7 +28,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 
 from voxa.signaling.store.base import (
@@ -386,12 +386,20 @@ class RedisStore(Store):
             return
 
         async def send() -> None:
+            # EVALSHA straight into the pipeline: a script object there would first ask Redis
+            # whether the script exists (one more round trip each time). `publish` loaded it.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for topic, payload in messages:
-                    await self._publish(args=[topic, self.replica_id, self._message(payload)], client=pipe)
+                    pipe.evalsha(self._publish.sha, 0, topic, self.replica_id, self._message(payload))
                 await pipe.execute()
 
-        await self._call(send)
+        try:
+            await self._call(send)
+        except StoreUnavailable as exc:
+            if not isinstance(exc.__cause__, NoScriptError):  # Redis restarted empty: reload
+                raise
+            for topic, payload in messages:
+                await self.publish(topic, payload)
 
     async def _pubsub_loop(self) -> None:
         """Receive broadcasts; on any connection loss, reconnect and resubscribe every topic."""

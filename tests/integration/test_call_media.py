@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
-from tests.integration.sfu.test_control_api import SfuProcess
+from tests.integration.sfu.test_control_api import SFU_SECRET, SfuProcess
 from tests.integration.test_media_signaling import registered
 from tests.integration.test_voice_clients import hears, silent
 from voxa.client.calls import CallClient
@@ -79,10 +80,12 @@ async def test_a_one_to_one_call_carries_both_tones_and_ends_for_both(stack: Sta
         await alice_voice.wait_for(lambda: alice_voice.members()["bob"]["muted"])
         await asyncio.sleep(0.3)
         assert await silent(alice_voice, "bob")
+        assert await router_status(stack.sfu, f"g1.call.{call.call_id}") == 200
         await bob.end(call.call_id)
         assert (await alice.wait_event("call_ended", call_id=call.call_id))["reason"] == "hangup"
         for voice in (alice_voice, bob_voice):
             await asyncio.wait_for(voice.closed.wait(), 20)
+        await router_gone(stack.sfu, f"g1.call.{call.call_id}")  # the call's room went with it
         assert call.call_id not in alice.calls and call.call_id not in bob.calls
     finally:
         await alice.close()
@@ -153,6 +156,21 @@ async def test_a_replica_killed_during_a_call_loses_no_member(stack: Stack) -> N
     finally:
         await alice.close()
         await bob.close()
+
+
+async def router_status(sfu: SfuProcess, router: str) -> int:
+    headers = {"Authorization": f"Bearer {SFU_SECRET}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.get(f"{sfu.url}/v1/routers/{router}") as resp:
+            return resp.status
+
+
+async def router_gone(sfu: SfuProcess, router: str) -> None:
+    """Until the SFU has no router `router` (automatic rooms: closed after the last leave)."""
+    async with asyncio.timeout(20):
+        while (status := await router_status(sfu, router)) != 404:
+            assert status == 200, status
+            await asyncio.sleep(0.1)
 
 
 def cli(*args: str) -> subprocess.Popen[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conftest import RedisServer, SignalingFactory, SignalingProcess
+from conftest import SFU_SECRET, RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
-from tests.integration.sfu.test_control_api import SFU_SECRET, SfuProcess
+from tests.integration.sfu.test_control_api import SfuProcess
 from tests.integration.test_media_signaling import registered
 from tests.integration.test_voice_clients import hears, silent
 from voxa.client.calls import CallClient
@@ -160,9 +160,11 @@ async def test_a_replica_killed_during_a_call_loses_no_member(stack: Stack) -> N
 
 async def router_status(sfu: SfuProcess, router: str) -> int:
     headers = {"Authorization": f"Bearer {SFU_SECRET}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        async with http.get(f"{sfu.url}/v1/routers/{router}") as resp:
-            return resp.status
+    async with (
+        aiohttp.ClientSession(headers=headers) as http,
+        http.get(f"{sfu.url}/v1/routers/{router}") as resp,
+    ):
+        return resp.status
 
 
 async def router_gone(sfu: SfuProcess, router: str) -> None:

@@ -13,9 +13,11 @@ replica B, so every ring, answer and end crosses replicas through Redis.
    (voxa.client VoiceClient) right after `start_call`; the callee answers, then joins the call's media;
    a sample is the time from sending `answer_call` to the first decoded audio frame of the caller on
    the callee's side (so it includes the callee's join, SDP, ICE and DTLS). `answer_to_audio_p50_ms`.
-3. cycles: ``--pairs`` caller/callee device pairs run start → call_started → answer → end → both
-   `call_ended`, back to back, for ``--seconds``; `calls_per_s` is completed cycles per second of the
-   phase and `errors` counts refused pushes and timeouts (by kind in `error_kinds`).
+3. cycles: ``--pairs`` caller/callee device pairs, spread over ``--load-processes`` processes, run
+   start → call_started → answer → end → both `call_ended`, back to back, for ``--seconds``;
+   `calls_per_s` is completed cycles per second of the phase and `errors` counts refused pushes and
+   timeouts (by kind in `error_kinds`). The load processes share the machine's cores with the
+   replicas and Redis.
 
 `push_p50_ms` (ring → push received by a Web Push test service) is null here: it needs push
 configured, see docs/calls.md.
@@ -27,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
+import multiprocessing
 import os
 import platform
 import secrets
@@ -38,6 +42,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +113,7 @@ class Bench:
         self.ports: list[int] = []
 
     def token(self, user: str) -> str:
-        perms = parse_permissions("connect,speak,call")
-        return mint_token(VoiceClaims(sub=user, name=user, server=SERVER_ID, perms=perms), self.jwt_secret)
+        return token_for(self.jwt_secret, user)
 
     def url(self, replica: int) -> str:
         return f"ws://127.0.0.1:{self.ports[replica]}/socket"
@@ -173,43 +177,24 @@ class Bench:
         return samples
 
     async def cycles(self) -> tuple[int, float, Counter[str]]:
-        pairs = [
-            (await self.device(f"cyc-a{i}", 0), await self.device(f"cyc-b{i}", 1))
-            for i in range(self.args.pairs)
+        """The cycles phase in `--load-processes` processes (one Python process cannot drive the
+        replicas' pace alone), each with its share of the pairs; all start and stop together."""
+        procs = self.args.load_processes
+        shares = [self.args.pairs // procs + (1 if i < self.args.pairs % procs else 0) for i in range(procs)]
+        start_at = time.time() + 3.0  # every process connected by then
+        jobs = [
+            CycleJob(self.url(0), self.url(1), self.jwt_secret, f"p{i}", n, start_at, self.args.seconds)
+            for i, n in enumerate(shares)
+            if n
         ]
+        context = multiprocessing.get_context("spawn")
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
+            results = await asyncio.gather(*(loop.run_in_executor(pool, run_cycles, job) for job in jobs))
         errors: Counter[str] = Counter()
-        done = 0
-        deadline = time.perf_counter() + self.args.seconds
-
-        async def run(caller: Device, callee: Device) -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                try:
-                    reply = await caller.push("start_call", {"invitees": [callee.user]})
-                    call_id = reply["call_id"]
-                    await callee.wait("call_started", call_id)
-                    await callee.push("answer_call", {"call_id": call_id})
-                    await caller.push("end_call", {"call_id": call_id})
-                    await caller.wait("call_ended", call_id)
-                    await callee.wait("call_ended", call_id)
-                    caller.drain()
-                    callee.drain()
-                    done += 1
-                except PushError as exc:
-                    errors[f"refused: {exc.reason}"] += 1
-                    await asyncio.sleep(0.05)
-                except TimeoutError:
-                    errors["timeout"] += 1
-
-        started = time.perf_counter()
-        try:
-            await asyncio.gather(*(run(a, b) for a, b in pairs))
-        finally:
-            elapsed = time.perf_counter() - started
-            for a, b in pairs:
-                await a.close()
-                await b.close()
-        return done, elapsed, errors
+        for _, _, kinds in results:
+            errors.update(kinds)
+        return sum(r[0] for r in results), max(r[1] for r in results), errors
 
     async def run(self) -> dict[str, Any]:
         log(f"ring: {self.args.ring_samples} calls")
@@ -239,8 +224,78 @@ class Bench:
             "errors": sum(errors.values()),
             "error_kinds": dict(errors.most_common(10)),
             "push_p50_ms": None,
-            "load_processes": 1,
+            "load_processes": self.args.load_processes,
         }
+
+
+@dataclass(frozen=True)
+class CycleJob:
+    caller_url: str
+    callee_url: str
+    jwt_secret: str
+    prefix: str
+    pairs: int
+    start_at: float
+    seconds: float
+
+
+def token_for(secret: str, user: str) -> str:
+    perms = parse_permissions("connect,speak,call")
+    return mint_token(VoiceClaims(sub=user, name=user, server=SERVER_ID, perms=perms), secret)
+
+
+def run_cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
+    """One load process: `job.pairs` caller/callee pairs cycling calls until the deadline."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
+    return asyncio.run(_cycles(job))
+
+
+async def _cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
+    pairs = []
+    for i in range(job.pairs):
+        one, two = f"cyc-{job.prefix}-a{i}", f"cyc-{job.prefix}-b{i}"
+        caller = Device(job.caller_url, token_for(job.jwt_secret, one), one)
+        callee = Device(job.callee_url, token_for(job.jwt_secret, two), two)
+        await caller.start()
+        await callee.start()
+        pairs.append((caller, callee))
+    errors: Counter[str] = Counter()
+    done = 0
+    await asyncio.sleep(max(0.0, job.start_at - time.time()))
+    deadline = time.perf_counter() + job.seconds
+
+    async def run(caller: Device, callee: Device) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            try:
+                reply = await caller.push("start_call", {"invitees": [callee.user]})
+                call_id = reply["call_id"]
+                await callee.wait("call_started", call_id)
+                await callee.push("answer_call", {"call_id": call_id})
+                await caller.push("end_call", {"call_id": call_id})
+                await caller.wait("call_ended", call_id)
+                await callee.wait("call_ended", call_id)
+                caller.drain()
+                callee.drain()
+                done += 1
+            except PushError as exc:
+                errors[f"refused: {exc.reason}"] += 1
+                await asyncio.sleep(0.05)
+            except TimeoutError:
+                errors["timeout"] += 1
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(run(a, b) for a, b in pairs))
+    finally:
+        elapsed = time.perf_counter() - started
+        for a, b in pairs:
+            await a.close()
+            await b.close()
+    return done, elapsed, dict(errors)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -253,9 +308,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="Length of the cycles phase (default 10)."
     )
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="Processes driving the cycles (default 2)."
+    )
     parser.add_argument("--json", action="store_true", help="Print the result as one JSON object.")
     args = parser.parse_args(argv)
-    if min(args.ring_samples, args.audio_samples, args.pairs) < 1 or args.seconds <= 0:
+    if min(args.ring_samples, args.audio_samples, args.pairs, args.load_processes) < 1 or args.seconds <= 0:
         parser.error("counts must be >= 1 and --seconds > 0")
     return args
 

@@ -874,7 +874,7 @@ function renderParticipants(list) {
       else if (p.deafened) flags.appendChild(flag("headphonesOff", "Deafened", "deafened"));
 
       li.append(avatar, who, flags);
-      if (canCall() && !p.you) {
+      if (canCall() && !p.you && p.id !== app.claims.sub) {
         const call = document.createElement("button");
         call.type = "button";
         call.className = "call";
@@ -931,6 +931,7 @@ function renderNotices() {
 
 function mediaStatusText() {
   if (!app.joined) return app.status === "left" || app.status === "error" ? "Voice off" : "Voice waiting for the channel";
+  if (app.voiceHeld) return "Voice on hold during the call";
   if (app.mediaNote) return "Voice unavailable";
   if (!app.media) return "Voice off";
   switch (app.media.pc.connectionState) {

@@ -218,10 +218,14 @@ export class Calls {
     if (target === me.id) return this.fail("You cannot call yourself.");
     if (this.current) return this.fail("You are already in a call: end it first.");
     let reply;
+    // Until the reply, a call_state of this new call must not be taken for a call to rebuild.
+    this.starting = true;
     try {
       reply = await this.push("start_call", { invitees: [target], video: false });
     } catch (err) {
       return this.fail(`Could not call ${name || target}: ${err.message}`);
+    } finally {
+      this.starting = false;
     }
     this.ended = null;
     const names = { [target]: name || target };
@@ -231,7 +235,9 @@ export class Calls {
       this.incoming.delete(reply.call_id);
       names[ringingHere.caller.id] = ringingHere.caller.name;
     }
-    this.current = { call_id: reply.call_id, caller: true, peers: [target], phase: ringingHere ? "active" : "calling", names };
+    const phase = ringingHere ? "active" : "calling";
+    const known = this.current && this.current.call_id === reply.call_id ? this.current : null;
+    this.current = { call_id: reply.call_id, caller: true, peers: [target], phase: known ? known.phase : phase, names };
     this.updateTone();
     this.joinMedia(reply.topic || `call:${reply.call_id}`);
     this.host.render();
@@ -404,7 +410,7 @@ export class Calls {
     } else if (mine !== "ringing") {
       this.incoming.delete(p.call_id);
     }
-    if (mine === "joined" && !this.current) {
+    if (mine === "joined" && !this.current && !this.starting) {
       // We are in this call (this device or another): a reconnecting page rejoins its media.
       const names = Object.fromEntries(others.map((id) => [id, id]));
       this.current = {
@@ -435,7 +441,8 @@ export class Calls {
 
   // --- the call's media ----------------------------------------------------------------------------
   joinMedia(topic) {
-    this.closeMedia();
+    if (this.media && this.media.topic === topic) return; // already joined (or joining)
+    this.closeMedia({ keepVoiceHeld: true });
     const socket = this.host.socket();
     if (!socket) return;
     this.host.holdVoice(true);
@@ -504,13 +511,13 @@ export class Calls {
     }
   }
 
-  closeMedia() {
+  closeMedia({ keepVoiceHeld = false } = {}) {
     const link = this.media;
     if (!link) return;
     this.media = null;
     this.stopSession(link);
     link.channel.leave();
-    this.host.holdVoice(false);
+    if (!keepVoiceHeld) this.host.holdVoice(false);
   }
 
   /** The live MediaSession of the call, or null. */

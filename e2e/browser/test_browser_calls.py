@@ -11,6 +11,8 @@ measures the call's media while a call is up (the voice channel's is held meanwh
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 from e2e.browser.app_client import PHONE, Client
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.test_browser_client import A_HZ, B_HZ, Demo, demo, keep, open_clients
+from voxa.common.ports import free_port
 
 __all__ = ["demo"]  # the fixture, re-used from the voice suite
 
@@ -243,3 +246,80 @@ async def test_the_service_worker_shows_and_closes_a_pushed_ring(
     # The page asks the server for push; this demo has none configured, so it skipped quietly.
     errors = [n for n in (await bob.state())["notices"] if n["level"] == "error"]
     assert errors == [], errors
+
+
+async def test_a_reloaded_page_rebuilds_the_ring_from_call_state(
+    chromium: ChromiumFactory, demo: Demo
+) -> None:
+    """Bob's page reloads while Alice's call rings it: the same device (its id is in localStorage) gets
+    the call's `call_state` after its `user:` join and shows the incoming call again, and answering works."""
+    alice, bob = await open_clients(chromium, demo)
+    call_id = await call_bob_from_alice(alice, bob)
+    device = (await calls(bob))["device_id"]
+    await bob.open(demo.invites["bob"])
+    await ready_to_call(bob)
+
+    async def rebuilt() -> dict[str, Any] | None:
+        state = await calls(bob)
+        return state if state["incoming"] and await visible(bob, "#incoming") else None
+
+    state = await bob.until(rebuilt, "the incoming call rebuilt after the reload")
+    assert state["device_id"] == device, state
+    assert [r["call_id"] for r in state["incoming"]] == [call_id], state
+    assert state["incoming"][0]["caller"]["id"] == "alice" and state["tone"] == "ring", state
+    await bob.click("#answer")
+
+    async def in_call() -> dict[str, Any] | None:
+        state = await calls(alice)
+        return state if state["current"] and state["current"]["phase"] == "active" else None
+
+    await alice.until(in_call, "Alice's call accepted")
+    await bob.hears("alice", A_HZ)
+
+
+@pytest.fixture
+async def short_ring_demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    """`voxa demo` whose calls stop ringing after 3 s (VOXA_CALL_RING_TIMEOUT_S)."""
+    env = dict(os.environ)
+    env["VOXA_JWT_SECRET"] = "browser-calls-test-secret-0123456789abcdef"
+    env["VOXA_CALL_RING_TIMEOUT_S"] = "3"
+    env.setdefault("VOXA_LOG_LEVEL", "info")
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    server = Demo(port=free_port(), workdir=workdir, env=env)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+async def test_an_unanswered_call_is_a_missed_call_notice(
+    chromium: ChromiumFactory, short_ring_demo: Demo
+) -> None:
+    alice, bob = await open_clients(chromium, short_ring_demo)
+    call_id = await call_bob_from_alice(alice, bob)
+
+    async def alice_no_answer() -> dict[str, Any] | None:
+        state = await calls(alice)
+        ended = state["ended"] or {}
+        return state if ended.get("reason") == "timeout" and state["current"] is None else None
+
+    await alice.until(alice_no_answer, "the call timed out on Alice's page")
+
+    async def missed(client: Client) -> dict[str, Any] | None:
+        state = await calls(client)
+        shown = [n["text"] for n in (await client.state())["notices"]]
+        if [m["call_id"] for m in state["missed"]] == [call_id] and any(
+            "Missed call from Alice" in t for t in shown
+        ):
+            return state
+        return None
+
+    state = await bob.until(lambda: missed(bob), "the missed-call notice")
+    assert not state["incoming"] and state["tone"] is None, state
+    assert not await visible(bob, "#incoming")
+    # A later page load lists it from the user: join reply (missed_calls), once.
+    await bob.open(short_ring_demo.invites["bob"])
+    await ready_to_call(bob)
+    await bob.until(lambda: missed(bob), "the missed call listed after a reload")

@@ -107,6 +107,7 @@ const calls = new Calls({
   holdVoice: (held) => holdVoice(held),
   listPresence: (presence, sessionId) => listPresence(presence, sessionId),
   selfState: () => ({ muted: app.local.muted, deafened: app.local.deafened }),
+  nameOf: (userId) => (participants().find((p) => p.id === userId) || { name: userId }).name,
 });
 
 function canCall() {

@@ -112,7 +112,7 @@ export class Calls {
   /**
    * @param {object} host  what app.js lends: socket(), me(), notify(), dismiss(), log(), render(),
    *   openMedia({reply, push, isCurrent}) -> MediaSession, holdVoice(bool), listPresence(presence, sessionId),
-   *   selfState() -> {muted, deafened}
+   *   selfState() -> {muted, deafened}, nameOf(userId) -> a display name (the voice channel's, else the id)
    */
   constructor(host) {
     this.host = host;
@@ -406,13 +406,14 @@ export class Calls {
     if (mine === "ringing" && p.state === "ringing" && !this.incoming.has(p.call_id)) {
       // Rebuilt after a reconnect: call_started is not repeated, so the caller is the member already in.
       const callerId = others.find((id) => members[id] === "joined") || others[0] || "?";
-      this.incoming.set(p.call_id, { call_id: p.call_id, caller: { id: callerId, name: callerId }, rebuilt: true });
+      const caller = { id: callerId, name: this.host.nameOf(callerId) };
+      this.incoming.set(p.call_id, { call_id: p.call_id, caller, rebuilt: true });
     } else if (mine !== "ringing") {
       this.incoming.delete(p.call_id);
     }
     if (mine === "joined" && !this.current && !this.starting) {
       // We are in this call (this device or another): a reconnecting page rejoins its media.
-      const names = Object.fromEntries(others.map((id) => [id, id]));
+      const names = Object.fromEntries(others.map((id) => [id, this.host.nameOf(id)]));
       this.current = {
         call_id: p.call_id,
         caller: p.state === "ringing",

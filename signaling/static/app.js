@@ -1016,6 +1016,7 @@ function renderCalls() {
   const ringing = [...calls.incoming.values()];
   const ring = calls.current ? null : ringing[0];
   const incoming = $("incoming");
+  const appeared = Boolean(ring) && incoming.dataset.call !== (ring && ring.call_id);
   incoming.hidden = !ring;
   if (ring) {
     incoming.dataset.call = ring.call_id;
@@ -1023,6 +1024,8 @@ function renderCalls() {
     $("incoming-from").textContent = `${caller} is calling you${ring.video ? " (video)" : ""}.`;
     $("answer").setAttribute("aria-label", `Answer the call from ${caller}`);
     $("decline").setAttribute("aria-label", `Decline the call from ${caller}`);
+    // An alert dialog takes the focus, so a keyboard answers with Enter.
+    if (appeared) $("answer").focus();
   } else {
     delete incoming.dataset.call;
   }

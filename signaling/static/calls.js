@@ -479,8 +479,11 @@ export class Calls {
         if (link !== this.media) return;
         const reason = (response && response.reason) || "refused";
         this.host.notify("error", `Cannot join the call's audio: ${reason}`, { key: "call-media" });
-        // A refused join will not succeed by itself: stop the channel's rejoin attempts.
-        this.closeMedia();
+        // A refused join will not succeed by itself (the call may have ended while we were away): stop
+        // the channel's rejoin attempts and close the call here.
+        const call = this.current;
+        if (call && `call:${call.call_id}` === topic) this.finish(call.call_id, "failed");
+        else this.closeMedia();
         this.host.render();
       });
   }

@@ -323,3 +323,32 @@ async def test_an_unanswered_call_is_a_missed_call_notice(
     await bob.open(short_ring_demo.invites["bob"])
     await ready_to_call(bob)
     await bob.until(lambda: missed(bob), "the missed call listed after a reload")
+
+
+async def test_a_reloaded_page_rejoins_its_active_call(chromium: ChromiumFactory, demo: Demo) -> None:
+    """Alice's page reloads during an active call: after its `user:` join the call's `call_state`
+    (active, Alice joined) is all it has, and from it the page rebuilds the call view and rejoins the
+    call's media; both hear each other again."""
+    alice, bob = await open_clients(chromium, demo)
+    call_id = await call_bob_from_alice(alice, bob)
+    await bob.click("#answer")
+    await bob.hears("alice", A_HZ)
+
+    await alice.open(demo.invites["alice"])
+    await ready_to_call(alice)
+
+    async def rebuilt() -> dict[str, Any] | None:
+        state = await calls(alice)
+        current = state["current"] or {}
+        media = state["media"] or {}
+        if current.get("call_id") == call_id and media.get("connectionState") == "connected":
+            return state
+        return None
+
+    state = await alice.until(rebuilt, "the call rebuilt and its media connected after the reload")
+    assert state["current"]["phase"] == "active" and state["current"]["peers"] == ["bob"], state
+    assert await visible(alice, "#call")
+    title = await alice.js("document.getElementById('call-title').textContent")
+    assert title == "Call with Bob", title
+    await alice.hears("bob", B_HZ)
+    await bob.hears("alice", A_HZ)

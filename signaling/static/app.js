@@ -277,7 +277,8 @@ function joinChannel() {
     if (channel === app.channel && app.media) app.media.handleRemote(payload);
   });
   channel.on("media_reset", (payload) => {
-    if (channel !== app.channel) return;
+    // While a call holds the voice its session is closed on purpose: the SFU noticing is no news.
+    if (channel !== app.channel || app.voiceHeld) return;
     notify("info", `Voice moved to another media server${payload && payload.reason ? ` (${payload.reason})` : ""}.`, {
       key: "media",
     });
@@ -1013,6 +1014,9 @@ function render() {
 
 // The call screens: an incoming ring (answer/decline), the current call (who, mute, end), the call form.
 function renderCalls() {
+  // Names as the topics' Presence knows them: a call rebuilt from call_state only has user ids.
+  const known = new Map([...participants(), ...calls.participants()].map((p) => [p.id, p.name]));
+  const nameOf = (id, given) => (given && given !== id ? given : known.get(id) || given || id);
   const ringing = [...calls.incoming.values()];
   const ring = calls.current ? null : ringing[0];
   const incoming = $("incoming");
@@ -1020,7 +1024,7 @@ function renderCalls() {
   incoming.hidden = !ring;
   if (ring) {
     incoming.dataset.call = ring.call_id;
-    const caller = ring.caller.name || ring.caller.id;
+    const caller = nameOf(ring.caller.id, ring.caller.name);
     $("incoming-from").textContent = `${caller} is calling you${ring.video ? " (video)" : ""}.`;
     $("answer").setAttribute("aria-label", `Answer the call from ${caller}`);
     $("decline").setAttribute("aria-label", `Decline the call from ${caller}`);
@@ -1036,7 +1040,7 @@ function renderCalls() {
   if (call) {
     view.dataset.call = call.call_id;
     view.dataset.phase = call.phase;
-    const names = call.peers.map((id) => call.names[id] || id);
+    const names = call.peers.map((id) => nameOf(id, call.names[id]));
     $("call-title").textContent = names.length ? `Call with ${names.join(", ")}` : "Call";
     const session = calls.session();
     const connected = session && session.pc.connectionState === "connected";

@@ -22,6 +22,8 @@
 //   {"id":7,"page":0,"call":"$grant","args":[["notifications"]]}          context.grantPermissions for the page's origin
 //   {"id":8,"page":0,"call":"$swPush","args":["{...}"]}                   delivers a push message to the service
 //                      worker registered for the page's origin (DevTools ServiceWorker.deliverPushMessage)
+//   {"id":9,"page":0,"call":"$swEvaluate","args":["self.registration.scope"]} evaluates in the service worker
+//                      of the page's origin (awaits a promise)
 //   {"id":4,"call":"$exit"}                                                closes the browsers and exits
 // Replies: {"id":1,"ok":true,"result":...} or {"id":1,"ok":false,"error":"message"}.
 // Events: {"event":"ready","pages":N,"version":"..."}, {"event":"console","page":0,"level":"log","text":...},
@@ -136,6 +138,12 @@ async function run(command) {
     return args[0];
   }
   if (call === "$swPush") return await deliverPush(page, args[0]);
+  if (call === "$swEvaluate") {
+    const origin = new URL(page.url()).origin;
+    const worker = page.context().serviceWorkers().find((w) => w.url().startsWith(origin));
+    if (!worker) throw new Error(`no service worker for ${origin}`);
+    return await worker.evaluate(args[0]);
+  }
   if (call === "$viewport") {
     await page.setViewportSize({ width: args[0], height: args[1] });
     return page.viewportSize();

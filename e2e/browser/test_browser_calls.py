@@ -352,3 +352,86 @@ async def test_a_reloaded_page_rejoins_its_active_call(chromium: ChromiumFactory
     assert title == "Call with Bob", title
     await alice.hears("bob", B_HZ)
     await bob.hears("alice", A_HZ)
+
+
+async def test_answering_from_the_notification_connects_the_call(
+    chromium: ChromiumFactory, demo: Demo
+) -> None:
+    """Alice calls Bob; the ring also reaches Bob's service worker as a push (delivered through DevTools,
+    payload as signaling's push sends it) and shows a notification; its Answer action, run in the
+    worker, makes Bob's open page answer on its socket; the call connects and both hear each other."""
+    alice, bob = await open_clients(chromium, demo)
+    await bob.peers.call(bob.index, "$grant", ["microphone", "camera", "notifications"])
+    await bob.until(
+        lambda: bob.js("navigator.serviceWorker.ready.then((r) => Boolean(r.active))", timeout=20),
+        "Bob's active service worker",
+    )
+    call_id = await call_bob_from_alice(alice, bob)
+    ring = {
+        "type": "call_started",
+        "call_id": call_id,
+        "caller": {"id": "alice", "name": "Alice"},
+        "video": False,
+        "expires_at": 0,
+        "reason": None,
+    }
+    await bob.peers.call(bob.index, "$swPush", json.dumps(ring))
+    tag = f"call-{call_id}"
+    click = (
+        f"self.registration.getNotifications({{tag: {json.dumps(tag)}}}).then((list) =>"
+        " list.length ? self.voxaSw.onClick(list[0], 'answer').then(() => list.length) : 0)"
+    )
+
+    async def clicked() -> int | None:
+        count: int = await bob.peers.call(bob.index, "$swEvaluate", click)
+        return count or None
+
+    await bob.until(clicked, "the notification's Answer action")
+
+    async def in_call() -> dict[str, Any] | None:
+        state = await calls(alice)
+        current = state["current"] or {}
+        return state if current.get("phase") == "active" else None
+
+    await alice.until(in_call, "Bob's answer from the notification")
+    assert not await visible(bob, "#incoming")
+    await bob.hears("alice", A_HZ)
+    await alice.hears("bob", B_HZ)
+    # The clicked notification is closed.
+    left = await bob.js(
+        f"navigator.serviceWorker.ready.then((r) => r.getNotifications({{tag: {json.dumps(tag)}}}))"
+    )
+    assert left == [], left
+
+
+async def test_answer_on_one_of_two_devices_stops_the_other(chromium: ChromiumFactory, demo: Demo) -> None:
+    """Bob has two pages (two devices: each browser context has its own localStorage device id). Both
+    ring; the one that answers gets the call, the other stops ringing and says it was answered elsewhere."""
+    peers = await chromium(3, tone_hz=[A_HZ, B_HZ, B_HZ])
+    alice, bob, bob_too = (
+        Client(peers, 0, "alice", demo),
+        Client(peers, 1, "bob", demo),
+        Client(peers, 2, "bob", demo),
+    )
+    for client, who in ((alice, "alice"), (bob, "bob"), (bob_too, "bob")):
+        await client.open(demo.invites[who])
+    await ready_to_call(bob_too)
+    call_id = await call_bob_from_alice(alice, bob)
+    assert (await calls(bob))["device_id"] != (await calls(bob_too))["device_id"]
+
+    async def rings(client: Client) -> dict[str, Any] | None:
+        state = await calls(client)
+        return state if [r["call_id"] for r in state["incoming"]] == [call_id] else None
+
+    await bob_too.until(lambda: rings(bob_too), "the second device ringing")
+    await bob.click("#answer")
+
+    async def stopped() -> dict[str, Any] | None:
+        state = await calls(bob_too)
+        notices = [n["text"] for n in (await bob_too.state())["notices"]]
+        done = not state["incoming"] and state["tone"] is None and state["current"] is None
+        return state if done and "Answered on another device." in notices else None
+
+    await bob_too.until(stopped, "the second device stopped ringing")
+    assert not await visible(bob_too, "#incoming")
+    await bob.hears("alice", A_HZ)

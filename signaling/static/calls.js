@@ -15,7 +15,27 @@ import { Presence } from "/vendor/phoenix.mjs";
 import { audioContext } from "./media.js";
 
 const DEVICE_KEY = "voxa.device";
+// The call whose media this device is in: call_state names users, not devices, so after a reload this
+// is how a device knows the call was its own (and another device of the same user's does not join).
+const CALL_KEY = "voxa.call";
 const PUSH_TIMEOUT_MS = 10000;
+
+function storedCall() {
+  try {
+    return localStorage.getItem(CALL_KEY);
+  } catch {
+    return null;
+  }
+}
+
+function storeCall(callId) {
+  try {
+    if (callId) localStorage.setItem(CALL_KEY, callId);
+    else localStorage.removeItem(CALL_KEY);
+  } catch {
+    // private mode: a reload forgets the call
+  }
+}
 
 /** The stable id of this browser profile's device (localStorage), so a reload is the same device. */
 export function deviceId() {
@@ -120,6 +140,7 @@ export class Calls {
     this.channel = null; // user:<me>
     this.joined = false;
     this.incoming = new Map(); // call_id -> call_started payload (ringing here)
+    this.rang = new Set(); // call ids that rang here (for "answered on another device")
     this.current = null; // {call_id, caller: bool, peers: [ids], phase: calling|ringing|active, names}
     this.media = null; // {channel, presence, session, reply, joined}
     this.states = new Map(); // call_id -> last call_state
@@ -238,6 +259,7 @@ export class Calls {
     const phase = ringingHere ? "active" : "calling";
     const known = this.current && this.current.call_id === reply.call_id ? this.current : null;
     this.current = { call_id: reply.call_id, caller: true, peers: [target], phase: known ? known.phase : phase, names };
+    storeCall(reply.call_id);
     this.updateTone();
     this.joinMedia(reply.topic || `call:${reply.call_id}`);
     this.host.render();
@@ -260,6 +282,7 @@ export class Calls {
     const peers = caller ? [caller.id] : [];
     const names = caller ? { [caller.id]: caller.name } : {};
     this.current = { call_id: callId, caller: false, peers, phase: "active", names };
+    storeCall(callId);
     this.updateTone();
     this.joinMedia(reply.topic || `call:${callId}`);
     this.host.render();
@@ -300,6 +323,7 @@ export class Calls {
   onStarted(p) {
     if (!p.call_id || !p.caller) return;
     this.incoming.set(p.call_id, p);
+    this.rang.add(p.call_id);
     this.updateTone();
     this.host.render();
   }
@@ -340,7 +364,8 @@ export class Calls {
   }
 
   onStopRinging(p) {
-    if (!this.incoming.delete(p.call_id)) return;
+    const ringing = this.incoming.delete(p.call_id);
+    if (!ringing && !this.rang.has(p.call_id)) return;
     if (p.reason === "answered_elsewhere") this.host.notify("info", "Answered on another device.");
     else if (p.reason === "declined_elsewhere") this.host.notify("info", "Declined on another device.");
     this.updateTone();
@@ -349,6 +374,7 @@ export class Calls {
 
   onEnded(p) {
     this.incoming.delete(p.call_id);
+    if (storedCall() === p.call_id) storeCall(null);
     this.states.delete(p.call_id);
     if (this.current && this.current.call_id === p.call_id) this.finish(p.call_id, p.reason || "hangup");
     this.updateTone();
@@ -361,6 +387,7 @@ export class Calls {
     const others = call.peers.map((id) => call.names[id] || id);
     this.ended = { call_id: callId, reason, with: call.peers };
     this.current = null;
+    if (storedCall() === callId) storeCall(null);
     this.closeMedia();
     this.updateTone();
     const text = {
@@ -408,10 +435,11 @@ export class Calls {
       const callerId = others.find((id) => members[id] === "joined") || others[0] || "?";
       const caller = { id: callerId, name: this.host.nameOf(callerId) };
       this.incoming.set(p.call_id, { call_id: p.call_id, caller, rebuilt: true });
+      this.rang.add(p.call_id);
     } else if (mine !== "ringing") {
       this.incoming.delete(p.call_id);
     }
-    if (mine === "joined" && !this.current && !this.starting) {
+    if (mine === "joined" && !this.current && !this.starting && storedCall() === p.call_id) {
       // We are in this call (this device or another): a reconnecting page rejoins its media.
       const names = Object.fromEntries(others.map((id) => [id, this.host.nameOf(id)]));
       this.current = {

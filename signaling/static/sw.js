@@ -78,7 +78,8 @@ async function onClick(notification, action) {
     // An open page answers or declines on its own socket (app.js listens for these messages).
     const page = pages[0];
     page.postMessage({ type: kind, call_id: data.call_id });
-    if (kind === "answer") return page.focus();
+    // Focus is only allowed while handling a click; the answer is already on its way either way.
+    if (kind === "answer") return page.focus().catch(() => page);
     return undefined;
   }
   return self.clients.openWindow(`/?${kind}=${encodeURIComponent(data.call_id)}`);
@@ -87,3 +88,6 @@ async function onClick(notification, action) {
 self.addEventListener("notificationclick", (event) => {
   event.waitUntil(onClick(event.notification, event.action));
 });
+
+// The handlers by name, so a test can run them in this worker without a push service or a click.
+self.voxaSw = { onPush, onClick, closeRing };

@@ -12,7 +12,10 @@ from voxa.common.claims import ALL_PERMISSIONS, VoiceClaims, parse_permissions
 from voxa.common.ports import free_port
 from voxa.common.tokens import mint_token
 
-DEMO_USERS = (("alice", "Alice", ALL_PERMISSIONS), ("bob", "Bob", parse_permissions("connect,speak,video")))
+DEMO_USERS = (
+    ("alice", "Alice", ALL_PERMISSIONS),
+    ("bob", "Bob", parse_permissions("connect,speak,video,call")),
+)
 INVITE_TTL_S = 24 * 3600
 
 
@@ -72,6 +75,10 @@ def run_demo(*, port: int, server_id: str, host: str = "127.0.0.1", rtc_ip: str 
             "  (The secret is generated: set VOXA_JWT_SECRET to mint more tokens with `voxa token`.)",
             flush=True,
         )
+    print(
+        "  Calls: open both invites, then press Call next to the other person (or call a user id).",
+        flush=True,
+    )
     print("  Stop with Ctrl-C.", flush=True)
 
     async def main() -> None:

@@ -210,6 +210,52 @@ class NodeProcess:
         self._stderr.close()
 
 
+class MultiPeer(NodeProcess):
+    """A node peer holding several channels on one socket (e2e/js/multi.mjs): a device's `user:` topic
+    and a call's `call:` topic at once, as a calling client needs."""
+
+    def join(self, topic: str, payload: dict[str, Any] | None = None, *, timeout: float = WAIT_S) -> Event:
+        ref = f"j{next(self._ids)}"
+        self.send(cmd="join", id=ref, topic=topic, payload=payload or {})
+        return self.wait_ev("join", id=ref, timeout=timeout)
+
+    def push_to(
+        self, topic: str, event: str, payload: dict[str, Any] | None = None, *, timeout: float = WAIT_S
+    ) -> Event:
+        ref = f"p{next(self._ids)}"
+        self.send(cmd="push", id=ref, topic=topic, event=event, payload=payload or {})
+        return self.wait_ev("reply", id=ref, timeout=timeout)
+
+    def leave_topic(self, topic: str, *, timeout: float = WAIT_S) -> Event:
+        ref = f"l{next(self._ids)}"
+        self.send(cmd="leave", id=ref, topic=topic)
+        return self.wait_ev("reply", id=ref, timeout=timeout)
+
+    def wait_msg(self, topic: str, event: str, *, since: int = 0, timeout: float = WAIT_S) -> dict[str, Any]:
+        """The payload of the first server push `event` on `topic` (from `since` on)."""
+        found = self.wait_ev("msg", topic=topic, event=event, since=since, timeout=timeout)
+        payload: dict[str, Any] = found["payload"]
+        return payload
+
+    def wait_presence(
+        self,
+        topic: str,
+        pred: Callable[[dict[str, list[Meta]]], bool],
+        what: str,
+        *,
+        since: int = 0,
+        timeout: float = WAIT_S,
+    ) -> dict[str, list[Meta]]:
+        """The first Presence.onSync of `topic`'s channel whose state satisfies `pred`."""
+        event = self.wait_for(
+            lambda e: e.get("ev") == "sync" and e.get("topic") == topic and pred(presences(e)),
+            f"sync of {topic} where {what}",
+            since=since,
+            timeout=timeout,
+        )
+        return presences(event)
+
+
 class Minter:
     """Signs tokens with the secret a signaling process verifies (its VOXA_JWT_SECRET)."""
 
@@ -262,6 +308,13 @@ class NodePeers:
         if heartbeat_ms is not None:
             args += ["--heartbeat-ms", str(heartbeat_ms)]
         peer = NodeProcess(name, "client.mjs", args, token, self.log_dir)
+        self.started.append(peer)
+        return peer
+
+    def multi(self, name: str, signaling: Signaling, token: str, *, lifetime_ms: int = 90_000) -> MultiPeer:
+        """A phoenix Socket that joins, pushes to and leaves any number of topics on command."""
+        args = ["--url", signaling.ws_url, "--lifetime-ms", str(lifetime_ms)]
+        peer = MultiPeer(name, "multi.mjs", args, token, self.log_dir)
         self.started.append(peer)
         return peer
 

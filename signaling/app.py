@@ -120,6 +120,15 @@ async def index(request: web.Request) -> web.StreamResponse:
     return web.Response(text=text)
 
 
+async def service_worker(request: web.Request) -> web.StreamResponse:
+    """The browser client's service worker at the root, so its scope covers the page at `/`."""
+    path = STATIC / "sw.js"
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    headers = {"Content-Type": "text/javascript", "Cache-Control": "no-cache"}
+    return web.FileResponse(path, headers=headers)
+
+
 async def phoenix_js(request: web.Request) -> web.StreamResponse:
     path = phoenix_js_path()
     if path is None:
@@ -213,6 +222,7 @@ def create_app(settings: SignalingSettings, store: Store | None = None) -> web.A
         [
             web.get("/", index),
             web.get("/vendor/phoenix.mjs", phoenix_js),
+            web.get("/sw.js", service_worker),
             web.get("/socket/websocket", socket_handler),
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),

@@ -19,6 +19,11 @@
 //   {"id":5,"page":0,"call":"$goto","args":["http://127.0.0.1:4000/?token=..."]}  page.goto(url): another
 //                                                                          page (window.voxaTest is gone)
 //   {"id":6,"page":0,"call":"$viewport","args":[390, 844]}                 page.setViewportSize
+//   {"id":7,"page":0,"call":"$grant","args":[["notifications"]]}          context.grantPermissions for the page's origin
+//   {"id":8,"page":0,"call":"$swPush","args":["{...}"]}                   delivers a push message to the service
+//                      worker registered for the page's origin (DevTools ServiceWorker.deliverPushMessage)
+//   {"id":9,"page":0,"call":"$swEvaluate","args":["self.registration.scope"]} evaluates in the service worker
+//                      of the page's origin (awaits a promise)
 //   {"id":4,"call":"$exit"}                                                closes the browsers and exits
 // Replies: {"id":1,"ok":true,"result":...} or {"id":1,"ok":false,"error":"message"}.
 // Events: {"event":"ready","pages":N,"version":"..."}, {"event":"console","page":0,"level":"log","text":...},
@@ -128,6 +133,17 @@ async function run(command) {
     const response = await page.goto(args[0], { timeout: config.launchTimeoutMs ?? 30000 });
     return { url: page.url(), status: response ? response.status() : null };
   }
+  if (call === "$grant") {
+    await page.context().grantPermissions(args[0], { origin: new URL(page.url()).origin });
+    return args[0];
+  }
+  if (call === "$swPush") return await deliverPush(page, args[0]);
+  if (call === "$swEvaluate") {
+    const origin = new URL(page.url()).origin;
+    const worker = page.context().serviceWorkers().find((w) => w.url().startsWith(origin));
+    if (!worker) throw new Error(`no service worker for ${origin}`);
+    return await worker.evaluate(args[0]);
+  }
   if (call === "$viewport") {
     await page.setViewportSize({ width: args[0], height: args[1] });
     return page.viewportSize();
@@ -141,6 +157,31 @@ async function run(command) {
     },
     [call, args],
   );
+}
+
+// A push message straight into the page origin's service worker, as a push service would deliver it.
+async function deliverPush(page, data) {
+  const origin = new URL(page.url()).origin;
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const registrations = new Map();
+    cdp.on("ServiceWorker.workerRegistrationUpdated", (event) => {
+      for (const r of event.registrations) registrations.set(r.registrationId, r);
+    });
+    await cdp.send("ServiceWorker.enable");
+    const deadline = Date.now() + 10000;
+    let found = null;
+    while (!found) {
+      found = [...registrations.values()].find((r) => !r.isDeleted && r.scopeURL.startsWith(origin));
+      if (found) break;
+      if (Date.now() > deadline) throw new Error(`no service worker registration for ${origin}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    await cdp.send("ServiceWorker.deliverPushMessage", { origin, registrationId: found.registrationId, data });
+    return { registrationId: found.registrationId, scope: found.scopeURL };
+  } finally {
+    await cdp.detach().catch(() => {});
+  }
 }
 
 async function handle(line) {

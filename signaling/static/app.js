@@ -1,18 +1,22 @@
-// Voxa's browser client: presence, mute/deafen and voice in one channel.
+// Voxa's browser client: presence, mute/deafen and voice in one channel, and calls (calls.js).
 //
-// URL: /?token=JWT&channel=lobby[&server=ID]  (the voice server id defaults to the token's `server` claim)
+// URL: /?token=JWT&channel=lobby[&server=ID][&answer=CALL_ID]  (the voice server id defaults to the
+// token's `server` claim; `answer` comes from a call notification of the service worker, sw.js)
 // Protocol: docs/protocol.md (Phoenix Channels v2 socket, topic voice:<server>:<channel>, presence metas,
 // `sdp`/`ice`/`media_reset` for media). Media negotiation lives in media.js.
 //
-// Test hook: window.voxa = {state(), participants(), measure(ms), route()}.
+// Test hook: window.voxa = {state(), participants(), measure(ms), route(), calls()}.
 
 import { Presence, Socket } from "/vendor/phoenix.mjs";
 import { icon } from "./icons.js";
+import { Calls } from "./calls.js";
 import { MediaSession, audioContext } from "./media.js";
+import { registerPush } from "./push.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const STORAGE_KEY = "voxa.audio";
+const INVITE_KEY = "voxa.invite"; // the last invite, for a page a call notification opens without one
 const FAILED_MEDIA_RETRY_MS = 10000;
 const MAX_MEDIA_RETRIES = 3;
 const NO_MEDIA_RETRY_MS = 3000;
@@ -59,6 +63,7 @@ const app = {
   mic: null, // the live microphone track, or null
   micError: null,
   media: null, // MediaSession
+  voiceHeld: false, // a call's media is up: the voice channel's is closed meanwhile
   mediaNote: null, // why there is no voice (no media server, failure ...)
   mediaRetries: 0,
   ops: Promise.resolve(), // mute/deafen/device operations, one at a time
@@ -88,6 +93,25 @@ function saveSettings() {
   } catch {
     // private mode: settings last for this page only
   }
+}
+
+// --- calls (calls.js) -------------------------------------------------------------------------------
+const calls = new Calls({
+  socket: () => app.socket,
+  me: () => ({ id: app.claims.sub, name: app.claims.name || app.claims.sub }),
+  notify: (...args) => notify(...args),
+  dismiss: (key) => dismiss(key),
+  log: (...parts) => log(...parts),
+  render: () => render(),
+  openMedia: (opts) => openMedia(opts),
+  holdVoice: (held) => holdVoice(held),
+  listPresence: (presence, sessionId) => listPresence(presence, sessionId),
+  selfState: () => ({ muted: app.local.muted, deafened: app.local.deafened }),
+  nameOf: (userId) => (participants().find((p) => p.id === userId) || { name: userId }).name,
+});
+
+function canCall() {
+  return app.permissions.includes("call") && calls.joined;
 }
 
 // --- notices ---------------------------------------------------------------------------------------
@@ -146,6 +170,7 @@ function pushState(event) {
   push(event).catch((err) => {
     if (app.joined) notify("error", `Could not ${event}: ${errorText(err.reason || err)}`, { key: "state" });
   });
+  calls.pushState(event);
 }
 
 // --- connection ------------------------------------------------------------------------------------
@@ -184,6 +209,7 @@ function connect() {
   });
   socket.connect();
   joinChannel();
+  calls.join();
 }
 
 // A WebSocket that fails tells the page nothing: signaling refuses before the upgrade with a plain-text
@@ -225,6 +251,7 @@ function fail(reason) {
     app.channel = null;
     channel.leave();
   }
+  calls.reset();
   if (socket) socket.disconnect();
   releaseMic();
   dismiss("join");
@@ -250,7 +277,8 @@ function joinChannel() {
     if (channel === app.channel && app.media) app.media.handleRemote(payload);
   });
   channel.on("media_reset", (payload) => {
-    if (channel !== app.channel) return;
+    // While a call holds the voice its session is closed on purpose: the SFU noticing is no news.
+    if (channel !== app.channel || app.voiceHeld) return;
     notify("info", `Voice moved to another media server${payload && payload.reason ? ` (${payload.reason})` : ""}.`, {
       key: "media",
     });
@@ -357,6 +385,7 @@ function teardown(title, detail) {
   app.channel = null;
   app.presence = null;
   if (channel) channel.leave();
+  calls.reset();
   if (socket) setTimeout(() => socket.disconnect(), 200);
   app.socket = null;
   app.self = null;
@@ -386,40 +415,60 @@ function playback() {
 function startMedia(reason) {
   stopMedia();
   if (!app.joined || !app.reply) return;
+  if (app.voiceHeld) return; // a call has the microphone; the voice starts again after it
+  log("starting media", reason);
+  const session = openMedia({
+    reply: app.reply,
+    push: (event, payload) => push(event, payload),
+    isCurrent: (candidate) => candidate === app.media,
+    onFailed: (failed) => retryMedia(failed),
+    onConnected: () => {
+      app.mediaRetries = 0;
+      dismiss("media");
+      if (app.mediaNote) setMediaNote(null);
+    },
+    onNoMediaServer: () =>
+      // Retryable: an SFU may register any moment (the demo's starts next to signaling).
+      setMediaNote("No media server is available yet: you can see who is here; voice starts when one is."),
+    retry: () => {
+      if (app.joined) startMedia("retry");
+    },
+  });
+  app.media = session;
+  render();
+}
+
+// One MediaSession on a joined media topic: the voice channel, or a call's `call:` topic (they negotiate
+// alike, docs/protocol.md). `isCurrent(session)` says whether it is still its topic's live session: a
+// stale session's pushes and callbacks go nowhere.
+function openMedia({ reply, push: send, isCurrent, onFailed, onConnected, onNoMediaServer, retry }) {
   if (typeof RTCPeerConnection === "undefined") {
     setMediaNote("This browser has no WebRTC: voice is unavailable.");
-    return;
+    return null;
   }
   // A null media_server in the join reply is not final: the first offer asks signaling to assign one.
-  log("starting media", reason);
   const session = new MediaSession({
-    iceServers: app.reply.ice_servers || [],
-    iceTransportPolicy: app.reply.ice_transport_policy,
+    iceServers: reply.ice_servers || [],
+    iceTransportPolicy: reply.ice_transport_policy,
     track: app.local.muted ? null : app.mic,
     push: (event, payload) =>
-      session === app.media ? push(event, payload) : Promise.reject(new Error("stale media session")),
+      isCurrent(session) ? send(event, payload) : Promise.reject(new Error("stale media session")),
     audioContainer: $("audio"),
     playback,
     onChange: () => {
-      if (session !== app.media) return;
+      if (!isCurrent(session)) return;
       const state = session.pc.connectionState;
-      if (state === "connected") {
-        app.mediaRetries = 0;
-        dismiss("media");
-        if (app.mediaNote) setMediaNote(null);
-      } else if (state === "failed") {
-        retryMedia(session);
-      }
+      if (state === "connected" && onConnected) onConnected();
+      else if (state === "failed" && onFailed) onFailed(session);
       render();
     },
     onError: (where, err) => {
-      if (session !== app.media) return;
+      if (!isCurrent(session)) return;
       const reason = err && err.reason ? err.reason : errorText(err);
       if (/no media server/i.test(reason)) {
-        // Retryable: an SFU may register any moment (the demo's starts next to signaling).
-        setMediaNote("No media server is available yet: you can see who is here; voice starts when one is.");
+        if (onNoMediaServer) onNoMediaServer();
         setTimeout(() => {
-          if (session === app.media && app.joined) startMedia("retry");
+          if (isCurrent(session) && retry) retry();
         }, NO_MEDIA_RETRY_MS);
         return;
       }
@@ -427,8 +476,22 @@ function startMedia(reason) {
     },
     log: (...parts) => log("[media]", ...parts),
   });
-  app.media = session;
+  return session;
+}
+
+// A call's media holds the voice channel's (one microphone, one conversation at a time); once the call
+// is over the voice channel is joined afresh, which negotiates a new session (the old SFU peer is gone).
+function holdVoice(held) {
+  if (app.voiceHeld === held) return;
+  app.voiceHeld = held;
+  if (held) stopMedia();
+  else if (app.joined) rejoinChannel();
   render();
+}
+
+// Every live MediaSession of the page: the voice channel's and the call's.
+function sessions() {
+  return [app.media, calls.session()].filter(Boolean);
 }
 
 function setMediaNote(text) {
@@ -535,7 +598,7 @@ async function acquireOrMute() {
     app.mic = track;
     app.micError = null;
     dismiss("mic");
-    if (app.media) await app.media.setTrack(track);
+    for (const session of sessions()) await session.setTrack(track);
   } catch (err) {
     app.micError = micErrorText(err);
     notify("error", `Listening only: ${app.micError}.`, { key: "mic" });
@@ -558,7 +621,7 @@ async function setMuted(muted) {
   if (muted) {
     app.local.muted = true;
     releaseMic();
-    if (app.media) await app.media.setTrack(null);
+    for (const session of sessions()) await session.setTrack(null);
     render();
     pushState("mute");
     return;
@@ -581,7 +644,7 @@ async function setMuted(muted) {
   app.micError = null;
   dismiss("mic");
   app.local.muted = false;
-  if (app.media) await app.media.setTrack(track);
+  for (const session of sessions()) await session.setTrack(track);
   render();
   pushState("unmute");
 }
@@ -592,18 +655,18 @@ async function setDeafened(deafened, { unmute = true } = {}) {
   if (deafened) {
     app.local.mutedBeforeDeafen = app.local.muted;
     app.local.deafened = true;
-    if (app.media) app.media.refreshPlayback();
+    for (const session of sessions()) session.refreshPlayback();
     if (!app.local.muted) {
       app.local.muted = true;
       releaseMic();
-      if (app.media) await app.media.setTrack(null);
+      for (const session of sessions()) await session.setTrack(null);
     }
     render();
     pushState("deafen");
     return;
   }
   app.local.deafened = false;
-  if (app.media) app.media.refreshPlayback();
+  for (const session of sessions()) session.refreshPlayback();
   render();
   pushState("undeafen");
   if (unmute && !app.local.mutedBeforeDeafen) await setMuted(false);
@@ -670,7 +733,7 @@ async function switchMicrophone() {
   }
   const old = app.mic;
   app.mic = track;
-  if (app.media) await app.media.setTrack(track);
+  for (const session of sessions()) await session.setTrack(track);
   if (old) old.stop();
   notify("info", `Microphone: ${track.label || "switched"}.`, { key: "mic" });
 }
@@ -685,9 +748,14 @@ const STATUS_TEXT = {
 };
 
 function participants() {
-  if (!app.presence) return [];
+  return listPresence(app.presence, app.sessionId);
+}
+
+// The people of a media topic's Presence, one entry per session, oldest first.
+function listPresence(presence, ownSession) {
+  if (!presence) return [];
   const out = [];
-  app.presence.list((id, { metas }) => {
+  presence.list((id, { metas }) => {
     for (const meta of metas) {
       out.push({
         id,
@@ -702,7 +770,7 @@ function participants() {
         video: Boolean(meta.video),
         priority_speaker: Boolean(meta.priority_speaker),
         joined_at: meta.joined_at || 0,
-        you: meta.session_id === app.sessionId,
+        you: meta.session_id === ownSession,
       });
     }
   });
@@ -808,6 +876,17 @@ function renderParticipants(list) {
       else if (p.deafened) flags.appendChild(flag("headphonesOff", "Deafened", "deafened"));
 
       li.append(avatar, who, flags);
+      if (canCall() && !p.you && p.id !== app.claims.sub) {
+        const call = document.createElement("button");
+        call.type = "button";
+        call.className = "call";
+        call.setAttribute("aria-label", `Call ${p.name}`);
+        call.title = `Call ${p.name}`;
+        call.innerHTML = icon("phone", { size: 16 }) + '<span class="call-label">Call</span>';
+        call.disabled = Boolean(calls.current);
+        call.addEventListener("click", () => calls.start(p.id, p.name));
+        li.appendChild(call);
+      }
       if (canModerate && !p.you) {
         const mod = document.createElement("button");
         mod.type = "button";
@@ -854,6 +933,7 @@ function renderNotices() {
 
 function mediaStatusText() {
   if (!app.joined) return app.status === "left" || app.status === "error" ? "Voice off" : "Voice waiting for the channel";
+  if (app.voiceHeld) return "Voice on hold during the call";
   if (app.mediaNote) return "Voice unavailable";
   if (!app.media) return "Voice off";
   switch (app.media.pc.connectionState) {
@@ -928,14 +1008,84 @@ function render() {
   $("left").hidden = !over;
   $("left").setAttribute("role", app.status === "error" ? "alert" : "region");
   $("left").dataset.kind = app.status;
-  $("unlock").hidden = !(app.media && app.media.blockedPlayback);
+  $("unlock").hidden = !sessions().some((session) => session.blockedPlayback);
+  renderCalls();
+}
+
+// The call screens: an incoming ring (answer/decline), the current call (who, mute, end), the call form.
+function renderCalls() {
+  // Names as the topics' Presence knows them: a call rebuilt from call_state only has user ids.
+  const known = new Map([...participants(), ...calls.participants()].map((p) => [p.id, p.name]));
+  const nameOf = (id, given) => (given && given !== id ? given : known.get(id) || given || id);
+  const ringing = [...calls.incoming.values()];
+  const ring = calls.current ? null : ringing[0];
+  const incoming = $("incoming");
+  const appeared = Boolean(ring) && incoming.dataset.call !== (ring && ring.call_id);
+  incoming.hidden = !ring;
+  if (ring) {
+    incoming.dataset.call = ring.call_id;
+    const caller = nameOf(ring.caller.id, ring.caller.name);
+    $("incoming-from").textContent = `${caller} is calling you${ring.video ? " (video)" : ""}.`;
+    $("answer").setAttribute("aria-label", `Answer the call from ${caller}`);
+    $("decline").setAttribute("aria-label", `Decline the call from ${caller}`);
+    // An alert dialog takes the focus, so a keyboard answers with Enter.
+    if (appeared) $("answer").focus();
+  } else {
+    delete incoming.dataset.call;
+  }
+
+  const call = calls.current;
+  const view = $("call");
+  view.hidden = !call;
+  if (call) {
+    view.dataset.call = call.call_id;
+    view.dataset.phase = call.phase;
+    const names = call.peers.map((id) => nameOf(id, call.names[id]));
+    $("call-title").textContent = names.length ? `Call with ${names.join(", ")}` : "Call";
+    const session = calls.session();
+    const connected = session && session.pc.connectionState === "connected";
+    $("call-status").textContent =
+      call.phase === "calling"
+        ? "Calling…"
+        : call.phase === "ringing"
+          ? "Ringing…"
+          : connected
+            ? "In the call"
+            : "Connecting the call…";
+    const inCall = calls.participants();
+    $("call-members").replaceChildren(
+      ...inCall.map((p) => {
+        const li = document.createElement("li");
+        li.dataset.user = p.id;
+        li.textContent = p.you ? `${p.name} (you)` : p.name;
+        if (p.muted || p.server_muted) li.appendChild(flag("micOff", "Muted", "muted"));
+        return li;
+      }),
+    );
+    const muted = app.local.muted;
+    const mute = $("call-mute");
+    mute.innerHTML = icon(muted ? "micOff" : "mic", { size: 20 }) + `<span>${muted ? "Unmute" : "Mute"}</span>`;
+    mute.setAttribute("aria-pressed", String(muted));
+    mute.disabled = app.busy;
+    $("call-end").innerHTML = icon("phoneOff", { size: 20 }) + "<span>End call</span>";
+  } else {
+    delete view.dataset.call;
+    delete view.dataset.phase;
+  }
+  $("call-form").hidden = !app.permissions.includes("call") || !app.joined;
+  $("call-submit").disabled = !calls.joined || Boolean(call);
 }
 
 // --- test hook -------------------------------------------------------------------------------------
+// What this page hears: the call's media while there is one (the voice channel's is held), else the voice
+// channel's; keyed by user id through the topic's Presence.
 async function measure(ms = 1000) {
-  if (!app.media) return {};
-  const results = await app.media.measure(ms);
-  const bySession = new Map(participants().map((p) => [p.session_id, p]));
+  const callSession = calls.session();
+  const session = callSession || app.media;
+  if (!session) return {};
+  const results = await session.measure(ms);
+  const people = callSession ? calls.participants() : participants();
+  const bySession = new Map(people.map((p) => [p.session_id, p]));
   const out = {};
   for (const r of results) {
     const p = r.sessionId ? bySession.get(r.sessionId) : null;
@@ -979,7 +1129,7 @@ async function route() {
   return app.media ? app.media.route() : null;
 }
 
-window.voxa = { state, participants, measure, route };
+window.voxa = { state, participants, measure, route, calls: () => calls.state() };
 
 // --- boot ------------------------------------------------------------------------------------------
 function showJoinForm(message) {
@@ -1002,6 +1152,34 @@ function wire() {
     queue(() => setDeafened(!deafened));
   });
   $("leave").addEventListener("click", leave);
+  $("answer").addEventListener("click", () => {
+    const id = $("incoming").dataset.call;
+    if (id) calls.answer(id);
+  });
+  $("decline").addEventListener("click", () => {
+    const id = $("incoming").dataset.call;
+    if (id) calls.decline(id);
+  });
+  $("call-end").addEventListener("click", () => calls.hangUp());
+  $("call-mute").addEventListener("click", () => {
+    const muted = app.local.muted;
+    queue(() => setMuted(!muted));
+  });
+  $("call-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("call-user");
+    calls.start(input.value.trim()).then((reply) => {
+      if (reply) input.value = "";
+    });
+  });
+  if (navigator.serviceWorker) {
+    // A notification's action reaches an open page as a message (sw.js).
+    navigator.serviceWorker.addEventListener("message", (event) => {
+      const data = event.data || {};
+      if (data.type === "answer" && data.call_id) calls.answer(data.call_id);
+      else if (data.type === "decline" && data.call_id) calls.decline(data.call_id);
+    });
+  }
   $("rejoin").addEventListener("click", rejoin);
   const settingsPanel = $("settings");
   const settingsButton = $("settings-button");
@@ -1024,7 +1202,7 @@ function wire() {
   $("speaker-select").addEventListener("change", (event) => {
     app.settings.speakerId = event.target.value;
     saveSettings();
-    if (app.media) app.media.refreshPlayback();
+    for (const session of sessions()) session.refreshPlayback();
   });
   $("processing").checked = app.settings.processing;
   $("processing").addEventListener("change", (event) => {
@@ -1034,7 +1212,7 @@ function wire() {
   });
   $("unlock-button").addEventListener("click", () => {
     audioContext().resume();
-    if (app.media) app.media.refreshPlayback();
+    for (const session of sessions()) session.refreshPlayback();
   });
   if (navigator.mediaDevices && "ondevicechange" in navigator.mediaDevices) {
     navigator.mediaDevices.addEventListener("devicechange", refreshDevices);
@@ -1061,7 +1239,14 @@ function wire() {
 
 function boot() {
   wire();
-  const token = query.get("token");
+  let token = query.get("token");
+  let channelId = query.get("channel");
+  const saved = loadInvite();
+  if (!token && (query.get("answer") || query.get("decline")) && saved) {
+    // Opened by a call notification (sw.js) without an invite: use the last one of this browser.
+    token = saved.token;
+    channelId = channelId || saved.channel;
+  }
   if (!token) {
     showJoinForm(null);
     return;
@@ -1074,7 +1259,16 @@ function boot() {
   }
   app.token = token;
   app.serverId = query.get("server") || app.claims.server;
-  app.channelId = query.get("channel") || "lobby";
+  app.channelId = channelId || "lobby";
+  saveInvite(token, app.channelId);
+  calls.autoAnswer = query.get("answer");
+  if (query.get("decline")) calls.autoDecline = query.get("decline");
+  if (calls.autoAnswer || calls.autoDecline) {
+    const url = new URL(location.href);
+    url.searchParams.delete("answer");
+    url.searchParams.delete("decline");
+    history.replaceState(null, "", url);
+  }
   if (!app.serverId) {
     showJoinForm("The token names no voice server (`server` claim): add &server=<id> to the link.");
     return;
@@ -1082,6 +1276,26 @@ function boot() {
   if (query.get("muted") === "1") app.local.muted = true;
   refreshDevices();
   connect();
+  registerPush({ token: app.token, deviceId: calls.deviceId, log }).catch((err) =>
+    log("web push not registered:", errorText(err)),
+  );
+}
+
+function loadInvite() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(INVITE_KEY) || "null");
+    return saved && typeof saved.token === "string" ? saved : null;
+  } catch {
+    return null;
+  }
+}
+
+function saveInvite(token, channel) {
+  try {
+    localStorage.setItem(INVITE_KEY, JSON.stringify({ token, channel }));
+  } catch {
+    // private mode
+  }
 }
 
 boot();

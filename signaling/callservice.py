@@ -49,11 +49,18 @@ class CallService:
 
     # --- the transaction --------------------------------------------------------------------------
     async def transact(
-        self, server_id: str, call_id: str, transition: Callable[[Call | None], Outcome]
+        self,
+        server_id: str,
+        call_id: str,
+        transition: Callable[[Call | None], Outcome],
+        *,
+        new: bool = False,
     ) -> Outcome:
-        """Read, transition, commit if nobody changed the call meanwhile (else redo), deliver."""
-        for _ in range(COMMIT_ATTEMPTS):
-            stored = await self.store.call_get(server_id, call_id)
+        """Read, transition, commit if nobody changed the call meanwhile (else redo), deliver.
+        `new`: the id was just drawn, so the first attempt assumes the call does not exist yet
+        instead of reading it (the commit still fails if it does)."""
+        for attempt in range(COMMIT_ATTEMPTS):
+            stored = None if new and attempt == 0 else await self.store.call_get(server_id, call_id)
             before = calls.decode(stored.data) if stored is not None else None
             outcome = transition(before)
             if outcome.call == before and not outcome.events:
@@ -141,7 +148,7 @@ class CallService:
                 busy=busy,
             )
 
-        outcome = await self.transact(server_id, call_id, begin)
+        outcome = await self.transact(server_id, call_id, begin, new=True)
         ended = outcome.call is None
         if ended:
             raise CallError("busy")

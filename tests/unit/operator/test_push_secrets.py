@@ -1,0 +1,116 @@
+"""The Secrets holding push keys: read for their shape only, their changes roll signaling, and while one
+is missing signaling is left as it is (a stub API, no cluster)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, cast
+
+import pytest
+
+from tests.unit.operator.conftest import voiceserver
+from voxa.operator import reconcile, secret_values
+from voxa.operator import status as status_mod
+from voxa.operator.kube import ApiError, KubeClient
+from voxa.operator.reconcile import Reconciler, State
+from voxa.operator.render import Inputs, PushSecrets, voiceserver_children
+
+PUSH = {
+    "webPush": {
+        "vapidPrivateKeyRef": {"name": "push-keys", "key": "vapid.pem"},
+        "subject": "https://example.com",
+    },
+    "apns": {
+        "keyRef": {"name": "apns", "key": "key.p8"},
+        "keyId": "ABC123DEFG",
+        "teamId": "TEAM456789",
+        "topic": "a.b",
+    },
+}
+
+
+class StubKube:
+    """Secrets by name; every GET and apply is recorded."""
+
+    def __init__(self, secrets: dict[str, dict[str, Any]]) -> None:
+        self.secrets = secrets
+        self.gets: list[str] = []
+        self.applied: list[str] = []
+        self.refuse_reads = False
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        self.gets.append(path)
+        if self.refuse_reads:
+            raise ApiError(403, 'secrets "apns" is forbidden', "Forbidden")
+        return self.secrets.get(path.rsplit("/", 1)[-1])
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        self.applied.append(f"{manifest['kind']}/{manifest['metadata']['name']}")
+
+
+def stored(version: str, **data: str) -> dict[str, Any]:
+    encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+    return {"metadata": {"resourceVersion": version}, "data": encoded}
+
+
+@pytest.fixture(autouse=True)
+def no_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secret_values, "SECRET_TTL_S", 0.0)
+    monkeypatch.setattr(reconcile, "info", lambda *a, **k: None)
+    monkeypatch.setattr(reconcile, "warn", lambda *a, **k: None)
+
+
+async def test_the_revision_follows_the_secrets_resource_versions() -> None:
+    kube = StubKube(
+        {"push-keys": stored("5", **{"vapid.pem": "PEM"}), "apns": stored("8", **{"key.p8": "P8"})}
+    )
+    rec = Reconciler(cast(KubeClient, kube))
+    vs = voiceserver({"calls": {"push": PUSH}})
+    assert await rec.push_secrets(vs) == (PushSecrets("apns=8,push-keys=5"), None)
+    kube.secrets["apns"] = stored("9", **{"key.p8": "P8 rotated"})
+    assert await rec.push_secrets(vs) == (PushSecrets("apns=9,push-keys=5"), None)
+    # Without push nothing is read at all.
+    before = len(kube.gets)
+    assert await rec.push_secrets(voiceserver()) == (None, None)
+    assert len(kube.gets) == before
+
+
+async def test_the_shape_cache_keeps_no_values() -> None:
+    kube = StubKube({"push-keys": stored("5", **{"vapid.pem": "-----BEGIN PRIVATE KEY-----"})})
+    shape = await secret_values.read_shape(cast(KubeClient, kube), "games", "push-keys")
+    assert shape == secret_values.SecretShape("5", frozenset({"vapid.pem"}))
+    assert "BEGIN" not in repr(secret_values._shapes)
+
+
+async def test_a_missing_secret_or_key_is_reported_and_holds_signaling() -> None:
+    kube = StubKube({"push-keys": stored("5", **{"other.pem": "PEM"})})
+    rec = Reconciler(cast(KubeClient, kube))
+    vs = voiceserver({"calls": {"push": PUSH}})
+    push, error = await rec.push_secrets(vs)
+    assert push is None
+    assert error == (
+        "Secret push-keys has no key 'vapid.pem' (spec.calls.push.webPush.vapidPrivateKeyRef); "
+        "Secret apns (spec.calls.push.apns.keyRef) not found; signaling is left as it is until they exist"
+    )
+    kube.refuse_reads = True
+    assert await rec.push_secrets(vs) == (None, 'cannot read Secret apns: secrets "apns" is forbidden')
+
+    # Held children are neither written nor pruned; everything else converges.
+    rendered = voiceserver_children(vs, Inputs(sfu_replicas=1, push=push))
+    held = frozenset({("ConfigMap", "lobby-signaling"), ("Deployment", "lobby-signaling")})
+    live = {
+        ("Deployment", "lobby-signaling"): reconcile.Child("apps/v1", "Deployment", "lobby-signaling", "old")
+    }
+    body = {"metadata": {"name": "lobby"}}
+    assert await rec.converge(body, "games", rendered, live, State(), held) == []
+    assert "ConfigMap/lobby-signaling" not in kube.applied
+    assert "Deployment/lobby-signaling" not in kube.applied
+    assert "Deployment/lobby-sfu" in kube.applied and "Service/lobby-signaling" in kube.applied
+
+
+def test_a_secret_error_degrades_the_voiceserver_with_its_message() -> None:
+    vs = voiceserver({"calls": {"push": PUSH}})
+    seen = status_mod.Observed(secret_error="Secret apns (spec.calls.push.apns.keyRef) not found")
+    degraded = next(c for c in status_mod.compute(vs, seen, 0.0).conditions if c.type == "Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "SecretUnavailable")
+    assert degraded.message == "Secret apns (spec.calls.push.apns.keyRef) not found"

@@ -134,11 +134,13 @@ def mount() -> dict[str, Any]:
 def missing_keys(vs: VoiceServer, found: dict[str, frozenset[str] | None]) -> list[str]:
     """What the referenced Secrets lack, as messages; `found` maps a Secret's name to its keys (None:
     the Secret does not exist). Without these signaling's pods could not start."""
+    absent: dict[str, list[str]] = {}
     problems: list[str] = []
     for key in key_files(vs):
         keys = found.get(key.ref.name)
         if keys is None:
-            problems.append(f"Secret {key.ref.name} ({key.field}) not found")
+            absent.setdefault(key.ref.name, []).append(key.field)
         elif key.ref.key not in keys:
             problems.append(f"Secret {key.ref.name} has no key {key.ref.key!r} ({key.field})")
-    return list(dict.fromkeys(problems))
+    missing = [f"Secret {name} ({', '.join(fields)}) not found" for name, fields in absent.items()]
+    return missing + problems

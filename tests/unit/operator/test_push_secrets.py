@@ -89,8 +89,9 @@ async def test_a_missing_secret_or_key_is_reported_and_holds_signaling() -> None
     push, error = await rec.push_secrets(vs)
     assert push is None
     assert error == (
+        "Secret apns (spec.calls.push.apns.keyRef) not found; "
         "Secret push-keys has no key 'vapid.pem' (spec.calls.push.webPush.vapidPrivateKeyRef); "
-        "Secret apns (spec.calls.push.apns.keyRef) not found; signaling is left as it is until they exist"
+        "signaling is left as it is until they exist"
     )
     kube.refuse_reads = True
     assert await rec.push_secrets(vs) == (None, 'cannot read Secret apns: secrets "apns" is forbidden')

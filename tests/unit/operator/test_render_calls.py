@@ -162,8 +162,13 @@ def test_missing_secrets_and_keys_are_named_with_the_field_that_references_them(
         == []
     )
     assert calls.missing_keys(vs, {"apns": None, "push-keys": frozenset({"vapid.pem"})}) == [
-        "Secret push-keys has no key 'fcm.json' (spec.calls.push.fcm.serviceAccountRef)",
         "Secret apns (spec.calls.push.apns.keyRef) not found",
+        "Secret push-keys has no key 'fcm.json' (spec.calls.push.fcm.serviceAccountRef)",
+    ]
+    # A Secret that is missing altogether is named once, with every field that references it.
+    assert calls.missing_keys(vs, {"apns": frozenset({"AuthKey.p8"})}) == [
+        "Secret push-keys (spec.calls.push.webPush.vapidPrivateKeyRef, "
+        "spec.calls.push.fcm.serviceAccountRef) not found"
     ]
 
 

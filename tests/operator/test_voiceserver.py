@@ -291,7 +291,9 @@ def test_operator_restart_makes_no_writes(
     cluster.apply(
         secret("jwt", secret="s" * 32),
         secret("redis", url=redis_server.url),
-        voiceserver("calm", signaling={"replicas": 1}),
+        # Push keys are read back from their Secret on every reconcile: the same Secret, no write.
+        secret("push-keys", **{"vapid.pem": "vapid"}),
+        voiceserver("calm", signaling={"replicas": 1}, calls={"push": {"webPush": WEB_PUSH}}),
         namespace=namespace,
     )
     wait_ready(cluster, namespace, "calm")

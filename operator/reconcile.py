@@ -132,18 +132,23 @@ class Reconciler:
         if not names:
             return None, None
         found: dict[str, frozenset[str] | None] = {}
+        invalid: dict[tuple[str, str], str] = {}
         versions: list[str] = []
         for name in names:
+            expected = calls_render.expected_keys(vs, name)
             try:
-                shape = await secret_values.read_shape(self.kube, vs.namespace, name)
+                shape = await secret_values.read_shape(
+                    self.kube, vs.namespace, name, expected, calls_render.key_problem
+                )
             except ApiError as exc:
                 return None, f"cannot read Secret {name}: {exc.message or exc}"
             found[name] = None if shape is None else shape.keys
             if shape is not None:
                 versions.append(f"{name}={shape.resource_version}")
-        problems = calls_render.missing_keys(vs, found)
+                invalid.update({(name, key): problem for key, problem in shape.problems})
+        problems = calls_render.missing_keys(vs, found, invalid)
         if problems:
-            return None, "; ".join(problems) + "; signaling is left as it is until they exist"
+            return None, "; ".join(problems) + "; signaling is left as it is until that is fixed"
         return PushSecrets(revision=",".join(versions)), None
 
     async def ensure_control_secret(

@@ -2,14 +2,16 @@
 
 Values are read from the API on demand and kept SECRET_TTL_S, shared by every object that references
 the same Secret, never in the watch caches; a change (a rotation) is seen within that time. Secrets the
-operator only mounts into pods (push keys) are read for their shape alone: which keys they have and
-their resourceVersion, never their values.
+operator only mounts into pods (push keys) are read for their shape alone: which keys they have, their
+resourceVersion and whether the keys a caller expects are usable; their values are checked and dropped,
+never kept.
 """
 
 from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,23 +28,42 @@ class SecretShape:
 
     resource_version: str
     keys: frozenset[str]
+    problems: tuple[tuple[str, str], ...] = ()
+    """(key, what is wrong with its value) for the expected keys that are unusable."""
 
 
-_shapes: dict[tuple[str, str], tuple[float, SecretShape | None]] = {}
+Expected = frozenset[tuple[str, str]]
+"""(key, kind) pairs: the keys a caller needs and what each must be (the `check` function's kind)."""
+
+_shapes: dict[tuple[str, str, Expected], tuple[float, SecretShape | None]] = {}
 
 
-async def read_shape(kube: KubeClient, namespace: str, name: str) -> SecretShape | None:
-    """A Secret's keys and resourceVersion, or None if it does not exist."""
-    key = (namespace, name)
-    hit = _shapes.get(key)
+async def read_shape(
+    kube: KubeClient,
+    namespace: str,
+    name: str,
+    expected: Expected = frozenset(),
+    check: Callable[[str, bytes], str | None] | None = None,
+) -> SecretShape | None:
+    """A Secret's keys and resourceVersion, or None if it does not exist; with `check(kind, value)`,
+    each expected key that is present is checked and what is wrong with it recorded."""
+    cache_key = (namespace, name, expected)
+    hit = _shapes.get(cache_key)
     if hit is not None and time.monotonic() - hit[0] < SECRET_TTL_S:
         return hit[1]
     body = await kube.get(path_for("v1", "Secret", namespace, name))
     shape = None
     if body is not None:
-        keys = set(body.get("data") or {}) | set(body.get("stringData") or {})
-        shape = SecretShape(str((body.get("metadata") or {}).get("resourceVersion", "")), frozenset(keys))
-    _shapes[key] = (time.monotonic(), shape)
+        data: dict[str, str] = body.get("data") or {}
+        problems: list[tuple[str, str]] = []
+        for key, kind in sorted(expected):
+            if check is not None and key in data:
+                problem = check(kind, base64.b64decode(data[key]))
+                if problem is not None:
+                    problems.append((key, problem))
+        version = str((body.get("metadata") or {}).get("resourceVersion", ""))
+        shape = SecretShape(version, frozenset(data), tuple(problems))
+    _shapes[cache_key] = (time.monotonic(), shape)
     return shape
 
 

@@ -13,12 +13,21 @@ Secrets that both call their key `key.pem` cannot collide in the one volume.
 A changed Secret must roll signaling (it reads the files at start), so the pod template's fingerprint
 includes `PushSecrets.revision`: the referenced Secrets' resourceVersions, which reveal nothing of
 their content (a digest could be tested against guesses).
+
+Signaling refuses to start with a key it cannot use, so the operator checks each key's form first
+(`key_problem`: what signaling checks) and holds signaling back with a message rather than rolling
+it into pods that would crash.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from voxa.operator.models import APNS_URLS, CallsSpec, SecretKeyRef, VoiceServer
 
@@ -30,6 +39,9 @@ KEY_FILE_MODE = 0o400
 VAPID_FILE = "vapid-private-key.pem"
 FCM_FILE = "fcm-service-account.json"
 APNS_FILE = "apns-key.p8"
+
+FCM_FIELDS = ("client_email", "private_key", "token_uri", "project_id")
+"""What signaling needs of a service-account JSON key."""
 
 _DEFAULTS = CallsSpec()
 
@@ -131,9 +143,43 @@ def mount() -> dict[str, Any]:
     return {"name": PUSH_VOLUME, "mountPath": PUSH_MOUNT, "readOnly": True}
 
 
-def missing_keys(vs: VoiceServer, found: dict[str, frozenset[str] | None]) -> list[str]:
+def expected_keys(vs: VoiceServer, secret: str) -> frozenset[tuple[str, str]]:
+    """The (key, file) pairs signaling's pods take from one Secret."""
+    return frozenset((k.ref.key, k.file) for k in key_files(vs) if k.ref.name == secret)
+
+
+def key_problem(file: str, value: bytes) -> str | None:
+    """Why signaling could not use `value` as `file`, or None; never quotes the value."""
+    if file in (VAPID_FILE, APNS_FILE):
+        # VAPID signs with ES256 (RFC 8292), and so do APNs provider tokens: a P-256 key either way.
+        try:
+            key = serialization.load_pem_private_key(value, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            return "is not an unencrypted PEM private key"
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+            return "is not an EC P-256 (prime256v1) private key"
+        return None
+    if file == FCM_FILE:
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return "is not JSON (a service account's key file)"
+        if not isinstance(data, dict):
+            return "is not a JSON object (a service account's key file)"
+        missing = [f for f in FCM_FIELDS if not data.get(f)]
+        if missing:
+            return f"lacks {', '.join(missing)}"
+    return None
+
+
+def missing_keys(
+    vs: VoiceServer,
+    found: dict[str, frozenset[str] | None],
+    invalid: dict[tuple[str, str], str] | None = None,
+) -> list[str]:
     """What the referenced Secrets lack, as messages; `found` maps a Secret's name to its keys (None:
-    the Secret does not exist). Without these signaling's pods could not start."""
+    the Secret does not exist), `invalid` (Secret, key) to what `key_problem` said of its value.
+    Without these signaling's pods could not start."""
     absent: dict[str, list[str]] = {}
     problems: list[str] = []
     for key in key_files(vs):
@@ -142,5 +188,7 @@ def missing_keys(vs: VoiceServer, found: dict[str, frozenset[str] | None]) -> li
             absent.setdefault(key.ref.name, []).append(key.field)
         elif key.ref.key not in keys:
             problems.append(f"Secret {key.ref.name} has no key {key.ref.key!r} ({key.field})")
+        elif (problem := (invalid or {}).get((key.ref.name, key.ref.key))) is not None:
+            problems.append(f"Secret {key.ref.name} key {key.ref.key!r} ({key.field}) {problem}")
     missing = [f"Secret {name} ({', '.join(fields)}) not found" for name, fields in absent.items()]
-    return missing + problems
+    return missing + list(dict.fromkeys(problems))

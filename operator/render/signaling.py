@@ -163,7 +163,8 @@ def deployment(vs: VoiceServer, turn: TurnInputs | None = None, push: PushSecret
         "turn": turn_fingerprint,
     }
     if push_volume is not None:
-        # Their push keys' Secrets changed: the revision (resourceVersions), never their content.
+        # A changed push Secret rolls the pods: its resourceVersion is in the fingerprint, never its
+        # content or a digest of it.
         inputs["pushSecrets"] = (push or PushSecrets()).revision
     fingerprint = _fingerprint(inputs)
     container = {

@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
@@ -48,6 +50,14 @@ APNS = {
     "teamId": "TEAM456789",
     "topic": "com.example.voice",
 }
+
+
+def p256_pem() -> str:
+    """A fresh EC P-256 private key, PKCS#8 PEM: what VAPID and APNs keys are."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def rejected(cluster: KubeCluster, namespace: str, obj: dict[str, Any]) -> str:
@@ -292,7 +302,7 @@ def test_operator_restart_makes_no_writes(
         secret("jwt", secret="s" * 32),
         secret("redis", url=redis_server.url),
         # Push keys are read back from their Secret on every reconcile: the same Secret, no write.
-        secret("push-keys", **{"vapid.pem": "vapid"}),
+        secret("push-keys", **{"vapid.pem": p256_pem()}),
         voiceserver("calm", signaling={"replicas": 1}, calls={"push": {"webPush": WEB_PUSH}}),
         namespace=namespace,
     )
@@ -366,9 +376,9 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
 def test_push_keys_are_mounted_from_their_secret_and_its_changes_roll_signaling(
     operator: OperatorProcess, namespace: str, redis_server: RedisServer
 ) -> None:
-    """spec.calls.push: while the referenced Secret is missing signaling is held back and the
-    VoiceServer says why; once it exists its keys are mounted as files, and a change of it rolls
-    signaling."""
+    """spec.calls.push: while the referenced Secret is missing, or holds a key signaling could not use,
+    signaling is held back and the VoiceServer says why; once the keys are right they are mounted as
+    files, and a change of the Secret rolls signaling."""
     cluster = operator.cluster
     cluster.apply(
         secret("jwt", secret="s" * 32),
@@ -389,15 +399,33 @@ def test_push_keys_are_mounted_from_their_secret_and_its_changes_roll_signaling(
     )
     assert (condition(body, "Degraded") or {})["message"] == (
         "Secret push-keys (spec.calls.push.webPush.vapidPrivateKeyRef, spec.calls.push.apns.keyRef) "
-        "not found; signaling is left as it is until they exist"
+        "not found; signaling is left as it is until that is fixed"
     )
     # Everything else is in place; signaling, which could not start without its keys, is not.
     assert get(cluster, namespace, "deployment", "ring-sfu") is not None
     assert get(cluster, namespace, "deployment", "ring-signaling") is None
     assert get(cluster, namespace, "configmap", "ring-signaling") is None
 
-    vapid_pem = "-----BEGIN PRIVATE KEY-----\nvapid-one\n-----END PRIVATE KEY-----\n"
-    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": "apns-one"}), namespace=namespace)
+    # A key signaling could not use (a public key where the private one belongs) is named too.
+    vapid_pem, apns_pem = p256_pem(), p256_pem()
+    public = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    cluster.apply(secret("push-keys", **{"vapid.pem": public, "apns.p8": apns_pem}), namespace=namespace)
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "ring",
+        lambda b: (
+            "is not an unencrypted PEM private key" in (condition(b, "Degraded") or {}).get("message", "")
+        ),
+        "Degraded: the VAPID key is unusable",
+    )
+    assert (condition(body, "Degraded") or {})["message"] == (
+        "Secret push-keys key 'vapid.pem' (spec.calls.push.webPush.vapidPrivateKeyRef) is not an "
+        "unencrypted PEM private key; signaling is left as it is until that is fixed"
+    )
+    assert get(cluster, namespace, "deployment", "ring-signaling") is None
+
+    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": apns_pem}), namespace=namespace)
     wait_ready(cluster, namespace, "ring")
     voiceserver_when(
         cluster,
@@ -429,7 +457,7 @@ def test_push_keys_are_mounted_from_their_secret_and_its_changes_roll_signaling(
     ]
     mounts = pod["containers"][0]["volumeMounts"]
     assert {"name": "push-keys", "mountPath": "/etc/voxa/push", "readOnly": True} in mounts
-    assert "vapid-one" not in json.dumps(deployment) and "apns-one" not in json.dumps(deployment)
+    assert "PRIVATE KEY" not in json.dumps(deployment)
 
     # A rotated key rolls signaling (the operator rereads the Secret's version on its timer).
     def config_hash() -> str:
@@ -437,6 +465,6 @@ def test_push_keys_are_mounted_from_their_secret_and_its_changes_roll_signaling(
         return str(template["metadata"]["annotations"]["voxa.dev/config-hash"])
 
     before = config_hash()
-    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": "apns-two"}), namespace=namespace)
+    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": p256_pem()}), namespace=namespace)
     eventually(lambda: config_hash() != before, 30, "signaling's pod template changed")
     wait_ready(cluster, namespace, "ring")

@@ -271,8 +271,116 @@ class LimitsSpec(Model):
     )
 
 
+APNS_URLS = {
+    "production": "https://api.push.apple.com",
+    "sandbox": "https://api.sandbox.push.apple.com",
+}
+"""APNs base URLs by `spec.calls.push.apns.environment`: a build signed for development gets device
+tokens of the sandbox, a store or TestFlight build tokens of production; a token works with one only."""
+
+
+class WebPushSpec(Model):
+    """Web Push (browsers' push services) with VAPID: the private key signs every push."""
+
+    vapidPrivateKeyRef: SecretKeyRef = Field(
+        description="PEM EC P-256 private key (VAPID); browsers get its public half from "
+        "`GET /push/vapid-public-key`. Mounted as a file, never put in an environment variable."
+    )
+    subject: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^(mailto:|https://)\S+$",
+        description="VAPID `sub` claim: a mailto: or https: URL push services can contact you at.",
+    )
+
+
+class FcmSpec(Model):
+    """Firebase Cloud Messaging (HTTP v1) for Android devices."""
+
+    serviceAccountRef: SecretKeyRef = Field(
+        description="The Firebase service account's JSON key (OAuth2 JWT grant; it names the project). "
+        "Mounted as a file."
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^https?://\S+$",
+        description="FCM API base URL; omit for Google's.",
+    )
+
+
+class ApnsSpec(Model):
+    """Apple Push Notification service, token-based (ES256 JWTs signed with a .p8 key)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.topic.endsWith('.voip')",
+                    "topic is the app's bundle id, without .voip (VoIP pushes add it)",
+                )
+            ]
+        }
+    )
+
+    keyRef: SecretKeyRef = Field(description="The APNs auth key (.p8, PEM). Mounted as a file.")
+    keyId: str = Field(pattern=r"^[A-Z0-9]{10}$", description="The key's 10-character Key ID.")
+    teamId: str = Field(pattern=r"^[A-Z0-9]{10}$", description="Your 10-character Apple Developer Team ID.")
+    topic: str = Field(
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9.\-]+$",
+        description="The iOS app's bundle id (`apns-topic`).",
+    )
+    environment: Literal["production", "sandbox"] = Field(
+        default="production",
+        description="production (App Store and TestFlight builds) or sandbox (development builds).",
+    )
+
+
+class PushSpec(Model):
+    """Push notifications to callees with no live socket: at least one provider."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.webPush) || has(self.fcm) || has(self.apns)",
+                    "push needs at least one of webPush, fcm or apns",
+                )
+            ]
+        }
+    )
+
+    webPush: WebPushSpec | None = Field(default=None, description="Web Push for browsers.")
+    fcm: FcmSpec | None = Field(default=None, description="FCM for Android.")
+    apns: ApnsSpec | None = Field(default=None, description="APNs for iOS (alerts and VoIP pushes).")
+
+
+class CallsSpec(Model):
+    """Calls on `user:` topics (ringing, timeouts, push to offline callees); see docs/calls.md."""
+
+    ringTimeoutSeconds: int = Field(
+        default=30, ge=1, le=600, description="How long a call rings an invitee before it times out."
+    )
+    maxInvitees: int = Field(default=16, ge=1, le=256, description="Most invitees of one call.")
+    reconnectGraceSeconds: int = Field(
+        default=10,
+        ge=0,
+        le=300,
+        description="How long a ringing call outlives its caller's last socket before it is cancelled.",
+    )
+    callWaiting: bool = Field(
+        default=False,
+        description="Ring an invitee who is in another call (`busy: true`) instead of declining for them.",
+    )
+    push: PushSpec | None = Field(
+        default=None, description="Push notifications to invitees with no live socket; omit for none."
+    )
+
+
 class VoiceServerSpec(Model):
-    """Desired state of one voice server (a community): signaling, SFUs, auth and Redis."""
+    """Desired state of one voice server (a community): signaling, SFUs, auth, Redis and calls."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -302,6 +410,7 @@ class VoiceServerSpec(Model):
         description="A StunnerGateway through which clients reach the SFUs (TURN); omit for direct media.",
     )
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="Per-channel limits.")
+    calls: CallsSpec = Field(default_factory=CallsSpec, description="Calls and their push notifications.")
 
 
 # ----------------------------------------------------------------------------------------------------

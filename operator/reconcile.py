@@ -26,7 +26,8 @@ from voxa.operator.events import info, warn
 from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
 from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
 from voxa.operator.models import API_VERSION, VoiceServer
-from voxa.operator.render import Inputs, TurnInputs, voiceserver_children
+from voxa.operator.render import Inputs, PushSecrets, TurnInputs, voiceserver_children
+from voxa.operator.render import calls as calls_render
 from voxa.operator.render import sfu as sfu_render
 from voxa.operator.render.common import child_name
 from voxa.operator.render.signaling import redis_url, sfu_secret_name
@@ -123,6 +124,32 @@ class Reconciler:
         if ref.key not in data:
             raise LookupError(f"Secret {ref.name} has no key {ref.key!r}")
         return data[ref.key].strip()
+
+    async def push_secrets(self, vs: VoiceServer) -> tuple[PushSecrets | None, str | None]:
+        """The revision of the Secrets holding push keys, or (None, what is wrong with them). Read on
+        every reconcile (briefly cached), so a changed Secret rolls signaling within a resync or two."""
+        names = calls_render.secret_names(vs)
+        if not names:
+            return None, None
+        found: dict[str, frozenset[str] | None] = {}
+        invalid: dict[tuple[str, str], str] = {}
+        versions: list[str] = []
+        for name in names:
+            expected = calls_render.expected_keys(vs, name)
+            try:
+                shape = await secret_values.read_shape(
+                    self.kube, vs.namespace, name, expected, calls_render.key_problem
+                )
+            except ApiError as exc:
+                return None, f"cannot read Secret {name}: {exc.message or exc}"
+            found[name] = None if shape is None else shape.keys
+            if shape is not None:
+                versions.append(f"{name}={shape.resource_version}")
+                invalid.update({(name, key): problem for key, problem in shape.problems})
+        problems = calls_render.missing_keys(vs, found, invalid)
+        if problems:
+            return None, "; ".join(problems) + "; signaling is left as it is until that is fixed"
+        return PushSecrets(revision=",".join(versions)), None
 
     async def ensure_control_secret(
         self, vs: VoiceServer, body: dict[str, Any], children: dict[tuple[str, str], Child]
@@ -232,8 +259,17 @@ class Reconciler:
                     state.turn = await rendered_turn(self.kube, vs)
                     state.turn_read_back = True  # only once it worked: an API error tries again
                 turn = state.turn
-            rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn))
-            errors = await self.converge(body, vs.namespace, rendered, children, state)
+            push, push_error = await self.push_secrets(vs)
+            rendered = voiceserver_children(vs, Inputs(sfu_replicas=replicas, turn=turn, push=push))
+            # Pods that cannot mount their push keys would never start, and a ConfigMap naming key
+            # files would break any signaling container that restarts: both wait for the Secrets.
+            signaling_name = child_name(vs, "signaling")
+            held = (
+                frozenset({("ConfigMap", signaling_name), ("Deployment", signaling_name)})
+                if push_error
+                else frozenset()
+            )
+            errors = await self.converge(body, vs.namespace, rendered, children, state, held)
 
             observed = status_mod.Observed(
                 signaling=child_status(children, "Deployment", child_name(vs, "signaling")),
@@ -247,6 +283,7 @@ class Reconciler:
                 apply_errors=errors,
                 registry_error=registry_error,
                 gateway_error=turn_error,
+                secret_error=push_error,
             )
             await self.write_status(vs, body, status_mod.compute(vs, observed, time.time()))
 
@@ -257,8 +294,10 @@ class Reconciler:
         rendered: list[dict[str, Any]],
         children: dict[tuple[str, str], Child],
         state: State,
+        held: frozenset[tuple[str, str]] = frozenset(),
     ) -> list[str]:
-        """Apply what differs from the watch cache, delete what is no longer rendered; return errors."""
+        """Apply what differs from the watch cache, delete what is no longer rendered; return errors.
+        Children in `held` are left exactly as they are (neither written nor deleted)."""
         errors: list[str] = []
         wanted: set[tuple[str, str]] = set()
         applied: list[str] = []
@@ -266,6 +305,8 @@ class Reconciler:
         for manifest in rendered:
             key = (manifest["kind"], manifest["metadata"]["name"])
             wanted.add(key)
+            if key in held:
+                continue
             full, digest = with_hash(manifest)
             live = children.get(key)
             if config_failed and key[0] in ("Deployment", "StatefulSet"):

@@ -47,6 +47,8 @@ class Observed:
     registry_error: str | None = None
     gateway_error: str | None = None
     """Why the referenced StunnerGateway's TURN settings are not (or no longer) available."""
+    secret_error: str | None = None
+    """What is wrong with the Secrets holding push keys (signaling is not updated meanwhile)."""
 
 
 def iso(ts: float) -> str:
@@ -110,6 +112,8 @@ def compute(vs: VoiceServer, seen: Observed, now: float) -> VoiceServerStatus:
 
     if seen.apply_errors:
         degraded, d_reason, d_message = True, "ApplyFailed", "; ".join(seen.apply_errors)
+    elif seen.secret_error:
+        degraded, d_reason, d_message = True, "SecretUnavailable", seen.secret_error
     elif seen.gateway_error:
         degraded, d_reason, d_message = True, "GatewayUnavailable", seen.gateway_error
     elif seen.registry_error:

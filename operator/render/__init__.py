@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from voxa.operator.models import VoiceServer
 from voxa.operator.render import redis, sfu, signaling
+from voxa.operator.render.calls import PushSecrets
 from voxa.operator.render.common import Manifest
 from voxa.operator.render.signaling import TurnInputs
 
-__all__ = ["Inputs", "TurnInputs", "voiceserver_children"]
+__all__ = ["Inputs", "PushSecrets", "TurnInputs", "voiceserver_children"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Inputs:
     """The SFU Deployment's replicas, as the scaler decided."""
     turn: TurnInputs | None = None
     """The referenced StunnerGateway's URIs and secret, once known."""
+    push: PushSecrets | None = None
+    """The revision of the Secrets holding push keys (`spec.calls.push`), once read."""
 
 
 def voiceserver_children(vs: VoiceServer, inputs: Inputs) -> list[Manifest]:
@@ -35,7 +38,7 @@ def voiceserver_children(vs: VoiceServer, inputs: Inputs) -> list[Manifest]:
         children += [redis.service(vs), redis.stateful_set(vs), redis.network_policy(vs)]
     children += [
         signaling.service(vs),
-        signaling.deployment(vs, inputs.turn),
+        signaling.deployment(vs, inputs.turn, inputs.push),
         signaling.disruption_budget(vs),
         sfu.service(vs),
         sfu.deployment(vs, inputs.sfu_replicas),

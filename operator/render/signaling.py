@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxa.operator.models import VoiceServer
+from voxa.operator.render import calls
+from voxa.operator.render.calls import PushSecrets
 from voxa.operator.render.common import (
     CONFIG_HASH_ANNOTATION,
     SIGNALING_PORT,
@@ -106,6 +108,7 @@ def config_data(vs: VoiceServer, turn: TurnInputs | None = None) -> dict[str, st
         # SFU pods have pod addresses only: clients must not try them directly (a check to a pod
         # address would leave through the client's default route); media enters through the gateway.
         data["VOXA_ICE_TRANSPORT_POLICY"] = "relay"
+    data.update(calls.config_data(vs))
     return data
 
 
@@ -122,7 +125,7 @@ def _fingerprint(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def deployment(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
+def deployment(vs: VoiceServer, turn: TurnInputs | None = None, push: PushSecrets | None = None) -> Manifest:
     spec = vs.spec.signaling
     auth = vs.spec.auth
     env: list[dict[str, Any]] = [secret_env("VOXA_SFU_SECRET", sfu_secret_name(vs), "secret")]
@@ -148,10 +151,22 @@ def deployment(vs: VoiceServer, turn: TurnInputs | None = None) -> Manifest:
             }
         )
         mounts.append({"name": "jwt", "mountPath": JWT_MOUNT, "readOnly": True})
+    push_volume = calls.volume(vs)
+    if push_volume is not None:
+        volumes.append(push_volume)
+        mounts.append(calls.mount())
     # Pods roll when settings change: the template carries a fingerprint of everything they read.
-    fingerprint = _fingerprint(
-        {"config": config_data(vs, turn), "env": env, "volumes": volumes, "turn": turn_fingerprint}
-    )
+    inputs: dict[str, Any] = {
+        "config": config_data(vs, turn),
+        "env": env,
+        "volumes": volumes,
+        "turn": turn_fingerprint,
+    }
+    if push_volume is not None:
+        # A changed push Secret rolls the pods: its resourceVersion is in the fingerprint, never its
+        # content or a digest of it.
+        inputs["pushSecrets"] = (push or PushSecrets()).revision
+    fingerprint = _fingerprint(inputs)
     container = {
         "name": COMPONENT,
         "image": spec.image,

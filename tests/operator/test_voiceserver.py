@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
@@ -37,6 +40,26 @@ CHILDREN = [
 ]
 
 
+WEB_PUSH = {
+    "vapidPrivateKeyRef": {"name": "push-keys", "key": "vapid.pem"},
+    "subject": "mailto:ops@example.com",
+}
+APNS = {
+    "keyRef": {"name": "push-keys", "key": "apns.p8"},
+    "keyId": "ABC123DEFG",
+    "teamId": "TEAM456789",
+    "topic": "com.example.voice",
+}
+
+
+def p256_pem() -> str:
+    """A fresh EC P-256 private key, PKCS#8 PEM: what VAPID and APNs keys are."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
 def rejected(cluster: KubeCluster, namespace: str, obj: dict[str, Any]) -> str:
     with pytest.raises(KubectlError) as info:
         cluster.apply(obj, namespace=namespace)
@@ -65,6 +88,25 @@ def test_invalid_specs_are_refused_by_the_api_server_with_readable_messages(
         (
             voiceserver("i", signaling={"service": {"nodePort": 30080}}),
             "nodePort needs type NodePort or LoadBalancer",
+        ),
+        (voiceserver("j", calls={"push": {}}), "push needs at least one of webPush, fcm or apns"),
+        (
+            voiceserver("k", calls={"push": {"apns": {**APNS, "topic": "com.example.voice.voip"}}}),
+            "topic is the app's bundle id, without .voip (VoIP pushes add it)",
+        ),
+        (
+            voiceserver("l", calls={"push": {"apns": {**APNS, "environment": "staging"}}}),
+            'supported values: "production", "sandbox"',
+        ),
+        (
+            voiceserver("m", calls={"push": {"webPush": {**WEB_PUSH, "subject": "ops@example.com"}}}),
+            "spec.calls.push.webPush.subject",
+        ),
+        (voiceserver("n", calls={"ringTimeoutSeconds": 0}), "spec.calls.ringTimeoutSeconds"),
+        (voiceserver("o", calls={"maxInvitees": 257}), "spec.calls.maxInvitees"),
+        (
+            voiceserver("p", calls={"push": {"fcm": {}}}),
+            'missing required field "serviceAccountRef"',
         ),
     ]
     for obj, message in cases:
@@ -259,7 +301,9 @@ def test_operator_restart_makes_no_writes(
     cluster.apply(
         secret("jwt", secret="s" * 32),
         secret("redis", url=redis_server.url),
-        voiceserver("calm", signaling={"replicas": 1}),
+        # Push keys are read back from their Secret on every reconcile: the same Secret, no write.
+        secret("push-keys", **{"vapid.pem": p256_pem()}),
+        voiceserver("calm", signaling={"replicas": 1}, calls={"push": {"webPush": WEB_PUSH}}),
         namespace=namespace,
     )
     wait_ready(cluster, namespace, "calm")
@@ -327,3 +371,100 @@ def changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
 
     walk("", old, new)
     return lines
+
+
+def test_push_keys_are_mounted_from_their_secret_and_its_changes_roll_signaling(
+    operator: OperatorProcess, namespace: str, redis_server: RedisServer
+) -> None:
+    """spec.calls.push: while the referenced Secret is missing, or holds a key signaling could not use,
+    signaling is held back and the VoiceServer says why; once the keys are right they are mounted as
+    files, and a change of the Secret rolls signaling."""
+    cluster = operator.cluster
+    cluster.apply(
+        secret("jwt", secret="s" * 32),
+        secret("redis", url=redis_server.url),
+        voiceserver(
+            "ring",
+            signaling={"replicas": 1},
+            calls={"ringTimeoutSeconds": 20, "push": {"webPush": WEB_PUSH, "apns": APNS}},
+        ),
+        namespace=namespace,
+    )
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "ring",
+        lambda b: (condition(b, "Degraded") or {}).get("reason") == "SecretUnavailable",
+        "Degraded: SecretUnavailable",
+    )
+    assert (condition(body, "Degraded") or {})["message"] == (
+        "Secret push-keys (spec.calls.push.webPush.vapidPrivateKeyRef, spec.calls.push.apns.keyRef) "
+        "not found; signaling is left as it is until that is fixed"
+    )
+    # Everything else is in place; signaling, which could not start without its keys, is not.
+    assert get(cluster, namespace, "deployment", "ring-sfu") is not None
+    assert get(cluster, namespace, "deployment", "ring-signaling") is None
+    assert get(cluster, namespace, "configmap", "ring-signaling") is None
+
+    # A key signaling could not use (a public key where the private one belongs) is named too.
+    vapid_pem, apns_pem = p256_pem(), p256_pem()
+    public = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
+    cluster.apply(secret("push-keys", **{"vapid.pem": public, "apns.p8": apns_pem}), namespace=namespace)
+    body = voiceserver_when(
+        cluster,
+        namespace,
+        "ring",
+        lambda b: (
+            "is not an unencrypted PEM private key" in (condition(b, "Degraded") or {}).get("message", "")
+        ),
+        "Degraded: the VAPID key is unusable",
+    )
+    assert (condition(body, "Degraded") or {})["message"] == (
+        "Secret push-keys key 'vapid.pem' (spec.calls.push.webPush.vapidPrivateKeyRef) is not an "
+        "unencrypted PEM private key; signaling is left as it is until that is fixed"
+    )
+    assert get(cluster, namespace, "deployment", "ring-signaling") is None
+
+    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": apns_pem}), namespace=namespace)
+    wait_ready(cluster, namespace, "ring")
+    voiceserver_when(
+        cluster,
+        namespace,
+        "ring",
+        lambda b: (condition(b, "Degraded") or {}).get("status") == "False",
+        "Degraded: False",
+    )
+    config = get(cluster, namespace, "configmap", "ring-signaling")["data"]
+    assert config["VOXA_CALL_RING_TIMEOUT_S"] == "20"
+    assert config["VOXA_PUSH_VAPID_PRIVATE_KEY_FILE"] == "/etc/voxa/push/vapid-private-key.pem"
+    assert config["VOXA_PUSH_VAPID_SUBJECT"] == "mailto:ops@example.com"
+    assert config["VOXA_PUSH_APNS_KEY_FILE"] == "/etc/voxa/push/apns-key.p8"
+    assert config["VOXA_PUSH_APNS_URL"] == "https://api.push.apple.com"
+    deployment = get(cluster, namespace, "deployment", "ring-signaling")
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "push-keys"]
+    assert volume["projected"]["defaultMode"] == 0o400
+    assert volume["projected"]["sources"] == [
+        {
+            "secret": {
+                "name": "push-keys",
+                "items": [
+                    {"key": "vapid.pem", "path": "vapid-private-key.pem"},
+                    {"key": "apns.p8", "path": "apns-key.p8"},
+                ],
+            }
+        }
+    ]
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "push-keys", "mountPath": "/etc/voxa/push", "readOnly": True} in mounts
+    assert "PRIVATE KEY" not in json.dumps(deployment)
+
+    # A rotated key rolls signaling (the operator rereads the Secret's version on its timer).
+    def config_hash() -> str:
+        template = get(cluster, namespace, "deployment", "ring-signaling")["spec"]["template"]
+        return str(template["metadata"]["annotations"]["voxa.dev/config-hash"])
+
+    before = config_hash()
+    cluster.apply(secret("push-keys", **{"vapid.pem": vapid_pem, "apns.p8": p256_pem()}), namespace=namespace)
+    eventually(lambda: config_hash() != before, 30, "signaling's pod template changed")
+    wait_ready(cluster, namespace, "ring")

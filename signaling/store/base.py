@@ -276,7 +276,9 @@ class Store(abc.ABC):
         """Every registration of the user, by key."""
 
     @abc.abstractmethod
-    async def push_rung_set(self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float) -> None:
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
         """Remember which devices of a user were pushed a ring for a call, for ttl_s, so whichever
         replica ends the ring sends them the follow-up."""
 

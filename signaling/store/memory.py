@@ -44,7 +44,9 @@ class MemoryBackend:
     missed: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)  # (expires, record)
     wall_clock: Callable[[], float] = time.time
     push_devices: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    push_rung: dict[tuple[str, str, str], tuple[float, str]] = field(default_factory=dict)  # (expires, record)
+    push_rung: dict[tuple[str, str, str], tuple[float, str]] = field(
+        default_factory=dict
+    )  # (expires, record)
 
     def alive(self, replica: str) -> bool:
         return self.replicas.get(replica, 0.0) > self.clock()
@@ -279,7 +281,9 @@ class MemoryStore(Store):
     async def push_devices(self, server_id: str, user_id: str) -> dict[str, str]:
         return dict(self.backend.push_devices.get((server_id, user_id), {}))
 
-    async def push_rung_set(self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float) -> None:
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
         self.backend.push_rung[(server_id, call_id, user_id)] = (self.backend.wall_clock() + ttl_s, record)
 
     async def push_rung_take(self, server_id: str, call_id: str, user_id: str) -> str | None:

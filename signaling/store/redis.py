@@ -606,7 +606,9 @@ class RedisStore(Store):
 
     async def push_device_put(self, server_id: str, user_id: str, key: str, record: str, cap: int) -> bool:
         name = f"voxa:pushdev:{server_id}:{user_id}"
-        stored = await self._call(lambda: self._redis.eval(PUSH_DEVICE_PUT_LUA, 1, name, key, record, str(cap)))
+        stored = await self._call(
+            lambda: self._redis.eval(PUSH_DEVICE_PUT_LUA, 1, name, key, record, str(cap))
+        )
         return bool(stored)
 
     async def push_device_remove(self, server_id: str, user_id: str, keys: list[str]) -> int:
@@ -621,7 +623,9 @@ class RedisStore(Store):
         )
         return found
 
-    async def push_rung_set(self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float) -> None:
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
         key = f"voxa:pushrung:{server_id}:{call_id}:{user_id}"
         await self._call(lambda: self._redis.set(key, record, px=max(1, int(ttl_s * 1000))))
 

@@ -333,6 +333,7 @@ class ApnsStandIn:
         config.keyfile = str(self._key_pem)
         config.alpn_protocols = ["h2"]
         config.accesslog = None
+        config.graceful_timeout = 1.0
         config.errorlog = str(self.workdir / "apns-standin.log")
         self._task = asyncio.create_task(serve(self._asgi, config, shutdown_trigger=self._stop.wait))  # type: ignore[arg-type]
 

@@ -106,7 +106,8 @@ async def test_fcm_rings_an_offline_android_device_and_follows_up(
     await alice.push("start_call", {"invitees": ["bob"]})
 
     async def removed() -> bool:
-        return (await api(replica, "GET", "/push/devices"))[1]["devices"] == []
+        devices: list[dict[str, str]] = (await api(replica, "GET", "/push/devices"))[1]["devices"]
+        return devices == []
 
     await poll(removed, 30, "the unregistered FCM token to go")
     assert metric(replica, "voxa_signaling_push_removed_total", kind="fcm") == 1

@@ -95,6 +95,8 @@ class SignalingContext:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
         await self.calls.stop()
+        with contextlib.suppress(TimeoutError):
+            await self.push.wait_idle(timeout=min(2.0, self.settings.shutdown_grace_s))  # rings in flight
         await self.push.stop()
         await self.media.close()
         await self.hub.stop()

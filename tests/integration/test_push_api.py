@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from tests.integration.conftest import AppFactory, AppServer, token
+from tests.support.push_helpers import AUTH, POINT, webpush_body
 from tests.support.push_standins import p256_pem
-from tests.unit.test_push import AUTH, POINT, webpush_body
 from voxa.signaling.push.models import MAX_BODY_BYTES, MAX_DEVICES_PER_USER, b64url_decode
 
 

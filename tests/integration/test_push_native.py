@@ -14,7 +14,7 @@ import pytest
 
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
-from tests.integration.test_push_webpush import api, metric
+from tests.support.push_helpers import api, metric
 from tests.support.push_standins import ApnsStandIn, FcmStandIn, poll
 from voxa.client.phoenix import ClientChannel, PhoenixClient
 
@@ -110,7 +110,7 @@ async def test_fcm_rings_an_offline_android_device_and_follows_up(
         return devices == []
 
     await poll(removed, 30, "the unregistered FCM token to go")
-    assert metric(replica, "voxa_signaling_push_removed_total", kind="fcm") == 1
+    assert await metric(replica, "voxa_signaling_push_removed_total", kind="fcm") == 1
 
 
 async def test_apns_rings_by_voip_and_cancels_by_alert_only(
@@ -160,4 +160,4 @@ async def test_apns_rings_by_voip_and_cancels_by_alert_only(
         return {"device_id": "bob-ipad", "kind": "apns"} not in devices and len(devices) == 2
 
     await poll(removed, 30, "the unregistered APNs token to go")
-    assert metric(replica, "voxa_signaling_push_removed_total", kind="apns") == 1
+    assert await metric(replica, "voxa_signaling_push_removed_total", kind="apns") == 1

@@ -4,16 +4,15 @@ the test reads back what a browser's service worker would get."""
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
+from tests.support.push_helpers import api, metric
 from tests.support.push_standins import BrokenPushService, WebPushTestService, p256_pem, poll
 from voxa.client.phoenix import ClientChannel, PhoenixClient
 from voxa.signaling.push.result import MAX_ATTEMPTS
@@ -62,17 +61,6 @@ async def device(replicas: tuple[SignalingProcess, SignalingProcess]) -> AsyncIt
         await client.close()
 
 
-async def api(
-    replica: SignalingProcess, method: str, path: str, user: str = "bob", body: Any = None
-) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {token(user)}"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(method, replica.url + path, json=body, headers=headers) as resp,
-    ):
-        return resp.status, await resp.json()
-
-
 async def subscribe_device(
     replica: SignalingProcess, web_push: WebPushTestService, device_id: str, user: str = "bob"
 ) -> str:
@@ -88,18 +76,6 @@ async def subscribe_device(
     status, reply = await api(replica, "POST", "/push/devices", user, body)
     assert (status, reply) == (201, {"device_id": device_id, "kind": "webpush"})
     return str(subscription["clientHash"])
-
-
-def metric(replica: SignalingProcess, name: str, **labels: str) -> float:
-    """The sum of a replica's /metrics samples of `name` that carry these labels (0 when none)."""
-    with urllib.request.urlopen(replica.url + "/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        sample, _, value = line.rpartition(" ")
-        if sample.partition("{")[0] == name and all(f'{k}="{v}"' in sample for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 async def pushes(web_push: WebPushTestService, client_hash: str, count: int) -> list[dict[str, Any]]:
@@ -129,7 +105,7 @@ async def test_an_offline_callee_is_rung_by_web_push_and_told_when_the_caller_ca
     ring, stop = await pushes(web_push, client_hash, 2)
     assert stop == {"type": "stop_ringing", "call_id": call_id, "reason": "cancelled"}
     assert [h["topic"] for h in await web_push.headers(client_hash)] == [f"call-{call_id}"[:32]] * 2
-    sent = sum(metric(r, "voxa_signaling_push_sent_total", kind="webpush") for r in replicas)
+    sent = sum([await metric(r, "voxa_signaling_push_sent_total", kind="webpush") for r in replicas])
     assert sent == 2
 
 
@@ -166,7 +142,7 @@ async def test_an_expired_subscription_is_removed_and_the_call_goes_on(
         return status == 200 and found["devices"] == []
 
     await poll(removed, 30, "the 410'd registration to go")
-    assert sum(metric(r, "voxa_signaling_push_removed_total", kind="webpush") for r in replicas) == 1
+    assert sum([await metric(r, "voxa_signaling_push_removed_total", kind="webpush") for r in replicas]) == 1
     await bob.wait_event("call_started", timeout=20)
     await bob.push("decline_call", {"call_id": call_id, "reason": "declined"})
     assert (await alice.wait_event("call_ended", timeout=20))["reason"] == "declined"
@@ -225,7 +201,10 @@ async def test_a_broken_push_service_neither_delays_nor_sticks_a_call(
         assert (await alice.wait_event("call_ended", timeout=30))["reason"] == "timeout"
 
         async def given_up() -> bool:
-            return metric(replica, "voxa_signaling_push_failed_total", kind="webpush", reason="gave_up") >= 1
+            return (
+                await metric(replica, "voxa_signaling_push_failed_total", kind="webpush", reason="gave_up")
+                >= 1
+            )
 
         await poll(given_up, 30, "the push to be given up")
         rings = [ttl for ttl in broken.ttls if ttl <= ring_s]  # the follow-up has a longer TTL

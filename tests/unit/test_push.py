@@ -13,9 +13,10 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import ValidationError
 
+from tests.support.push_helpers import AUTH, POINT, webpush_body
 from tests.support.push_standins import p256_pem
 from voxa.signaling import calls
 from voxa.signaling.metrics import SignalingMetrics
@@ -34,21 +35,6 @@ from voxa.signaling.push.webpush import application_server_key, load_vapid_key, 
 from voxa.signaling.store.memory import MemoryStore
 
 NOW = 1_800_000_000.0
-POINT = b64url_encode(
-    ec.generate_private_key(ec.SECP256R1())
-    .public_key()
-    .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
-)
-AUTH = b64url_encode(b"0123456789abcdef")
-
-
-def webpush_body(endpoint: str = "https://push.example.net/p/abc", **extra: object) -> dict[str, object]:
-    return {
-        "device_id": "bob-browser",
-        "kind": "webpush",
-        "subscription": {"endpoint": endpoint, "keys": {"p256dh": POINT, "auth": AUTH}},
-        **extra,
-    }
 
 
 # --- registrations ----------------------------------------------------------------------------------

@@ -217,3 +217,29 @@ async def test_a_broken_push_service_neither_delays_nor_sticks_a_call(
         for client in clients:
             await client.close()
         await broken.stop()
+
+
+async def test_a_ring_that_times_out_is_followed_up_by_whichever_replica_expires_it(
+    signaling_factory: SignalingFactory,
+    redis_server: RedisServer,
+    push_env: dict[str, str],
+    web_push: WebPushTestService,
+) -> None:
+    ring_s = 4
+    one, two = (
+        signaling_factory(redis_server.url, call_ring_timeout_s=str(ring_s), **push_env) for _ in "12"
+    )
+    client_hash = await subscribe_device(two, web_push, "bob-browser")
+    client = PhoenixClient(one.ws_url, token("alice", grant="connect,speak,call"))
+    await client.connect()
+    try:
+        alice, _ = await client.join("user:alice", {"device_id": "alice-laptop"})
+        call_id = (await alice.push("start_call", {"invitees": ["bob"]}))["call_id"]
+        assert (await alice.wait_event("call_ended", timeout=30))["reason"] == "timeout"
+        ring, stop = await pushes(web_push, client_hash, 2)
+        assert ring["type"] == "call_started"
+        assert stop == {"type": "stop_ringing", "call_id": call_id, "reason": "timeout"}
+        ring_headers, stop_headers = await web_push.headers(client_hash)
+        assert 0 < int(ring_headers["ttl"]) <= ring_s < int(stop_headers["ttl"])
+    finally:
+        await client.close()

@@ -9,6 +9,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -380,3 +381,20 @@ async def test_registration_limits_and_unconfigured_kinds() -> None:
         await service.unregister("g", "bob", "nobody")
     assert info.value.status == 404
     await service.stop()
+
+
+def test_push_settings_that_cannot_work_are_refused_at_startup(tmp_path: Path) -> None:
+    from voxa.signaling.settings import SignalingSettings
+
+    base: dict[str, Any] = {"jwt_secret": "s" * 32}
+    with pytest.raises(ValidationError, match="VOXA_PUSH_VAPID_SUBJECT"):
+        SignalingSettings(**base, push_vapid_private_key_file="/k.pem")
+    with pytest.raises(ValidationError, match="VOXA_PUSH_VAPID_SUBJECT"):
+        SignalingSettings(**base, push_vapid_private_key_file="/k.pem", push_vapid_subject="ops@x")
+    with pytest.raises(ValidationError, match="VOXA_PUSH_APNS_KEY_ID"):
+        SignalingSettings(**base, push_apns_key_file="/k.p8", push_apns_team_id="T")
+    ok = SignalingSettings(**base, push_vapid_private_key_file="/k.pem", push_vapid_subject="mailto:ops@x")
+    assert (
+        ok.push_fcm_url == "https://fcm.googleapis.com" and ok.push_apns_url == "https://api.push.apple.com"
+    )
+    assert ok.push_queue_size == 1000

@@ -42,8 +42,9 @@ for pkg in common signaling sfu operator client; do
   ln -sfn "../../../$pkg" "build/typecheck/voxa/$pkg"
 done
 
-# The test-only npm packages (playwright-core, ws) too; .ci/setup.sh may have installed only phoenix.
-if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] \
+# The test-only npm packages (playwright-core, ws, web-push-testing) too; .ci/setup.sh may have
+# installed only phoenix.
+if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/web-push-testing ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
 fi

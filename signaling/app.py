@@ -17,6 +17,7 @@ from voxa.signaling import protocol
 from voxa.signaling.auth import AuthError
 from voxa.signaling.connection import Connection
 from voxa.signaling.context import SignalingContext
+from voxa.signaling.push.routes import add_routes as add_push_routes
 from voxa.signaling.settings import SignalingSettings
 from voxa.signaling.store import MediaServer, Store, StoreUnavailable
 
@@ -242,6 +243,7 @@ def create_app(settings: SignalingSettings, store: Store | None = None) -> web.A
     async def on_shutdown(app: web.Application) -> None:
         await app[CTX].shutdown()
 
+    add_push_routes(app, ctx.push, ctx.verifier)
     if STATIC.is_dir():
         app.router.add_static("/static/", STATIC, show_index=False, append_version=False)
     app.on_startup.append(on_startup)

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from voxa.signaling import calls
 from voxa.signaling.calls import Call, CallError, Member, Outcome, Policy, State
@@ -37,14 +37,25 @@ def new_call_id() -> str:
     return secrets.token_urlsafe(12)
 
 
+class PushNotifier(Protocol):
+    def notify(self, server_id: str, outcome: Outcome) -> None:
+        """Queue the pushes an outcome asks for, without waiting (signaling/push/)."""
+
+
 class CallService:
     def __init__(
-        self, store: Store, hub: Hub, policy: Policy, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        hub: Hub,
+        policy: Policy,
+        clock: Callable[[], float] = time.time,
+        push: PushNotifier | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.policy = policy
         self.clock = clock
+        self.push = push
         self._expiry: asyncio.Task[None] | None = None
 
     # --- the transaction --------------------------------------------------------------------------
@@ -84,6 +95,8 @@ class CallService:
     async def _deliver(self, server_id: str, outcome: Outcome) -> None:
         """The outcome's events, in order, as one control message per user (each device of the user
         takes the events not excluded for it), all in one round trip to the store."""
+        if self.push is not None:
+            self.push.notify(server_id, outcome)  # only queues: pushes never delay signaling
         per_user: dict[str, list[dict[str, Any]]] = {}
         for event in outcome.events:
             item: dict[str, Any] = {"event": event.name, "payload": dict(event.payload)}

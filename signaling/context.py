@@ -9,11 +9,12 @@ import logging
 from voxa.signaling import protocol
 from voxa.signaling.auth import TokenVerifier
 from voxa.signaling.callmedia import CallMediaSpec
-from voxa.signaling.callservice import CallService
+from voxa.signaling.callservice import CallService, user_hub_topic
 from voxa.signaling.connection import ChannelSpec, Connection
 from voxa.signaling.hub import Hub
 from voxa.signaling.media import MediaGateway
 from voxa.signaling.metrics import SignalingMetrics
+from voxa.signaling.push.service import PushService
 from voxa.signaling.registry import MediaRegistry
 from voxa.signaling.settings import SignalingSettings
 from voxa.signaling.store import Store, create_store
@@ -39,7 +40,8 @@ class SignalingContext:
             audience=settings.jwt_audience,
             leeway_s=settings.jwt_leeway_s,
         )
-        self.calls = CallService(self.store, self.hub, settings.call_policy())
+        self.push = PushService.from_settings(settings, self.store, self.metrics, self.online_devices)
+        self.calls = CallService(self.store, self.hub, settings.call_policy(), push=self.push)
         self.specs: list[ChannelSpec] = [
             VoiceSpec(self),
             UserSpec(self, self.calls),
@@ -48,6 +50,10 @@ class SignalingContext:
         self.connections: set[Connection] = set()
         self.accepting = True
         self._idle_task: asyncio.Task[None] | None = None
+
+    async def online_devices(self, server_id: str, user_id: str) -> list[str]:
+        """Device ids with a live socket on the user's topic (presence is keyed by device id)."""
+        return [entry.key for entry in await self.store.presence_list(user_hub_topic(server_id, user_id))]
 
     def channel_spec(self, topic: str) -> ChannelSpec | None:
         for spec in self.specs:
@@ -62,6 +68,7 @@ class SignalingContext:
     async def start(self) -> None:
         await self.hub.start()
         self.calls.start_expiry()
+        self.push.start()
         self._idle_task = asyncio.create_task(self._close_idle(), name="voxa-idle-sockets")
 
     async def _close_idle(self) -> None:
@@ -88,5 +95,8 @@ class SignalingContext:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._idle_task
         await self.calls.stop()
+        with contextlib.suppress(TimeoutError):
+            await self.push.wait_idle(timeout=min(2.0, self.settings.shutdown_grace_s))  # rings in flight
+        await self.push.stop()
         await self.media.close()
         await self.hub.stop()

@@ -31,3 +31,27 @@ class SignalingMetrics:
             registry=r,
         )
         self.store_ready = Gauge("voxa_signaling_store_ready", "1 while the store answers.", registry=r)
+        self.push_sent = Counter(
+            "voxa_signaling_push_sent_total",
+            "Pushes a push service accepted, by kind and type (call_started, stop_ringing).",
+            ["kind", "type"],
+            registry=r,
+        )
+        self.push_failed = Counter(
+            "voxa_signaling_push_failed_total",
+            "Pushes given up, by kind and why (refused, gave_up, expired, store).",
+            ["kind", "reason"],
+            registry=r,
+        )
+        self.push_removed = Counter(
+            "voxa_signaling_push_removed_total",
+            "Registrations removed because their push service said they are gone, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.push_retries = Counter(
+            "voxa_signaling_push_retries_total", "Push tries scheduled again, by kind.", ["kind"], registry=r
+        )
+        self.push_dropped = Counter(
+            "voxa_signaling_push_dropped_total", "Pushes dropped because the push queue was full.", registry=r
+        )

@@ -93,6 +93,41 @@ class SignalingSettings(BaseSettings):
         description="Ring an invitee who is in another call (`busy: true`) instead of declining for them.",
     )
 
+    push_vapid_private_key_file: str | None = Field(
+        default=None,
+        description="PEM file of the P-256 VAPID key that signs Web Push requests; unset refuses "
+        "`webpush` registrations (docs/push.md).",
+    )
+    push_vapid_subject: str | None = Field(
+        default=None,
+        description="The VAPID `sub` claim push services contact you by: a mailto: or https: URL.",
+    )
+    push_fcm_service_account_file: str | None = Field(
+        default=None,
+        description="Firebase service-account JSON key (client_email, private_key, token_uri, "
+        "project_id); unset refuses `fcm` registrations.",
+    )
+    push_fcm_url: str = Field(
+        default="https://fcm.googleapis.com", description="Base URL of the FCM HTTP v1 API."
+    )
+    push_apns_key_file: str | None = Field(
+        default=None,
+        description="APNs auth key (.p8, PEM) for token-based pushes; unset refuses `apns` and "
+        "`apns-voip` registrations.",
+    )
+    push_apns_key_id: str | None = Field(default=None, description="The APNs key's id (the JWT `kid`).")
+    push_apns_team_id: str | None = Field(default=None, description="The Apple team id (the JWT `iss`).")
+    push_apns_topic: str | None = Field(
+        default=None, description="The app's bundle id (`apns-topic`; VoIP pushes go to `<bundle>.voip`)."
+    )
+    push_apns_url: str = Field(default="https://api.push.apple.com", description="Base URL of APNs.")
+    push_apns_ca_file: str | None = Field(
+        default=None, description="CA bundle to trust for APNs instead of the system's (test stand-ins)."
+    )
+    push_queue_size: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Pushes queued before new ones are dropped (counted)."
+    )
+
     def call_policy(self) -> CallPolicy:
         return CallPolicy(
             ring_timeout_s=self.call_ring_timeout_s,
@@ -112,6 +147,23 @@ class SignalingSettings(BaseSettings):
     def _check_auth(self) -> SignalingSettings:
         if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
             raise ValueError("set VOXA_JWT_SECRET, VOXA_JWT_PUBLIC_KEY_FILE or VOXA_JWT_JWKS_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_push(self) -> SignalingSettings:
+        if self.push_vapid_private_key_file:
+            subject = self.push_vapid_subject or ""
+            if not subject.startswith(("mailto:", "https://")):
+                raise ValueError(
+                    "VOXA_PUSH_VAPID_SUBJECT must be a mailto: or https: URL when Web Push is set"
+                )
+        if self.push_apns_key_file and not (
+            self.push_apns_key_id and self.push_apns_team_id and self.push_apns_topic
+        ):
+            raise ValueError(
+                "VOXA_PUSH_APNS_KEY_FILE needs VOXA_PUSH_APNS_KEY_ID, VOXA_PUSH_APNS_TEAM_ID and "
+                "VOXA_PUSH_APNS_TOPIC"
+            )
         return self
 
     def ice_for(self, user_id: str) -> IceConfig:

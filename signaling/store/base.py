@@ -260,9 +260,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def missed_list(self, server_id: str, user_id: str) -> list[str]: ...
 
+    # --- push: device registrations per voice server and user, and the devices rung for a call --------
+    @abc.abstractmethod
+    async def push_device_put(self, server_id: str, user_id: str, key: str, record: str, cap: int) -> bool:
+        """Keep a push registration under `key` (replacing the one of that key) unless the user holds
+        `cap` registrations of other keys already; False then, and nothing changes. Registrations
+        do not expire: they go when the device deletes them or a push service says it is gone."""
+
+    @abc.abstractmethod
+    async def push_device_remove(self, server_id: str, user_id: str, keys: list[str]) -> int:
+        """Forget these registrations; returns how many there were."""
+
+    @abc.abstractmethod
+    async def push_devices(self, server_id: str, user_id: str) -> dict[str, str]:
+        """Every registration of the user, by key."""
+
+    @abc.abstractmethod
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
+        """Remember which devices of a user were pushed a ring for a call, for ttl_s, so whichever
+        replica ends the ring sends them the follow-up."""
+
+    @abc.abstractmethod
+    async def push_rung_take(self, server_id: str, call_id: str, user_id: str) -> str | None:
+        """Return and forget that record at once: one replica, once, sends the follow-ups."""
+
     @abc.abstractmethod
     async def purge_server(self, server_id: str) -> int:
-        """Forget a deleted voice server: presence, member flags, registry, drain marks, assignments.
+        """Forget a deleted voice server: presence, member flags, registry, drain marks, assignments,
+        calls and push registrations.
         Returns how many keys (or entries) went. The operator's finalizer calls this."""
 
     def stats(self) -> dict[str, Any]:

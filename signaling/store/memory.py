@@ -43,6 +43,10 @@ class MemoryBackend:
     calls_due: dict[tuple[str, str], float] = field(default_factory=dict)
     missed: dict[tuple[str, str], list[tuple[float, str]]] = field(default_factory=dict)  # (expires, record)
     wall_clock: Callable[[], float] = time.time
+    push_devices: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    push_rung: dict[tuple[str, str, str], tuple[float, str]] = field(
+        default_factory=dict
+    )  # (expires, record)
 
     def alive(self, replica: str) -> bool:
         return self.replicas.get(replica, 0.0) > self.clock()
@@ -258,6 +262,36 @@ class MemoryStore(Store):
             record for expires, record in self.backend.missed.get((server_id, user_id), []) if expires > now
         ]
 
+    async def push_device_put(self, server_id: str, user_id: str, key: str, record: str, cap: int) -> bool:
+        held = self.backend.push_devices.setdefault((server_id, user_id), {})
+        if key not in held and len(held) >= cap:
+            if not held:
+                del self.backend.push_devices[(server_id, user_id)]
+            return False
+        held[key] = record
+        return True
+
+    async def push_device_remove(self, server_id: str, user_id: str, keys: list[str]) -> int:
+        held = self.backend.push_devices.get((server_id, user_id), {})
+        gone = sum(held.pop(key, None) is not None for key in keys)
+        if not held:
+            self.backend.push_devices.pop((server_id, user_id), None)
+        return gone
+
+    async def push_devices(self, server_id: str, user_id: str) -> dict[str, str]:
+        return dict(self.backend.push_devices.get((server_id, user_id), {}))
+
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
+        self.backend.push_rung[(server_id, call_id, user_id)] = (self.backend.wall_clock() + ttl_s, record)
+
+    async def push_rung_take(self, server_id: str, call_id: str, user_id: str) -> str | None:
+        found = self.backend.push_rung.pop((server_id, call_id, user_id), None)
+        if found is None or found[0] <= self.backend.wall_clock():
+            return None
+        return found[1]
+
     async def purge_server(self, server_id: str) -> int:
         b = self.backend
         gone = 0
@@ -265,6 +299,10 @@ class MemoryStore(Store):
         for table in tables:
             for key in [k for k in table if k[0] == server_id]:
                 del table[key]
+                gone += 1
+        for push_table in (b.push_devices, b.push_rung):
+            for push_key in [k for k in push_table if k[0] == server_id]:
+                del push_table[push_key]  # type: ignore[arg-type]
                 gone += 1
         for topic in b.indexes.pop(server_id, set()):
             gone += b.presence.pop(topic, None) is not None

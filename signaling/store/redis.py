@@ -14,6 +14,8 @@ so Redis Cluster is not supported):
   voxa:ucalls:<server>:<user>       set of the ids of the calls a user is part of
   voxa:calldue                      sorted set "<server>\x1f<call>" by next deadline (any replica expires)
   voxa:missed:<server>:<user>       list of recent missed-call records (newest first, EX ttl)
+  voxa:pushdev:<server>:<user>      hash "<device>|<kind>" -> a push registration (JSON), no expiry
+  voxa:pushrung:<server>:<call>:<user>  the devices pushed a ring for that call (JSON, EX ttl)
 """
 
 from __future__ import annotations
@@ -204,6 +206,14 @@ MISSED_ADD_LUA = """
 redis.call('LPUSH', KEYS[1], ARGV[1])
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+"""
+
+PUSH_DEVICE_PUT_LUA = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
 """
 
 
@@ -594,6 +604,36 @@ class RedisStore(Store):
         )
         return records
 
+    async def push_device_put(self, server_id: str, user_id: str, key: str, record: str, cap: int) -> bool:
+        name = f"voxa:pushdev:{server_id}:{user_id}"
+        stored = await self._call(
+            lambda: self._redis.eval(PUSH_DEVICE_PUT_LUA, 1, name, key, record, str(cap))
+        )
+        return bool(stored)
+
+    async def push_device_remove(self, server_id: str, user_id: str, keys: list[str]) -> int:
+        if not keys:
+            return 0
+        gone: int = await self._call(lambda: self._redis.hdel(f"voxa:pushdev:{server_id}:{user_id}", *keys))
+        return gone
+
+    async def push_devices(self, server_id: str, user_id: str) -> dict[str, str]:
+        found: dict[str, str] = await self._call(
+            lambda: self._redis.hgetall(f"voxa:pushdev:{server_id}:{user_id}")
+        )
+        return found
+
+    async def push_rung_set(
+        self, server_id: str, call_id: str, user_id: str, record: str, ttl_s: float
+    ) -> None:
+        key = f"voxa:pushrung:{server_id}:{call_id}:{user_id}"
+        await self._call(lambda: self._redis.set(key, record, px=max(1, int(ttl_s * 1000))))
+
+    async def push_rung_take(self, server_id: str, call_id: str, user_id: str) -> str | None:
+        key = f"voxa:pushrung:{server_id}:{call_id}:{user_id}"
+        record: str | None = await self._call(lambda: self._redis.getdel(key))
+        return record
+
     async def purge_server(self, server_id: str) -> int:
         # SCAN, not KEYS: a shared Redis keeps serving other voice servers while this runs.
         topics: set[str] = await self._call(lambda: self._redis.smembers(f"voxa:channels:{server_id}"))
@@ -603,7 +643,7 @@ class RedisStore(Store):
         mine = [m for m in due if m.startswith(f"{server_id}{SEP}")]
         if mine:
             await self._call(lambda: self._redis.zrem("voxa:calldue", *mine))
-        for pattern in ("ms", "drain", "assign", "member", "call", "ucalls", "missed"):
+        for pattern in ("ms", "drain", "assign", "member", "call", "ucalls", "missed", "pushdev", "pushrung"):
             match = f"voxa:{pattern}:{server_id}:*"
 
             async def scan(match: str = match) -> list[str]:

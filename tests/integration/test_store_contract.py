@@ -370,3 +370,34 @@ async def test_an_assignment_is_released_only_while_nobody_is_present(make_store
     await b.presence_leave("voice:g:c", "g", "r2", None)
     assert await a.assignment_release_if_idle("g", "c", "voice:g:c") is True
     assert await a.assignment_get("g", "c") is None
+
+
+async def test_push_registrations_are_shared_capped_and_replaced_by_key(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    assert await a.push_devices("g", "bob") == {}
+    assert await a.push_device_put("g", "bob", "phone|fcm", "r1", cap=2)
+    assert await b.push_device_put("g", "bob", "laptop|webpush", "r2", cap=2)
+    # Full: a third key is refused and changes nothing; the same key is replaced.
+    assert not await a.push_device_put("g", "bob", "tablet|fcm", "r3", cap=2)
+    assert await b.push_device_put("g", "bob", "phone|fcm", "r1b", cap=2)
+    assert await a.push_devices("g", "bob") == {"phone|fcm": "r1b", "laptop|webpush": "r2"}
+    # Per voice server and user.
+    assert await a.push_devices("h", "bob") == {} and await a.push_devices("g", "alice") == {}
+    assert await b.push_device_remove("g", "bob", ["phone|fcm", "nothing|fcm"]) == 1
+    assert await a.push_devices("g", "bob") == {"laptop|webpush": "r2"}
+    assert await a.push_device_remove("g", "bob", []) == 0
+    await a.push_device_put("h", "bob", "phone|fcm", "x", cap=2)
+    await a.purge_server("g")
+    assert await a.push_devices("g", "bob") == {}
+    assert await a.push_devices("h", "bob") == {"phone|fcm": "x"}
+
+
+async def test_push_rung_records_are_taken_once_and_expire(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.push_rung_set("g", "k1", "bob", '{"devices":["p"]}', ttl_s=30)
+    assert await b.push_rung_take("g", "k1", "alice") is None
+    assert await b.push_rung_take("g", "k1", "bob") == '{"devices":["p"]}'
+    assert await a.push_rung_take("g", "k1", "bob") is None  # one replica sends the follow-ups
+    await a.push_rung_set("g", "k2", "bob", "short", ttl_s=0.2)
+    await asyncio.sleep(0.4)  # past the record's TTL
+    assert await b.push_rung_take("g", "k2", "bob") is None

@@ -1,0 +1,1 @@
+"""Push notifications to callees whose devices have no live socket."""

@@ -19,8 +19,10 @@ replica B, so every ring, answer and end crosses replicas through Redis.
    timeouts (by kind in `error_kinds`). The load processes share the machine's cores with the
    replicas and Redis.
 
-`push_p50_ms` (ring → push received by a Web Push test service) is null here: it needs push
-configured, see docs/calls.md.
+4. push: ``--push-samples`` calls to a callee with no live socket and one Web Push registration at a
+   real Web Push test service on loopback (npm web-push-testing, tests/support/web_push_service.cjs);
+   a sample is the time from sending `start_call` to the push service receiving the push (VAPID
+   signed, RFC 8291 encrypted). `push_p50_ms`, `push_p99_ms`.
 
 Usage: ``python bench/calls.py --json`` prints ONE JSON object on stdout; progress goes to stderr.
 """
@@ -47,9 +49,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.support: the push test service
 
+import aiohttp
 from e2e_support.stack import Stack, log
 
+from tests.support.push_standins import WebPushTestService, p256_pem
 from voxa.client.calls import CallClient, CallError
 from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
 from voxa.client.voice import use_host_addresses
@@ -120,7 +125,15 @@ class Bench:
 
     def start(self) -> None:
         self.stack.start_redis()
-        settings = {"messages_per_s": "100000", "message_burst": "100000", "log_level": "warning"}
+        vapid = self.stack.workdir / "vapid.pem"
+        p256_pem(vapid)
+        settings = {
+            "messages_per_s": "100000",
+            "message_burst": "100000",
+            "log_level": "warning",
+            "push_vapid_private_key_file": str(vapid),
+            "push_vapid_subject": "mailto:bench@voxa.test",
+        }
         self.ports = [self.stack.start_signaling(**settings) for _ in range(2)]
         self.stack.start_sfu("sfu-a")
         self.stack.wait_registered()
@@ -196,6 +209,38 @@ class Bench:
             errors.update(kinds)
         return sum(r[0] for r in results), max(r[1] for r in results), errors
 
+    async def push(self) -> list[float]:
+        service = WebPushTestService(self.stack.workdir)
+        await service.start()
+        base = f"http://127.0.0.1:{self.ports[1]}"
+        caller = await self.device("push-a", 0)
+        samples = []
+        try:
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base}/push/vapid-public-key") as resp:
+                    key = (await resp.json())["public_key"]
+                for i in range(self.args.push_samples):
+                    callee = f"push-b{i}"
+                    subscription = await service.subscribe(key)
+                    client_hash = subscription.pop("clientHash")
+                    body = {"device_id": "browser", "kind": "webpush", "subscription": subscription}
+                    headers = {"Authorization": f"Bearer {self.token(callee)}"}
+                    async with http.post(f"{base}/push/devices", json=body, headers=headers) as resp:
+                        assert resp.status in (200, 201), await resp.text()
+                    started = time.time()
+                    reply = await caller.push("start_call", {"invitees": [callee]})
+                    async with asyncio.timeout(EVENT_TIMEOUT_S):
+                        while not (seen := await service.headers(client_hash)):
+                            await asyncio.sleep(0.002)
+                    samples.append(seen[0]["received_at"] / 1000 - started)
+                    await caller.push("end_call", {"call_id": reply["call_id"]})
+                    await caller.wait("call_ended", reply["call_id"])
+                    caller.drain()
+        finally:
+            await caller.close()
+            service.stop()
+        return samples
+
     async def run(self) -> dict[str, Any]:
         log(f"ring: {self.args.ring_samples} calls")
         ring = await self.ring()
@@ -203,6 +248,8 @@ class Bench:
         audio = await self.answer_to_audio()
         log(f"cycles: {self.args.pairs} pairs for {self.args.seconds:g} s")
         done, elapsed, errors = await self.cycles()
+        log(f"push: {self.args.push_samples} rings of an offline callee")
+        pushed = await self.push()
         return {
             "benchmark": "calls",
             "replicas": 2,
@@ -223,7 +270,9 @@ class Bench:
             "calls_per_s": round(done / elapsed, 1) if elapsed else None,
             "errors": sum(errors.values()),
             "error_kinds": dict(errors.most_common(10)),
-            "push_p50_ms": None,
+            "push_samples": len(pushed),
+            "push_p50_ms": ms(percentile(pushed, 0.5)),
+            "push_p99_ms": ms(percentile(pushed, 0.99)),
             "load_processes": self.args.load_processes,
         }
 
@@ -308,12 +357,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seconds", type=float, default=10.0, help="Length of the cycles phase (default 10)."
     )
+    parser.add_argument("--push-samples", type=int, default=50, help="Rings by Web Push (default 50).")
     parser.add_argument(
         "--load-processes", type=int, default=2, help="Processes driving the cycles (default 2)."
     )
     parser.add_argument("--json", action="store_true", help="Print the result as one JSON object.")
     args = parser.parse_args(argv)
-    if min(args.ring_samples, args.audio_samples, args.pairs, args.load_processes) < 1 or args.seconds <= 0:
+    counts = (args.ring_samples, args.audio_samples, args.pairs, args.load_processes, args.push_samples)
+    if min(counts) < 1 or args.seconds <= 0:
         parser.error("counts must be >= 1 and --seconds > 0")
     return args
 

@@ -1,7 +1,8 @@
 // The npm package web-push-testing's push service (RFC 8030 delivery, RFC 8291 decryption, VAPID
 // checks), run for Voxa's tests with two changes its CLI cannot make: it listens on 127.0.0.1 only
 // (its CLI binds every interface) and it also records the headers of each push it accepts or refuses
-// (TTL, Urgency, Topic), which the package does not keep. Usage: node web_push_service.cjs PORT
+// (TTL, Urgency, Topic, and when it arrived: bench/calls.py's push latency), which the package does
+// not keep. Usage: node web_push_service.cjs PORT
 "use strict";
 const http = require("http");
 const path = require("path");
@@ -27,6 +28,7 @@ app.use((req, res, next) => {
       urgency: req.get("Urgency") ?? null,
       topic: req.get("Topic") ?? null,
       vapid: (req.get("Authorization") || "").startsWith("vapid "),
+      received_at: Date.now(),
     });
   }
   next();

@@ -9,9 +9,8 @@ from tests.bench import runner
 
 @pytest.mark.slow
 def test_bench_calls_smoke() -> None:
-    result = runner.run_bench(
-        "calls.py", "--ring-samples", "5", "--audio-samples", "1", "--pairs", "2", "--seconds", "1", "--push-samples", "2"
-    )
+    small = ["--ring-samples", "5", "--audio-samples", "1", "--pairs", "2", "--seconds", "1"]
+    result = runner.run_bench("calls.py", *small, "--push-samples", "2")
     assert result["benchmark"] == "calls" and result["replicas"] == 2
     for key in ("ring_p50_ms", "ring_p99_ms", "answer_to_audio_p50_ms", "calls_per_s", "push_p50_ms"):
         assert runner.is_number(result[key]) and result[key] > 0, (key, result[key])

@@ -94,7 +94,7 @@ class CallEndListener:
     def __init__(self, channel: CallMediaChannel) -> None:
         self.channel = channel
         self.topic = user_hub_topic(channel.server_id, channel.key)
-        self.wire_topic = self.topic
+        self.wire_topic = f"user:{channel.key}"  # as the user's devices know it (hub sweeps use it)
         self.index = devices_index(channel.server_id)
         self.key = channel.key
 

@@ -17,7 +17,8 @@ replica B, so every ring, answer and end crosses replicas through Redis.
    start → call_started → answer → end → both `call_ended`, back to back, for ``--seconds``;
    `calls_per_s` is completed cycles per second of the phase and `errors` counts refused pushes and
    timeouts (by kind in `error_kinds`). The load processes share the machine's cores with the
-   replicas and Redis.
+   replicas and Redis; `cpu_ms_per_cycle` says where the CPU went (both replicas together, Redis,
+   the load processes), so the figure can be read against the cores it had.
 
 4. push: ``--push-samples`` calls to a callee with no live socket and one Web Push registration at a
    real Web Push test service on loopback (npm web-push-testing, tests/support/web_push_service.cjs);
@@ -53,6 +54,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.support: t
 
 import aiohttp
 from e2e_support.stack import Stack, log
+from loadgen.procfs import cpu_seconds
 
 from tests.support.push_standins import WebPushTestService, p256_pem
 from voxa.client.calls import CallClient, CallError
@@ -116,6 +118,10 @@ class Bench:
         self.jwt_secret = secrets.token_urlsafe(32)
         self.stack = Stack(workdir, self.jwt_secret, secrets.token_urlsafe(32), server_id=SERVER_ID)
         self.ports: list[int] = []
+        self.cycle_cpu_ms: dict[str, float | None] = {}
+        self.cycle_commands: dict[str, float] = {}
+        """Redis commands per call cycle, by command (the load the cycles put on the store)."""
+        """CPU milliseconds per call cycle, by process kind (signaling replicas, redis, load)."""
 
     def token(self, user: str) -> str:
         return token_for(self.jwt_secret, user)
@@ -189,6 +195,28 @@ class Bench:
                 await callee.close()
         return samples
 
+    def _server_cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the signaling replicas and Redis (by process kind)."""
+        out: dict[str, float] = {}
+        for proc in self.stack.procs:
+            kind = "signaling" if proc.name.startswith("signaling") else proc.name
+            if kind in ("signaling", "redis") and proc.pid is not None:
+                out[kind] = out.get(kind, 0.0) + (cpu_seconds(proc.pid) or 0.0)
+        return out
+
+    def _redis_calls(self) -> Counter[str]:
+        """Calls per Redis command so far (INFO commandstats)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.stack.redis_port, socket_timeout=5.0)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        return Counter(
+            {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items() if isinstance(v, dict)}
+        )
+
     async def cycles(self) -> tuple[int, float, Counter[str]]:
         """The cycles phase in `--load-processes` processes (one Python process cannot drive the
         replicas' pace alone), each with its share of the pairs; all start and stop together."""
@@ -203,11 +231,20 @@ class Bench:
         context = multiprocessing.get_context("spawn")
         loop = asyncio.get_running_loop()
         with concurrent.futures.ProcessPoolExecutor(len(jobs), mp_context=context) as pool:
-            results = await asyncio.gather(*(loop.run_in_executor(pool, run_cycles, job) for job in jobs))
+            running = [loop.run_in_executor(pool, run_cycles, job) for job in jobs]
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            before, commands = self._server_cpu(), self._redis_calls()
+            results = await asyncio.gather(*running)
+            after, commands = self._server_cpu(), self._redis_calls() - commands
         errors: Counter[str] = Counter()
-        for _, _, kinds in results:
-            errors.update(kinds)
-        return sum(r[0] for r in results), max(r[1] for r in results), errors
+        for result in results:
+            errors.update(result[2])
+        done = sum(r[0] for r in results)
+        cpu = {kind: after[kind] - before.get(kind, 0.0) for kind in after}
+        cpu["load"] = sum(r[3] for r in results)
+        self.cycle_cpu_ms = {k: round(1000 * v / done, 3) if done else None for k, v in cpu.items()}
+        self.cycle_commands = {k: round(n / done, 2) for k, n in commands.most_common()} if done else {}
+        return done, max(r[1] for r in results), errors
 
     async def push(self) -> list[float]:
         service = WebPushTestService(self.stack.workdir)
@@ -268,6 +305,8 @@ class Bench:
             "cycle_seconds": round(elapsed, 2),
             "call_cycles": done,
             "calls_per_s": round(done / elapsed, 1) if elapsed else None,
+            "cpu_ms_per_cycle": self.cycle_cpu_ms,
+            "redis_commands_per_cycle": self.cycle_commands,
             "errors": sum(errors.values()),
             "error_kinds": dict(errors.most_common(10)),
             "push_samples": len(pushed),
@@ -293,8 +332,9 @@ def token_for(secret: str, user: str) -> str:
     return mint_token(VoiceClaims(sub=user, name=user, server=SERVER_ID, perms=perms), secret)
 
 
-def run_cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
-    """One load process: `job.pairs` caller/callee pairs cycling calls until the deadline."""
+def run_cycles(job: CycleJob) -> tuple[int, float, dict[str, int], float]:
+    """One load process: `job.pairs` caller/callee pairs cycling calls until the deadline; also
+    the CPU seconds the process spent in the timed phase."""
     with contextlib.suppress(ImportError):
         import uvloop
 
@@ -302,7 +342,7 @@ def run_cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
     return asyncio.run(_cycles(job))
 
 
-async def _cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
+async def _cycles(job: CycleJob) -> tuple[int, float, dict[str, int], float]:
     pairs = []
     for i in range(job.pairs):
         one, two = f"cyc-{job.prefix}-a{i}", f"cyc-{job.prefix}-b{i}"
@@ -336,15 +376,15 @@ async def _cycles(job: CycleJob) -> tuple[int, float, dict[str, int]]:
             except TimeoutError:
                 errors["timeout"] += 1
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         await asyncio.gather(*(run(a, b) for a, b in pairs))
     finally:
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         for a, b in pairs:
             await a.close()
             await b.close()
-    return done, elapsed, dict(errors)
+    return done, elapsed, dict(errors), cpu
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -13,16 +13,19 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from voxa.signaling import calls
 from voxa.signaling.calls import Call, CallError, Member, Outcome, Policy, State
 from voxa.signaling.hub import Hub
-from voxa.signaling.store import CallCommit, Store, StoreUnavailable
+from voxa.signaling.store import CallCommit, Store, StoredCall, StoreUnavailable
 
 log = logging.getLogger("voxa.signaling.calls")
 COMMIT_ATTEMPTS = 8
+KNOWN_CALLS = 10_000
+"""Snapshots of calls this replica keeps to transition without reading first (see `transact`)."""
 EXPIRY_INTERVAL_S = 0.25
 EXPIRY_BATCH = 200
 MISSED_CALL_TTL_S = 24 * 3600
@@ -57,6 +60,9 @@ class CallService:
         self.clock = clock
         self.push = push
         self._expiry: asyncio.Task[None] | None = None
+        self._known: OrderedDict[tuple[str, str], StoredCall] = OrderedDict()
+        """The latest stored form of recent calls this replica saw (its own commits, and the
+        commits of others, which come with their events): a hint, never the truth."""
 
     # --- the transaction --------------------------------------------------------------------------
     async def transact(
@@ -67,34 +73,84 @@ class CallService:
         *,
         new: bool = False,
     ) -> Outcome:
-        """Read, transition, commit if nobody changed the call meanwhile (else redo), deliver.
-        `new`: the id was just drawn, so the first attempt assumes the call does not exist yet
-        instead of reading it (the commit still fails if it does)."""
-        for attempt in range(COMMIT_ATTEMPTS):
-            stored = None if new and attempt == 0 else await self.store.call_get(server_id, call_id)
+        """Transition the call and commit it if nobody changed it meanwhile (else redo), deliver.
+
+        The first attempt starts from the replica's latest snapshot of the call when it has one
+        (`new`: the id was just drawn, so the call cannot exist yet), saving a read. A snapshot can be
+        stale: a commit from it fails on the version and is redone from a fresh read, and a refusal
+        or a no-op decided on it is decided again on a fresh read, so only the store's state ever
+        decides."""
+        key = (server_id, call_id)
+        stored: StoredCall | None
+        if new:
+            stored, hint = None, True
+        elif (known := self._known.get(key)) is not None:
+            stored, hint = known, True
+        else:
+            stored, hint = await self._read(key), False
+        for _ in range(COMMIT_ATTEMPTS):
             before = calls.decode(stored.data) if stored is not None else None
-            outcome = transition(before)
+            try:
+                outcome = transition(before)
+            except CallError:
+                if not hint:
+                    raise
+                stored, hint = await self._read(key), False
+                continue
             if outcome.call == before and not outcome.events:
-                return outcome
+                if not hint:
+                    return outcome
+                stored, hint = await self._read(key), False
+                continue
             after = outcome.call
             users = tuple(
                 dict.fromkeys([*(before.members if before else ()), *(after.members if after else ())])
             )
+            data = calls.encode(after) if after is not None else None
             commit = CallCommit(
                 version=stored.version if stored is not None else None,
-                data=calls.encode(after) if after is not None else None,
+                data=data,
                 users=users,
                 due=after.next_deadline() if after is not None else None,
             )
-            if await self.store.call_commit(server_id, call_id, commit) is None:
+            version = await self.store.call_commit(server_id, call_id, commit)
+            if version is None:
+                stored, hint = await self._read(key), False
                 continue
-            await self._deliver(server_id, outcome)
+            self.learn(server_id, call_id, version, data)
+            await self._deliver(server_id, outcome, (version, data))
             return outcome
         raise StoreUnavailable("call changed by others too often")
 
-    async def _deliver(self, server_id: str, outcome: Outcome) -> None:
+    async def _read(self, key: tuple[str, str]) -> StoredCall | None:
+        stored = await self.store.call_get(*key)
+        if stored is None:
+            self._known.pop(key, None)
+        else:
+            self.learn(key[0], key[1], stored.version, stored.data)
+        return stored
+
+    def learn(self, server_id: str, call_id: str, version: int, data: str | None) -> None:
+        """Keep the call's stored form at `version` (None data: it ended) unless a newer one is known."""
+        key = (server_id, call_id)
+        known = self._known.get(key)
+        if known is not None and known.version >= version:
+            return
+        if data is None:
+            self._known.pop(key, None)
+            return
+        self._known[key] = StoredCall(data, version)
+        self._known.move_to_end(key)
+        while len(self._known) > KNOWN_CALLS:
+            self._known.popitem(last=False)
+
+    async def _deliver(
+        self, server_id: str, outcome: Outcome, stored: tuple[int, str | None] | None = None
+    ) -> None:
         """The outcome's events, in order, as one control message per user (each device of the user
-        takes the events not excluded for it), all in one round trip to the store."""
+        takes the events not excluded for it), all in one round trip to the store. The messages carry
+        the call as committed (`stored`: version and data), so the replicas of its members can
+        transition it next without reading it first."""
         if self.push is not None:
             self.push.notify(server_id, outcome)  # only queues: pushes never delay signaling
         per_user: dict[str, list[dict[str, Any]]] = {}
@@ -113,8 +169,10 @@ class CallService:
             with contextlib.suppress(StoreUnavailable):
                 await self.store.missed_add(server_id, missed.user, json.dumps(record), MISSED_CALL_TTL_S)
             per_user.setdefault(missed.user, []).append({"event": "missed_call", "payload": record})
+        call_id = outcome.events[0].payload.get("call_id") if outcome.events else None
+        snapshot = {"id": call_id, "v": stored[0], "d": stored[1]} if stored is not None and call_id else None
         controls = [
-            (user_hub_topic(server_id, user), {"user": user, "calls": items})
+            (user_hub_topic(server_id, user), {"user": user, "calls": items, "stored": snapshot})
             for user, items in per_user.items()
         ]
         if controls:

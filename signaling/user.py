@@ -113,6 +113,15 @@ class UserListener:
         self.channel.send(protocol.push(self.channel.join_ref, self.channel.topic, PRESENCE_STATE, state))
 
     async def on_control(self, control: dict[str, Any]) -> None:
+        stored = control.get("stored")
+        if isinstance(stored, dict) and isinstance(stored.get("v"), int):
+            data = stored.get("d")
+            self.channel.calls.learn(
+                self.channel.server_id,
+                str(stored.get("id")),
+                stored["v"],
+                data if isinstance(data, str) else None,
+            )
         for call in control.get("calls") or ():
             await self.channel.on_call_event(call)
 

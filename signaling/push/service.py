@@ -234,7 +234,9 @@ class PushService:
             return
         for job in jobs_of(server_id, outcome):
             if isinstance(job, StopJob):
-                self._stopped[(job.server_id, job.call_id, job.user)] = self.clock()
+                key = (job.server_id, job.call_id, job.user)
+                self._stopped.pop(key, None)  # to the end: the dict stays in time order for pruning
+                self._stopped[key] = self.clock()
             else:  # rung (again: a group call's invite after a decline)
                 self._stopped.pop((job.server_id, job.message.call_id, job.user), None)
             try:
@@ -335,8 +337,13 @@ class PushService:
             self._enqueue(SendJob(job.server_id, job.user, registration, message))
 
     def _prune_stopped(self) -> None:
+        """Forget stops older than STOPPED_KEPT_S: the oldest come first, so this costs what it
+        removes, not the size of the dict (it runs for every stop planned)."""
         cutoff = self.clock() - STOPPED_KEPT_S
-        for key in [k for k, at in self._stopped.items() if at < cutoff]:
+        while self._stopped:
+            key, at = next(iter(self._stopped.items()))
+            if at >= cutoff:
+                return
             del self._stopped[key]
 
     # --- sending --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from voxa.signaling.push.models import (
     validation_reasons,
 )
 from voxa.signaling.push.result import MAX_ATTEMPTS, SendResult, Status, retry_delay, status_of_http
-from voxa.signaling.push.service import PushService, jobs_of, ring_targets
+from voxa.signaling.push.service import STOPPED_KEPT_S, PushService, jobs_of, ring_targets
 from voxa.signaling.push.webpush import application_server_key, load_vapid_key, webpush_headers
 from voxa.signaling.store.memory import MemoryStore
 
@@ -398,3 +398,19 @@ def test_push_settings_that_cannot_work_are_refused_at_startup(tmp_path: Path) -
         ok.push_fcm_url == "https://fcm.googleapis.com" and ok.push_apns_url == "https://api.push.apple.com"
     )
     assert ok.push_queue_size == 1000
+
+
+async def test_old_stops_are_forgotten_oldest_first() -> None:
+    service, _ = await make_service(FakeSender())
+    now = [1000.0]
+    service.clock = lambda: now[0]
+    started = ring_outcome(now[0])
+    assert started.call is not None
+    for i in range(3):
+        now[0] += 100
+        service.notify("g", calls.end(started.call, "alice", now[0]))
+        service._stopped[("g", f"other{i}", "bob")] = now[0]
+    now[0] += STOPPED_KEPT_S - 50  # the first two rounds are older than the window now
+    service._prune_stopped()
+    assert sorted(k[1:] for k in service._stopped) == [("c1", "alice"), ("c1", "bob"), ("other2", "bob")]
+    await service.stop()

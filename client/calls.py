@@ -32,8 +32,15 @@ from typing import Any
 
 import aiohttp
 
-from voxa.client.phoenix import ClientChannel, ConnectRefused, PhoenixClient, PushError
-from voxa.client.voice import VoiceClient, VoiceClientError, socket_url, token_claims
+from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
+from voxa.client.voice import (
+    VoiceClient,
+    VoiceClientError,
+    keep_alive,
+    open_channel,
+    socket_url,
+    token_claims,
+)
 
 log = logging.getLogger("voxa.client.calls")
 
@@ -150,21 +157,10 @@ class CallClient:
         return self.join_reply
 
     async def _connect(self) -> None:
-        phx = PhoenixClient(self.url, self.token)
-        try:
-            await phx.connect()
-        except ConnectRefused as exc:
-            raise VoiceClientError(exc.reason, exc.status) from None
-        try:
-            channel, reply = await phx.join(self.topic, {"device_id": self.device_id})
-        except PushError as exc:
-            await phx.close()
-            raise VoiceClientError(exc.reason) from None
-        except BaseException:
-            await phx.close()
-            raise
-        self.phx, self.channel, self.join_reply = phx, channel, reply
-        self.missed_calls = list(reply.get("missed_calls") or [])
+        self.phx, self.channel, self.join_reply = await open_channel(
+            self.url, self.token, self.topic, {"device_id": self.device_id}
+        )
+        self.missed_calls = list(self.join_reply.get("missed_calls") or [])
 
     async def close(self) -> None:
         """End every call media this client joined, leave the user topic, close the socket."""
@@ -185,7 +181,7 @@ class CallClient:
         while not self._closing:
             phx, channel = self.phx, self.channel
             assert phx is not None and channel is not None
-            heartbeat = asyncio.create_task(self._heartbeat(phx))
+            heartbeat = asyncio.create_task(keep_alive(phx, self.heartbeat_s))
             try:
                 await self._pump(phx, channel)
             finally:
@@ -230,16 +226,6 @@ class CallClient:
             except (OSError, aiohttp.ClientError, TimeoutError):
                 continue
         return False
-
-    async def _heartbeat(self, phx: PhoenixClient) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            try:
-                await phx.heartbeat(timeout=10.0)
-            except (PushError, TimeoutError, ConnectionError, aiohttp.ClientError, AssertionError):
-                if phx.ws is not None:
-                    await phx.ws.close()
-                return
 
     # --- the local view of calls ------------------------------------------------------------------
     def _apply(self, name: str, payload: Mapping[str, Any]) -> None:

@@ -291,6 +291,40 @@ class RemoteAudio:
     sink: AudioSink
 
 
+async def open_channel(
+    url: str, token: str, topic: str, payload: Mapping[str, Any]
+) -> tuple[PhoenixClient, ClientChannel, dict[str, Any]]:
+    """A new socket joined to `topic`: (socket, channel, join reply). VoiceClientError when the
+    socket (`status` set) or the join is refused; the socket is closed then."""
+    phx = PhoenixClient(url, token)
+    try:
+        await phx.connect()
+    except ConnectRefused as exc:
+        raise VoiceClientError(exc.reason, exc.status) from None
+    try:
+        channel, reply = await phx.join(topic, payload)
+    except PushError as exc:
+        await phx.close()
+        raise VoiceClientError(exc.reason, retry=bool(exc.response.get("retry"))) from None
+    except BaseException:
+        await phx.close()
+        raise
+    return phx, channel, reply
+
+
+async def keep_alive(phx: PhoenixClient, interval_s: float) -> None:
+    """Phoenix heartbeats (signaling closes silent sockets); a missed reply means a dead socket,
+    which is closed so its reader ends and the owner reconnects."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await phx.heartbeat(timeout=10.0)
+        except (PushError, TimeoutError, ConnectionError, aiohttp.ClientError, AssertionError):
+            if phx.ws is not None:
+                await phx.ws.close()
+            return
+
+
 class VoiceClientError(Exception):
     """The client cannot join (or stay): `reason` is the server's, `status` the HTTP status of a refused
     socket (0 for a refused join)."""
@@ -543,22 +577,8 @@ class VoiceClient:
         return self.join_reply
 
     async def _connect_and_join(self) -> None:
-        phx = PhoenixClient(self.url, self.token)
-        try:
-            await phx.connect()
-        except ConnectRefused as exc:
-            raise VoiceClientError(exc.reason, exc.status) from None
-        try:
-            channel, reply = await phx.join(
-                self.topic,
-                {"muted": self._self_muted or self._self_deafened, "deafened": self._self_deafened},
-            )
-        except PushError as exc:
-            await phx.close()
-            raise VoiceClientError(exc.reason, retry=bool(exc.response.get("retry"))) from None
-        except BaseException:
-            await phx.close()
-            raise
+        payload = {"muted": self._self_muted or self._self_deafened, "deafened": self._self_deafened}
+        phx, channel, reply = await open_channel(self.url, self.token, self.topic, payload)
         self.phx = phx
         self._joined(channel, reply)
 
@@ -577,7 +597,7 @@ class VoiceClient:
         )
         self._session_tasks = [
             asyncio.create_task(self._watch_socket(self.phx, channel)),
-            asyncio.create_task(self._heartbeat(self.phx)),
+            asyncio.create_task(keep_alive(self.phx, self.heartbeat_s)),
         ]
         channel.events.put_nowait((_OFFER, {}))  # negotiate once the presence_state is in
 
@@ -711,17 +731,6 @@ class VoiceClient:
     async def _watch_socket(self, phx: PhoenixClient, channel: ClientChannel) -> None:
         await phx.closed.wait()
         channel.events.put_nowait((_SOCKET_CLOSED, {"code": phx.close_code}))
-
-    async def _heartbeat(self, phx: PhoenixClient) -> None:
-        """Phoenix heartbeats (signaling closes silent sockets); a missed reply means a dead socket."""
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            try:
-                await phx.heartbeat(timeout=10.0)
-            except (PushError, TimeoutError, ConnectionError, aiohttp.ClientError, AssertionError):
-                if phx.ws is not None:
-                    await phx.ws.close()
-                return
 
     async def _pump(self) -> str:
         """Handle the channel's events in order until the session ends; returns why it ended."""

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from voxa.signaling.push.http import HttpSession
 from voxa.signaling.push.models import PushMessage, Registration
 from voxa.signaling.push.result import SendResult, Status, parse_retry_after, status_of_http
 
@@ -111,20 +112,13 @@ class FcmSender:
     def __init__(self, account_file: str, base_url: str, timeout_s: float = 10.0) -> None:
         self.account = ServiceAccount.load(account_file)
         self.url = f"{base_url.rstrip('/')}/v1/projects/{self.account.project_id}/messages:send"
-        self.timeout_s = timeout_s
         self._token: str | None = None
         self._token_expires = 0.0
         self._lock = asyncio.Lock()
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        return self._session
+        self._http = HttpSession(timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     async def access_token(self) -> str:
         """The cached access token, fetched anew shortly before it expires (one fetch at a time)."""

@@ -92,8 +92,9 @@ PresenceLookup = Callable[[str, str], Any]
 
 def jobs_of(server_id: str, outcome: Outcome) -> list[RingJob | StopJob]:
     """What an outcome asks of push: a ring per invitee `call_started` reaches, a follow-up per user
-    whose ring stopped (`stop_ringing`) or whose call ended (`call_ended`; nothing is left to stop
-    for most of them, which the planner finds out from the store)."""
+    whose ring stopped. Every transition that ends a ring says so with `stop_ringing` (answered or
+    declined elsewhere, cancelled, timed out: voxa.signaling.calls), so `call_ended`, which reaches
+    members who never rang too, asks nothing more."""
     jobs: list[RingJob | StopJob] = []
     for event in outcome.events:
         payload = event.payload
@@ -106,7 +107,7 @@ def jobs_of(server_id: str, outcome: Outcome) -> list[RingJob | StopJob]:
                 video=bool(payload.get("video")),
             )
             jobs.extend(RingJob(server_id, user, message) for user in event.users)
-        elif event.name in ("stop_ringing", "call_ended"):
+        elif event.name == "stop_ringing":
             call_id, reason = str(payload["call_id"]), str(payload.get("reason", ""))
             jobs.extend(StopJob(server_id, u, call_id, reason, event.exclude_device) for u in event.users)
     return jobs

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 from pywebpush import WebPushException, webpush_async
 
+from voxa.signaling.push.http import HttpSession
 from voxa.signaling.push.models import PushMessage, Registration, b64url_encode
 from voxa.signaling.push.result import SendResult, Status, parse_retry_after, status_of_http
 
@@ -62,16 +63,10 @@ class WebPushSender:
         self.public_key = application_server_key(self._key)
         self.subject = subject
         self.timeout_s = timeout_s
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
-        return self._session
+        self._http = HttpSession(timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()
 
     async def send(self, registration: Registration, message: PushMessage) -> SendResult:
         assert registration.subscription is not None

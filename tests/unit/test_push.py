@@ -237,6 +237,21 @@ def test_jobs_follow_the_call_events() -> None:
     ]
 
 
+@pytest.mark.parametrize("ending", ["cancel", "decline", "timeout"])
+def test_every_end_of_a_ring_asks_one_follow_up_per_ringing_user_and_no_more(ending: str) -> None:
+    policy = calls.Policy(ring_timeout_s=30)
+    started = calls.start("c1", "g", "alice", "Alice", ["bob"], video=False, now=NOW, policy=policy)
+    assert started.call is not None
+    if ending == "cancel":
+        ended = calls.end(started.call, "alice", NOW + 1)
+    elif ending == "decline":
+        ended = calls.decline(started.call, "bob", "bob-phone", "declined", NOW + 1)
+    else:
+        ended = calls.expire(started.call, NOW + 31)
+    assert ended.ended is not None  # the 1:1 call is over: call_ended went to alice and bob
+    assert [(j.user, j.call_id) for j in jobs_of("g", ended)] == [("bob", "c1")]  # type: ignore[union-attr]
+
+
 def reg(device: str, kind: str) -> Registration:
     return Registration(device, kind, token="a" * 64)  # type: ignore[arg-type]
 
@@ -412,5 +427,5 @@ async def test_old_stops_are_forgotten_oldest_first() -> None:
         service._stopped[("g", f"other{i}", "bob")] = now[0]
     now[0] += STOPPED_KEPT_S - 50  # the first two rounds are older than the window now
     service._prune_stopped()
-    assert sorted(k[1:] for k in service._stopped) == [("c1", "alice"), ("c1", "bob"), ("other2", "bob")]
+    assert sorted(k[1:] for k in service._stopped) == [("c1", "bob"), ("other2", "bob")]
     await service.stop()

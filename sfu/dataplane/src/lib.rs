@@ -6,7 +6,10 @@
 //! Python bindings (feature `python`) are in `py`.
 
 pub mod classify;
+pub mod rtcp;
+pub mod rtp;
 pub mod srtp;
+pub mod stun;
 
 #[cfg(feature = "python")]
 mod py;

@@ -6,10 +6,12 @@
 //! Python bindings (feature `python`) are in `py`.
 
 pub mod classify;
+pub mod codecs;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod stun;
+pub mod worker;
 
 #[cfg(feature = "python")]
 mod py;

@@ -21,14 +21,36 @@ const MAX_MISORDER: u32 = 100;
 /// A packet of a compound RTCP packet that the SFU acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item {
-    SenderReport { ssrc: u32, ntp: u64, rtp_ts: u32 },
-    ReceiverReport { ssrc: u32, blocks: u8 },
+    SenderReport {
+        ssrc: u32,
+        ntp: u64,
+        rtp_ts: u32,
+    },
+    ReceiverReport {
+        ssrc: u32,
+        blocks: u8,
+    },
     /// One FCI entry of a generic NACK: `pid` and the 16 following numbers flagged in `blp`.
-    Nack { sender: u32, media: u32, pid: u16, blp: u16 },
-    Pli { sender: u32, media: u32 },
+    Nack {
+        sender: u32,
+        media: u32,
+        pid: u16,
+        blp: u16,
+    },
+    Pli {
+        sender: u32,
+        media: u32,
+    },
     /// One FCI entry of a FIR.
-    Fir { sender: u32, media: u32, seq: u8 },
-    Remb { sender: u32, bitrate: u64 },
+    Fir {
+        sender: u32,
+        media: u32,
+        seq: u8,
+    },
+    Remb {
+        sender: u32,
+        bitrate: u64,
+    },
     Bye,
 }
 
@@ -113,13 +135,20 @@ fn walk(data: &[u8], visit: &mut dyn FnMut(Item)) -> Result<(), RtcpError> {
                     return Err(RtcpError::BadCount);
                 }
                 let ntp = ((be32(data, start + 4) as u64) << 32) | be32(data, start + 8) as u64;
-                visit(Item::SenderReport { ssrc: be32(data, start), ntp, rtp_ts: be32(data, start + 12) });
+                visit(Item::SenderReport {
+                    ssrc: be32(data, start),
+                    ntp,
+                    rtp_ts: be32(data, start + 12),
+                });
             }
             RR => {
                 if size < 4 + 24 * count as usize {
                     return Err(RtcpError::BadCount);
                 }
-                visit(Item::ReceiverReport { ssrc: be32(data, start), blocks: count });
+                visit(Item::ReceiverReport {
+                    ssrc: be32(data, start),
+                    blocks: count,
+                });
             }
             BYE => {
                 if size < 4 * count as usize {
@@ -139,24 +168,37 @@ fn walk(data: &[u8], visit: &mut dyn FnMut(Item)) -> Result<(), RtcpError> {
                 let media = be32(data, start + 4);
                 let mut i = start + 8;
                 if pt == RTPFB && count == NACK_FMT {
-                    if (body_end - i) % 4 != 0 {
+                    if !(body_end - i).is_multiple_of(4) {
                         return Err(RtcpError::BadFci);
                     }
                     while i < body_end {
-                        visit(Item::Nack { sender, media, pid: be16(data, i), blp: be16(data, i + 2) });
+                        visit(Item::Nack {
+                            sender,
+                            media,
+                            pid: be16(data, i),
+                            blp: be16(data, i + 2),
+                        });
                         i += 4;
                     }
                 } else if pt == PSFB && count == PLI_FMT {
                     visit(Item::Pli { sender, media });
                 } else if pt == PSFB && count == FIR_FMT {
-                    if (body_end - i) % 8 != 0 {
+                    if !(body_end - i).is_multiple_of(8) {
                         return Err(RtcpError::BadFci);
                     }
                     while i < body_end {
-                        visit(Item::Fir { sender, media: be32(data, i), seq: data[i + 4] });
+                        visit(Item::Fir {
+                            sender,
+                            media: be32(data, i),
+                            seq: data[i + 4],
+                        });
                         i += 8;
                     }
-                } else if pt == PSFB && count == AFB_FMT && body_end - i >= 4 && &data[i..i + 4] == b"REMB" {
+                } else if pt == PSFB
+                    && count == AFB_FMT
+                    && body_end - i >= 4
+                    && &data[i..i + 4] == b"REMB"
+                {
                     if body_end - i < 8 {
                         return Err(RtcpError::BadFci);
                     }
@@ -177,7 +219,11 @@ fn walk(data: &[u8], visit: &mut dyn FnMut(Item)) -> Result<(), RtcpError> {
 
 /// The sequence numbers a NACK entry names.
 pub fn nack_seqs(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
-    std::iter::once(pid).chain((0..16u16).filter(move |b| blp & (1 << b) != 0).map(move |b| pid.wrapping_add(b + 1)))
+    std::iter::once(pid).chain(
+        (0..16u16)
+            .filter(move |b| blp & (1 << b) != 0)
+            .map(move |b| pid.wrapping_add(b + 1)),
+    )
 }
 
 /// The 64-bit NTP timestamp of a Unix time in seconds.
@@ -257,7 +303,10 @@ pub struct ReceiverStats {
 
 impl ReceiverStats {
     pub fn new(ssrc: u32) -> Self {
-        ReceiverStats { ssrc, ..Default::default() }
+        ReceiverStats {
+            ssrc,
+            ..Default::default()
+        }
     }
 
     fn restart(&mut self, seq: u16) {
@@ -367,8 +416,15 @@ pub struct PacketHistory {
 impl PacketHistory {
     /// `size` must be a power of two up to 32768.
     pub fn new(size: usize) -> Self {
-        assert!(size.is_power_of_two() && size <= 0x8000, "size must be a power of two up to 32768");
-        PacketHistory { mask: size - 1, seqs: vec![-1; size], packets: (0..size).map(|_| Vec::new()).collect() }
+        assert!(
+            size.is_power_of_two() && size <= 0x8000,
+            "size must be a power of two up to 32768"
+        );
+        PacketHistory {
+            mask: size - 1,
+            seqs: vec![-1; size],
+            packets: (0..size).map(|_| Vec::new()).collect(),
+        }
     }
 
     pub fn put(&mut self, packet: &[u8]) {
@@ -400,7 +456,11 @@ pub struct KeyframeThrottle {
 
 impl KeyframeThrottle {
     pub fn new(interval_ms: i64) -> Self {
-        KeyframeThrottle { interval_ms, last_ms: None, pending: false }
+        KeyframeThrottle {
+            interval_ms,
+            last_ms: None,
+            pending: false,
+        }
     }
 
     /// A consumer wants a keyframe: send a request now?
@@ -442,20 +502,63 @@ mod tests {
     fn builds_and_parses_reports_and_feedback() {
         let mut out = Vec::new();
         build_sr(&mut out, 1, 0x0102_0304_0506_0708, 9, 10, 11);
-        let block = ReportBlock { ssrc: 5, fraction_lost: 3, cumulative_lost: -2, ext_highest_seq: 70_000, jitter: 4, lsr: 6, dlsr: 7 };
+        let block = ReportBlock {
+            ssrc: 5,
+            fraction_lost: 3,
+            cumulative_lost: -2,
+            ext_highest_seq: 70_000,
+            jitter: 4,
+            lsr: 6,
+            dlsr: 7,
+        };
         build_rr(&mut out, 2, &[block]);
         build_pli(&mut out, 3, 4);
-        out.extend_from_slice(&[0x81, RTPFB, 0, 3, 0, 0, 0, 3, 0, 0, 0, 4, 0x00, 0x0A, 0b0000_0000, 0b0000_0101]);
-        out.extend_from_slice(&[0x84, PSFB, 0, 4, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0]);
+        out.extend_from_slice(&[
+            0x81,
+            RTPFB,
+            0,
+            3,
+            0,
+            0,
+            0,
+            3,
+            0,
+            0,
+            0,
+            4,
+            0x00,
+            0x0A,
+            0b0000_0000,
+            0b0000_0101,
+        ]);
+        out.extend_from_slice(&[
+            0x84, PSFB, 0, 4, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 8, 7, 0, 0, 0,
+        ]);
         let items = collect(&out).unwrap();
         assert_eq!(
             items,
             vec![
-                Item::SenderReport { ssrc: 1, ntp: 0x0102_0304_0506_0708, rtp_ts: 9 },
+                Item::SenderReport {
+                    ssrc: 1,
+                    ntp: 0x0102_0304_0506_0708,
+                    rtp_ts: 9
+                },
                 Item::ReceiverReport { ssrc: 2, blocks: 1 },
-                Item::Pli { sender: 3, media: 4 },
-                Item::Nack { sender: 3, media: 4, pid: 10, blp: 5 },
-                Item::Fir { sender: 3, media: 8, seq: 7 },
+                Item::Pli {
+                    sender: 3,
+                    media: 4
+                },
+                Item::Nack {
+                    sender: 3,
+                    media: 4,
+                    pid: 10,
+                    blp: 5
+                },
+                Item::Fir {
+                    sender: 3,
+                    media: 8,
+                    seq: 7
+                },
             ]
         );
         assert_eq!(nack_seqs(10, 5).collect::<Vec<_>>(), vec![10, 11, 13]);
@@ -474,7 +577,10 @@ mod tests {
         assert_eq!(collect(&[0x80, 200]), Err(RtcpError::TooShort));
         assert_eq!(collect(&[0x40, 200, 0, 0]), Err(RtcpError::BadVersion));
         assert_eq!(collect(&[0x81, SR, 0, 0]), Err(RtcpError::BadCount));
-        assert_eq!(collect(&[0xA0, RR, 0, 1, 0, 0, 0, 9]), Err(RtcpError::BadPadding));
+        assert_eq!(
+            collect(&[0xA0, RR, 0, 1, 0, 0, 0, 9]),
+            Err(RtcpError::BadPadding)
+        );
     }
 
     #[test]

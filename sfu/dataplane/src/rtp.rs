@@ -218,7 +218,12 @@ pub struct Rewriter {
 }
 
 impl Rewriter {
-    pub fn new(ssrc: u32, clock_rate: u32, initial_seq: u16, initial_ts: u32) -> Result<Self, ConfigError> {
+    pub fn new(
+        ssrc: u32,
+        clock_rate: u32,
+        initial_seq: u16,
+        initial_ts: u32,
+    ) -> Result<Self, ConfigError> {
         if clock_rate == 0 {
             return Err(ConfigError("clock_rate must be positive".into()));
         }
@@ -242,18 +247,29 @@ impl Rewriter {
     }
 
     /// (Re)apply the negotiated payload types (producer PT → consumer PT) and extensions; seq/ts state is kept.
-    pub fn configure(&mut self, payload_types: &[(u8, u8)], ext: Extensions) -> Result<(), ConfigError> {
+    pub fn configure(
+        &mut self,
+        payload_types: &[(u8, u8)],
+        ext: Extensions,
+    ) -> Result<(), ConfigError> {
         let mut map = [0xFFu8; 128];
         for &(pt_in, pt_out) in payload_types {
             if pt_in > 127 || pt_out > 127 {
-                return Err(ConfigError(format!("payload type mapping {pt_in}->{pt_out} out of range")));
+                return Err(ConfigError(format!(
+                    "payload type mapping {pt_in}->{pt_out} out of range"
+                )));
             }
             map[pt_in as usize] = pt_out;
         }
-        let ids: Vec<u8> = [ext.mid_id, ext.abs_send_time_id, ext.audio_level_id].into_iter().filter(|&i| i != 0).collect();
+        let ids: Vec<u8> = [ext.mid_id, ext.abs_send_time_id, ext.audio_level_id]
+            .into_iter()
+            .filter(|&i| i != 0)
+            .collect();
         for (k, a) in ids.iter().enumerate() {
             if ids[k + 1..].contains(a) {
-                return Err(ConfigError(format!("extension ids must be distinct, got {ids:?}")));
+                return Err(ConfigError(format!(
+                    "extension ids must be distinct, got {ids:?}"
+                )));
             }
         }
         if ext.mid_id != 0 && ext.mid.is_empty() {
@@ -282,7 +298,8 @@ impl Rewriter {
             return self.hi_ts;
         }
         let elapsed = (now_ms - self.hi_ms).max(0) as u64;
-        self.hi_ts.wrapping_add((elapsed * self.clock_rate as u64 / 1000) as u32)
+        self.hi_ts
+            .wrapping_add((elapsed * self.clock_rate as u64 / 1000) as u32)
     }
 
     /// The next packet comes from another source (or after a pause): re-base seq and ts on it.
@@ -293,7 +310,11 @@ impl Rewriter {
     fn rebase(&mut self, seq: u16, ts: u32, ssrc: u32, now_ms: i64) {
         let out_ts = if self.started {
             let elapsed = now_ms - self.hi_ms;
-            let step = if elapsed > 0 { (elapsed as u64 * self.clock_rate as u64 / 1000) as u32 } else { 0 };
+            let step = if elapsed > 0 {
+                (elapsed as u64 * self.clock_rate as u64 / 1000) as u32
+            } else {
+                0
+            };
             self.hi_ts.wrapping_add(step.max(self.min_ts_step))
         } else {
             self.started = true;
@@ -312,7 +333,15 @@ impl Rewriter {
     /// `abs_time`: the 24-bit abs-send-time to write, if negotiated; `level`: the producer's audio
     /// level byte, copied when the consumer negotiated the extension.
     #[inline]
-    pub fn rewrite(&mut self, data: &[u8], h: &Header, now_ms: i64, abs_time: u32, level: Option<u8>, out: &mut Vec<u8>) -> bool {
+    pub fn rewrite(
+        &mut self,
+        data: &[u8],
+        h: &Header,
+        now_ms: i64,
+        abs_time: u32,
+        level: Option<u8>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let pt = self.pt_map[h.payload_type as usize];
         if pt == 0xFF {
             return false;
@@ -344,7 +373,11 @@ impl Rewriter {
         out.extend_from_slice(&data[12..h.csrc_end]);
         if has_ext {
             let block = out.len();
-            let profile = if self.one_byte { ONE_BYTE_PROFILE } else { TWO_BYTE_PROFILE };
+            let profile = if self.one_byte {
+                ONE_BYTE_PROFILE
+            } else {
+                TWO_BYTE_PROFILE
+            };
             out.extend_from_slice(&profile.to_be_bytes());
             out.extend_from_slice(&[0, 0]);
             if ext.mid_id != 0 {
@@ -374,7 +407,7 @@ impl Rewriter {
                 }
                 out.push(level);
             }
-            while (out.len() - block) % 4 != 0 {
+            while !(out.len() - block).is_multiple_of(4) {
                 out.push(0);
             }
             let words = ((out.len() - block - 4) / 4) as u16;
@@ -408,7 +441,10 @@ mod tests {
     fn parse_reads_fields_and_extensions() {
         let p = packet(7, 960, 0xAABBCCDD, &[0x10, 0x30, 0x00, 0x00], b"opus");
         let h = parse(&p).unwrap();
-        assert_eq!((h.seq, h.timestamp, h.ssrc, h.payload_type), (7, 960, 0xAABBCCDD, 111));
+        assert_eq!(
+            (h.seq, h.timestamp, h.ssrc, h.payload_type),
+            (7, 960, 0xAABBCCDD, 111)
+        );
         assert_eq!(&p[h.payload_start..h.payload_end], b"opus");
         assert_eq!(audio_level(&p, &h, 1), Some(0x30));
         assert_eq!(find_extension(&p, &h, 2), None);
@@ -433,7 +469,16 @@ mod tests {
 
     fn rewriter() -> Rewriter {
         let mut r = Rewriter::new(0x1111, 48_000, 100, 5000).unwrap();
-        r.configure(&[(111, 109)], Extensions { mid: b"1".to_vec(), mid_id: 4, abs_send_time_id: 2, audio_level_id: 1 }).unwrap();
+        r.configure(
+            &[(111, 109)],
+            Extensions {
+                mid: b"1".to_vec(),
+                mid_id: 4,
+                abs_send_time_id: 2,
+                audio_level_id: 1,
+            },
+        )
+        .unwrap();
         r
     }
 
@@ -445,7 +490,10 @@ mod tests {
         let h = parse(&p).unwrap();
         assert!(r.rewrite(&p, &h, 1000, 0xABCDEF, audio_level(&p, &h, 1), &mut out));
         let o = parse(&out).unwrap();
-        assert_eq!((o.seq, o.timestamp, o.ssrc, o.payload_type), (100, 5000, 0x1111, 109));
+        assert_eq!(
+            (o.seq, o.timestamp, o.ssrc, o.payload_type),
+            (100, 5000, 0x1111, 109)
+        );
         assert_eq!(find_extension(&out, &o, 4), Some(&b"1"[..]));
         assert_eq!(find_extension(&out, &o, 2), Some(&[0xAB, 0xCD, 0xEF][..]));
         assert_eq!(audio_level(&out, &o, 1), Some(0x45));
@@ -485,13 +533,25 @@ mod tests {
     #[test]
     fn two_byte_form_for_long_mids() {
         let mut r = Rewriter::new(5, 90_000, 0, 0).unwrap();
-        r.configure(&[(111, 111)], Extensions { mid: b"a-very-long-mid-value".to_vec(), mid_id: 3, abs_send_time_id: 0, audio_level_id: 0 }).unwrap();
+        r.configure(
+            &[(111, 111)],
+            Extensions {
+                mid: b"a-very-long-mid-value".to_vec(),
+                mid_id: 3,
+                abs_send_time_id: 0,
+                audio_level_id: 0,
+            },
+        )
+        .unwrap();
         let p = packet(1, 1, 1, &[], b"x");
         let mut out = Vec::new();
         assert!(r.rewrite(&p, &parse(&p).unwrap(), 0, 0, None, &mut out));
         let o = parse(&out).unwrap();
         assert_eq!(o.ext_profile, TWO_BYTE_PROFILE);
-        assert_eq!(find_extension(&out, &o, 3), Some(&b"a-very-long-mid-value"[..]));
+        assert_eq!(
+            find_extension(&out, &o, 3),
+            Some(&b"a-very-long-mid-value"[..])
+        );
     }
 
     #[test]
@@ -513,7 +573,26 @@ mod tests {
     fn bad_configurations_are_refused() {
         let mut r = rewriter();
         assert!(r.configure(&[(200, 1)], Extensions::default()).is_err());
-        assert!(r.configure(&[], Extensions { mid: vec![], mid_id: 1, ..Default::default() }).is_err());
-        assert!(r.configure(&[], Extensions { mid: b"0".to_vec(), mid_id: 1, abs_send_time_id: 1, audio_level_id: 0 }).is_err());
+        assert!(r
+            .configure(
+                &[],
+                Extensions {
+                    mid: vec![],
+                    mid_id: 1,
+                    ..Default::default()
+                }
+            )
+            .is_err());
+        assert!(r
+            .configure(
+                &[],
+                Extensions {
+                    mid: b"0".to_vec(),
+                    mid_id: 1,
+                    abs_send_time_id: 1,
+                    audio_level_id: 0
+                }
+            )
+            .is_err());
     }
 }

@@ -82,7 +82,12 @@ impl BindingRequest {
         ctx.update(&len.to_be_bytes());
         ctx.update(&data[4..at]);
         let tag = ctx.sign();
-        if ring::constant_time::verify_slices_are_equal(tag.as_ref(), &data[at + 4..at + 24]).is_ok() {
+        let diff = tag
+            .as_ref()
+            .iter()
+            .zip(&data[at + 4..at + 24])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff == 0 {
             Ok(())
         } else {
             Err(StunError::BadIntegrity)
@@ -102,7 +107,10 @@ pub fn parse_binding_request(data: &[u8]) -> Result<BindingRequest, StunError> {
     }
     let msg_type = be16(data, 0);
     let len = be16(data, 2) as usize;
-    if u32::from_be_bytes([data[4], data[5], data[6], data[7]]) != MAGIC_COOKIE || len % 4 != 0 || 20 + len != data.len() {
+    if u32::from_be_bytes([data[4], data[5], data[6], data[7]]) != MAGIC_COOKIE
+        || !len.is_multiple_of(4)
+        || 20 + len != data.len()
+    {
         return Err(StunError::Malformed);
     }
     if msg_type == BINDING_INDICATION {
@@ -142,7 +150,13 @@ pub fn parse_binding_request(data: &[u8]) -> Result<BindingRequest, StunError> {
                 let mut crc = crc32fast::Hasher::new();
                 crc.update(&data[..i]);
                 let want = crc.finalize() ^ FINGERPRINT_XOR;
-                if u32::from_be_bytes([data[vstart], data[vstart + 1], data[vstart + 2], data[vstart + 3]]) != want {
+                if u32::from_be_bytes([
+                    data[vstart],
+                    data[vstart + 1],
+                    data[vstart + 2],
+                    data[vstart + 3],
+                ]) != want
+                {
                     return Err(StunError::BadFingerprint);
                 }
             }
@@ -152,11 +166,21 @@ pub fn parse_binding_request(data: &[u8]) -> Result<BindingRequest, StunError> {
     }
     let username = username.ok_or(StunError::NoUsername)?;
     let integrity_at = integrity_at.ok_or(StunError::NoIntegrity)?;
-    Ok(BindingRequest { transaction_id, username, integrity_at, use_candidate })
+    Ok(BindingRequest {
+        transaction_id,
+        username,
+        integrity_at,
+        use_candidate,
+    })
 }
 
 /// Write the success response to a binding request from `from` into `out`, signed with `password`.
-pub fn build_binding_success(out: &mut Vec<u8>, transaction_id: &[u8; 12], from: SocketAddr, password: &[u8]) {
+pub fn build_binding_success(
+    out: &mut Vec<u8>,
+    transaction_id: &[u8; 12],
+    from: SocketAddr,
+    password: &[u8],
+) {
     out.clear();
     out.extend_from_slice(&BINDING_SUCCESS.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
@@ -204,7 +228,13 @@ pub fn build_binding_success(out: &mut Vec<u8>, transaction_id: &[u8; 12], from:
 }
 
 /// Build a binding request as a full agent would (tests, the benchmark's ceiling load).
-pub fn build_binding_request(out: &mut Vec<u8>, transaction_id: &[u8; 12], username: &[u8], password: &[u8], use_candidate: bool) {
+pub fn build_binding_request(
+    out: &mut Vec<u8>,
+    transaction_id: &[u8; 12],
+    username: &[u8],
+    password: &[u8],
+    use_candidate: bool,
+) {
     out.clear();
     out.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
     out.extend_from_slice(&[0, 0]);
@@ -213,7 +243,7 @@ pub fn build_binding_request(out: &mut Vec<u8>, transaction_id: &[u8; 12], usern
     out.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
     out.extend_from_slice(&(username.len() as u16).to_be_bytes());
     out.extend_from_slice(username);
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
     if use_candidate {
@@ -242,14 +272,25 @@ mod tests {
     #[test]
     fn a_signed_request_is_verified_and_answered() {
         let mut req = Vec::new();
-        build_binding_request(&mut req, &[7; 12], b"sfuU:peer", b"sfu-password-0123456789", true);
+        build_binding_request(
+            &mut req,
+            &[7; 12],
+            b"sfuU:peer",
+            b"sfu-password-0123456789",
+            true,
+        );
         let parsed = parse_binding_request(&req).unwrap();
         assert_eq!(parsed.local_ufrag(&req), b"sfuU");
         assert!(parsed.use_candidate);
         assert_eq!(parsed.verify(&req, b"sfu-password-0123456789"), Ok(()));
         assert_eq!(parsed.verify(&req, b"wrong"), Err(StunError::BadIntegrity));
         let mut resp = Vec::new();
-        build_binding_success(&mut resp, &parsed.transaction_id, "127.0.0.1:5000".parse().unwrap(), b"sfu-password-0123456789");
+        build_binding_success(
+            &mut resp,
+            &parsed.transaction_id,
+            "127.0.0.1:5000".parse().unwrap(),
+            b"sfu-password-0123456789",
+        );
         assert_eq!(be16(&resp, 0), BINDING_SUCCESS);
         assert_eq!(be16(&resp, 2) as usize + 20, resp.len());
     }
@@ -260,7 +301,10 @@ mod tests {
         build_binding_request(&mut req, &[1; 12], b"a:b", b"pw", false);
         let mut flipped = req.clone();
         flipped[25] ^= 1;
-        assert_eq!(parse_binding_request(&flipped), Err(StunError::BadFingerprint));
+        assert_eq!(
+            parse_binding_request(&flipped),
+            Err(StunError::BadFingerprint)
+        );
         assert_eq!(parse_binding_request(&req[..19]), Err(StunError::Malformed));
         let mut short = req.clone();
         short.truncate(req.len() - 4);

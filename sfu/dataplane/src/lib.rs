@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod codecs;
+pub mod io;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;

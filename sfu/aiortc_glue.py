@@ -16,12 +16,14 @@ upgrade moves any attribute this module reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, cast
 
 import pylibsrtp
+import voxa_dataplane
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
 from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
@@ -56,7 +58,7 @@ def check_internals(gatherer: RTCIceGatherer, dtls: RTCDtlsTransport) -> None:
                 "ice_controlling",
             ),
         ),
-        (dtls, ("_rx_srtp", "_tx_srtp", "_role")),
+        (dtls, ("_rx_srtp", "_tx_srtp", "_role", "_ssl")),
     ):
         for name in names:
             if not hasattr(obj, name):
@@ -242,3 +244,66 @@ class FastPath:
     def detach(self) -> None:
         self._rx = self._tx = None
         self._sendto = None
+
+
+# --- the native data plane's side of DTLS (sfu/webrtc_server.py) ------------------------------------
+
+SRTP_PROFILE_IDS = {
+    b"SRTP_AES128_CM_SHA1_80": 0x0001,
+    b"SRTP_AEAD_AES_128_GCM": 0x0007,
+    b"SRTP_AEAD_AES_256_GCM": 0x0008,
+}
+"""DTLS-SRTP protection profile ids (RFC 5764 §4.1.2, RFC 7714) by OpenSSL's profile name."""
+
+
+class DtlsPipe:
+    """The part of an ICE transport RTCDtlsTransport uses (`role`, `_recv`, `_send`), fed by the
+    native data plane: it owns the worker's one UDP port, does ICE-lite itself, and hands each DTLS
+    record of a peer to that peer's pipe; records aiortc writes go back out through `send`.
+
+    The role is "controlled" (the SFU is ICE-lite), so aiortc's "auto" DTLS role makes the SFU the
+    DTLS client, as the SFU's `a=setup:active` says.
+    """
+
+    role = "controlled"
+
+    def __init__(self, send: Callable[[bytes], bool]) -> None:
+        self._send_datagram = send
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
+
+    def feed(self, data: bytes) -> None:
+        """A DTLS record arrived from the peer (dropped if the handshake is not reading: a flood)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def _recv(self) -> bytes:
+        data = await self._queue.get()
+        if data is None:
+            raise ConnectionError("transport closed")
+        return data
+
+    async def _send(self, data: bytes) -> None:
+        if not self._send_datagram(data):
+            raise ConnectionError("the peer's address is not known")
+
+
+def export_srtp_keys(dtls: RTCDtlsTransport) -> tuple[int, bytes, bool]:
+    """(profile id, DTLS-SRTP keying material, the SFU was the DTLS client) of a connected transport.
+
+    The same exporter call aiortc makes in `RTCDtlsTransport._setup_srtp`, for the native SRTP
+    sessions instead of aiortc's own (which then go unused).
+    """
+    ssl = dtls._ssl
+    if ssl is None or dtls.state != "connected":
+        raise GlueError("DTLS transport is not connected")
+    name = ssl.get_selected_srtp_profile()
+    profile = SRTP_PROFILE_IDS.get(name)
+    if profile is None:
+        raise GlueError(f"unsupported DTLS-SRTP profile {name!r}")
+    length = voxa_dataplane.srtp_keying_material_len(profile)
+    material = ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", length)
+    return profile, bytes(material), dtls._role == "client"

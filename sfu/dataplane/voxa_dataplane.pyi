@@ -3,9 +3,22 @@
 __version__: str
 
 def classify(data: bytes) -> str:
-    """"stun", "dtls", "rtp", "rtcp" or "other" (RFC 7983)."""
+    """ "stun", "dtls", "rtp", "rtcp" or "other" (RFC 7983)."""
 
 def srtp_keying_material_len(profile: int) -> int: ...
+def ceiling(
+    *,
+    rooms: int,
+    peers_per_room: int,
+    publishers_per_room: int,
+    packets_per_s: int = 50,
+    payload_bytes: int = 100,
+    seconds: float = 10.0,
+    forwarder_core: int | None = None,
+    load_core: int | None = None,
+) -> dict[str, float]:
+    """The minimal forwarder's figures under a load shape (sent, forwarded, received, forwarder_cpu_s,
+    elapsed_s, pps_per_core)."""
 
 class SrtpSession:
     def __init__(self, profile: int, keying_material: bytes, is_client: bool) -> None: ...

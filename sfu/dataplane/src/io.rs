@@ -190,7 +190,7 @@ fn from_socket_addr(addr: &SocketAddr, storage: &mut libc::sockaddr_storage) -> 
 }
 
 /// Reused `recvmmsg` state: buffers, addresses, headers.
-struct RecvBatch {
+pub(crate) struct RecvBatch {
     bufs: Vec<[u8; SLOT]>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
@@ -198,7 +198,7 @@ struct RecvBatch {
 }
 
 impl RecvBatch {
-    fn new() -> Box<RecvBatch> {
+    pub(crate) fn new() -> Box<RecvBatch> {
         let mut b = Box::new(RecvBatch {
             bufs: vec![[0u8; SLOT]; BATCH],
             addrs: vec![unsafe { zeroed() }; BATCH],
@@ -220,6 +220,18 @@ impl RecvBatch {
         b
     }
 
+    /// Datagram `i` of the last `receive` (None if its source is unreadable or it was truncated).
+    pub(crate) fn get(&self, i: usize) -> Option<(SocketAddr, &[u8])> {
+        let m = &self.msgs[i];
+        if m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        Some((
+            to_socket_addr(&self.addrs[i])?,
+            &self.bufs[i][..m.msg_len as usize],
+        ))
+    }
+
     fn reset(&mut self) {
         for i in 0..BATCH {
             let m = &mut self.msgs[i];
@@ -235,7 +247,7 @@ impl RecvBatch {
     }
 
     /// Wait for at least one datagram (up to the socket's read timeout), then take what is there.
-    fn receive(&mut self, fd: RawFd) -> usize {
+    pub(crate) fn receive(&mut self, fd: RawFd) -> usize {
         self.reset();
         let n = unsafe {
             libc::recvmmsg(
@@ -255,14 +267,14 @@ impl RecvBatch {
 }
 
 /// Reused `sendmmsg` state.
-struct SendBatch {
+pub(crate) struct SendBatch {
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
     msgs: Vec<libc::mmsghdr>,
 }
 
 impl SendBatch {
-    fn new() -> SendBatch {
+    pub(crate) fn new() -> SendBatch {
         SendBatch {
             addrs: vec![unsafe { zeroed() }; BATCH],
             iovs: vec![
@@ -277,7 +289,7 @@ impl SendBatch {
     }
 
     /// Send everything in `out` (in batches of `BATCH`); returns how many datagrams the kernel took.
-    fn send(&mut self, fd: RawFd, out: &Outbox) -> u64 {
+    pub(crate) fn send(&mut self, fd: RawFd, out: &Outbox) -> u64 {
         let mut sent = 0u64;
         let mut start = 0;
         while start < out.len() {

@@ -5,6 +5,7 @@
 //! RTCP, and the ICE-lite side of STUN. Each protocol is a pure module tested without sockets; the
 //! Python bindings (feature `python`) are in `py`.
 
+pub mod ceiling;
 pub mod classify;
 pub mod codecs;
 pub mod io;

@@ -415,6 +415,44 @@ impl PyWorker {
     }
 }
 
+/// The benchmark's ceiling (see `ceiling.rs`): the minimal forwarder under a load shape, measured.
+#[pyfunction]
+#[pyo3(signature = (*, rooms, peers_per_room, publishers_per_room, packets_per_s=50, payload_bytes=100, seconds=10.0, forwarder_core=None, load_core=None))]
+#[allow(clippy::too_many_arguments)]
+fn ceiling<'py>(
+    py: Python<'py>,
+    rooms: usize,
+    peers_per_room: usize,
+    publishers_per_room: usize,
+    packets_per_s: u32,
+    payload_bytes: usize,
+    seconds: f64,
+    forwarder_core: Option<usize>,
+    load_core: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let load = crate::ceiling::Load {
+        rooms,
+        peers_per_room,
+        publishers_per_room,
+        packets_per_s,
+        payload_bytes,
+        seconds,
+        forwarder_core,
+        load_core,
+    };
+    let outcome = py
+        .allow_threads(|| crate::ceiling::run(&load))
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    let d = PyDict::new(py);
+    d.set_item("sent", outcome.sent)?;
+    d.set_item("forwarded", outcome.forwarded)?;
+    d.set_item("received", outcome.received)?;
+    d.set_item("forwarder_cpu_s", outcome.forwarder_cpu_s)?;
+    d.set_item("elapsed_s", outcome.elapsed_s)?;
+    d.set_item("pps_per_core", outcome.pps_per_core())?;
+    Ok(d)
+}
+
 #[pymodule]
 fn voxa_dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -422,5 +460,6 @@ fn voxa_dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyWorker>()?;
     m.add_function(wrap_pyfunction!(srtp_keying_material_len, m)?)?;
     m.add_function(wrap_pyfunction!(classify, m)?)?;
+    m.add_function(wrap_pyfunction!(ceiling, m)?)?;
     Ok(())
 }

@@ -89,7 +89,7 @@ impl Outbox {
     }
 
     /// A cleared buffer for the next datagram to `addr`.
-    fn next(&mut self, addr: SocketAddr) -> &mut Vec<u8> {
+    pub(crate) fn next(&mut self, addr: SocketAddr) -> &mut Vec<u8> {
         if self.len == self.bufs.len() {
             self.bufs.push(Vec::with_capacity(MAX_DATAGRAM));
             self.addrs.push(addr);
@@ -102,7 +102,7 @@ impl Outbox {
     }
 
     /// Drop the datagram `next` just handed out (it could not be completed).
-    fn cancel(&mut self) {
+    pub(crate) fn cancel(&mut self) {
         self.len -= 1;
     }
 

@@ -9,6 +9,9 @@ DTLS and SRTP keying, but forwards media itself. Three things need internals:
   nominated pair's socket; the SRTP sessions come from the DTLS transport after its handshake;
 - the ICE role.
 
+The SFU benchmark's load peers (bench/loadgen) take the SRTP sessions and nominated pair of their
+client peer connections through `client_media_path` here too, so one version pin covers every use.
+
 These are pinned to the versions below; tests/unit/sfu/test_aiortc_glue.py fails loudly when an
 upgrade moves any attribute this module reads.
 """
@@ -20,13 +23,13 @@ import contextlib
 import random
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pylibsrtp
 import voxa_dataplane
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
-from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCPeerConnection
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
@@ -307,3 +310,41 @@ def export_srtp_keys(dtls: RTCDtlsTransport) -> tuple[int, bytes, bool]:
     length = voxa_dataplane.srtp_keying_material_len(profile)
     material = ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", length)
     return profile, bytes(material), dtls._role == "client"
+
+
+# --- the SFU benchmark's load peers (bench/loadgen/rtc.py) -------------------------------------------
+
+
+class ClientMediaPath(NamedTuple):
+    """A connected aiortc peer connection's SRTP sessions and nominated pair, for raw SRTP load."""
+
+    tx: pylibsrtp.Session
+    rx: pylibsrtp.Session
+    protocol: StunProtocol
+    remote_addr: tuple[str, int]
+
+
+def client_media_path(pc: RTCPeerConnection) -> ClientMediaPath:
+    """The SRTP sessions and nominated candidate pair of a connected client peer connection.
+
+    Raises RuntimeError before DTLS/ICE are up. The load generator sends and receives raw SRTP on it
+    instead of running aiortc's media pipeline.
+    """
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise RuntimeError("peer connection has no transceiver")
+    dtls: RTCDtlsTransport = transceivers[0].sender.transport
+    if dtls._tx_srtp is None or dtls._rx_srtp is None:
+        raise RuntimeError("DTLS has no SRTP sessions yet")
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        raise RuntimeError("ICE has no nominated pair")
+    return ClientMediaPath(dtls._tx_srtp, dtls._rx_srtp, pair.protocol, pair.remote_addr)
+
+
+def stop_idle_sender_loops(pc: RTCPeerConnection) -> None:
+    """Cancel aiortc's RTP loop of senders without a track (it only sleeps 20 ms in a loop)."""
+    for transceiver in pc.getTransceivers():
+        task = getattr(transceiver.sender, "_RTCRtpSender__rtp_task", None)
+        if isinstance(task, asyncio.Task) and getattr(transceiver.sender, "track", None) is None:
+            task.cancel()

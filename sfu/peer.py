@@ -22,7 +22,19 @@ log = logging.getLogger("voxa.sfu.peer")
 
 
 class PeerError(Exception):
-    """A request about a peer that cannot be honoured; the message is for the caller."""
+    """A request about a router or peer that cannot be honoured; the message is for the caller.
+
+    The subclass says which HTTP status the control API answers with: `NotFound` 404, `Conflict`
+    409; the native data plane's KeyError/RuntimeError("conflict: ...") map the same way.
+    """
+
+
+class NotFound(PeerError):
+    """No such router, peer, producer or consumer."""
+
+
+class Conflict(PeerError):
+    """The request contradicts the current state (draining, a duplicate)."""
 
 
 class Peer:

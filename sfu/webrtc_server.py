@@ -26,6 +26,7 @@ from aiortc import RTCCertificate, RTCDtlsFingerprint, RTCDtlsParameters, RTCDtl
 
 from voxa.sfu import aiortc_glue
 from voxa.sfu.sdp import LocalTransport, RemoteDescription
+from voxa.sfu.transport import TransportError
 
 log = logging.getLogger("voxa.sfu.webrtc_server")
 
@@ -34,10 +35,6 @@ _ICE_CHARS = string.ascii_letters + string.digits + "+/"
 
 def _ice_token(length: int) -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
-
-
-class TransportError(Exception):
-    """The transport could not be set up or did not connect."""
 
 
 class WebRtcServer:

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiortc import RTCCertificate
 
-from voxa.sfu.peer import Peer, PeerError
+from voxa.sfu.peer import Conflict, NotFound, Peer
 from voxa.sfu.router import Producer, Router, now_ms
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.webrtc_server import WebRtcServer
@@ -61,7 +61,7 @@ class RouterHandle:
     def peer(self, peer_id: str) -> Peer:
         peer = self.peers.get(peer_id)
         if peer is None:
-            raise PeerError(f"no peer {peer_id!r} in router {self.router.id!r}")
+            raise NotFound(f"no peer {peer_id!r} in router {self.router.id!r}")
         return peer
 
     async def remove_peer(self, peer_id: str, *, reason: str = "removed") -> None:
@@ -167,14 +167,14 @@ class SfuWorker:
         room = self.routers.get(router_id)
         if room is None:
             if self.draining:
-                raise PeerError("this SFU is draining and takes no new routers")
+                raise Conflict("this SFU is draining and takes no new routers")
             room = self.routers[router_id] = RouterHandle(self, router_id)
         return room
 
     def router(self, router_id: str) -> RouterHandle:
         room = self.routers.get(router_id)
         if room is None:
-            raise PeerError(f"no router {router_id!r}")
+            raise NotFound(f"no router {router_id!r}")
         return room
 
     async def close_router(self, router_id: str) -> None:

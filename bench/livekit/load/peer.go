@@ -94,6 +94,7 @@ type Peer struct {
 	closing atomic.Bool
 
 	mu        sync.Mutex
+	pending   map[*webrtc.PeerConnection][]webrtc.ICECandidateInit // trickled before the remote description
 	ssrcs     map[uint32]struct{}
 	published map[string]chan struct{} // track cid -> closed when the server confirms it
 	pubAnswer chan webrtc.SessionDescription
@@ -105,6 +106,7 @@ type Peer struct {
 func newPeer(spec PeerSpec, w *Worker) *Peer {
 	return &Peer{
 		spec: spec, worker: w, stop: make(chan struct{}), ssrcs: map[uint32]struct{}{},
+		pending:   map[*webrtc.PeerConnection][]webrtc.ICECandidateInit{},
 		published: map[string]chan struct{}{}, pubAnswer: make(chan webrtc.SessionDescription, 1),
 	}
 }
@@ -265,7 +267,7 @@ func (p *Peer) publish(ctx context.Context) error {
 		return fmt.Errorf("publisher answer: %w", ctx.Err())
 	}
 	answer.SDP = loopbackOnly(answer.SDP)
-	if err := p.pub.SetRemoteDescription(answer); err != nil {
+	if err := p.setRemote(p.pub, answer); err != nil {
 		return err
 	}
 	if err := waitConnected(ctx, p.pub); err != nil {
@@ -283,6 +285,33 @@ func (p *Peer) publish(ctx context.Context) error {
 		go s.run(p.stop)
 	}
 	return nil
+}
+
+// setRemote sets a remote description, then adds the candidates trickled before it.
+func (p *Peer) setRemote(pc *webrtc.PeerConnection, desc webrtc.SessionDescription) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := pc.SetRemoteDescription(desc); err != nil {
+		return err
+	}
+	queued := p.pending[pc]
+	delete(p.pending, pc)
+	for _, candidate := range queued {
+		if err := pc.AddICECandidate(candidate); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Peer) addCandidate(pc *webrtc.PeerConnection, candidate webrtc.ICECandidateInit) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.RemoteDescription() == nil {
+		p.pending[pc] = append(p.pending[pc], candidate)
+		return nil
+	}
+	return pc.AddICECandidate(candidate)
 }
 
 func waitConnected(ctx context.Context, pc *webrtc.PeerConnection) error {
@@ -341,7 +370,7 @@ func (p *Peer) handle(msg *livekit.SignalResponse) error {
 	switch m := msg.GetMessage().(type) {
 	case *livekit.SignalResponse_Offer: // the server's offer on the subscriber connection
 		offer := webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: loopbackOnly(m.Offer.GetSdp())}
-		if err := p.sub.SetRemoteDescription(offer); err != nil {
+		if err := p.setRemote(p.sub, offer); err != nil {
 			return fmt.Errorf("subscriber offer: %w", err)
 		}
 		answer, err := p.sub.CreateAnswer(nil)
@@ -374,7 +403,7 @@ func (p *Peer) handle(msg *livekit.SignalResponse) error {
 			pc = p.pub
 		}
 		if pc != nil {
-			return pc.AddICECandidate(candidate)
+			return p.addCandidate(pc, candidate)
 		}
 	case *livekit.SignalResponse_TrackPublished:
 		p.mu.Lock()

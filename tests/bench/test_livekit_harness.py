@@ -115,13 +115,13 @@ async def test_livekit_server_room_api(tmp_path: Path) -> None:
         assert [r["name"] for r in rooms["rooms"]] == ["bench-r0"]
         await server.delete_room("bench-r0")
         assert (await server.room_api("ListRooms", {})).get("rooms", []) == []
-        with pytest.raises(RuntimeError, match="HTTP 401"):
-            bad = access_token(server.api_key, "x" * 32, grants={"roomList": True})
-            assert server.http is not None
-            async with server.http.post(
-                server.http_url + "/twirp/livekit.RoomService/ListRooms",
-                json={},
-                headers={"Authorization": f"Bearer {bad}"},
-            ) as resp:
-                raise RuntimeError(f"HTTP {resp.status}")
+        # A token signed with another secret is refused.
+        bad = access_token(server.api_key, "x" * 32, grants={"roomList": True})
+        assert server.http is not None
+        async with server.http.post(
+            server.http_url + "/twirp/livekit.RoomService/ListRooms",
+            json={},
+            headers={"Authorization": f"Bearer {bad}"},
+        ) as resp:
+            assert resp.status == 401
     assert server.exit_code is not None

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything Voxa's tests need on a fresh Debian machine, idempotently: what `make demo` needs
 # (.ci/setup.sh), then the Debian packages (only those missing), the development tools in the venv,
-# the npm packages the browser and phoenix-client tests drive, stunnerd and helm from their Go
-# modules. The Kubernetes binaries, the kind tools and the images are built by the test fixtures that
+# the npm packages the browser and phoenix-client tests drive, stunnerd, helm and livekit-server (with
+# the benchmark's LiveKit load client) from their Go modules. The Kubernetes binaries, the kind tools and the images are built by the test fixtures that
 # need them (e2e/cluster, e2e/kind), before the first test that uses them; all of it is cached under
 # ~/.cache/voxa/.
 set -euo pipefail
@@ -49,6 +49,8 @@ if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d n
   npm ci --silent --no-audit --no-fund
 fi
 
-# stunnerd (STUNner's TURN dataplane) and helm are built from their Go modules once and cached.
+# stunnerd (STUNner's TURN dataplane), helm, and livekit-server with the benchmark's Go load client
+# (bench/sfu.py's LiveKit target) are built from their Go modules once and cached.
 bash e2e/turn/build.sh >/dev/null
+bash bench/livekit/build.sh >/dev/null
 bash e2e/kind/tools.sh helm >/dev/null

@@ -38,13 +38,20 @@ rooms, load processes and pacing) runs against a private loopback Janus (bench/j
 ``event_loops`` = ``--janus-event-loops``, default 1, pinned to the same core) and ``janus_ratio`` =
 Voxa pps_per_core / Janus pps_per_core (> 1: Voxa forwards more packets per core).
 
+Then LiveKit (bench/livekit: ``livekit-server`` built from its Go module, cached, on loopback with one
+UDP port, pinned to the same core) gets the same rooms under the same procedure, driven by the same
+number of Go load processes (``bench/livekit/load``, pion) on the load core: the same peers and
+subscriptions, the same pre-encoded Opus/VP8 payloads and pacing, send times in the last 8 payload
+bytes, the same windows and counting. ``livekit_ratio`` = Voxa pps_per_core / LiveKit pps_per_core.
+``--no-livekit`` skips it; when it cannot be built or started, ``livekit_reason`` says why.
+
 Every window also reports the load generator's CPU and core busy share and the CPU of every *other*
 process of the machine meanwhile; ``warnings`` flags windows where either may have skewed the figures.
 
 Usage: ``python bench/sfu.py --scenario audio-rooms --seconds 20 --json`` prints ONE JSON object on
-stdout (about 2.5 minutes on 2 cores); progress goes to stderr. ``--profile out.txt`` records the SFU
-with py-spy (raw collapsed stacks) during the final window and adds its top functions to the output;
-``--keep-logs DIR`` keeps the servers' logs.
+stdout (about 4 minutes on 2 cores; the first run also builds LiveKit, several minutes); progress goes
+to stderr. ``--profile out.txt`` records the SFU with py-spy (raw collapsed stacks) during the final
+window and adds its top functions to the output; ``--keep-logs DIR`` keeps the servers' logs.
 """
 
 from __future__ import annotations
@@ -80,6 +87,14 @@ if BENCH_DIR not in sys.path:
 
 from janus.client import JanusError, JanusSession, VideoRoom  # noqa: E402
 from janus.server import JanusServer, janus_binary  # noqa: E402
+from livekit.load import LiveKitLoad, write_catalog  # noqa: E402
+from livekit.server import (  # noqa: E402
+    BUILD_NOTE,
+    LiveKitServer,
+    LiveKitUnavailable,
+    livekit_binaries,
+    server_version,
+)
 from loadgen import procfs  # noqa: E402
 from loadgen.control import LoadProcesses  # noqa: E402
 from loadgen.media import MediaCatalog, build_catalog  # noqa: E402
@@ -160,6 +175,23 @@ class Target(Protocol):
     def info(self) -> Json: ...
 
     def log_tail(self) -> str: ...
+
+
+class Load(Protocol):
+    """The load processes of one target: `loadgen.control.LoadProcesses` or `livekit.load.LiveKitLoad`."""
+
+    @property
+    def pids(self) -> list[int]: ...
+
+    def __len__(self) -> int: ...
+
+    async def ready(self, timeout: float) -> None: ...
+
+    async def call(self, commands: Sequence[Json], timeout: float) -> list[Json]: ...
+
+    async def broadcast(self, command: Json, timeout: float) -> list[Json]: ...
+
+    def stop(self, graceful: bool = True) -> None: ...
 
 
 class VoxaTarget:
@@ -348,6 +380,69 @@ class JanusTarget:
         await self.server.stop()
 
 
+class LiveKitTarget:
+    """A private loopback livekit-server (bench/livekit), pinned to the same single core; its rooms are
+    created and deleted through its room API, its load is the Go load client (`LiveKitLoad`)."""
+
+    name = "livekit"
+
+    def __init__(self, server_binary: Path, load_binary: Path, core: int | None, workdir: Path) -> None:
+        self.core = core
+        self.load_binary = load_binary
+        self.workdir = workdir
+        self.server = LiveKitServer(server_binary, workdir=workdir)
+        self.version = server_version(server_binary)
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+    def worker_url(self) -> str:
+        return self.server.ws_url
+
+    def token(self, spec: PeerSpec) -> str:
+        return self.server.token(spec.id, voxa_router(spec.room), publish=spec.publishes)
+
+    async def start(self) -> None:
+        with pinned(self.core):
+            await self.server.start()
+        pid = self.pid
+        _REAPERS.append(lambda: kill_pid(pid) if self.server.proc is not None else None)
+        if self.core is not None:
+            procfs.pin(self.pid, {self.core})
+
+    async def add_rooms(self, rooms: Sequence[int]) -> None:
+        for room in rooms:
+            await self.server.create_room(voxa_router(room))
+
+    async def remove_rooms(self, rooms: Sequence[int]) -> None:
+        for room in rooms:
+            with contextlib.suppress(RuntimeError, aiohttp.ClientError, TimeoutError):
+                await self.server.delete_room(voxa_router(room))
+
+    def log_tail(self) -> str:
+        return self.server.log_tail()
+
+    def info(self) -> Json:
+        return {
+            "version": self.version,
+            "build_note": BUILD_NOTE,
+            "udp_port": self.server.udp_port,
+            "config": {
+                "rtc.udp_port": "one port (UDP mux)",
+                "rtc.tcp_port": 0,
+                "rtc.congestion_control.enabled": False,
+                "turn.enabled": False,
+                "redis": None,
+                "log_level": self.server.log_level,
+            },
+            "load_client": "bench/livekit/load (Go, pion/webrtc v4; signal protocol 16, 2 connections/peer)",
+        }
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+
 # --- measurement ---------------------------------------------------------------------------------
 
 
@@ -431,7 +526,34 @@ class Bench:
 
     # --- load plumbing ------------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def load_processes(self, target: Target) -> AsyncIterator[LoadProcesses]:
+    async def load_processes(self, target: Target) -> AsyncIterator[Load]:
+        load: Load
+        if isinstance(target, LiveKitTarget):
+            load = LiveKitLoad(
+                target.load_binary,
+                ws_url=target.worker_url(),
+                catalog_path=write_catalog(self.catalog, target.workdir / "catalog.json"),
+                count=self.args.load_procs,
+                tokens=target.token,
+                log_path=target.workdir / "lkload.log",
+                concurrency=self.args.concurrency,
+                decrypt_every=self.args.decrypt_every,
+                max_runtime_s=self.args.max_runtime,
+            )
+        else:
+            load = self._python_load(target)
+        _REAPERS.append(lambda: load.stop(graceful=False))
+        ok = False
+        try:
+            await load.ready(60.0)
+            ok = True
+            yield load
+        finally:
+            stopping = time.monotonic()
+            await asyncio.to_thread(load.stop, ok)
+            log(f"{target.name}: load processes stopped in {time.monotonic() - stopping:.1f}s")
+
+    def _python_load(self, target: Target) -> LoadProcesses:
         secret = target.secret if isinstance(target, VoxaTarget) else ""
         configs = [
             WorkerConfig(
@@ -447,21 +569,9 @@ class Bench:
             )
             for i in range(self.args.load_procs)
         ]
-        load = LoadProcesses(configs)
-        _REAPERS.append(lambda: load.stop(graceful=False))
-        ok = False
-        try:
-            await load.ready(60.0)
-            ok = True
-            yield load
-        finally:
-            stopping = time.monotonic()
-            await asyncio.to_thread(load.stop, ok)
-            log(f"{target.name}: load processes stopped in {time.monotonic() - stopping:.1f}s")
+        return LoadProcesses(configs)
 
-    async def grow(
-        self, target: Target, load: LoadProcesses, topology: Topology, rooms: Sequence[int]
-    ) -> None:
+    async def grow(self, target: Target, load: Load, topology: Topology, rooms: Sequence[int]) -> None:
         """Add `rooms` (publishers first, then subscribers) and wait until every stream flows."""
         if not rooms:
             return
@@ -502,9 +612,7 @@ class Bench:
         )
         await asyncio.sleep(self.args.warmup)
 
-    async def shrink(
-        self, target: Target, load: LoadProcesses, topology: Topology, ids: Sequence[str]
-    ) -> None:
+    async def shrink(self, target: Target, load: Load, topology: Topology, ids: Sequence[str]) -> None:
         """Remove peers `ids` (and the rooms they empty)."""
         if not ids:
             return
@@ -524,7 +632,7 @@ class Bench:
         await asyncio.sleep(1.0)
 
     async def measure(
-        self, target: Target, load: LoadProcesses, topology: Topology, seconds: float, label: str,
+        self, target: Target, load: Load, topology: Topology, seconds: float, label: str,
         profile: Path | None = None,
     ) -> Window:  # fmt: skip
         t0 = time.monotonic_ns() + WINDOW_LEAD_NS
@@ -597,7 +705,7 @@ class Bench:
 
     # --- phases -------------------------------------------------------------------------------------
     async def ramp(
-        self, target: Target, load: LoadProcesses, topology: Topology, steps: list[Json], idle_load: float
+        self, target: Target, load: Load, topology: Topology, steps: list[Json], idle_load: float
     ) -> int:
         """Grow rooms until the SFU's core is ~saturated (or loss/latency give out); end at the best level.
 
@@ -778,10 +886,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--load-core", type=int, help="Core of the load generator (default 1).")
     parser.add_argument("--no-janus", action="store_true", help="Skip the Janus comparison.")
     parser.add_argument("--janus-event-loops", type=int, default=1, help="Janus media threads.")
+    parser.add_argument("--no-livekit", action="store_true", help="Skip the LiveKit comparison.")
     parser.add_argument("--profile", help="py-spy output of the SFU during the final window (.txt raw).")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--max-runtime", type=float, default=900.0, help="Load processes exit after this.")
-    parser.add_argument("--keep-logs", help="Keep the servers' logs (voxa-sfu.log, janus/) in this folder.")
+    parser.add_argument(
+        "--keep-logs", help="Keep the servers' logs (voxa-sfu.log, janus/, livekit/) in this folder."
+    )
     parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     args = parser.parse_args(argv)
     probe, max_rooms = DEFAULTS[args.scenario]
@@ -839,6 +950,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
         janus_dir = args.keep_logs / "janus" if args.keep_logs is not None else None
         janus_target = JanusTarget(args.sfu_core, args.janus_event_loops, janus_dir)
         janus = await bench.run_target(janus_target, voxa["rooms"], None)
+    livekit, livekit_reason = await run_livekit(args, bench, workdir, voxa["rooms"])
     fin = voxa["final"]
     consumers = fin["consumers"]
     result: Json = {
@@ -854,6 +966,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
         "janus_ratio": (
             round(fin["pps_per_core"] / janus["final"]["pps_per_core"], 3)
             if janus is not None and fin["pps_per_core"] and janus["final"]["pps_per_core"]
+            else None
+        ),
+        "livekit_ratio": (
+            round(fin["pps_per_core"] / livekit["final"]["pps_per_core"], 3)
+            if livekit is not None and fin["pps_per_core"] and livekit["final"]["pps_per_core"]
             else None
         ),
         "rooms": voxa["rooms"],
@@ -875,11 +992,19 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
         "janus_latency_p50_ms": janus["latency_p50_ms"] if janus is not None else None,
         "janus_latency_p99_ms": janus["latency_p99_ms"] if janus is not None else None,
         "janus_event_loops": args.janus_event_loops if janus is not None else None,
+        "livekit": _livekit_summary(livekit) if livekit is not None else None,
+        "livekit_pps_per_core": livekit["final"]["pps_per_core"] if livekit is not None else None,
+        "livekit_cpu_percent": livekit["final"]["cpu_percent"] if livekit is not None else None,
+        "livekit_loss_percent": livekit["final"]["loss_percent"] if livekit is not None else None,
+        "livekit_latency_p50_ms": livekit["latency_p50_ms"] if livekit is not None else None,
+        "livekit_latency_p99_ms": livekit["latency_p99_ms"] if livekit is not None else None,
         "loadgen": {
             "processes": args.load_procs,
             "cpu_percent": fin["loadgen_cpu_percent"],
             "core_busy_percent": fin.get("loadgen_core_busy_percent"),
             "janus_cpu_percent": janus["final"]["loadgen_cpu_percent"] if janus is not None else None,
+            "livekit_cpu_percent": livekit["final"]["loadgen_cpu_percent"] if livekit is not None else None,
+            "livekit_client": "bench/livekit/load: Go (pion), same count, same core" if livekit else None,
             "saturated": (fin.get("loadgen_core_busy_percent") or 0) > 90,
         },
         "media": catalog.summary(),
@@ -916,15 +1041,49 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
     }
     if janus_reason is not None:
         result["janus_reason"] = janus_reason
-    result["other_processes_cpu_percent"], result["warnings"] = _noise(voxa, janus)
+    if livekit_reason is not None:
+        result["livekit_reason"] = livekit_reason
+    result["other_processes_cpu_percent"], result["warnings"] = _noise(voxa, janus, livekit)
+    if livekit_reason is not None and not livekit_reason.startswith("skipped"):
+        result["warnings"].append(f"no LiveKit figures: {livekit_reason[:300]}")
     return result
 
 
-def _noise(voxa: Json, janus: Json | None) -> tuple[Json, list[str]]:
+async def run_livekit(
+    args: argparse.Namespace, bench: Bench, workdir: Path, rooms: int
+) -> tuple[Json | None, str | None]:
+    """LiveKit under the same scenario and rooms; (its figures, None) or (None, why there are none).
+
+    A LiveKit that cannot be built, started or driven is reported, never fatal: Voxa's and Janus's
+    figures of the same run are kept."""
+    if args.no_livekit:
+        return None, "skipped (--no-livekit)"
+    log("livekit: building livekit-server and the Go load client (cached after the first build) ...")
+    try:
+        server_binary, load_binary = await asyncio.to_thread(livekit_binaries)
+    except LiveKitUnavailable as exc:
+        return None, f"livekit is unavailable: {exc}"
+    livekit_dir = args.keep_logs / "livekit" if args.keep_logs is not None else workdir / "livekit"
+    livekit_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        target = LiveKitTarget(server_binary, load_binary, args.sfu_core, livekit_dir)
+        return await bench.run_target(target, rooms, None), None
+    except LiveKitUnavailable as exc:
+        return None, f"livekit could not start: {exc}"
+    except Exception as exc:  # reported in the JSON with the log's tail; the other figures stand
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = (livekit_dir / "livekit.log").read_text(errors="replace")[-1500:]
+        return None, f"livekit run failed: {type(exc).__name__}: {exc}"[:1500] + (f"\n{tail}" if tail else "")
+
+
+def _noise(voxa: Json, janus: Json | None, livekit: Json | None = None) -> tuple[Json, list[str]]:
     """What else ran on the machine during the measurement windows, and warnings about the figures."""
     windows = {"sfu_final": voxa["final"], "sfu_half_load": voxa["half_load"]}
     if janus is not None:
         windows.update(janus_final=janus["final"], janus_half_load=janus["half_load"])
+    if livekit is not None:
+        windows.update(livekit_final=livekit["final"], livekit_half_load=livekit["half_load"])
     other = {k: w.get("other_processes_cpu_percent") for k, w in windows.items() if w is not None}
     warnings = [
         f"other processes used {v}% of a core during the {k.replace('_', ' ')} window: "
@@ -966,6 +1125,28 @@ def _janus_summary(janus: Json) -> Json:
     }
 
 
+def _livekit_summary(livekit: Json) -> Json:
+    fin = livekit["final"]
+    return {
+        "pps_per_core": fin["pps_per_core"],
+        "forwarded_pps": fin["forwarded_pps"],
+        "cpu_percent": fin["cpu_percent"],
+        "core_busy_percent": fin.get("sfu_core_busy_percent"),
+        "loss_percent": fin["loss_percent"],
+        "latency_p50_ms": livekit["latency_p50_ms"],
+        "latency_p99_ms": livekit["latency_p99_ms"],
+        "rss_per_peer_kib": livekit["rss_per_peer_kib"],
+        "rooms": livekit["rooms"],
+        "final": fin,
+        "half_load": livekit["half_load"],
+        "version": livekit.get("version"),
+        "build_note": livekit.get("build_note"),
+        "config": livekit.get("config"),
+        "load_client": livekit.get("load_client"),
+        "affinity": livekit.get("affinity"),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -979,7 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if profile is not None and profile.exists() and profile.suffix not in (".svg", ".json"):
         result["profile"] = {"path": str(profile), **summarize_profile(profile, top=25)}
     headline = ("scenario", "pps_per_core", "cpu_percent", "latency_p50_ms", "latency_p99_ms",
-                "cpu_per_consumer_pct", "rss_per_peer_kib", "janus_ratio")  # fmt: skip
+                "cpu_per_consumer_pct", "rss_per_peer_kib", "janus_ratio", "livekit_ratio")  # fmt: skip
     ordered = {k: result[k] for k in headline}
     ordered.update((k, v) for k, v in result.items() if k not in headline)
     if args.json:

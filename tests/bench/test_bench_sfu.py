@@ -63,8 +63,11 @@ def check_common(result: dict[str, Any]) -> None:
 
 @pytest.mark.slow
 def test_bench_sfu_smoke_without_janus() -> None:
-    result = run_bench("--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--no-janus")
+    result = run_bench(
+        "--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--no-janus", "--no-livekit"
+    )  # fmt: skip
     check_common(result)
+    assert result["livekit_ratio"] is None and result["livekit_reason"] == "skipped (--no-livekit)"
     assert result["janus_ratio"] is None
     assert isinstance(result["janus_reason"], str) and result["janus_reason"]
     assert result["janus"] is None
@@ -75,7 +78,8 @@ def test_bench_sfu_smoke_without_janus() -> None:
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
 def test_bench_sfu_smoke_with_janus() -> None:
     result = run_bench(
-        "--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--latency-seconds", "2"
+        "--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--latency-seconds", "2",
+        "--no-livekit",
     )  # fmt: skip
     check_common(result)
     assert is_number(result["janus_ratio"]) and result["janus_ratio"] > 0
@@ -84,3 +88,24 @@ def test_bench_sfu_smoke_with_janus() -> None:
     assert janus["final"]["consumers"] == 18
     for key in ("pps_per_core", "cpu_percent", "loss_percent", "latency_p50_ms", "latency_p99_ms"):
         assert is_number(janus[key]), (key, janus[key])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2200)  # a first build of livekit-server (none cached yet) takes minutes
+def test_bench_sfu_smoke_with_livekit() -> None:
+    result = runner.run_bench(
+        "sfu.py", "--scenario", "audio-rooms", "--rooms", "1", "--seconds", "3", "--latency-seconds", "2",
+        "--no-janus", timeout=2100,
+    )  # fmt: skip
+    check_common(result)
+    assert "livekit_reason" not in result, result.get("livekit_reason")
+    assert is_number(result["livekit_ratio"]) and result["livekit_ratio"] > 0
+    livekit = result["livekit"]
+    assert livekit["final"]["consumers"] == 18 and livekit["final"]["expected_pps"] > 0
+    assert livekit["half_load"]["consumers"] < livekit["final"]["consumers"]
+    assert livekit["version"] == "1.13.11" and "pion" in livekit["build_note"]
+    assert livekit["final"]["loss_percent"] < 50, livekit["final"]  # streams flowed end to end
+    for key in ("pps_per_core", "cpu_percent", "loss_percent", "latency_p50_ms", "latency_p99_ms"):
+        assert is_number(livekit[key]), (key, livekit[key])
+    for key in ("livekit_pps_per_core", "livekit_latency_p50_ms", "livekit_latency_p99_ms"):
+        assert is_number(result[key]), (key, result[key])

@@ -9,6 +9,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -365,11 +366,21 @@ fn run(
                     w.counters.oversized += 1;
                     continue;
                 }
-                w.handle(from, &recv.bufs[i][..len], now, &mut out);
+                let data = &recv.bufs[i][..len];
+                // Hostile input must never take the data plane down: a panic (a bug) drops the
+                // datagram, is counted, and the thread goes on.
+                let handled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    w.handle(from, data, now, &mut out)
+                }));
+                if handled.is_err() {
+                    w.counters.panics += 1;
+                }
             }
             if now >= next_tick {
                 next_tick = now + TICK_MS;
-                w.tick(now, &mut out);
+                if std::panic::catch_unwind(AssertUnwindSafe(|| w.tick(now, &mut out))).is_err() {
+                    w.counters.panics += 1;
+                }
             }
             signal = !had && w.has_events();
         }

@@ -405,6 +405,7 @@ impl PyWorker {
             ("unknown_source", c.unknown_source),
             ("unknown_ssrc", c.unknown_ssrc),
             ("oversized", c.oversized),
+            ("panics", c.panics),
             ("peers", peers as u64),
             ("producers", producers as u64),
             ("consumers", consumers as u64),

@@ -113,6 +113,49 @@ pub fn parse(data: &[u8]) -> Result<Header, RtpError> {
     })
 }
 
+/// `parse` for a packet whose payload may be encrypted (SRTP): the padding bit is not checked, since
+/// the padding count sits in the encrypted part (or under the auth tag).
+#[inline]
+pub fn parse_header_only(data: &[u8]) -> Result<Header, RtpError> {
+    let n = data.len();
+    if n < 12 {
+        return Err(RtpError::TooShort);
+    }
+    let b0 = data[0];
+    if b0 >> 6 != 2 {
+        return Err(RtpError::BadVersion);
+    }
+    let csrc_end = 12 + 4 * (b0 & 0x0F) as usize;
+    if csrc_end > n {
+        return Err(RtpError::CsrcsPastEnd);
+    }
+    let (mut ext_profile, mut ext_start, mut ext_end) = (0u16, csrc_end, csrc_end);
+    if b0 & 0x10 != 0 {
+        if csrc_end + 4 > n {
+            return Err(RtpError::ExtensionPastEnd);
+        }
+        ext_profile = be16(data, csrc_end);
+        ext_start = csrc_end + 4;
+        ext_end = ext_start + 4 * be16(data, csrc_end + 2) as usize;
+        if ext_end > n {
+            return Err(RtpError::ExtensionPastEnd);
+        }
+    }
+    Ok(Header {
+        marker: data[1] & 0x80 != 0,
+        payload_type: data[1] & 0x7F,
+        seq: be16(data, 2),
+        timestamp: be32(data, 4),
+        ssrc: be32(data, 8),
+        csrc_end,
+        ext_profile,
+        ext_start,
+        ext_end,
+        payload_start: if b0 & 0x10 != 0 { ext_end } else { csrc_end },
+        payload_end: n,
+    })
+}
+
 /// The value of header extension element `id`, if the packet has it (one- or two-byte form).
 #[inline]
 pub fn find_extension<'a>(data: &'a [u8], h: &Header, id: u8) -> Option<&'a [u8]> {

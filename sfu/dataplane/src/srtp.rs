@@ -4,6 +4,8 @@
 //! label) and hands it here with the negotiated profile and the SFU's DTLS role. One `Session` holds
 //! both directions of one peer: inbound with a replay window, outbound without.
 
+use bytes::Bytes;
+use rtc_rtp::header::{Extension, Header as WireHeader};
 use rtc_srtp::config::Config;
 use rtc_srtp::context::Context;
 use rtc_srtp::option::{srtcp_replay_protection, srtp_replay_protection};
@@ -62,10 +64,20 @@ pub fn keying_material_len(profile_id: u16) -> Result<usize, SrtpError> {
     Ok(2 * (profile.key_len() + profile.salt_len()))
 }
 
+/// Zero bytes standing in for an extension block's elements (only their length matters).
+static BLOCK: [u8; 2048] = [0; 2048];
+
 /// Both directions of one peer's SRTP.
+///
+/// The RTP header is parsed by this crate (`rtp::parse`, its length as on the wire, as libsrtp
+/// takes it) and handed to rtc-srtp as a reused header whose only extension element spans the
+/// whole block: rtc-srtp then encrypts from the right offset. (Left to parse the header itself it
+/// takes rtc-rtp's re-marshalled size, which differs from the wire for a one-byte element that
+/// overruns its block or the reserved id 15: protect panicked and AES-CM unprotect mis-decrypted.)
 pub struct Session {
     rx: Context,
     tx: Context,
+    header: WireHeader,
     /// Bytes the protected form of a packet adds (auth tag; SRTCP also adds the 4-byte index).
     pub rtp_overhead: usize,
     pub rtcp_overhead: usize,
@@ -128,20 +140,58 @@ impl Session {
         .map_err(|e| SrtpError::Setup(e.to_string()))?;
         let tag = profile.rtp_auth_tag_len().max(profile.aead_auth_tag_len());
         let rtcp_tag = profile.rtcp_auth_tag_len().max(profile.aead_auth_tag_len());
+        let header = WireHeader {
+            version: 2,
+            extensions: vec![Extension {
+                id: 0,
+                payload: Bytes::new(),
+            }],
+            ..Default::default()
+        };
         Ok(Session {
             rx,
             tx,
+            header,
             rtp_overhead: tag,
             rtcp_overhead: rtcp_tag + 4,
         })
     }
 
+    /// Describe `packet`'s header (as on the wire) to rtc-srtp, without allocating.
+    #[inline]
+    fn describe(&mut self, packet: &[u8]) -> Result<(), SrtpError> {
+        let h = crate::rtp::parse_header_only(packet).map_err(|_| SrtpError::Rejected)?;
+        let w = &mut self.header;
+        w.sequence_number = h.seq;
+        w.ssrc = h.ssrc;
+        w.timestamp = h.timestamp;
+        w.payload_type = h.payload_type;
+        w.marker = h.marker;
+        w.csrc.clear();
+        w.csrc.resize((h.csrc_end - 12) / 4, 0);
+        w.extension = h.payload_start != h.csrc_end;
+        // A profile that is neither one- nor two-byte: rtc-rtp counts the element's bytes as they are.
+        w.extension_profile = 0;
+        w.extensions_padding = 0;
+        let elements = if w.extension {
+            h.payload_start - h.csrc_end - 4
+        } else {
+            0
+        };
+        if elements > BLOCK.len() {
+            return Err(SrtpError::Rejected);
+        }
+        w.extensions[0].payload = Bytes::from_static(&BLOCK[..elements]);
+        Ok(())
+    }
+
     /// Decrypt and authenticate one SRTP packet into `out` (cleared first).
     #[inline]
     pub fn unprotect_rtp(&mut self, packet: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        self.describe(packet)?;
         let plain = self
             .rx
-            .decrypt_rtp(packet)
+            .decrypt_rtp_with_header(packet, &self.header)
             .map_err(|_| SrtpError::Rejected)?;
         out.clear();
         out.extend_from_slice(&plain);
@@ -151,9 +201,10 @@ impl Session {
     /// Encrypt one RTP packet into `out` (cleared first).
     #[inline]
     pub fn protect_rtp(&mut self, packet: &[u8], out: &mut Vec<u8>) -> Result<(), SrtpError> {
+        self.describe(packet)?;
         let sealed = self
             .tx
-            .encrypt_rtp(packet)
+            .encrypt_rtp_with_header(packet, &self.header)
             .map_err(|_| SrtpError::Rejected)?;
         out.clear();
         out.extend_from_slice(&sealed);
@@ -263,6 +314,22 @@ mod tests {
             a.protect_rtp(&packet, &mut sealed).unwrap();
             b.unprotect_rtp(&sealed, &mut opened).unwrap();
             assert_eq!(opened, packet);
+        }
+    }
+
+    #[test]
+    fn overrunning_elements_and_the_reserved_id_seal_and_open_at_the_wire_offset() {
+        let (mut a, mut b) = pair(1);
+        let (mut sealed, mut opened) = (Vec::new(), Vec::new());
+        for (seq, block) in [(9u8, [0x13u8, 0, 0, 0]), (10, [0xF0, 0x11, 0x22, 0x33])] {
+            let mut p = vec![0x90, 111, 0, seq, 0, 0, 0, 1, 0, 0, 0, 5, 0xBE, 0xDE, 0, 1];
+            p.extend_from_slice(&block);
+            p.extend_from_slice(b"payload bytes");
+            a.protect_rtp(&p, &mut sealed).unwrap();
+            assert_eq!(&sealed[..20], &p[..20], "the header stays in the clear");
+            assert_ne!(&sealed[20..33], b"payload bytes");
+            b.unprotect_rtp(&sealed, &mut opened).unwrap();
+            assert_eq!(opened, p);
         }
     }
 

@@ -73,6 +73,8 @@ pub struct Counters {
     pub unknown_source: u64,
     pub unknown_ssrc: u64,
     pub oversized: u64,
+    /// Datagrams whose handling panicked (a bug; the datagram is dropped, the thread goes on).
+    pub panics: u64,
 }
 
 /// Datagrams to send: reused buffers, so a steady state allocates nothing.

@@ -45,6 +45,10 @@ subscriptions, the same pre-encoded Opus/VP8 payloads and pacing, send times in 
 bytes, the same windows and counting. ``livekit_ratio`` = Voxa pps_per_core / LiveKit pps_per_core.
 ``--no-livekit`` skips it; when it cannot be built or started, ``livekit_reason`` says why.
 
+Last, the ceiling (bench/ceiling.py): the native data plane's minimal forwarder (unprotect once, a fixed
+fan-out of rewrite + protect, ``recvmmsg``/``sendmmsg``, no routing logic) on the same core under the
+same load shape; ``ceiling_ratio`` = pps_per_core / ceiling_pps_per_core (``--no-ceiling`` skips it).
+
 Every window also reports the load generator's CPU and core busy share and the CPU of every *other*
 process of the machine meanwhile; ``warnings`` flags windows where either may have skewed the figures.
 
@@ -85,6 +89,7 @@ BENCH_DIR = str(Path(__file__).resolve().parent)
 if BENCH_DIR not in sys.path:
     sys.path.insert(0, BENCH_DIR)
 
+import ceiling as ceiling_bench  # noqa: E402
 from janus.client import JanusError, JanusSession, VideoRoom  # noqa: E402
 from janus.server import JanusServer, janus_binary  # noqa: E402
 from livekit.load import LiveKitLoad, write_catalog  # noqa: E402
@@ -887,6 +892,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-janus", action="store_true", help="Skip the Janus comparison.")
     parser.add_argument("--janus-event-loops", type=int, default=1, help="Janus media threads.")
     parser.add_argument("--no-livekit", action="store_true", help="Skip the LiveKit comparison.")
+    parser.add_argument(
+        "--no-ceiling", action="store_true", help="Skip the native minimal forwarder's ceiling figure."
+    )
     parser.add_argument("--profile", help="py-spy output of the SFU during the final window (.txt raw).")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--max-runtime", type=float, default=900.0, help="Load processes exit after this.")
@@ -952,6 +960,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
         janus = await bench.run_target(janus_target, voxa["rooms"], None)
     livekit, livekit_reason = await run_livekit(args, bench, workdir, voxa["rooms"])
     fin = voxa["final"]
+    ceiling: Json | None = None
+    if not args.no_ceiling:
+        shape = ceiling_bench.load_shape(
+            args.scenario, voxa["rooms"] or 1, args.subscribers, catalog.summary()
+        )
+        log(f"ceiling: the minimal forwarder under {shape} for {args.seconds} s ...")
+        ceiling = await asyncio.to_thread(
+            ceiling_bench.measure, shape, args.seconds, args.sfu_core, args.load_core
+        )
     consumers = fin["consumers"]
     result: Json = {
         "scenario": args.scenario,
@@ -973,6 +990,14 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
             if livekit is not None and fin["pps_per_core"] and livekit["final"]["pps_per_core"]
             else None
         ),
+        "ceiling_pps_per_core": ceiling["ceiling_pps_per_core"] if ceiling else None,
+        "ceiling_ratio": (
+            round(fin["pps_per_core"] / ceiling["ceiling_pps_per_core"], 3)
+            if ceiling and fin["pps_per_core"] and ceiling["ceiling_pps_per_core"]
+            else None
+        ),
+        "ceiling": ceiling,
+        "sfu_dataplane": os.environ.get("VOXA_SFU_DATAPLANE", "native"),
         "rooms": voxa["rooms"],
         "peers": fin["peers"],
         "publishers": fin["publishers"],
@@ -1160,7 +1185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if profile is not None and profile.exists() and profile.suffix not in (".svg", ".json"):
         result["profile"] = {"path": str(profile), **summarize_profile(profile, top=25)}
     headline = ("scenario", "pps_per_core", "cpu_percent", "latency_p50_ms", "latency_p99_ms",
-                "cpu_per_consumer_pct", "rss_per_peer_kib", "janus_ratio", "livekit_ratio")  # fmt: skip
+                "cpu_per_consumer_pct", "rss_per_peer_kib", "janus_ratio", "livekit_ratio",
+                "ceiling_pps_per_core", "ceiling_ratio")  # fmt: skip
     ordered = {k: result[k] for k in headline}
     ordered.update((k, v) for k, v in result.items() if k not in headline)
     if args.json:

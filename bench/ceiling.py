@@ -10,6 +10,7 @@ close the SFU comes to it.
 The load shape is the scenario's (bench/loadgen/plan.py): the same rooms, publishers per room and
 fan-out, 50 Opus packets/s per publisher of the catalog's mean size (plus the 8-byte send time and
 the RTP header extensions), and for `video-room` the VP8 packets too, at their rate and mean size.
+SRTP is AEAD_AES_256_GCM (0x0008), the profile the load peers (aiortc) negotiate with the SFU.
 """
 
 from __future__ import annotations

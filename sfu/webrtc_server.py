@@ -115,6 +115,7 @@ class NativeTransport:
         self.closed = False
         self.local: LocalTransport | None = None
         self.remote_address: tuple[str, int] | None = None
+        self.srtp_profile = 0
 
     def setup(self) -> LocalTransport:
         """What goes into every SDP of this peer: the worker's port, this peer's ICE credentials."""
@@ -151,6 +152,8 @@ class NativeTransport:
                     raise TransportError("DTLS failed")
             profile, material, is_client = aiortc_glue.export_srtp_keys(self.dtls)
             self.server.engine.set_srtp(self.peer, profile, material, is_client)
+            self.srtp_profile = profile
+            log.debug("transport.connected", extra={"srtp_profile": f"0x{profile:04x}"})
             self.dtls.on("statechange", self._dtls_state)
             self.connected.set()
         except (TimeoutError, TransportError, ConnectionError, aiortc_glue.GlueError, KeyError) as exc:

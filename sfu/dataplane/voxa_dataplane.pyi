@@ -16,6 +16,7 @@ def ceiling(
     seconds: float = 10.0,
     forwarder_core: int | None = None,
     load_core: int | None = None,
+    profile: int = 0x0008,
 ) -> dict[str, float]:
     """The minimal forwarder's figures under a load shape (sent, forwarded, received, forwarder_cpu_s,
     elapsed_s, pps_per_core)."""

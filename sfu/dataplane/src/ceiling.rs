@@ -30,6 +30,8 @@ pub struct Load {
     pub seconds: f64,
     pub forwarder_core: Option<usize>,
     pub load_core: Option<usize>,
+    /// The SRTP protection profile (the one the SFU's peers negotiate, for a like comparison).
+    pub profile: u16,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,11 +54,11 @@ impl Outcome {
     }
 }
 
-const KEY: [u8; 16] = [7; 16];
-const SALT: [u8; 14] = [9; 14];
-
-fn session() -> Session {
-    Session::from_keys(1, &KEY, &SALT, &KEY, &SALT).expect("static keys are valid")
+/// A session on fixed keys: the publishers are the DTLS clients, the forwarder the server.
+fn session(profile: u16, is_client: bool) -> Session {
+    let len = crate::srtp::keying_material_len(profile).expect("a supported profile");
+    let material: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+    Session::from_keying_material(profile, &material, is_client).expect("static keys are valid")
 }
 
 fn pin(core: Option<usize>) {
@@ -117,7 +119,10 @@ pub fn run(load: &Load) -> io::Result<Outcome> {
         .map(|s| s.local_addr())
         .collect::<io::Result<_>>()?;
     // publisher (by source port) -> fan-out destinations
-    let mut routes: std::collections::HashMap<SocketAddr, (usize, Vec<SocketAddr>)> =
+    let profile = load.profile;
+    crate::srtp::profile_from_id(profile)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    let mut routes: rustc_hash::FxHashMap<SocketAddr, (usize, Vec<SocketAddr>)> =
         Default::default();
     for room in 0..rooms {
         for p in 0..pubs {
@@ -137,7 +142,9 @@ pub fn run(load: &Load) -> io::Result<Outcome> {
     let fwd = {
         let (stop, forwarded) = (stop.clone(), forwarded.clone());
         let core = load.forwarder_core;
-        std::thread::spawn(move || -> f64 { forward(&forwarder, &routes, &stop, &forwarded, core) })
+        std::thread::spawn(move || -> f64 {
+            forward(&forwarder, &routes, &stop, &forwarded, core, profile)
+        })
     };
     let receivers: Vec<UdpSocket> = peers
         .iter()
@@ -162,7 +169,16 @@ pub fn run(load: &Load) -> io::Result<Outcome> {
             load.load_core,
         );
         std::thread::spawn(move || {
-            publish(&senders, forwarder_addr, pps, payload, seconds, &sent, core)
+            publish(
+                &senders,
+                forwarder_addr,
+                pps,
+                payload,
+                seconds,
+                &sent,
+                core,
+                profile,
+            )
         })
         .join()
         .ok();
@@ -181,6 +197,7 @@ pub fn run(load: &Load) -> io::Result<Outcome> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn publish(
     senders: &[UdpSocket],
     to: SocketAddr,
@@ -189,9 +206,10 @@ fn publish(
     seconds: f64,
     sent: &AtomicU64,
     core: Option<usize>,
+    profile: u16,
 ) {
     pin(core);
-    let mut tx: Vec<Session> = senders.iter().map(|_| session()).collect();
+    let mut tx: Vec<Session> = senders.iter().map(|_| session(profile, true)).collect();
     let interval = Duration::from_secs_f64(1.0 / pps as f64);
     let start = Instant::now();
     let mut plain = vec![0u8; 12 + payload];
@@ -246,17 +264,18 @@ fn receive(sockets: &[UdpSocket], stop: &AtomicBool, received: &AtomicU64, core:
 
 fn forward(
     socket: &UdpSocket,
-    routes: &std::collections::HashMap<SocketAddr, (usize, Vec<SocketAddr>)>,
+    routes: &rustc_hash::FxHashMap<SocketAddr, (usize, Vec<SocketAddr>)>,
     stop: &AtomicBool,
     forwarded: &AtomicU64,
     core: Option<usize>,
+    profile: u16,
 ) -> f64 {
     pin(core);
     let cpu0 = thread_cpu_s();
     let fd = socket.as_raw_fd();
     let n_peers = routes.values().map(|(i, _)| *i).max().unwrap_or(0) + 1;
-    let mut rx: Vec<Session> = (0..n_peers).map(|_| session()).collect();
-    let mut tx: Vec<Session> = (0..n_peers).map(|_| session()).collect();
+    let mut rx: Vec<Session> = (0..n_peers).map(|_| session(profile, false)).collect();
+    let mut tx: Vec<Session> = (0..n_peers).map(|_| session(profile, false)).collect();
     let mut out_seq = vec![0u16; n_peers];
     let mut out = Outbox::new();
     let mut send = SendBatch::new();

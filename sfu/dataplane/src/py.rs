@@ -418,7 +418,7 @@ impl PyWorker {
 
 /// The benchmark's ceiling (see `ceiling.rs`): the minimal forwarder under a load shape, measured.
 #[pyfunction]
-#[pyo3(signature = (*, rooms, peers_per_room, publishers_per_room, packets_per_s=50, payload_bytes=100, seconds=10.0, forwarder_core=None, load_core=None))]
+#[pyo3(signature = (*, rooms, peers_per_room, publishers_per_room, packets_per_s=50, payload_bytes=100, seconds=10.0, forwarder_core=None, load_core=None, profile=0x0008))]
 #[allow(clippy::too_many_arguments)]
 fn ceiling<'py>(
     py: Python<'py>,
@@ -430,6 +430,7 @@ fn ceiling<'py>(
     seconds: f64,
     forwarder_core: Option<usize>,
     load_core: Option<usize>,
+    profile: u16,
 ) -> PyResult<Bound<'py, PyDict>> {
     let load = crate::ceiling::Load {
         rooms,
@@ -440,6 +441,7 @@ fn ceiling<'py>(
         seconds,
         forwarder_core,
         load_core,
+        profile,
     };
     let outcome = py
         .allow_threads(|| crate::ceiling::run(&load))

@@ -9,7 +9,10 @@
 //! Ownership: a peer owns its producers (published tracks) and the consumers sending to it; a
 //! producer lists its consumers. Removing a peer removes all of those in one place.
 
-use std::collections::HashMap;
+// FxHash, not SipHash: every lookup on the packet path is keyed by a peer's address or an SSRC, and
+// entries are only inserted for authenticated peers (after their ICE check, or from their SDP), so
+// an attacker cannot fill a map with colliding keys; SipHash was a visible share of the profile.
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::classify::{classify, Kind};
@@ -282,11 +285,11 @@ impl Worker {
             .unwrap_or(0x9E37_79B9_7F4A_7C15)
             | 1;
         Worker {
-            peers: HashMap::new(),
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            producers: HashMap::new(),
-            consumers: HashMap::new(),
+            peers: HashMap::default(),
+            by_ufrag: HashMap::default(),
+            by_addr: HashMap::default(),
+            producers: HashMap::default(),
+            consumers: HashMap::default(),
             next_id: 1,
             allowed: Vec::new(),
             events: Vec::new(),
@@ -363,8 +366,8 @@ impl Worker {
                 srtp: None,
                 rtcp_ssrc,
                 producers: Vec::new(),
-                by_ssrc: HashMap::new(),
-                consumers: HashMap::new(),
+                by_ssrc: HashMap::default(),
+                consumers: HashMap::default(),
                 stats: PeerStats::default(),
             },
         );

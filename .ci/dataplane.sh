@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The SFU's native data plane (sfu/dataplane/, the PyO3 module voxa_dataplane): build its wheel with
+# maturin and install it into .venv, only when its sources changed since the last install (a stamp in
+# .venv holds a hash of Cargo.toml, Cargo.lock, pyproject.toml, the type stub and src/). Cargo's
+# output lives under ~/.cache/voxa/cargo/dataplane, outside the checkout, so a fresh clone on a warm
+# machine rebuilds in seconds. Prints the wheel's path (the image build copies it into build/wheels).
+#
+#   bash .ci/dataplane.sh            build if needed, install, print the wheel
+#   bash .ci/dataplane.sh --env      print the environment the other cargo commands share (Makefile)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CRATE=sfu/dataplane
+# The same range as the crate's [build-system] (tests/unit/test_packaging.py checks they agree).
+MATURIN_SPEC='maturin>=1.7,<2'
+CACHE=${VOXA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/voxa}
+export CARGO_TARGET_DIR="$CACHE/cargo/dataplane"
+# pyo3's build script picks an interpreter: the venv's, always, so its configuration (and cargo's
+# fingerprints) are the same for maturin, clippy and the tests.
+export PYO3_PYTHON="$PWD/.venv/bin/python"
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+if [ "${1:-}" = "--env" ]; then
+  echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR PYO3_PYTHON=$PYO3_PYTHON PATH=$PATH"
+  exit 0
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: the native data plane needs a Rust toolchain (cargo): install it with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+sources_hash() {
+  # Paths and contents; new, removed or renamed files count too.
+  {
+    echo "$MATURIN_SPEC"
+    cargo --version
+    find "$CRATE/Cargo.toml" "$CRATE/Cargo.lock" "$CRATE/pyproject.toml" "$CRATE"/*.pyi "$CRATE/src" \
+      -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum
+  } | sha256sum | cut -d' ' -f1
+}
+
+out=build/dataplane
+stamp=.venv/.voxa-dataplane-installed
+hash=$(sources_hash)
+wheel=$(compgen -G "$out/voxa_dataplane-*.whl" | head -n1 || true)
+if [ -n "$wheel" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$hash" ]; then
+  echo "$wheel"
+  exit 0
+fi
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# Only checks the installed one when it is in range (no network then).
+.venv/bin/pip install -q "$MATURIN_SPEC" >"$log" 2>&1 || { cat "$log" >&2; exit 1; }
+echo "setup: building the native data plane ($CRATE, cargo output in $CARGO_TARGET_DIR)" >&2
+rm -rf "$out"
+start=$SECONDS
+if ! .venv/bin/maturin build --release --locked --manifest-path "$CRATE/Cargo.toml" \
+  --interpreter .venv/bin/python --out "$out" >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
+wheel=$(compgen -G "$out/voxa_dataplane-*.whl" | head -n1)
+if ! .venv/bin/pip install -q --force-reinstall --no-deps "$wheel" >"$log" 2>&1; then
+  cat "$log" >&2
+  exit 1
+fi
+echo "$hash" >"$stamp"
+echo "setup: built and installed $(basename "$wheel") in $((SECONDS - start))s" >&2
+echo "$wheel"

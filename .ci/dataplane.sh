@@ -6,7 +6,8 @@
 # machine rebuilds in seconds. Prints the wheel's path (the image build copies it into build/wheels).
 #
 #   bash .ci/dataplane.sh            build if needed, install, print the wheel
-#   bash .ci/dataplane.sh --env      print the environment the other cargo commands share (Makefile)
+#   bash .ci/dataplane.sh --env      the environment the other cargo commands share, as shell
+#                                    (.ci/rust.sh: eval "$(bash .ci/dataplane.sh --env)")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +24,7 @@ if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
 fi
 
 if [ "${1:-}" = "--env" ]; then
-  echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR PYO3_PYTHON=$PYO3_PYTHON PATH=$PATH"
+  printf 'export CARGO_TARGET_DIR=%q PYO3_PYTHON=%q PATH=%q\n' "$CARGO_TARGET_DIR" "$PYO3_PYTHON" "$PATH"
   exit 0
 fi
 
@@ -58,7 +59,11 @@ trap 'rm -f "$log"' EXIT
 echo "setup: building the native data plane ($CRATE, cargo output in $CARGO_TARGET_DIR)" >&2
 rm -rf "$out"
 start=$SECONDS
-if ! .venv/bin/maturin build --release --locked --manifest-path "$CRATE/Cargo.toml" \
+# An explicit --target puts the extension's build in its own folder (<triple>/release): `cargo test
+# --release` (.ci/rust.sh) builds the same cdylib without the python feature under release/, and
+# cdylib file names carry no hash, so sharing that folder would rebuild one after the other.
+triple=$(rustc -vV | sed -n 's/^host: //p')
+if ! .venv/bin/maturin build --release --locked --manifest-path "$CRATE/Cargo.toml" --target "$triple" \
   --interpreter .venv/bin/python --out "$out" >"$log" 2>&1; then
   cat "$log" >&2
   exit 1

@@ -20,7 +20,7 @@ import kopf
 from voxa.operator import registry
 from voxa.operator.gateway import SfuRef, reconcile_gateway
 from voxa.operator.kube import KubeClient
-from voxa.operator.models import GROUP, VERSION, VoiceServer
+from voxa.operator.models import DEFAULT_MEDIA_PORT, GROUP, VERSION, VoiceServer
 from voxa.operator.reconcile import HASH_ANNOTATION, Child, Reconciler, State
 from voxa.operator.turn import GatewayView
 
@@ -201,9 +201,10 @@ async def routes_idx(spec: Any, namespace: str | None, name: str, **_: Any) -> A
     ref = (spec or {}).get("stunnerGatewayRef")
     if not ref:
         return None
-    ports = (spec.get("sfu") or {}).get("udpPortRange") or {}
+    sfu = spec.get("sfu") or {}
+    port = int(sfu.get("mediaPort") or (sfu.get("udpPortRange") or {}).get("min") or DEFAULT_MEDIA_PORT)
     gw_key = (ref.get("namespace") or namespace or "", ref["name"])
-    return {gw_key: SfuRef(namespace or "", name, int(ports.get("min", 40000)), int(ports.get("max", 49999)))}
+    return {gw_key: SfuRef(namespace or "", name, port, port)}
 
 
 @kopf.index(*GATEWAYS)

@@ -132,6 +132,9 @@ class SignalingSpec(Model):
     )
 
 
+DEFAULT_MEDIA_PORT = 40000
+
+
 class PortRange(Model):
     model_config = ConfigDict(
         json_schema_extra={"x-kubernetes-validations": [cel("self.min <= self.max", "min must be <= max")]}
@@ -196,9 +199,27 @@ class SfuSpec(Model):
             "a dip (clients reconnecting through a signaling rollout, a network blip) moves no call."
         ),
     )
-    udpPortRange: PortRange = Field(
-        default_factory=PortRange, description="UDP ports SFU pods use for media."
+    mediaPort: int | None = Field(
+        default=None,
+        ge=1024,
+        le=65535,
+        description="The one UDP port every SFU pod serves media on, for all its peers (the SFU is "
+        "ICE-lite on it). Default 40000, or udpPortRange.min where that older field is set.",
     )
+    udpPortRange: PortRange | None = Field(
+        default=None,
+        description="Deprecated: SFU pods now use one UDP port (mediaPort). Where set and mediaPort is "
+        "not, its min is the media port; max is ignored.",
+    )
+
+    @property
+    def media_port(self) -> int:
+        """The effective media port (mediaPort, else the deprecated udpPortRange.min, else 40000)."""
+        if self.mediaPort is not None:
+            return self.mediaPort
+        if self.udpPortRange is not None:
+            return self.udpPortRange.min
+        return DEFAULT_MEDIA_PORT
 
 
 class AuthSpec(Model):

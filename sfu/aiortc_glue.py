@@ -9,6 +9,9 @@ DTLS and SRTP keying, but forwards media itself. Three things need internals:
   nominated pair's socket; the SRTP sessions come from the DTLS transport after its handshake;
 - the ICE role.
 
+The SFU benchmark's load peers (bench/loadgen) take the SRTP sessions and nominated pair of their
+client peer connections through `client_media_path` here too, so one version pin covers every use.
+
 These are pinned to the versions below; tests/unit/sfu/test_aiortc_glue.py fails loudly when an
 upgrade moves any attribute this module reads.
 """
@@ -16,15 +19,17 @@ upgrade moves any attribute this module reads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import pylibsrtp
+import voxa_dataplane
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
-from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCPeerConnection
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
@@ -56,7 +61,7 @@ def check_internals(gatherer: RTCIceGatherer, dtls: RTCDtlsTransport) -> None:
                 "ice_controlling",
             ),
         ),
-        (dtls, ("_rx_srtp", "_tx_srtp", "_role")),
+        (dtls, ("_rx_srtp", "_tx_srtp", "_role", "_ssl")),
     ):
         for name in names:
             if not hasattr(obj, name):
@@ -242,3 +247,104 @@ class FastPath:
     def detach(self) -> None:
         self._rx = self._tx = None
         self._sendto = None
+
+
+# --- the native data plane's side of DTLS (sfu/webrtc_server.py) ------------------------------------
+
+SRTP_PROFILE_IDS = {
+    b"SRTP_AES128_CM_SHA1_80": 0x0001,
+    b"SRTP_AEAD_AES_128_GCM": 0x0007,
+    b"SRTP_AEAD_AES_256_GCM": 0x0008,
+}
+"""DTLS-SRTP protection profile ids (RFC 5764 §4.1.2, RFC 7714) by OpenSSL's profile name."""
+
+
+class DtlsPipe:
+    """The part of an ICE transport RTCDtlsTransport uses (`role`, `_recv`, `_send`), fed by the
+    native data plane: it owns the worker's one UDP port, does ICE-lite itself, and hands each DTLS
+    record of a peer to that peer's pipe; records aiortc writes go back out through `send`.
+
+    The role is "controlled" (the SFU is ICE-lite), so aiortc's "auto" DTLS role makes the SFU the
+    DTLS client, as the SFU's `a=setup:active` says.
+    """
+
+    role = "controlled"
+
+    def __init__(self, send: Callable[[bytes], bool]) -> None:
+        self._send_datagram = send
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
+
+    def feed(self, data: bytes) -> None:
+        """A DTLS record arrived from the peer (dropped if the handshake is not reading: a flood)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def _recv(self) -> bytes:
+        data = await self._queue.get()
+        if data is None:
+            raise ConnectionError("transport closed")
+        return data
+
+    async def _send(self, data: bytes) -> None:
+        if not self._send_datagram(data):
+            raise ConnectionError("the peer's address is not known")
+
+
+def export_srtp_keys(dtls: RTCDtlsTransport) -> tuple[int, bytes, bool]:
+    """(profile id, DTLS-SRTP keying material, the SFU was the DTLS client) of a connected transport.
+
+    The same exporter call aiortc makes in `RTCDtlsTransport._setup_srtp`, for the native SRTP
+    sessions instead of aiortc's own (which then go unused).
+    """
+    ssl = dtls._ssl
+    if ssl is None or dtls.state != "connected":
+        raise GlueError("DTLS transport is not connected")
+    name = ssl.get_selected_srtp_profile()
+    profile = SRTP_PROFILE_IDS.get(name)
+    if profile is None:
+        raise GlueError(f"unsupported DTLS-SRTP profile {name!r}")
+    length = voxa_dataplane.srtp_keying_material_len(profile)
+    material = ssl.export_keying_material(b"EXTRACTOR-dtls_srtp", length)
+    return profile, bytes(material), dtls._role == "client"
+
+
+# --- the SFU benchmark's load peers (bench/loadgen/rtc.py) -------------------------------------------
+
+
+class ClientMediaPath(NamedTuple):
+    """A connected aiortc peer connection's SRTP sessions and nominated pair, for raw SRTP load."""
+
+    tx: pylibsrtp.Session
+    rx: pylibsrtp.Session
+    protocol: StunProtocol
+    remote_addr: tuple[str, int]
+
+
+def client_media_path(pc: RTCPeerConnection) -> ClientMediaPath:
+    """The SRTP sessions and nominated candidate pair of a connected client peer connection.
+
+    Raises RuntimeError before DTLS/ICE are up. The load generator sends and receives raw SRTP on it
+    instead of running aiortc's media pipeline.
+    """
+    transceivers = pc.getTransceivers()
+    if not transceivers:
+        raise RuntimeError("peer connection has no transceiver")
+    dtls: RTCDtlsTransport = transceivers[0].sender.transport
+    if dtls._tx_srtp is None or dtls._rx_srtp is None:
+        raise RuntimeError("DTLS has no SRTP sessions yet")
+    pair = dtls.transport._connection._nominated.get(1)
+    if pair is None:
+        raise RuntimeError("ICE has no nominated pair")
+    return ClientMediaPath(dtls._tx_srtp, dtls._rx_srtp, pair.protocol, pair.remote_addr)
+
+
+def stop_idle_sender_loops(pc: RTCPeerConnection) -> None:
+    """Cancel aiortc's RTP loop of senders without a track (it only sleeps 20 ms in a loop)."""
+    for transceiver in pc.getTransceivers():
+        task = getattr(transceiver.sender, "_RTCRtpSender__rtp_task", None)
+        if isinstance(task, asyncio.Task) and getattr(transceiver.sender, "track", None) is None:
+            task.cancel()

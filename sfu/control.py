@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from voxa.common.auth import bearer_matches
 from voxa.sfu.negotiation import NegotiationError
-from voxa.sfu.peer import PeerError
+from voxa.sfu.peer import Conflict, NotFound
 from voxa.sfu.sdp import SdpError
 from voxa.sfu.transport import TransportError
 from voxa.sfu.worker import SfuWorker
@@ -81,8 +81,10 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
             return _error(401, "bad or missing bearer secret")
     try:
         response: web.StreamResponse = await handler(request)
-    except PeerError as exc:
-        return _error(404 if str(exc).startswith("no ") else 409, str(exc))
+    except (NotFound, KeyError) as exc:  # KeyError: the native data plane's not-found
+        return _error(404, str(exc).strip("'\""))
+    except Conflict as exc:
+        return _error(409, str(exc))
     except (SdpError, NegotiationError, TransportError) as exc:
         return _error(400, str(exc))
     return response

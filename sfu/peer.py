@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from voxa.sfu import rtcp, rtp
 from voxa.sfu.negotiation import ConsumerSpec, Negotiator, ProducerSpec, State
-from voxa.sfu.router import Consumer, Producer, now_ms, random_ssrc
+from voxa.sfu.router import Consumer, NativeSink, Producer, now_ms, random_ssrc
 from voxa.sfu.sdp import RemoteDescription, SdpError
 from voxa.sfu.transport import WebRtcTransport
+from voxa.sfu.webrtc_server import NativeTransport
 
 if TYPE_CHECKING:
     from voxa.sfu.worker import RouterHandle, SfuWorker
@@ -21,7 +22,19 @@ log = logging.getLogger("voxa.sfu.peer")
 
 
 class PeerError(Exception):
-    """A request about a peer that cannot be honoured; the message is for the caller."""
+    """A request about a router or peer that cannot be honoured; the message is for the caller.
+
+    The subclass says which HTTP status the control API answers with: `NotFound` 404, `Conflict`
+    409; the native data plane's KeyError/RuntimeError("conflict: ...") map the same way.
+    """
+
+
+class NotFound(PeerError):
+    """No such router, peer, producer or consumer."""
+
+
+class Conflict(PeerError):
+    """The request contradicts the current state (draining, a duplicate)."""
 
 
 class Peer:
@@ -46,27 +59,39 @@ class Peer:
         self.producers: dict[str, Producer] = {}  # mid -> producer
         self.by_ssrc: dict[int, Producer] = {}
         self.consumers: dict[str, Consumer] = {}  # consumers sending to this peer
-        self.transport = WebRtcTransport(
-            worker.certificate, on_rtp=self.on_rtp, on_rtcp=self.on_rtcp, on_closed=self._transport_closed
-        )
+        self.transport: WebRtcTransport | NativeTransport
+        if worker.server is not None:
+            # The native data plane: one shared port, no packet of this peer passes through Python.
+            self.transport = NativeTransport(
+                worker.server, worker.certificate, on_closed=self._transport_closed
+            )
+            self.send_rtp: Callable[[bytes], None] = NativeSink(worker.server.engine, self.transport.peer)
+            self.send_rtcp: Callable[[bytes], None] = self.send_rtp
+        else:
+            self.transport = WebRtcTransport(
+                worker.certificate, on_rtp=self.on_rtp, on_rtcp=self.on_rtcp, on_closed=self._transport_closed
+            )
+            self.send_rtp = self.transport.fast.send_rtp
+            self.send_rtcp = self.transport.fast.send_rtcp
         self.negotiator: Negotiator | None = None
         self.remote: RemoteDescription | None = None
         self.offers_sent = 0
         self._offer_dirty = False
         self.closed = False
-        self.send_rtp: Callable[[bytes], None] = self.transport.fast.send_rtp
-        self.send_rtcp: Callable[[bytes], None] = self.transport.fast.send_rtcp
 
     # --- negotiation ------------------------------------------------------------------------------
     async def open(self, offer: str) -> str:
         settings = self.worker.settings
-        local = await self.transport.setup(
-            settings.rtc_listen_ip,
-            settings.rtc_announced_ip,
-            settings.rtc_min_port,
-            settings.rtc_max_port,
-            settings.remote_filter,
-        )
+        if isinstance(self.transport, NativeTransport):
+            local = self.transport.setup()
+        else:
+            local = await self.transport.setup(
+                settings.rtc_listen_ip,
+                settings.rtc_announced_ip,
+                settings.rtc_min_port,
+                settings.rtc_max_port,
+                settings.remote_filter,
+            )
         self.negotiator = Negotiator(local, random_ssrc())
         try:
             answer = self.handle_offer(offer)
@@ -101,14 +126,14 @@ class Peer:
             media = self.negotiator.consumer_line(consumer_id)
             if consumer is None or media is None:
                 continue
-            if consumer.mid != mid or consumer.rewriter is None:
+            if consumer.mid != mid or not consumer.configured:
                 consumer.negotiated(mid, media.codecs[0].pt, media.extensions)
             if self.transport.connected.is_set() and not consumer.ready:
                 consumer.start(now)
         for consumer_id in result.rejected:
             consumer = self.consumers.get(consumer_id)
             if consumer is not None:
-                consumer.ready = False
+                consumer.stop()
         if self._offer_dirty:
             self.schedule_offer()
 
@@ -152,6 +177,8 @@ class Peer:
                 spec.extensions,
                 request_keyframe=self._request_keyframe,
             )
+            if isinstance(self.transport, NativeTransport):
+                producer.attach_native(self.transport.server.engine, self.transport.peer)
             self.producers[spec.mid] = producer
             producer.set_paused(
                 muted=self.muted, server_muted=self.server_muted, permitted=self._permitted(spec.kind)
@@ -200,7 +227,7 @@ class Peer:
         await self.transport.connected.wait()
         now = now_ms()
         for consumer in self.consumers.values():
-            if consumer.rewriter is not None and not consumer.ready:
+            if consumer.configured and not consumer.ready:
                 consumer.start(now)
         self.worker.emit(
             {"type": "peer_state", "router": self.room.router.id, "peer": self.id, "state": "connected"}
@@ -214,7 +241,7 @@ class Peer:
         changed = False
         for consumer in consumers:
             if self.consumers.pop(consumer.id, None) is not None:
-                consumer.ready = False
+                consumer.stop()
                 changed = True
 
         if changed:
@@ -293,8 +320,10 @@ class Peer:
         self.send_rtcp(rtcp.build_pli(self.rtcp_ssrc, media_ssrc))
 
     def send_reports(self, wall_s: float, now: int) -> None:
-        """Periodic RTCP: an SR per consumer sent to this peer, and RRs for what this peer publishes."""
-        if not self.transport.connected.is_set():
+        """Periodic RTCP: an SR per consumer sent to this peer, and RRs for what this peer publishes.
+
+        (The native data plane sends its reports itself.)"""
+        if not self.transport.connected.is_set() or isinstance(self.transport, NativeTransport):
             return
         parts = [
             sr

@@ -11,6 +11,7 @@ without sockets (tests/unit/sfu/test_router.py); sfu/peer.py wires them to real 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -24,6 +25,22 @@ from voxa.sfu.speaker import DominantSpeakerChanged, SpeakerDetector, SpeakingSt
 
 Send = Callable[[bytes], None]
 Emit = Callable[[dict[str, Any]], None]
+
+
+class NativeSink:
+    """The subscriber end of consumers on the native data plane: the subscriber's peer id there.
+
+    Packets never pass through Python on that plane, so calling it is a programming error.
+    """
+
+    __slots__ = ("engine", "peer")
+
+    def __init__(self, engine: Any, peer: int) -> None:
+        self.engine = engine
+        self.peer = peer
+
+    def __call__(self, data: bytes) -> None:
+        raise RuntimeError("the native data plane sends media itself")
 
 
 def now_ms() -> int:
@@ -51,10 +68,12 @@ class Producer:
 
     __slots__ = (
         "_keyframe_throttle",
+        "_stats",
         "audio_level_id",
         "clock_rate",
         "codec",
         "consumers",
+        "engine",
         "id",
         "is_audio",
         "keyframe_test",
@@ -62,6 +81,7 @@ class Producer:
         "mid",
         "mid_id",
         "muted",
+        "native",
         "on_speaker_events",
         "peer_id",
         "permitted",
@@ -70,7 +90,6 @@ class Producer:
         "server_muted",
         "speaker",
         "ssrcs",
-        "stats",
     )
 
     def __init__(
@@ -98,13 +117,39 @@ class Producer:
         self.muted = False
         self.server_muted = False
         self.permitted = True
-        self.stats = ProducerStats()
+        self._stats = ProducerStats()
         self.receivers: dict[int, rtcp.ReceiverStats] = {}
         self.keyframe_test: KeyframeTest | None = keyframe_check(codec.name)
         self._keyframe_throttle = rtcp.KeyframeRequestThrottle(1000)
         self.request_keyframe = request_keyframe
         self.speaker: SpeakerDetector | None = None
         self.on_speaker_events: Callable[[tuple[Any, ...]], None] = _ignore
+        self.engine: Any = None  # the native data plane's Worker, when this producer lives there
+        self.native = 0
+
+    @property
+    def stats(self) -> ProducerStats:
+        """Counters; on the native data plane read from it on each access (one call)."""
+        if self.engine is not None:
+            with contextlib.suppress(KeyError):
+                s = self._stats
+                s.packets, s.bytes, s.dropped, s.keyframe_requests = self.engine.producer_stats(self.native)
+        return self._stats
+
+    def attach_native(self, engine: Any, peer: int) -> None:
+        """Create this producer on the native data plane (which then receives and forwards its packets)."""
+        codec = None if self.is_audio else self.codec.name
+        self.native = engine.add_producer(
+            peer,
+            kind=self.kind,
+            clock_rate=self.clock_rate,
+            ssrcs=sorted(self.ssrcs),
+            mid=self.mid,
+            mid_id=self.mid_id,
+            audio_level_id=self.audio_level_id,
+            codec=codec,
+        )
+        self.engine = engine
 
     @property
     def forwarding(self) -> bool:
@@ -120,13 +165,17 @@ class Producer:
             self.server_muted = server_muted
         if permitted is not None:
             self.permitted = permitted
+        if self.engine is not None:
+            if self.forwarding != was:
+                self.engine.set_producer_forwarding(self.native, self.forwarding)
+            return
         if self.forwarding and not was:
             for consumer in self.consumers:
                 consumer.resume()
 
     def receive(self, data: bytes, now: int) -> None:
         """One plaintext RTP packet of this producer (hot path)."""
-        stats = self.stats
+        stats = self._stats
         stats.packets += 1
         stats.bytes += len(data)
         ssrc = (data[8] << 24) | (data[9] << 16) | (data[10] << 8) | data[11]
@@ -168,11 +217,18 @@ class Producer:
             self._ask_keyframe()
 
     def _ask_keyframe(self) -> None:
-        self.stats.keyframe_requests += 1
+        self._stats.keyframe_requests += 1
         for ssrc in self.ssrcs or self.receivers:
             self.request_keyframe(ssrc)
 
+    def native_levels(self, now: int, loudness_sum: int, packets: int, voiced: int) -> None:
+        """The native data plane's audio levels of this producer since the last tick, as one sample."""
+        level = 127 - min(loudness_sum // max(packets, 1), 127)
+        self.speaker_feed(now, level | (0x80 if 2 * voiced >= packets else 0))
+
     def poll_keyframe(self, now: int) -> None:
+        if self.engine is not None:
+            return  # the native data plane throttles and retries keyframe requests itself
         send, _retry = self._keyframe_throttle.poll(now)
         if send:
             self._ask_keyframe()
@@ -195,15 +251,18 @@ class Consumer:
         "_history",
         "_need_keyframe",
         "_send",
+        "_stats",
+        "configured",
+        "engine",
         "id",
         "kind",
         "mid",
+        "native",
         "paused",
         "producer",
         "ready",
         "rewriter",
         "ssrc",
-        "stats",
         "subscriber_id",
     )
 
@@ -222,7 +281,14 @@ class Consumer:
         # NACK is negotiated for video only; its history covers ~3 s at typical video packet rates.
         self._history: rtcp.PacketHistory | None = None if producer.is_audio else rtcp.PacketHistory(256)
         self._need_keyframe = producer.keyframe_test is not None
-        self.stats = ConsumerStats()
+        self._stats = ConsumerStats()
+        self.configured = False
+        self.engine: Any = None
+        self.native = 0
+        if isinstance(send, NativeSink):
+            self.native = send.engine.add_consumer(producer.native, send.peer, self.ssrc)
+            self.engine = send.engine
+            self._history = None
 
     def negotiated(self, mid: str, payload_type: int, extensions: dict[str, int]) -> None:
         """The subscriber accepted this consumer on `mid` with `payload_type` and extension ids."""
@@ -233,21 +299,57 @@ class Consumer:
             "abs_send_time_id": extensions.get(ABS_SEND_TIME_URI, 0),
             "audio_level_id": extensions.get(AUDIO_LEVEL_URI, 0) if self.kind == "audio" else 0,
         }
+        self.mid = mid
+        self.configured = True
+        if self.engine is not None:
+            self.engine.configure_consumer(self.native, [(self.producer.codec.pt, payload_type)], **kwargs)
+            return
         if self.rewriter is None:
             self.rewriter = rtp.Rewriter(self.ssrc, self._clock_rate, mapping, **kwargs)  # type: ignore[arg-type]
         else:
             self.rewriter.configure(mapping, **kwargs)  # type: ignore[arg-type]
-        self.mid = mid
 
     def start(self, now: int) -> None:
         """Negotiated and the subscriber's transport is up: begin forwarding (from a keyframe for video)."""
-        if self.rewriter is None:
+        if not self.configured:
             return
         self.ready = True
+        if self.engine is not None:
+            self.engine.set_consumer_ready(self.native, True)
+            return
         if self._need_keyframe:
             self.producer.want_keyframe(now)
 
+    def stop(self) -> None:
+        """The subscriber rejected the consumer's m-line, or it is being removed: forward nothing."""
+        self.ready = False
+        if self.engine is not None:
+            with contextlib.suppress(KeyError):
+                self.engine.set_consumer_ready(self.native, False)
+
+    def close_native(self) -> None:
+        """Remove this consumer from the native data plane (its producer's removal does it too)."""
+        if self.engine is not None:
+            with contextlib.suppress(KeyError):
+                self.engine.remove_consumer(self.native)
+
+    def refresh_stats(self) -> None:
+        """Copy the native data plane's counters into `stats` (one call); kept after its removal."""
+        if self.engine is not None:
+            with contextlib.suppress(KeyError):
+                s = self._stats
+                s.packets, s.bytes, s.retransmitted, s.nacks, s.plis = self.engine.consumer_stats(self.native)
+
+    @property
+    def stats(self) -> ConsumerStats:
+        self.refresh_stats()
+        return self._stats
+
     def set_paused(self, paused: bool) -> None:
+        if self.engine is not None:
+            self.paused = paused
+            self.engine.set_consumer_paused(self.native, paused)
+            return
         if self.paused and not paused:
             self.paused = False
             self.resume()
@@ -276,30 +378,31 @@ class Consumer:
         if history is not None:
             history.put(out)
         self._send(out)
-        stats = self.stats
+        stats = self._stats
         stats.packets += 1
         stats.bytes += len(out)
 
     def retransmit(self, seqs: tuple[int, ...]) -> None:
         """Answer a NACK from the packet history."""
-        self.stats.nacks += 1
+        self._stats.nacks += 1
         for seq in seqs:
             packet = self._history.get(seq) if self._history is not None else None
             if packet is not None:
                 self._send(packet)
-                self.stats.retransmitted += 1
+                self._stats.retransmitted += 1
 
     def sender_report(self, wall_s: float, now: int) -> bytes | None:
         """An SR for this consumer's stream (the subscriber uses it for lip sync and RTT)."""
         rewriter = self.rewriter
-        if rewriter is None or not self.stats.packets:
+        stats = self._stats
+        if rewriter is None or not stats.packets:
             return None
         return rtcp.build_sr(
             self.ssrc,
             rtcp.ntp_timestamp(wall_s),
             rewriter.timestamp_at(now),
-            self.stats.packets & 0xFFFFFFFF,
-            self.stats.bytes & 0xFFFFFFFF,
+            stats.packets & 0xFFFFFFFF,
+            stats.bytes & 0xFFFFFFFF,
         )
 
 
@@ -350,6 +453,11 @@ class Router:
             return []
         gone = list(producer.consumers)
         producer.consumers.clear()
+        if producer.engine is not None:
+            for consumer in gone:
+                consumer.refresh_stats()
+            with contextlib.suppress(KeyError):
+                producer.engine.remove_producer(producer.native)  # and its consumers
         for consumer in gone:
             self.consumers.pop(consumer.id, None)
             self.forwarded_closed += consumer.stats.packets
@@ -359,6 +467,8 @@ class Router:
 
     def remove_consumers_of(self, peer_id: str) -> None:
         for consumer in [c for c in self.consumers.values() if c.subscriber_id == peer_id]:
+            consumer.refresh_stats()
+            consumer.close_native()
             self.consumers.pop(consumer.id, None)
             self.forwarded_closed += consumer.stats.packets
             consumers = consumer.producer.consumers

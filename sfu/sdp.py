@@ -279,6 +279,8 @@ class LocalTransport:
     candidates: tuple[str, ...]  # a=candidate values
     address: str
     port: int
+    ice_lite: bool = False
+    """The SFU answers checks only (RFC 8445 §2.5): the native data plane's shared port."""
 
 
 def render(
@@ -296,6 +298,8 @@ def render(
     if bundled:
         out.append("a=group:BUNDLE " + " ".join(bundled))
     out.append("a=msid-semantic: WMS *")
+    if transport.ice_lite:
+        out.append("a=ice-lite")
     out.append("a=ice-options:trickle")
     for m in media:
         formats = " ".join(str(c.pt) for c in m.codecs) or ("0" if m.kind == "audio" else "96")

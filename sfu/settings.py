@@ -8,7 +8,7 @@ import os
 import socket
 from collections.abc import Callable
 from functools import cached_property
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,8 +42,19 @@ class SfuSettings(BaseSettings):
     rtc_announced_ip: str | None = Field(
         default=None, description="Address put in ICE candidates (default: the listen address)."
     )
-    rtc_min_port: int = Field(default=40000, ge=1024, le=65535, description="Lowest UDP port for media.")
+    rtc_min_port: int = Field(
+        default=40000,
+        ge=1024,
+        le=65535,
+        description="Lowest UDP port for media: worker i of the native data plane takes rtc_min_port + i "
+        "(or the next free port of the range).",
+    )
     rtc_max_port: int = Field(default=49999, ge=1024, le=65535, description="Highest UDP port for media.")
+    dataplane: Literal["native", "python"] = Field(
+        default="native",
+        description="native: one UDP port per worker, every packet handled by the Rust data plane "
+        "(sfu/dataplane/); python: one port per peer through aiortc's transports (the reference path).",
+    )
     rtc_remote_networks: CommaList = Field(
         default_factory=list,
         description="Comma list of CIDRs media may come from (empty: anywhere); e.g. 127.0.0.0/8 in tests.",

@@ -15,9 +15,10 @@ from typing import Any
 
 from aiortc import RTCCertificate
 
-from voxa.sfu.peer import Peer, PeerError
+from voxa.sfu.peer import Conflict, NotFound, Peer
 from voxa.sfu.router import Producer, Router, now_ms
 from voxa.sfu.settings import SfuSettings
+from voxa.sfu.webrtc_server import WebRtcServer
 
 log = logging.getLogger("voxa.sfu.worker")
 Listener = Callable[[dict[str, Any]], None]
@@ -60,7 +61,7 @@ class RouterHandle:
     def peer(self, peer_id: str) -> Peer:
         peer = self.peers.get(peer_id)
         if peer is None:
-            raise PeerError(f"no peer {peer_id!r} in router {self.router.id!r}")
+            raise NotFound(f"no peer {peer_id!r} in router {self.router.id!r}")
         return peer
 
     async def remove_peer(self, peer_id: str, *, reason: str = "removed") -> None:
@@ -123,11 +124,35 @@ class SfuWorker:
         self.routers: dict[str, RouterHandle] = {}
         self.listeners: list[Listener] = []
         self.draining = False
-        self.bad_packets = 0
-        self.unknown_packets = 0
+        self._bad_packets = 0
+        self._unknown_packets = 0
         self.meter = Meter()
         self.forwarded_closed = 0  # packets forwarded by consumers that are gone
         self._tasks: list[asyncio.Task[None]] = []
+        self.server: WebRtcServer | None = None  # the native data plane's shared port (when in use)
+
+    @property
+    def bad_packets(self) -> int:
+        """Garbled datagrams dropped (the native data plane counts its own)."""
+        if self.server is not None:
+            c = self.server.engine.counters()
+            return int(c["bad_packets"] + c["srtp_errors"] + c["oversized"] + c["stun_rejected"])
+        return self._bad_packets
+
+    @bad_packets.setter
+    def bad_packets(self, value: int) -> None:
+        self._bad_packets = value
+
+    @property
+    def unknown_packets(self) -> int:
+        if self.server is not None:
+            c = self.server.engine.counters()
+            return int(c["unknown_ssrc"] + c["unknown_source"])
+        return self._unknown_packets
+
+    @unknown_packets.setter
+    def unknown_packets(self, value: int) -> None:
+        self._unknown_packets = value
 
     # --- events to signaling ------------------------------------------------------------------------
     def emit(self, event: dict[str, Any]) -> None:
@@ -142,14 +167,14 @@ class SfuWorker:
         room = self.routers.get(router_id)
         if room is None:
             if self.draining:
-                raise PeerError("this SFU is draining and takes no new routers")
+                raise Conflict("this SFU is draining and takes no new routers")
             room = self.routers[router_id] = RouterHandle(self, router_id)
         return room
 
     def router(self, router_id: str) -> RouterHandle:
         room = self.routers.get(router_id)
         if room is None:
-            raise PeerError(f"no router {router_id!r}")
+            raise NotFound(f"no router {router_id!r}")
         return room
 
     async def close_router(self, router_id: str) -> None:
@@ -172,7 +197,29 @@ class SfuWorker:
         }
 
     # --- periodic work ------------------------------------------------------------------------------
+    def _open_server(self) -> WebRtcServer:
+        """Bind this worker's one media port: rtc_min_port + index, else the next free one in the range."""
+        s = self.settings
+        span = s.rtc_max_port - s.rtc_min_port + 1
+        last: OSError | None = None
+        for i in range(span):
+            port = s.rtc_min_port + (self.index + i) % span
+            try:
+                return WebRtcServer(s.rtc_listen_ip, port, s.rtc_announced_ip, list(s.rtc_remote_networks))
+            except OSError as exc:
+                last = exc
+        raise OSError(f"no free UDP port in {s.rtc_min_port}-{s.rtc_max_port}: {last}")
+
+    @property
+    def media_port(self) -> int | None:
+        """The native data plane's port (None on the Python data plane: a port per peer)."""
+        return self.server.port if self.server is not None else None
+
     async def start(self) -> None:
+        if self.settings.dataplane == "native" and self.server is None:
+            self.server = self._open_server()
+            self.server.start()
+            log.info("sfu.media_port", extra={"port": self.server.port, "worker": self.index})
         self._tasks = [
             asyncio.create_task(self._ticker(), name="voxa-sfu-ticker"),
             asyncio.create_task(self._reporter(), name="voxa-sfu-rtcp"),
@@ -182,8 +229,22 @@ class SfuWorker:
         while True:
             await asyncio.sleep(0.05)
             now = now_ms()
+            if self.server is not None:
+                self._feed_levels(now)
             for room in list(self.routers.values()):
                 room.router.tick(now)
+
+    def _feed_levels(self, now: int) -> None:
+        """The native data plane's audio levels (a sample per producer per tick) to the speaker detectors."""
+        assert self.server is not None
+        levels = self.server.engine.take_levels()
+        if not levels:
+            return
+        producers = {p.native: p for r in self.routers.values() for p in r.router.producers.values()}
+        for native, loudness, packets, voiced in levels:
+            producer = producers.get(native)
+            if producer is not None and producer.speaker is not None:
+                producer.native_levels(now, loudness, packets, voiced)
 
     async def _reporter(self) -> None:
         while True:
@@ -196,6 +257,8 @@ class SfuWorker:
             self.meter.update(self.forwarded_total())
 
     def forwarded_total(self) -> int:
+        if self.server is not None:
+            return int(self.server.engine.forwarded_total())
         total = self.forwarded_closed
         for room in self.routers.values():
             total += room.router.forwarded_closed + sum(
@@ -211,3 +274,6 @@ class SfuWorker:
                 await task
         for router_id in list(self.routers):
             await self.close_router(router_id)
+        if self.server is not None:
+            self.server.close()
+            self.server = None

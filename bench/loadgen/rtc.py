@@ -21,11 +21,12 @@ from typing import Any, Final
 
 import pylibsrtp
 from aioice.ice import StunProtocol
-from aiortc import RTCDtlsTransport, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.sdp import SessionDescription
 from janus.peers import new_peer_connection
 
 from loadgen.media import ExtensionIds
+from voxa.sfu import aiortc_glue
 
 MID_URI: Final = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI: Final = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -79,14 +80,6 @@ async def wait_connected(pc: RTCPeerConnection, timeout: float) -> None:
             await asyncio.sleep(0.02)
 
 
-def _stop_sender_loops(pc: RTCPeerConnection) -> None:
-    """Cancel aiortc's RTP loop of senders without a track (it only sleeps 20 ms in a loop)."""
-    for transceiver in pc.getTransceivers():
-        task = getattr(transceiver.sender, "_RTCRtpSender__rtp_task", None)
-        if isinstance(task, asyncio.Task) and getattr(transceiver.sender, "track", None) is None:
-            task.cancel()
-
-
 DatagramHandler = Callable[[Any, Any], None]
 # (unprotect, aiortc's datagram_received) -> the socket's new datagram_received
 HandlerFactory = Callable[[Callable[[bytes], bytes], DatagramHandler], DatagramHandler]
@@ -96,28 +89,20 @@ class FastLink:
     """Raw SRTP in and out of a connected peer connection's nominated candidate pair."""
 
     def __init__(self, pc: RTCPeerConnection) -> None:
-        transceivers = pc.getTransceivers()
-        if not transceivers:
-            raise RuntimeError("peer connection has no transceiver")
-        dtls: RTCDtlsTransport = transceivers[0].sender.transport
-        if dtls._tx_srtp is None or dtls._rx_srtp is None:
-            raise RuntimeError("DTLS has no SRTP sessions yet")
-        self.tx: pylibsrtp.Session = dtls._tx_srtp
-        self.rx: pylibsrtp.Session = dtls._rx_srtp
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            raise RuntimeError("ICE has no nominated pair")
-        self.protocol: StunProtocol = pair.protocol
+        path = aiortc_glue.client_media_path(pc)  # aiortc internals live in the SFU's one glue module
+        self.tx: pylibsrtp.Session = path.tx
+        self.rx: pylibsrtp.Session = path.rx
+        self.protocol: StunProtocol = path.protocol
         transport = self.protocol.transport
         self.sendto: Callable[[bytes, Any], None] = transport.sendto
         self.is_closing: Callable[[], bool] = transport.is_closing
-        self.addr: tuple[str, int] = pair.remote_addr
+        self.addr: tuple[str, int] = path.remote_addr
         self._original: DatagramHandler | None = None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-        _stop_sender_loops(pc)
+        aiortc_glue.stop_idle_sender_loops(pc)
 
     def protect(self, packet: bytes) -> bytes:
         return self.tx.protect(packet)

@@ -57,8 +57,9 @@ def env(vs: VoiceServer) -> list[dict[str, Any]]:
         "VOXA_SFU_SIGNALING_URL": internal_url(vs),
         "VOXA_SFU_ADVERTISE_URL": f"http://$(POD_IP):{SFU_CONTROL_PORT}",
         "VOXA_SFU_RTC_LISTEN_IP": "$(POD_IP)",
-        "VOXA_SFU_RTC_MIN_PORT": str(spec.udpPortRange.min),
-        "VOXA_SFU_RTC_MAX_PORT": str(spec.udpPortRange.max),
+        # One worker per pod, on one port for all its peers (the native data plane's WebRtcServer).
+        "VOXA_SFU_RTC_MIN_PORT": str(spec.media_port),
+        "VOXA_SFU_RTC_MAX_PORT": str(spec.media_port),
         "VOXA_SFU_DRAIN_DEADLINE_S": str(spec.drainDeadlineSeconds),
     }
     return [
@@ -75,7 +76,10 @@ def deployment(vs: VoiceServer, replicas: int) -> Manifest:
         "name": COMPONENT,
         "image": spec.image,
         "args": ["sfu"],
-        "ports": [{"name": "control", "containerPort": SFU_CONTROL_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "control", "containerPort": SFU_CONTROL_PORT, "protocol": "TCP"},
+            {"name": "media", "containerPort": spec.media_port, "protocol": "UDP"},
+        ],
         "env": env(vs),
         "resources": resources(spec.resources),
         "securityContext": container_security_context(),
@@ -95,9 +99,7 @@ def deployment(vs: VoiceServer, replicas: int) -> Manifest:
             "template": {
                 "metadata": {
                     "labels": labels(vs, COMPONENT),
-                    "annotations": {
-                        CONFIG_HASH_ANNOTATION: f"{spec.udpPortRange.min}-{spec.udpPortRange.max}"
-                    },
+                    "annotations": {CONFIG_HASH_ANNOTATION: str(spec.media_port)},
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
@@ -129,8 +131,8 @@ def service(vs: VoiceServer) -> Manifest:
 
 
 def network_policy(vs: VoiceServer) -> Manifest:
-    """Control port: signaling pods only. Media ports: anyone (clients, or the TURN gateway)."""
-    media = vs.spec.sfu.udpPortRange
+    """Control port: signaling pods only. The media port: anyone (clients, or the TURN gateway)."""
+    port = vs.spec.sfu.media_port
     return ingress_policy(
         vs,
         COMPONENT,
@@ -139,7 +141,7 @@ def network_policy(vs: VoiceServer) -> Manifest:
                 "from": [{"podSelector": {"matchLabels": selector_labels(vs, "signaling")}}],
                 "ports": [{"protocol": "TCP", "port": SFU_CONTROL_PORT}],
             },
-            {"ports": [{"protocol": "UDP", "port": media.min, "endPort": media.max}]},
+            {"ports": [{"protocol": "UDP", "port": port}]},
         ],
     )
 

@@ -8,7 +8,7 @@ to the other while calls in progress keep theirs. The config is stunnerd's own f
 in clear); stunnerd watches its mounted file (`-w`) and applies changes (new SFU endpoints, a new
 secret) without restarting, so live allocations survive them. Listeners bind the pod IP
 (`$STUNNER_ADDR`, which stunnerd expands from its environment) and relay only to the clusters: one per
-VoiceServer that references the gateway, holding that server's SFU pod IPs and media port range.
+VoiceServer that references the gateway, holding that server's SFU pod IPs and their media port.
 """
 
 from __future__ import annotations

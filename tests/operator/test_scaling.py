@@ -120,7 +120,7 @@ def test_load_scales_up_then_drains_before_scaling_down(
         # Its calls end: it is removed, and only it.
         fleet.peers = {busy: 5, light: 0}
         eventually(lambda: fleet.pods() == [busy], 60, "the drained pod removed")
-        eventually(lambda: deployment_replicas(cluster, namespace) == (1, 1), 30, "one SFU pod")
+        eventually(lambda: deployment_replicas(cluster, namespace) == (1, 1), 90, "one SFU pod")
         body = voiceserver_when(
             cluster, namespace, "arena", lambda b: b["status"]["sfus"] == "1/1", "status caught up"
         )

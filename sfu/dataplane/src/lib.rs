@@ -5,8 +5,15 @@
 //! RTCP, and the ICE-lite side of STUN. Each protocol is a pure module tested without sockets; the
 //! Python bindings (feature `python`) are in `py`.
 
+pub mod ceiling;
 pub mod classify;
+pub mod codecs;
+pub mod io;
+pub mod rtcp;
+pub mod rtp;
 pub mod srtp;
+pub mod stun;
+pub mod worker;
 
 #[cfg(feature = "python")]
 mod py;

@@ -7,8 +7,17 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use std::net::SocketAddr;
+
+use pyo3::exceptions::{PyKeyError, PyOSError, PyRuntimeError};
+use pyo3::types::{PyDict, PyList};
+
 use crate::classify::{classify as classify_datagram, Kind};
+use crate::codecs::VideoCodec;
+use crate::io::{parse_network, Engine};
+use crate::rtp::Extensions;
 use crate::srtp::{keying_material_len, Session};
+use crate::worker::{ApiError, Event, ProducerParams};
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -97,11 +106,360 @@ fn classify(data: &[u8]) -> &'static str {
     }
 }
 
+/// The control API's typed errors: not found → KeyError (HTTP 404), conflict → RuntimeError with a
+/// "conflict: " prefix (409), invalid → ValueError (400).
+fn api_error(e: ApiError) -> PyErr {
+    match e {
+        ApiError::NotFound(..) => PyKeyError::new_err(e.to_string()),
+        ApiError::Conflict(m) => PyRuntimeError::new_err(format!("conflict: {m}")),
+        ApiError::Invalid(m) => PyValueError::new_err(m),
+    }
+}
+
+/// One SFU worker's data plane: its media socket (one UDP port for every peer), its I/O thread and
+/// its peers, producers and consumers. Every method is a short call under the worker's lock.
+#[pyclass(name = "Worker", module = "voxa_dataplane")]
+struct PyWorker {
+    engine: Engine,
+}
+
+#[pymethods]
+impl PyWorker {
+    #[new]
+    #[pyo3(signature = (listen_ip, port))]
+    fn new(listen_ip: &str, port: u16) -> PyResult<Self> {
+        let ip = listen_ip
+            .parse()
+            .map_err(|_| PyValueError::new_err(format!("bad listen address {listen_ip:?}")))?;
+        let engine = Engine::start(SocketAddr::new(ip, port))
+            .map_err(|e| PyOSError::new_err(format!("cannot bind {listen_ip}:{port}: {e}")))?;
+        Ok(PyWorker { engine })
+    }
+
+    /// The bound UDP port.
+    #[getter]
+    fn port(&self) -> PyResult<u16> {
+        Ok(self
+            .engine
+            .local_addr()
+            .map_err(|e| PyOSError::new_err(e.to_string()))?
+            .port())
+    }
+
+    /// Readable when events wait: call `take_events`.
+    fn event_fd(&self) -> i32 {
+        self.engine.event_fd()
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.engine.now_ms()
+    }
+
+    fn close(&self, py: Python<'_>) {
+        py.allow_threads(|| self.engine.close());
+    }
+
+    /// Accept connectivity checks only from these networks ("10.0.0.0/8", ...; empty: any).
+    fn set_allowed_networks(&self, networks: Vec<String>) -> PyResult<()> {
+        let mut parsed = Vec::with_capacity(networks.len());
+        for n in &networks {
+            parsed.push(
+                parse_network(n)
+                    .ok_or_else(|| PyValueError::new_err(format!("bad network {n:?}")))?,
+            );
+        }
+        self.engine
+            .with_worker(|w, _| w.set_allowed_networks(parsed));
+        Ok(())
+    }
+
+    /// ("connected", peer, (host, port)), ("dtls", peer, bytes), ("consent_expired", peer, None).
+    fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.engine.ack_events();
+        let events = self.engine.with_worker(|w, _| w.take_events());
+        let list = PyList::empty(py);
+        for e in events {
+            let item = match e {
+                Event::Connected { peer, addr } => (
+                    "connected",
+                    peer,
+                    (addr.ip().to_string(), addr.port())
+                        .into_pyobject(py)?
+                        .into_any(),
+                ),
+                Event::Dtls { peer, data } => ("dtls", peer, PyBytes::new(py, &data).into_any()),
+                Event::ConsentExpired { peer } => {
+                    ("consent_expired", peer, py.None().into_bound(py))
+                }
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
+    fn add_peer(&self, ufrag: &str, pwd: &str) -> PyResult<u32> {
+        self.engine
+            .with_worker(|w, now| w.add_peer(ufrag.as_bytes(), pwd.as_bytes(), now))
+            .map_err(api_error)
+    }
+
+    fn remove_peer(&self, peer: u32) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, _| w.remove_peer(peer))
+            .map_err(api_error)
+    }
+
+    /// Key the peer's SRTP from the DTLS exporter output (`is_client`: the SFU was the DTLS client).
+    fn set_srtp(
+        &self,
+        peer: u32,
+        profile: u16,
+        keying_material: &[u8],
+        is_client: bool,
+    ) -> PyResult<()> {
+        let session = Session::from_keying_material(profile, keying_material, is_client)
+            .map_err(value_error)?;
+        self.engine
+            .with_worker(|w, _| w.set_srtp(peer, session))
+            .map_err(api_error)
+    }
+
+    /// Send a DTLS record to the peer's current address (False if none is known yet).
+    fn send_dtls(&self, py: Python<'_>, peer: u32, data: &[u8]) -> PyResult<bool> {
+        let addr = self
+            .engine
+            .with_worker(|w, _| w.dtls_destination(peer))
+            .map_err(api_error)?;
+        match addr {
+            Some(addr) => {
+                py.allow_threads(|| self.engine.send_to(data, addr))
+                    .map_err(|e| PyOSError::new_err(e.to_string()))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn peer_addr(&self, peer: u32) -> PyResult<Option<(String, u16)>> {
+        let addr = self
+            .engine
+            .with_worker(|w, _| w.peer_addr(peer))
+            .map_err(api_error)?;
+        Ok(addr.map(|a| (a.ip().to_string(), a.port())))
+    }
+
+    /// (rx_packets, tx_packets, srtp_errors)
+    fn peer_stats(&self, peer: u32) -> PyResult<(u64, u64, u64)> {
+        let s = self
+            .engine
+            .with_worker(|w, _| w.peer_stats(peer))
+            .map_err(api_error)?;
+        Ok((s.rx_packets, s.tx_packets, s.srtp_errors))
+    }
+
+    #[pyo3(signature = (peer, *, kind, clock_rate, ssrcs, mid, mid_id=0, audio_level_id=0, codec=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_producer(
+        &self,
+        peer: u32,
+        kind: &str,
+        clock_rate: u32,
+        ssrcs: Vec<u32>,
+        mid: &str,
+        mid_id: u8,
+        audio_level_id: u8,
+        codec: Option<&str>,
+    ) -> PyResult<u32> {
+        let kind_video = match kind {
+            "audio" => false,
+            "video" => true,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "kind must be audio or video, not {other:?}"
+                )))
+            }
+        };
+        let params = ProducerParams {
+            kind_video,
+            clock_rate,
+            ssrcs,
+            mid: mid.as_bytes().to_vec(),
+            mid_id,
+            audio_level_id,
+            codec: codec.and_then(VideoCodec::from_name),
+        };
+        self.engine
+            .with_worker(|w, _| w.add_producer(peer, params))
+            .map_err(api_error)
+    }
+
+    /// Remove a producer; returns the consumers removed with it.
+    fn remove_producer(&self, producer: u32) -> PyResult<Vec<u32>> {
+        self.engine
+            .with_worker(|w, _| w.remove_producer(producer))
+            .map_err(api_error)
+    }
+
+    fn set_producer_forwarding(&self, producer: u32, forwarding: bool) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, now| w.set_producer_forwarding(producer, forwarding, now))
+            .map_err(api_error)
+    }
+
+    fn request_keyframe(&self, producer: u32) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, now| w.request_keyframe(producer, now))
+            .map_err(api_error)
+    }
+
+    /// (packets, bytes, dropped, keyframe_requests)
+    fn producer_stats(&self, producer: u32) -> PyResult<(u64, u64, u64, u64)> {
+        let s = self
+            .engine
+            .with_worker(|w, _| w.producer_stats(producer))
+            .map_err(api_error)?;
+        Ok((s.packets, s.bytes, s.dropped, s.keyframe_requests))
+    }
+
+    /// [(producer, loudness_sum, packets, voiced)] since the last call, for producers that sent levels.
+    fn take_levels(&self) -> Vec<(u32, u32, u32, u32)> {
+        let mut out = Vec::new();
+        self.engine.with_worker(|w, _| w.take_levels(&mut out));
+        out.into_iter()
+            .map(|(p, l)| (p, l.loudness_sum, l.packets, l.voiced))
+            .collect()
+    }
+
+    #[pyo3(signature = (producer, subscriber, ssrc=0))]
+    fn add_consumer(&self, producer: u32, subscriber: u32, ssrc: u32) -> PyResult<u32> {
+        self.engine
+            .with_worker(|w, _| w.add_consumer(producer, subscriber, ssrc))
+            .map_err(api_error)
+    }
+
+    #[pyo3(signature = (consumer, payload_types, *, mid, mid_id=0, abs_send_time_id=0, audio_level_id=0))]
+    fn configure_consumer(
+        &self,
+        consumer: u32,
+        payload_types: Vec<(u8, u8)>,
+        mid: &str,
+        mid_id: u8,
+        abs_send_time_id: u8,
+        audio_level_id: u8,
+    ) -> PyResult<()> {
+        let ext = Extensions {
+            mid: mid.as_bytes().to_vec(),
+            mid_id,
+            abs_send_time_id,
+            audio_level_id,
+        };
+        self.engine
+            .with_worker(|w, _| w.configure_consumer(consumer, &payload_types, ext))
+            .map_err(api_error)
+    }
+
+    fn set_consumer_ready(&self, consumer: u32, ready: bool) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, now| w.set_consumer_ready(consumer, ready, now))
+            .map_err(api_error)
+    }
+
+    fn set_consumer_paused(&self, consumer: u32, paused: bool) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, now| w.set_consumer_paused(consumer, paused, now))
+            .map_err(api_error)
+    }
+
+    fn remove_consumer(&self, consumer: u32) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, _| w.remove_consumer(consumer))
+            .map_err(api_error)
+    }
+
+    /// (packets, bytes, retransmitted, nacks, plis)
+    fn consumer_stats(&self, consumer: u32) -> PyResult<(u64, u64, u64, u64, u64)> {
+        let s = self
+            .engine
+            .with_worker(|w, _| w.consumer_stats(consumer))
+            .map_err(api_error)?;
+        Ok((s.packets, s.bytes, s.retransmitted, s.nacks, s.plis))
+    }
+
+    fn forwarded_total(&self) -> u64 {
+        self.engine.with_worker(|w, _| w.forwarded_total())
+    }
+
+    /// Worker-wide counters and object counts.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (c, (peers, producers, consumers)) =
+            self.engine.with_worker(|w, _| (w.counters, w.counts()));
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("rx_datagrams", c.rx_datagrams),
+            ("tx_datagrams", c.tx_datagrams),
+            ("forwarded", c.forwarded),
+            ("stun_answered", c.stun_answered),
+            ("stun_rejected", c.stun_rejected),
+            ("srtp_errors", c.srtp_errors),
+            ("bad_packets", c.bad_packets),
+            ("unknown_source", c.unknown_source),
+            ("unknown_ssrc", c.unknown_ssrc),
+            ("oversized", c.oversized),
+            ("peers", peers as u64),
+            ("producers", producers as u64),
+            ("consumers", consumers as u64),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+}
+
+/// The benchmark's ceiling (see `ceiling.rs`): the minimal forwarder under a load shape, measured.
+#[pyfunction]
+#[pyo3(signature = (*, rooms, peers_per_room, publishers_per_room, packets_per_s=50, payload_bytes=100, seconds=10.0, forwarder_core=None, load_core=None))]
+#[allow(clippy::too_many_arguments)]
+fn ceiling<'py>(
+    py: Python<'py>,
+    rooms: usize,
+    peers_per_room: usize,
+    publishers_per_room: usize,
+    packets_per_s: u32,
+    payload_bytes: usize,
+    seconds: f64,
+    forwarder_core: Option<usize>,
+    load_core: Option<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let load = crate::ceiling::Load {
+        rooms,
+        peers_per_room,
+        publishers_per_room,
+        packets_per_s,
+        payload_bytes,
+        seconds,
+        forwarder_core,
+        load_core,
+    };
+    let outcome = py
+        .allow_threads(|| crate::ceiling::run(&load))
+        .map_err(|e| PyOSError::new_err(e.to_string()))?;
+    let d = PyDict::new(py);
+    d.set_item("sent", outcome.sent)?;
+    d.set_item("forwarded", outcome.forwarded)?;
+    d.set_item("received", outcome.received)?;
+    d.set_item("forwarder_cpu_s", outcome.forwarder_cpu_s)?;
+    d.set_item("elapsed_s", outcome.elapsed_s)?;
+    d.set_item("pps_per_core", outcome.pps_per_core())?;
+    Ok(d)
+}
+
 #[pymodule]
 fn voxa_dataplane(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PySrtpSession>()?;
+    m.add_class::<PyWorker>()?;
     m.add_function(wrap_pyfunction!(srtp_keying_material_len, m)?)?;
     m.add_function(wrap_pyfunction!(classify, m)?)?;
+    m.add_function(wrap_pyfunction!(ceiling, m)?)?;
     Ok(())
 }

@@ -118,18 +118,30 @@ def test_settings_changes_roll_signaling_pods() -> None:
 
 
 def test_sfu_deployment_registers_pods_by_name_and_drains_before_the_kubelet_kills() -> None:
-    vs = voiceserver({"sfu": {"drainDeadlineSeconds": 120, "udpPortRange": {"min": 41000, "max": 41999}}})
+    vs = voiceserver({"sfu": {"drainDeadlineSeconds": 120, "mediaPort": 41000}})
     deployment = sfu.deployment(vs, replicas=4)
     env = env_of(deployment)
     assert deployment["spec"]["replicas"] == 4
     assert env["VOXA_SFU_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["VOXA_SFU_SERVER_ID"] == "lobby"
     assert env["VOXA_SFU_SIGNALING_URL"] == "http://lobby-signaling.games.svc:80"
-    assert env["VOXA_SFU_RTC_MIN_PORT"] == "41000" and env["VOXA_SFU_RTC_MAX_PORT"] == "41999"
+    # One port per pod (its one worker) for every peer.
+    assert env["VOXA_SFU_RTC_MIN_PORT"] == "41000" and env["VOXA_SFU_RTC_MAX_PORT"] == "41000"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "media", "containerPort": 41000, "protocol": "UDP"} in container["ports"]
     assert env["VOXA_SFU_DRAIN_DEADLINE_S"] == "120"
     pod = deployment["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 150
     assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+
+
+def test_the_deprecated_port_range_still_chooses_the_media_port() -> None:
+    """A VoiceServer written before mediaPort keeps its firewall rules: udpPortRange.min is the port."""
+    old = voiceserver({"sfu": {"udpPortRange": {"min": 42000, "max": 42999}}})
+    assert env_of(sfu.deployment(old, replicas=1))["VOXA_SFU_RTC_MIN_PORT"] == "42000"
+    both = voiceserver({"sfu": {"udpPortRange": {"min": 42000, "max": 42999}, "mediaPort": 43000}})
+    assert env_of(sfu.deployment(both, replicas=1))["VOXA_SFU_RTC_MAX_PORT"] == "43000"
+    assert sfu.network_policy(old)["spec"]["ingress"][1]["ports"] == [{"protocol": "UDP", "port": 42000}]
 
 
 def test_server_id_overrides_the_name() -> None:
@@ -153,7 +165,7 @@ def test_network_policies_let_only_signaling_reach_the_sfu_control_port(vs: Voic
     ]
     assert control["ports"] == [{"protocol": "TCP", "port": 4100}]
     assert "from" not in media
-    assert media["ports"] == [{"protocol": "UDP", "port": 40000, "endPort": 49999}]
+    assert media["ports"] == [{"protocol": "UDP", "port": 40000}]
     redis_policy = redis.network_policy(voiceserver({"redis": {"managed": True}}))["spec"]
     assert redis_policy["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 6379}]
 

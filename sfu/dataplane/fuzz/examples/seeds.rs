@@ -6,8 +6,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use voxa_dataplane::stun;
 use voxa_dataplane_fuzz::{
-    push_record, selector, session, PROFILES, RECORD_LEN_MASK, RECORD_PROTECT, RECORD_RTCP,
+    push_record, selector, session, AUDIO_SSRC, CONSUMER_SSRCS, PROFILES, RECORD_LEN_MASK,
+    RECORD_PROTECT, RECORD_RTCP, VIDEO_SSRC,
 };
 
 fn rtp(seq: u16, ssrc: u32, extension: bool, payload: &[u8]) -> Vec<u8> {
@@ -46,6 +48,47 @@ fn stun_binding_request() -> Vec<u8> {
     let mut p = vec![0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xa4, 0x42];
     p.extend_from_slice(b"voxa-fuzz-tx");
     p.extend_from_slice(&[0x00, 0x06, 0x00, 0x03, b'a', b':', b'b', 0x00]); // USERNAME "a:b"
+    p
+}
+
+fn rtcp_feedback(sender: u32, media: u32) -> Vec<Vec<u8>> {
+    let word = |v: u32| v.to_be_bytes();
+    let mut nack = vec![0x81, 205, 0, 3];
+    nack.extend_from_slice(&word(sender));
+    nack.extend_from_slice(&word(media));
+    nack.extend_from_slice(&[0x00, 0x05, 0b0000_0000, 0b0000_0101]); // pid 5, blp: 6 and 8
+    let mut fir = vec![0x84, 206, 0, 4];
+    fir.extend_from_slice(&word(sender));
+    fir.extend_from_slice(&word(0));
+    fir.extend_from_slice(&word(media));
+    fir.extend_from_slice(&[1, 0, 0, 0]);
+    let mut remb = vec![0x8f, 206, 0, 5];
+    remb.extend_from_slice(&word(sender));
+    remb.extend_from_slice(&word(0));
+    remb.extend_from_slice(b"REMB");
+    remb.extend_from_slice(&[1, 0x0b, 0x72, 0x40]); // 1 SSRC, exp 2, mantissa 0x37240
+    remb.extend_from_slice(&word(media));
+    let mut rr_block = vec![0x81, 201, 0, 7];
+    rr_block.extend_from_slice(&word(sender));
+    rr_block.extend_from_slice(&word(media));
+    rr_block.extend_from_slice(&[
+        0x01, 0, 0, 2, 0, 0, 0x10, 0, 0, 0, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    let mut bye = vec![0x81, 203, 0, 1];
+    bye.extend_from_slice(&word(sender));
+    let mut compound = rtcp_rr_pli(sender, media);
+    compound.extend_from_slice(&bye);
+    vec![nack, fir, remb, rr_block, compound]
+}
+
+fn vp8_keyframe(seq: u16) -> Vec<u8> {
+    let mut p = rtp(
+        seq,
+        VIDEO_SSRC,
+        true,
+        &[0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01],
+    );
+    p[1] = 96 | 0x80;
     p
 }
 
@@ -99,6 +142,83 @@ fn main() {
     let dir = root.join("classify");
     for (name, packet) in &plain {
         write(&dir, name, packet);
+    }
+
+    let dir = root.join("stun");
+    write(&dir, "request", &plain[4].1);
+    let mut request = Vec::new();
+    stun::build_binding_request(&mut request, &[7; 12], b"sfu1:peer", b"fuzz-password", true);
+    write(&dir, "signed", &request);
+    let mut built = vec![7u8; 12];
+    built.push(9);
+    built.extend_from_slice(b"sfu1:peerpassword");
+    write(&dir, "build-input", &built);
+
+    let dir = root.join("rtp");
+    for ext in 0..4u8 {
+        let mut input = vec![ext];
+        for seq in [65_534u16, 65_535, 0, 2, 1] {
+            push_record(
+                &mut input,
+                false,
+                false,
+                &rtp(seq, 111, seq % 2 == 0, b"opus frame"),
+            );
+        }
+        let mut padded = rtp(3, 111, false, b"opus\0\0\x03");
+        padded[0] |= 0x20;
+        push_record(&mut input, false, false, &padded);
+        let mut csrc = rtp(4, 111, false, b"mixed");
+        csrc[0] |= 0x02;
+        csrc.splice(12..12, [0xAA; 8]);
+        push_record(&mut input, false, true, &csrc);
+        push_record(&mut input, true, false, &vp8_keyframe(9));
+        write(&dir, &format!("ext{ext}"), &input);
+    }
+
+    let dir = root.join("rtcp");
+    let mut input = vec![3u8];
+    push_record(
+        &mut input,
+        false,
+        false,
+        &rtp(1, 111, false, b"\0\0\0\0\0\0\0\0"),
+    );
+    push_record(&mut input, false, true, &rtp(2, 111, false, b"opus"));
+    push_record(&mut input, true, false, &rtcp_sr(111));
+    push_record(&mut input, true, true, &rtcp_rr_pli(1, 111));
+    for packet in rtcp_feedback(0x5EED, 111) {
+        push_record(&mut input, false, false, &packet);
+    }
+    write(&dir, "mixed", &input);
+
+    // worker: audio with extensions across a rollover, a VP8 keyframe, the subscriber's feedback on
+    // both consumers, the publisher's sender report, a tick, STUN from the subscriber.
+    let dir = root.join("worker");
+    for (index, _) in PROFILES.iter().enumerate() {
+        for publisher_rtcp in [false, true] {
+            let mut input = vec![index as u8 | if publisher_rtcp { 4 } else { 0 }];
+            for seq in [65_534u16, 65_535, 0, 1] {
+                push_record(
+                    &mut input,
+                    false,
+                    true,
+                    &rtp(seq, AUDIO_SSRC, true, b"opus frame"),
+                );
+            }
+            push_record(&mut input, false, true, &vp8_keyframe(100));
+            push_record(&mut input, false, true, &vp8_keyframe(101));
+            for media in [CONSUMER_SSRCS[0], CONSUMER_SSRCS[1]] {
+                for packet in rtcp_feedback(0x5EED, media) {
+                    push_record(&mut input, true, false, &packet);
+                }
+            }
+            push_record(&mut input, true, false, &rtcp_sr(AUDIO_SSRC));
+            push_record(&mut input, true, true, &[100]); // tick 1 s later
+            push_record(&mut input, true, true, &plain[4].1);
+            push_record(&mut input, false, false, &plain[5].1); // DTLS from the publisher
+            write(&dir, &format!("{index}-{publisher_rtcp}"), &input);
+        }
     }
 
     let dir = root.join("srtp");

@@ -4,37 +4,31 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use voxa_dataplane_fuzz::{
-    protectable_rtp, session, PROFILES, RECORD_LEN_MASK, RECORD_PROTECT, RECORD_RTCP,
-};
+use voxa_dataplane_fuzz::{protectable_rtp, records, session, PROFILES};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, mut rest)) = data.split_first() else {
+    let Some((&selector, rest)) = data.split_first() else {
         return;
     };
     let mut s = session(PROFILES[(selector & 3) as usize], selector & 4 != 0);
     let mut out = Vec::with_capacity(1500);
-    while rest.len() >= 2 {
-        let header = u16::from_be_bytes([rest[0], rest[1]]);
-        let len = ((header & RECORD_LEN_MASK) as usize).min(rest.len() - 2);
-        let packet = &rest[2..2 + len];
-        rest = &rest[2 + len..];
-        let rtcp = header & RECORD_RTCP != 0;
-        match (rtcp, header & RECORD_PROTECT != 0) {
-            (false, true) => {
+    for (flags, packet) in records(rest) {
+        // Flag bit 1 (header bit 15): RTCP; bit 0 (header bit 14): protect.
+        match flags {
+            1 => {
                 if protectable_rtp(packet) {
                     let _ = s.protect_rtp(packet, &mut out);
                 }
             }
-            (true, true) => {
+            3 => {
                 let _ = s.protect_rtcp(packet, &mut out);
             }
-            (false, false) => {
+            0 => {
                 if s.unprotect_rtp(packet, &mut out).is_ok() {
                     assert_eq!(out.len() + s.rtp_overhead, packet.len());
                 }
             }
-            (true, false) => {
+            _ => {
                 if s.unprotect_rtcp(packet, &mut out).is_ok() {
                     assert_eq!(out.len() + s.rtcp_overhead, packet.len());
                 }

@@ -64,6 +64,8 @@ def test_the_dataplane_is_built_by_the_maturin_its_build_system_names() -> None:
     (wanted,) = [r for r in requires if r.startswith("maturin")]
     script = (ROOT / ".ci" / "dataplane.sh").read_text()
     assert f"MATURIN_SPEC='{wanted}'" in script, ".ci/dataplane.sh must install the crate's maturin range"
+    # The Dockerfile's dataplane-source stage (a plain `docker build`) installs the same range.
+    assert f'pip install -q "{wanted}"' in (ROOT / "Dockerfile").read_text()
 
 
 def test_the_dataplane_wheel_ships_its_type_stub() -> None:

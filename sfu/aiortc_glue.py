@@ -23,13 +23,13 @@ import contextlib
 import random
 from collections.abc import Callable
 from importlib.metadata import version
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 import pylibsrtp
 import voxa_dataplane
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import Connection, StunProtocol
-from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCPeerConnection
+from aiortc import RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
 
 PINNED = {"aiortc": "1.16.0", "aioice": "0.13.0", "pylibsrtp": "1.0.0"}
 
@@ -315,6 +315,12 @@ def export_srtp_keys(dtls: RTCDtlsTransport) -> tuple[int, bytes, bool]:
 # --- the SFU benchmark's load peers (bench/loadgen/rtc.py) -------------------------------------------
 
 
+class ClientConnection(Protocol):
+    """What these helpers use of an aiortc client peer connection."""
+
+    def getTransceivers(self) -> list[Any]: ...
+
+
 class ClientMediaPath(NamedTuple):
     """A connected aiortc peer connection's SRTP sessions and nominated pair, for raw SRTP load."""
 
@@ -324,7 +330,7 @@ class ClientMediaPath(NamedTuple):
     remote_addr: tuple[str, int]
 
 
-def client_media_path(pc: RTCPeerConnection) -> ClientMediaPath:
+def client_media_path(pc: ClientConnection) -> ClientMediaPath:
     """The SRTP sessions and nominated candidate pair of a connected client peer connection.
 
     Raises RuntimeError before DTLS/ICE are up. The load generator sends and receives raw SRTP on it
@@ -342,7 +348,7 @@ def client_media_path(pc: RTCPeerConnection) -> ClientMediaPath:
     return ClientMediaPath(dtls._tx_srtp, dtls._rx_srtp, pair.protocol, pair.remote_addr)
 
 
-def stop_idle_sender_loops(pc: RTCPeerConnection) -> None:
+def stop_idle_sender_loops(pc: ClientConnection) -> None:
     """Cancel aiortc's RTP loop of senders without a track (it only sleeps 20 ms in a loop)."""
     for transceiver in pc.getTransceivers():
         task = getattr(transceiver.sender, "_RTCRtpSender__rtp_task", None)

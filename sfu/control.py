@@ -82,7 +82,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
     except (NotFound, KeyError) as exc:  # KeyError: the native data plane's not-found
-        return _error(404, str(exc).strip("'\""))
+        return _error(404, str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
     except Conflict as exc:
         return _error(409, str(exc))
     except (SdpError, NegotiationError, TransportError) as exc:

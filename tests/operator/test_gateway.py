@@ -192,7 +192,7 @@ def test_gateway_children_status_and_turn_settings_for_a_voiceserver(
 
     def endpoints_follow_pods() -> bool:
         ips = sfu_ips()
-        return len(ips) == 2 and all(ips) and endpoints() == sorted(f"{ip}/32:<40000-49999>" for ip in ips)
+        return len(ips) == 2 and all(ips) and endpoints() == sorted(f"{ip}/32:<40000-40000>" for ip in ips)
 
     eventually(endpoints_follow_pods, 60, "gateway endpoints = the two SFU pod IPs")
     # A pod replaced: the endpoints follow.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SFU's native data plane (sfu/dataplane/, the PyO3 module voxa_dataplane): build its wheel with
 # maturin and install it into .venv, only when its sources changed since the last install (a stamp in
-# .venv holds a hash of Cargo.toml, Cargo.lock, pyproject.toml, the type stub and src/). Cargo's
+# .venv holds a hash of Cargo.toml, Cargo.lock, pyproject.toml, the type stub, src/ and this script). Cargo's
 # output lives under ~/.cache/voxa/cargo/dataplane, outside the checkout, so a fresh clone on a warm
 # machine rebuilds in seconds. Prints the wheel's path (the image build copies it into build/wheels).
 #
@@ -16,9 +16,12 @@ CRATE=sfu/dataplane
 MATURIN_SPEC='maturin>=1.7,<2'
 CACHE=${VOXA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/voxa}
 export CARGO_TARGET_DIR="$CACHE/cargo/dataplane"
-# pyo3's build script picks an interpreter: the venv's, always, so its configuration (and cargo's
-# fingerprints) are the same for maturin, clippy and the tests.
-export PYO3_PYTHON="$PWD/.venv/bin/python"
+# pyo3's build script picks an interpreter: the venv's base interpreter, always, so its configuration
+# (and cargo's fingerprints) are the same for maturin, clippy and the tests, and for every checkout
+# (a path inside the checkout would rebuild pyo3 in each clone). The module is abi3: any CPython
+# >= 3.11 imports it.
+PYO3_PYTHON=$(readlink -f .venv/bin/python)
+export PYO3_PYTHON
 if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
@@ -38,7 +41,7 @@ sources_hash() {
   {
     echo "$MATURIN_SPEC"
     cargo --version
-    find "$CRATE/Cargo.toml" "$CRATE/Cargo.lock" "$CRATE/pyproject.toml" "$CRATE"/*.pyi "$CRATE/src" \
+    find .ci/dataplane.sh "$CRATE/Cargo.toml" "$CRATE/Cargo.lock" "$CRATE/pyproject.toml" "$CRATE"/*.pyi "$CRATE/src" \
       -type f 2>/dev/null | LC_ALL=C sort | xargs sha256sum
   } | sha256sum | cut -d' ' -f1
 }
@@ -64,7 +67,7 @@ start=$SECONDS
 # cdylib file names carry no hash, so sharing that folder would rebuild one after the other.
 triple=$(rustc -vV | sed -n 's/^host: //p')
 if ! .venv/bin/maturin build --release --locked --manifest-path "$CRATE/Cargo.toml" --target "$triple" \
-  --interpreter .venv/bin/python --out "$out" >"$log" 2>&1; then
+  --interpreter "$PYO3_PYTHON" --out "$out" >"$log" 2>&1; then
   cat "$log" >&2
   exit 1
 fi

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The SFU's native data plane (sfu/dataplane/, the PyO3 module voxa_dataplane): build its wheel with
-# maturin and install it into .venv, only when its sources changed since the last install (a stamp in
-# .venv holds a hash of Cargo.toml, Cargo.lock, pyproject.toml, the type stub, src/ and this script). Cargo's
-# output lives under ~/.cache/voxa/cargo/dataplane, outside the checkout, so a fresh clone on a warm
-# machine rebuilds in seconds. Prints the wheel's path (the image build copies it into build/wheels).
+# maturin and install it into .venv, only when its sources changed since the last install (a stamp
+# in .venv holds a hash of Cargo.toml, Cargo.lock, pyproject.toml, the type stub, src/ and this
+# script). Cargo's output lives under ~/.cache/voxa/cargo/dataplane, outside the checkout, so a fresh
+# clone on a warm machine rebuilds in seconds. Prints the wheel's path (the image build copies it into build/wheels).
 #
 #   bash .ci/dataplane.sh            build if needed, install, print the wheel
 #   bash .ci/dataplane.sh --env      the environment the other cargo commands share, as shell

@@ -11,11 +11,19 @@
 # and REDIS_BASE_IMAGE, puts the Python wheels in build/wheels/ (then pip installs from there and
 # nothing else) and the stunnerd binary in build/images/. BuildKit builds only the target asked for.
 #
+# The SFU's native data plane (sfu/dataplane/, the voxa_dataplane extension module) is a wheel too:
+# `make images` builds it on the host (.ci/dataplane.sh, with the cached cargo output) into
+# build/wheels/ and passes DATAPLANE=dataplane-prebuilt; a plain `docker build` compiles it in a Rust
+# image (RUST_IMAGE) instead. Either way the voxa image holds no Rust toolchain.
+#
 # Every image runs as a non-root user (10001) and needs nothing writable but what the pod mounts:
 # bytecode is compiled at build time, so a read-only root filesystem is fine.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG REDIS_BASE_IMAGE=debian:bookworm-slim
+ARG RUST_IMAGE=rust:1-slim-bookworm
+# dataplane-source (compile in RUST_IMAGE) or dataplane-prebuilt (the wheel in build/wheels/).
+ARG DATAPLANE=dataplane-source
 
 # ---------------------------------------------------------------------------------------------------
 FROM scratch AS stunnerd
@@ -49,14 +57,35 @@ EXPOSE 6379
 ENTRYPOINT ["redis-server"]
 
 # ---------------------------------------------------------------------------------------------------
+# The voxa_dataplane wheel in /wheels, from one of these two stages (BuildKit builds only the one
+# DATAPLANE names).
+FROM ${RUST_IMAGE} AS dataplane-source
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+COPY sfu/dataplane /src/sfu/dataplane
+RUN set -eu; \
+    python3 -m venv /opt/maturin; \
+    /opt/maturin/bin/pip install -q "maturin>=1.7,<2"; \
+    /opt/maturin/bin/maturin build --release --locked --manifest-path /src/sfu/dataplane/Cargo.toml \
+        --out /wheels
+
+FROM scratch AS dataplane-prebuilt
+COPY build/wheels/voxa_dataplane-*.whl /wheels/
+
+FROM ${DATAPLANE} AS dataplane
+
+# ---------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 COPY . /src
+COPY --from=dataplane /wheels /wheels
 # With build/wheels/ in the context pip uses it alone (an offline build); otherwise it uses PyPI.
 RUN set -eu; \
     python3 -m venv /opt/voxa; \
     if [ -d /src/build/wheels ]; then set -- --no-index --find-links=/src/build/wheels; else set --; fi; \
     /opt/voxa/bin/pip install "$@" /src; \
+    /opt/voxa/bin/pip install --no-index --no-deps /wheels/voxa_dataplane-*.whl; \
+    /opt/voxa/bin/python -c "import voxa_dataplane"; \
     /opt/voxa/bin/pip uninstall -q -y setuptools pip; \
     find /opt/voxa -depth -type d \( -name tests -o -name test \) -path '*/site-packages/*' \
         ! -path '*/voxa/*' -exec rm -rf {} +; \

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PKGS := -p voxa.common -p voxa.signaling -p voxa.sfu -p voxa.operator -p voxa.client
 
-.PHONY: setup setup-test demo test test-quick lint typecheck pytest bench clean crds
+.PHONY: setup setup-test demo test test-quick lint typecheck rust rust-quick fuzz pytest bench clean crds
 
 # What `make demo` needs (the venv and the runtime dependencies); setup-test adds the rest.
 setup:
@@ -26,14 +26,26 @@ typecheck: setup-test
 	# bench/e2e.py alone: as a script its module name, e2e, would clash with the e2e/ package.
 	$(VENV)/bin/mypy bench/e2e.py
 
+# The native data plane (sfu/dataplane/): rustfmt, clippy -D warnings, cargo test --release (.ci/rust.sh);
+# cargo's output is cached in ~/.cache/voxa/cargo/dataplane.
+rust: setup-test
+	@bash .ci/rust.sh
+
+rust-quick: setup-test
+	@bash .ci/rust.sh --quick
+
+# A bounded fuzz run of every cargo-fuzz target in sfu/dataplane/fuzz/ (FUZZ_SECONDS each, default 20).
+fuzz: setup-test
+	@bash .ci/fuzz.sh
+
 pytest: setup-test
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # Everything CI runs.
-test: lint typecheck pytest
+test: lint typecheck rust fuzz pytest
 
-# The fast subset for the edit-run loop: skips suites marked slow.
-test-quick: setup-test
+# The fast subset for the edit-run loop: skips suites marked slow, clippy and fuzzing.
+test-quick: rust-quick
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup-test

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything Voxa's tests need on a fresh Debian machine, idempotently: what `make demo` needs
 # (.ci/setup.sh), then the Debian packages (only those missing), the development tools in the venv,
-# the npm packages the browser and phoenix-client tests drive, stunnerd, helm and livekit-server (with
-# the benchmark's LiveKit load client) from their Go modules. The Kubernetes binaries, the kind tools and the images are built by the test fixtures that
+# the npm packages the browser and phoenix-client tests drive, the nightly Rust toolchain and
+# cargo-fuzz (the native data plane's fuzz smoke run), stunnerd, helm and livekit-server (with the
+# benchmark's LiveKit load client) from their Go modules. The Kubernetes binaries, the kind tools and the images are built by the test fixtures that
 # need them (e2e/cluster, e2e/kind), before the first test that uses them; all of it is cached under
 # ~/.cache/voxa/.
 set -euo pipefail
@@ -47,6 +48,25 @@ done
 if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/ws ] || [ ! -d node_modules/web-push-testing ] \
   || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
+fi
+
+# The fuzz smoke run of the native data plane (.ci/fuzz.sh) needs a nightly toolchain and cargo-fuzz,
+# installed once into the cache (crates.io only; the fuzz targets build offline from then on).
+CARGO_FUZZ_VERSION=0.13.2
+CACHE=${VOXA_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/voxa}
+[ -x "$HOME/.cargo/bin/rustup" ] && export PATH="$HOME/.cargo/bin:$PATH"
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "setup: installing the nightly Rust toolchain (for cargo-fuzz)"
+  rustup toolchain install nightly --profile minimal >/dev/null
+fi
+if [ "$("$CACHE/cargo-fuzz/bin/cargo-fuzz" --version 2>/dev/null)" != "cargo-fuzz $CARGO_FUZZ_VERSION" ]; then
+  echo "setup: installing cargo-fuzz $CARGO_FUZZ_VERSION into $CACHE/cargo-fuzz"
+  log=$(mktemp)
+  if ! cargo install --quiet --locked --root "$CACHE/cargo-fuzz" --version "$CARGO_FUZZ_VERSION" cargo-fuzz >"$log" 2>&1; then
+    cat "$log"
+    exit 1
+  fi
+  rm -f "$log"
 fi
 
 # stunnerd (STUNner's TURN dataplane), helm, and livekit-server with the benchmark's Go load client

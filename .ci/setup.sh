@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What `make demo` needs on a fresh Debian machine, idempotently and nothing more: the Python venv
-# with the project in editable mode (its runtime dependencies only) and the official phoenix JS client
-# that signaling serves to its browser client (npm, without the test-only packages). The test suite's
-# own set-up, .ci/setup-test.sh, adds everything else.
+# with the project in editable mode (its runtime dependencies only), the SFU's native data plane
+# (the voxa_dataplane module, built from sfu/dataplane/ by maturin when its sources changed:
+# .ci/dataplane.sh) and the official phoenix JS client that signaling serves to its browser client
+# (npm, without the test-only packages). The test suite's own set-up, .ci/setup-test.sh, adds
+# everything else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   rm -f "$log"
   touch "$stamp"
 fi
+
+bash .ci/dataplane.sh >/dev/null
 
 if [ ! -f node_modules/phoenix/priv/static/phoenix.mjs ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --omit=dev --silent --no-audit --no-fund

@@ -34,6 +34,7 @@ from voxa.common.version import IMAGE_REGISTRY, VERSION, image
 
 KUBE_BUILD = ROOT / "e2e" / "cluster" / "build.sh"
 STUNNERD_BUILD = ROOT / "e2e" / "turn" / "build.sh"
+DATAPLANE_BUILD = ROOT / ".ci" / "dataplane.sh"
 TOOLS = HERE / "tools.sh"
 ROOTFS = HERE / "rootfs.sh"
 NODE_FILES = HERE / "node"
@@ -121,7 +122,9 @@ environment markers (python_full_version 3.11.2, say) select what the image's pi
 
 def wheels() -> Path:
     """build/wheels: the voxa package's dependencies as wheels (and setuptools, its build backend),
-    fetched by pip on the host, so the image build itself needs no network."""
+    fetched by pip on the host, so the image build itself needs no network; and the SFU's native data
+    plane (voxa_dataplane), built on the host from sfu/dataplane/ (.ci/dataplane.sh: only when its
+    sources changed, with the cargo output cached)."""
     out = BUILD_DIR / "wheels"
     venv = BUILD_DIR / "wheel-venv"
     if not (venv / "bin" / "pip").exists():
@@ -135,6 +138,8 @@ def wheels() -> Path:
     # The project's own wheel is rebuilt from the sources in the image: keep only its dependencies.
     for own in out.glob("voxa-*.whl"):
         own.unlink()
+    dataplane = ROOT / script(DATAPLANE_BUILD)
+    shutil.copy2(dataplane, out / dataplane.name)
     return out
 
 
@@ -154,7 +159,12 @@ def voxa_images(registry: str = IMAGE_REGISTRY) -> dict[str, str]:
     start = time.monotonic()
     _, stunnerd_version = stunnerd_binary()
     wheels()
-    common = {"VERSION": VERSION, "BASE_IMAGE": base_image("python"), "REDIS_BASE_IMAGE": base_image("redis")}
+    common = {
+        "VERSION": VERSION,
+        "BASE_IMAGE": base_image("python"),
+        "REDIS_BASE_IMAGE": base_image("redis"),
+        "DATAPLANE": "dataplane-prebuilt",  # the wheel wheels() put in build/wheels
+    }
     refs = {}
     for target in VOXA_TARGETS:
         ref = image(target, registry)

@@ -43,3 +43,33 @@ def test_the_standard_library_imports_from_the_repository_root() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert str(ROOT) not in result.stdout
+
+
+DATAPLANE = ROOT / "sfu" / "dataplane"
+
+
+def test_the_dataplane_crate_has_the_one_version() -> None:
+    from voxa.common.version import VERSION
+
+    crate = tomllib.loads((DATAPLANE / "Cargo.toml").read_text())["package"]
+    assert crate["version"] == VERSION, "sfu/dataplane/Cargo.toml's version must be voxa.common.version's"
+    # Cargo.lock is committed and the build runs `--locked`: it must name the same version.
+    lock = tomllib.loads((DATAPLANE / "Cargo.lock").read_text())["package"]
+    (locked,) = [p["version"] for p in lock if p["name"] == crate["name"]]
+    assert locked == VERSION, "sfu/dataplane/Cargo.lock is stale: run `cargo update -w` in sfu/dataplane"
+
+
+def test_the_dataplane_is_built_by_the_maturin_its_build_system_names() -> None:
+    requires = tomllib.loads((DATAPLANE / "pyproject.toml").read_text())["build-system"]["requires"]
+    (wanted,) = [r for r in requires if r.startswith("maturin")]
+    script = (ROOT / ".ci" / "dataplane.sh").read_text()
+    assert f"MATURIN_SPEC='{wanted}'" in script, ".ci/dataplane.sh must install the crate's maturin range"
+    # The Dockerfile's dataplane-source stage (a plain `docker build`) installs the same range.
+    assert f'pip install -q "{wanted}"' in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_dataplane_wheel_ships_its_type_stub() -> None:
+    # maturin puts <module-name>.pyi next to pyproject.toml into the wheel, with py.typed; mypy reads
+    # it from site-packages.
+    module = tomllib.loads((DATAPLANE / "pyproject.toml").read_text())["tool"]["maturin"]["module-name"]
+    assert (DATAPLANE / f"{module}.pyi").is_file()

@@ -254,23 +254,15 @@ def test_header_extensions_and_csrcs(profile: int) -> None:
 
 # rtc-srtp 0.21.1 takes the payload offset from rtc-rtp's re-marshalled header size, not from the
 # header's length on the wire as libsrtp does; the two differ for a one-byte extension element that
-# runs past its block (larger) or the reserved id 15 (smaller). When src/srtp.rs checks the header
-# itself (or rtc-srtp is fixed) the xfails below pass, and strict=True asks to drop the marks.
-RTC_RTP_OFFSET = "rtc-srtp 0.21.1 uses rtc-rtp's marshal_size() as the payload offset (fuzz/README.md)"
+# runs past its block (larger) or the reserved id 15 (smaller). src/srtp.rs hands rtc-srtp the header
+# as this crate parses it (its length on the wire), so these cases seal and open as libsrtp does.
 OVERRUN = b"\x13\x00\x00\x00"
 """A one-word one-byte-extension block whose element (id 1) claims 4 bytes: 1 more than the block."""
 
 
 @pytest.mark.parametrize(
     "profile",
-    [
-        pytest.param(
-            pid,
-            id=f"0x{pid:04x}",
-            marks=pytest.mark.xfail(strict=True, raises=BaseException, reason=f"panics: {RTC_RTP_OFFSET}"),
-        )
-        for pid in OPENSSL_NAMES
-    ],
+    [pytest.param(pid, id=f"0x{pid:04x}") for pid in OPENSSL_NAMES],
 )
 def test_protect_of_a_malformed_header_does_not_panic(profile: int) -> None:
     """Protect must refuse (ValueError) or seal what it is given, never panic: a panic is a
@@ -284,13 +276,13 @@ def test_protect_of_a_malformed_header_does_not_panic(profile: int) -> None:
 @pytest.mark.parametrize(
     "profile",
     [
-        pytest.param(0x0001, id="0x0001", marks=pytest.mark.xfail(strict=True, reason=RTC_RTP_OFFSET)),
+        pytest.param(0x0001, id="0x0001"),
         pytest.param(0x0007, id="0x0007"),
     ],
 )
 def test_an_extension_element_past_its_block(profile: int) -> None:
     """libsrtp seals this malformed packet (it reads only the block's length). The SFU must open it
-    unchanged or drop it; AES-CM opens it with the first payload bytes still encrypted."""
+    unchanged or drop it (rtc-srtp left alone opened it with the first payload bytes still encrypted)."""
     p = pair(profile, sfu_is_client=False)
     packet = rtp(5, b"abcdefgh", extension=OVERRUN)
     try:
@@ -303,13 +295,13 @@ def test_an_extension_element_past_its_block(profile: int) -> None:
 @pytest.mark.parametrize(
     "profile",
     [
-        pytest.param(0x0001, id="0x0001", marks=pytest.mark.xfail(strict=True, reason=RTC_RTP_OFFSET)),
-        pytest.param(0x0007, id="0x0007", marks=pytest.mark.xfail(strict=True, reason=RTC_RTP_OFFSET)),
+        pytest.param(0x0001, id="0x0001"),
+        pytest.param(0x0007, id="0x0007"),
     ],
 )
 def test_the_reserved_extension_id_15(profile: int) -> None:
     """RFC 8285 §4.2: at id 15 a receiver stops reading elements; the block still ends where its length
-    says. AES-CM then decrypts from the wrong offset (a wrong payload), GCM fails authentication."""
+    says (rtc-srtp left alone decrypted AES-CM from the wrong offset and failed GCM's authentication)."""
     p = pair(profile, sfu_is_client=False)
     packet = rtp(6, b"payload!", extension=b"\x10a\xf0\x00\x30\x85\x00\x00")
     assert p.sfu.unprotect_rtp(p.peer.tx.protect(packet)) == packet

@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use voxa_dataplane::classify::{classify, Kind};
 use voxa_dataplane::worker::Outbox;
-use voxa_dataplane_fuzz::{protectable_rtp, records, worker_room, PROFILES};
+use voxa_dataplane_fuzz::{records, worker_room, PROFILES};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, rest)) = data.split_first() else {
@@ -26,9 +26,7 @@ fuzz_target!(|data: &[u8]| {
         match flags {
             0 => room.worker.handle(room.publisher, record, now, &mut out),
             1 => {
-                if protectable_rtp(record)
-                    && room.publisher_srtp.protect_rtp(record, &mut sealed).is_ok()
-                {
+                if room.publisher_srtp.protect_rtp(record, &mut sealed).is_ok() {
                     room.worker.handle(room.publisher, &sealed, now, &mut out);
                 }
             }

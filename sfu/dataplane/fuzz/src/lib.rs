@@ -71,34 +71,6 @@ pub fn push_record(input: &mut Vec<u8>, rtcp: bool, protect: bool, packet: &[u8]
     input.extend_from_slice(&packet[..len]);
 }
 
-/// The RTP header's length on the wire (RFC 3550 §5.1, 5.3.1: fixed part, CSRCs, extension block).
-pub fn wire_header_len(packet: &[u8]) -> Option<usize> {
-    let first = *packet.first()?;
-    let mut len = 12 + 4 * (first & 0x0f) as usize;
-    if first & 0x10 != 0 {
-        let words = packet.get(len + 2..len + 4)?;
-        len += 4 + 4 * u16::from_be_bytes([words[0], words[1]]) as usize;
-    }
-    (len <= packet.len()).then_some(len)
-}
-
-/// Whether rtc-srtp 0.21.1 can protect this packet without panicking: it encrypts from the offset
-/// rtc-rtp's `Header::marshal_size()` gives, which differs from the wire length when a one-byte
-/// header extension element runs past the extension block (then larger: a slice panic in
-/// `encrypt_rtp`, both ciphers) or when the block holds the reserved id 15 (then smaller). Until
-/// `srtp.rs` rejects such packets before calling rtc-srtp, the `srtp` target skips them on the
-/// protect path so the smoke run looks for other bugs (see ../README.md).
-pub fn protectable_rtp(packet: &[u8]) -> bool {
-    let Some(wire) = wire_header_len(packet) else {
-        return false;
-    };
-    let mut buf = packet;
-    match rtc_rtp::Header::unmarshal(&mut buf) {
-        Ok(header) => header.marshal_size() == wire,
-        Err(_) => true, // rejected before the slice: an error, not a panic
-    }
-}
-
 /// The `worker` target's room: a worker with two connected peers, each with the SFU side of the
 /// fixed keys. The publisher sends audio (SSRC 111, PT 111, mid "0", audio level id 3) and VP8
 /// video (SSRC 222, PT 96, mid "1") to the subscriber, which sends audio (SSRC 333) back.

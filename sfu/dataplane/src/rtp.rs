@@ -63,54 +63,15 @@ fn be32(d: &[u8], i: usize) -> u32 {
 /// Parse and check an RTP packet's header; every offset in the result lies inside `data`.
 #[inline]
 pub fn parse(data: &[u8]) -> Result<Header, RtpError> {
-    let n = data.len();
-    if n < 12 {
-        return Err(RtpError::TooShort);
-    }
-    let b0 = data[0];
-    if b0 >> 6 != 2 {
-        return Err(RtpError::BadVersion);
-    }
-    let csrc_end = 12 + 4 * (b0 & 0x0F) as usize;
-    if csrc_end > n {
-        return Err(RtpError::CsrcsPastEnd);
-    }
-    let (mut ext_profile, mut ext_start, mut ext_end) = (0u16, csrc_end, csrc_end);
-    let mut payload_start = csrc_end;
-    if b0 & 0x10 != 0 {
-        if csrc_end + 4 > n {
-            return Err(RtpError::ExtensionPastEnd);
-        }
-        ext_profile = be16(data, csrc_end);
-        let words = be16(data, csrc_end + 2) as usize;
-        ext_start = csrc_end + 4;
-        ext_end = ext_start + 4 * words;
-        if ext_end > n {
-            return Err(RtpError::ExtensionPastEnd);
-        }
-        payload_start = ext_end;
-    }
-    let mut payload_end = n;
-    if b0 & 0x20 != 0 {
-        let pad = data[n - 1] as usize;
-        if pad == 0 || payload_start + pad > n {
+    let mut h = parse_header_only(data)?;
+    if data[0] & 0x20 != 0 {
+        let pad = data[data.len() - 1] as usize;
+        if pad == 0 || h.payload_start + pad > data.len() {
             return Err(RtpError::BadPadding);
         }
-        payload_end = n - pad;
+        h.payload_end = data.len() - pad;
     }
-    Ok(Header {
-        marker: data[1] & 0x80 != 0,
-        payload_type: data[1] & 0x7F,
-        seq: be16(data, 2),
-        timestamp: be32(data, 4),
-        ssrc: be32(data, 8),
-        csrc_end,
-        ext_profile,
-        ext_start,
-        ext_end,
-        payload_start,
-        payload_end,
-    })
+    Ok(h)
 }
 
 /// `parse` for a packet whose payload may be encrypted (SRTP): the padding bit is not checked, since

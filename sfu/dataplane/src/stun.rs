@@ -210,7 +210,12 @@ pub fn build_binding_success(
             }
         }
     }
-    // MESSAGE-INTEGRITY over the message with the length covering it.
+    sign(out, password);
+}
+
+/// Append MESSAGE-INTEGRITY (keyed by `password`) and FINGERPRINT, each over the message with its
+/// length field covering that attribute (RFC 8489 §14.5, §14.7).
+fn sign(out: &mut Vec<u8>, password: &[u8]) {
     let len = (out.len() - 20 + 24) as u16;
     out[2..4].copy_from_slice(&len.to_be_bytes());
     let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, password);
@@ -218,7 +223,6 @@ pub fn build_binding_success(
     out.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
     out.extend_from_slice(&20u16.to_be_bytes());
     out.extend_from_slice(tag.as_ref());
-    // FINGERPRINT
     let len = (out.len() - 20 + 8) as u16;
     out[2..4].copy_from_slice(&len.to_be_bytes());
     let crc = crc32fast::hash(out) ^ FINGERPRINT_XOR;
@@ -250,19 +254,7 @@ pub fn build_binding_request(
         out.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
         out.extend_from_slice(&[0, 0]);
     }
-    let len = (out.len() - 20 + 24) as u16;
-    out[2..4].copy_from_slice(&len.to_be_bytes());
-    let key = hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, password);
-    let tag = hmac::sign(&key, out);
-    out.extend_from_slice(&ATTR_MESSAGE_INTEGRITY.to_be_bytes());
-    out.extend_from_slice(&20u16.to_be_bytes());
-    out.extend_from_slice(tag.as_ref());
-    let len = (out.len() - 20 + 8) as u16;
-    out[2..4].copy_from_slice(&len.to_be_bytes());
-    let crc = crc32fast::hash(out) ^ FINGERPRINT_XOR;
-    out.extend_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
-    out.extend_from_slice(&4u16.to_be_bytes());
-    out.extend_from_slice(&crc.to_be_bytes());
+    sign(out, password);
 }
 
 #[cfg(test)]

@@ -71,7 +71,14 @@ class SfuLink:
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             async with self.gateway.http.request(method, self.base + path, json=body) as resp:
-                data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                try:
+                    data: dict[str, Any] = (
+                        await resp.json(content_type=None) if resp.content_length != 0 else {}
+                    )
+                except ValueError:
+                    if resp.status < 400:
+                        raise
+                    data = {}  # an error page that is not JSON (an unknown route): the status says enough
                 if resp.status >= 400:
                     raise MediaError(
                         str(data.get("error", f"media server answered {resp.status}")),

@@ -51,7 +51,7 @@ def streams(sources: Mapping[str, str]) -> bool:
 
 def parse_video_quality(payload: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(track, SFU body) of a `video_quality` push. `max_width`/`max_height` are what the tile shows, in
-    CSS pixels (null or 0: no cap); `paused` stops the video altogether (a hidden or off-screen tile)."""
+    device pixels (null or 0: no cap); `paused` stops the video altogether (a hidden or off-screen tile)."""
     track = payload.get("track")
     if not isinstance(track, str) or not TRACK.match(track):
         raise ChannelError("video_quality needs a track id (the msid track id of the received video)")

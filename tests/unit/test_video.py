@@ -27,7 +27,8 @@ def test_sources() -> None:
     assert streams({"2": "screen"}) and streams({"3": "screen_audio"})
     with pytest.raises(ChannelError, match="at most"):
         parse_sources({str(i): "camera" for i in range(MAX_SOURCES + 1)})
-    for bad in ([], {"0": None}, {"0": "Camera"}, {"a b": "camera"}, {"x" * 33: "camera"}):
+    malformed: list[object] = [[], {"0": None}, {"0": "Camera"}, {"a b": "camera"}, {"x" * 33: "camera"}]
+    for bad in malformed:
         with pytest.raises(ChannelError):
             parse_sources(bad)
 

@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -411,6 +411,16 @@ async def test_camera_and_screen_share_reach_the_other_page(
     )
     sent = await bob.until(lambda: _sent_quality(bob, "alice", "camera"), "a video_quality push")
     assert sent["paused"] is False and sent["max_width"] > 0 and sent["max_height"] > 0, sent
+    # Dynacast: the SFU tells Alice which layers Bob receives, and her encoder follows (by rid).
+    await alice.until(lambda: _layers_follow(alice, lambda active: any(active.values())), "publish_layers")
+
+    # Bob hides the tile: it asks for nothing (paused), nobody receives any layer, Alice encodes none.
+    await bob.js("document.querySelector('#grid .tile[data-source=camera]').style.display = 'none'")
+    paused = await bob.until(lambda: _sent_quality(bob, "alice", "camera", paused=True), "a paused tile")
+    assert paused["max_width"] == 0, paused
+    await alice.until(lambda: _layers_follow(alice, lambda active: not any(active.values())), "no layers")
+    await bob.js("document.querySelector('#grid .tile[data-source=camera]').style.display = ''")
+    await alice.until(lambda: _layers_follow(alice, lambda active: any(active.values())), "layers again")
 
     # Alice shares her screen (Chromium's fake capture): a second tile on both pages.
     await alice.click("#screen")
@@ -466,10 +476,21 @@ async def _no_tile(client: Client, user: str, source: str) -> bool:
     return not any(t["user"] == user and t["source"] == source for t in await client.tiles())
 
 
-async def _sent_quality(client: Client, user: str, source: str) -> dict[str, Any] | None:
+async def _sent_quality(
+    client: Client, user: str, source: str, paused: bool = False
+) -> dict[str, Any] | None:
     tile = await _tile(client, user, source)
     sent: dict[str, Any] | None = tile["sent"] if tile else None
-    return sent
+    return sent if sent and sent["paused"] is paused else None
+
+
+async def _layers_follow(client: Client, wanted: Callable[[dict[str, bool]], bool]) -> bool:
+    """The camera's last publish_layers matches `wanted`, and its encodings' `active` follow it."""
+    camera = next((p for p in (await client.video())["publishing"] if p["source"] == "camera"), None)
+    requested = camera["requested"] if camera else None
+    if not requested or not wanted(requested):
+        return False
+    return all(e["active"] is requested.get(e["rid"], e["active"]) for e in camera["encodings"])
 
 
 async def _both_listed(client: Client) -> list[dict[str, Any]] | None:

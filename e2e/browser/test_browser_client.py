@@ -488,7 +488,7 @@ async def _layers_follow(client: Client, wanted: Callable[[dict[str, bool]], boo
     """The camera's last publish_layers matches `wanted`, and its encodings' `active` follow it."""
     camera = next((p for p in (await client.video())["publishing"] if p["source"] == "camera"), None)
     requested = camera["requested"] if camera else None
-    if not requested or not wanted(requested):
+    if camera is None or not requested or not wanted(requested):
         return False
     return all(e["active"] is requested.get(e["rid"], e["active"]) for e in camera["encodings"])
 

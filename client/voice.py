@@ -27,7 +27,10 @@ What it does, and why:
   stopped, in that order, because aiortc ends a sender for good when its track raises
   MediaStreamError; unmute gives the sender a new track whose timestamps carry on from the old one.
 * The client is audio-only: video m-sections the SFU offers are answered ``inactive``, so no VP8 is
-  decoded for nothing.
+  decoded for nothing. It still speaks the video parts of the protocol that make sense without
+  decoding: `video_quality` (e.g. pause a participant's video for this session) and the presence
+  `tracks`/`streaming` fields in ``presence_update``; a `publish_layers` push (only sent to publishers
+  of video, which this client is not) is surfaced as an event.
 * Glare (an SFU offer while our own is pending, or our offer answered ``{"ignored": true}``): the
   polite peer rolls its offer back, answers the SFU's, then offers again. aiortc has no rollback, so
   `rollback_local_offer` restores the two pieces of state a re-offer changes. In practice the client
@@ -267,7 +270,8 @@ class VoiceEvent:
     ``track`` / ``track_ended`` (user, session_id, mid), ``media_state`` (state: aiortc's
     connectionState), ``media_reset`` (reason), ``reconnecting`` (attempt, delay_s, reason),
     ``disconnected`` (by, reason), ``moved`` (by, channel_id), ``call_ended`` (call_id, reason: on a
-    call's topic, the call is over or we left it), ``error`` (reason, fatal), ``left``."""
+    call's topic, the call is over or we left it), ``publish_layers`` (mid, active), ``error`` (reason,
+    fatal), ``left``."""
 
     type: str
     data: dict[str, Any] = field(default_factory=dict)
@@ -279,6 +283,8 @@ class VoiceEvent:
 
 EventCallback = Callable[[VoiceEvent], None]
 STATE_FIELDS = ("muted", "deafened", "server_muted", "server_deafened", "speaking", "video", "suppressed")
+MEDIA_FIELDS = ("tracks", "streaming")
+"""Presence fields the SFU fills (what the participant publishes): reported in ``presence_update``."""
 
 
 @dataclass
@@ -749,6 +755,8 @@ class VoiceClient:
                     self._emit("media_reset", reason=payload.get("reason"))
                     await self._close_media()
                     await self._offer()
+                elif name == "publish_layers":
+                    self._emit("publish_layers", mid=payload.get("mid"), active=payload.get("active"))
                 elif name == "disconnected":
                     self._emit("disconnected", by=payload.get("by"), reason=payload.get("reason"))
                     return "disconnected"
@@ -793,7 +801,11 @@ class VoiceClient:
                     state={k: meta.get(k) for k in STATE_FIELDS},
                 )
                 continue
-            changes = {k: meta.get(k) for k in STATE_FIELDS if meta.get(k) != old.get(k) and k != "speaking"}
+            changes = {
+                k: meta.get(k)
+                for k in (*STATE_FIELDS, *MEDIA_FIELDS)
+                if meta.get(k) != old.get(k) and k != "speaking"
+            }
             if meta.get("session_id") != old.get("session_id"):
                 changes["session_id"] = meta.get("session_id")
             if changes:
@@ -1043,6 +1055,21 @@ class VoiceClient:
         if not self._self_muted and state.get("muted"):
             state = await self._push_state("unmute") or state
         return state
+
+    async def video_quality(
+        self,
+        track: str,
+        *,
+        max_width: int | None = None,
+        max_height: int | None = None,
+        paused: bool = False,
+    ) -> dict[str, Any]:
+        """`video_quality` push: the size this client would show `track` at (a producer id from presence
+        `tracks`), or paused (the SFU then sends none of it). Raises PushError (`unknown track` ...)."""
+        if self.channel is None:
+            raise VoiceClientError("not joined")
+        payload = {"track": track, "max_width": max_width, "max_height": max_height, "paused": paused}
+        return await self.channel.push("video_quality", payload)
 
     async def moderate(self, target: str, action: str, channel: str | None = None) -> dict[str, Any]:
         """`moderate` push (needs the matching permission): mute/unmute, deafen/undeafen, disconnect, move."""

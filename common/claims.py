@@ -22,7 +22,10 @@ class Permission(enum.StrEnum):
     SPEAK = "speak"
     """Have one's audio forwarded to the others."""
     VIDEO = "video"
-    """Publish camera or screen video."""
+    """Publish camera video."""
+    STREAM = "stream"
+    """Share one's screen (Discord's "Go Live"): publish the `screen` and `screen_audio` sources. A
+    separate right from `video`, so a community can allow cameras but keep screen shares to some roles."""
     MUTE_MEMBERS = "mute_members"
     """Server-mute and server-unmute others."""
     DEAFEN_MEMBERS = "deafen_members"

@@ -11,15 +11,16 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import WSMsgType, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from voxa.common.auth import bearer_matches
 from voxa.sfu.negotiation import NegotiationError
 from voxa.sfu.peer import Conflict, NotFound
+from voxa.sfu.router import Preferences
 from voxa.sfu.sdp import SdpError
 from voxa.sfu.transport import TransportError
 from voxa.sfu.worker import SfuWorker
@@ -30,18 +31,34 @@ EVENT_SOCKETS = web.AppKey("event_sockets", set[web.WebSocketResponse])
 ID = r"{name:[A-Za-z0-9_.:\-]{1,128}}"
 
 
+Source = Literal["microphone", "camera", "screen", "screen_audio"]
+Sources = dict[str, Source]
+
+
 class NewPeer(BaseModel):
     sdp: str = Field(min_length=1, max_length=65536, description="The client's offer.")
     can_speak: bool = True
     can_video: bool = True
+    can_stream: bool = False
     muted: bool = False
     server_muted: bool = False
     deafened: bool = False
+    sources: Sources | None = Field(default=None, max_length=64, description="mid -> source")
 
 
 class Description(BaseModel):
     type: str = Field(pattern="^(offer|answer)$")
     sdp: str = Field(min_length=1, max_length=65536)
+    sources: Sources | None = Field(default=None, max_length=64, description="mid -> source (offers)")
+
+
+class Quality(BaseModel):
+    """A subscriber's tile of one track: its displayed size (null = no cap) and whether it is hidden."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_width: StrictInt | None = Field(default=None, ge=0, le=16384)
+    max_height: StrictInt | None = Field(default=None, ge=0, le=16384)
+    paused: StrictBool = False
 
 
 class Candidate(BaseModel):
@@ -56,6 +73,7 @@ class PeerState(BaseModel):
     deafened: bool | None = None
     can_speak: bool | None = None
     can_video: bool | None = None
+    can_stream: bool | None = None
 
 
 def _error(status: int, reason: str, **extra: Any) -> web.Response:
@@ -122,7 +140,14 @@ async def post_peer(request: web.Request) -> web.Response:
     worker = request.app[WORKER]
     room = worker.router(request.match_info["router"])
     peer_id = request.match_info["peer"]
-    answer = await room.add_peer(peer_id, body.sdp, can_speak=body.can_speak, can_video=body.can_video)
+    answer = await room.add_peer(
+        peer_id,
+        body.sdp,
+        can_speak=body.can_speak,
+        can_video=body.can_video,
+        can_stream=body.can_stream,
+        sources=dict(body.sources) if body.sources else None,
+    )
     peer = room.peer(peer_id)
     peer.set_muted(muted=body.muted, server_muted=body.server_muted)
     peer.set_deafened(body.deafened)
@@ -135,7 +160,7 @@ async def post_sdp(request: web.Request) -> web.Response:
     if body.type == "answer":
         peer.handle_answer(body.sdp)
         return web.json_response({})
-    answer = peer.handle_offer(body.sdp)
+    answer = peer.handle_offer(body.sdp, dict(body.sources) if body.sources else None)
     if answer is None:
         return _error(409, "glare: the SFU's own offer is pending; roll back and answer it", ignored=True)
     return web.json_response({"type": "answer", "sdp": answer})
@@ -152,11 +177,20 @@ async def put_state(request: web.Request) -> web.Response:
     body: PeerState = await _body(request, PeerState)
     peer = request.app[WORKER].router(request.match_info["router"]).peer(request.match_info["peer"])
     peer.set_muted(muted=body.muted, server_muted=body.server_muted)
-    peer.set_rights(can_speak=body.can_speak, can_video=body.can_video)
+    peer.set_rights(can_speak=body.can_speak, can_video=body.can_video, can_stream=body.can_stream)
     if body.deafened is not None:
         peer.set_deafened(body.deafened)
     state = {"muted": peer.muted, "server_muted": peer.server_muted, "deafened": peer.deafened}
-    return web.json_response({**state, "can_speak": peer.can_speak, "can_video": peer.can_video})
+    rights = {"can_speak": peer.can_speak, "can_video": peer.can_video, "can_stream": peer.can_stream}
+    return web.json_response({**state, **rights})
+
+
+async def put_quality(request: web.Request) -> web.Response:
+    """A subscriber's wishes for one track it receives (adaptive stream): 404 unknown, 400 invalid."""
+    body: Quality = await _body(request, Quality)
+    peer = request.app[WORKER].router(request.match_info["router"]).peer(request.match_info["peer"])
+    preferences = Preferences(body.max_width or 0, body.max_height or 0, body.paused)
+    return web.json_response(peer.set_quality(request.match_info["track"], preferences))
 
 
 async def delete_peer(request: web.Request) -> web.Response:
@@ -258,6 +292,7 @@ def create_app(worker: SfuWorker) -> web.Application:
 
     router = ID.replace("name", "router")
     peer = ID.replace("name", "peer")
+    track = ID.replace("name", "track")
     app.add_routes(
         [
             web.get("/healthz", healthz),
@@ -271,6 +306,7 @@ def create_app(worker: SfuWorker) -> web.Application:
             web.post(f"/v1/routers/{router}/peers/{peer}/sdp", post_sdp),
             web.post(f"/v1/routers/{router}/peers/{peer}/ice", post_ice),
             web.put(f"/v1/routers/{router}/peers/{peer}/state", put_state),
+            web.put(f"/v1/routers/{router}/peers/{peer}/consumers/{track}/quality", put_quality),
             web.delete(f"/v1/routers/{router}/peers/{peer}", delete_peer),
         ]
     )

@@ -5,6 +5,11 @@ colliding client offer (the polite client rolls back, answers, and offers again)
 renumbered: a mid keeps its payload types and extension ids, and a consumer's m-section that is no
 longer needed goes inactive and is reused by the next consumer of the same kind instead of growing the
 session forever.
+
+What the SFU negotiates beyond one codec per section depends on its data plane (`Features`): the
+native one takes simulcast (RFC 8853 rids, lowest layer first), RTX both ways (RFC 4588) and writes
+transport-wide sequence numbers for transport-cc feedback on the sections it sends; the Python
+reference data plane takes simulcast (and forwards only its lowest layer) and none of the rest.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ from voxa.sfu.sdp import Codec, LocalMedia, LocalTransport, RemoteDescription, S
 
 VIDEO_FEEDBACK = ("nack", "nack pli", "ccm fir", "goog-remb")
 AUDIO_FEEDBACK: tuple[str, ...] = ()
+TRANSPORT_CC_FEEDBACK = "transport-cc"
+MAX_LAYERS = 3
+"""Simulcast layers taken from one section. A longer `a=simulcast:send` list is truncated to its
+first three streams (the lowest, as Voxa clients order them): the answer lists only those, and a
+browser then stops encoding the rest (RFC 8853 §5.3 lets the answerer remove streams)."""
 SUPPORTED = {
     "audio": ("opus",),
     "video": ("vp8", "h264"),
@@ -36,6 +46,33 @@ class NegotiationError(SdpError):
 
 
 @dataclass(frozen=True, slots=True)
+class Features:
+    """What the data plane behind this negotiation can do, so the SDP promises nothing it cannot keep."""
+
+    rtx: bool = True
+    """Publisher RTX is unwrapped, and subscribers' NACKs are answered with RTX packets."""
+    transport_cc: bool = True
+    """The SFU writes transport-wide sequence numbers on its sections and reads the feedback."""
+    publisher_transport_cc: bool = False
+    """Accept transport-cc on client (publishing) sections: only when the data plane sends feedback
+    to publishers, since a browser whose transport-cc gets no feedback cannot estimate its uplink."""
+
+
+NATIVE_FEATURES = Features()
+PYTHON_FEATURES = Features(rtx=False, transport_cc=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """One simulcast layer of a producer: rid ("" without rids), SSRC and RTX SSRC (0 = unknown:
+    the data plane learns them from the rid / repaired-rid header extensions)."""
+
+    rid: str
+    ssrc: int = 0
+    rtx_ssrc: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ProducerSpec:
     """A track the client sends on one of its m-sections."""
 
@@ -45,6 +82,12 @@ class ProducerSpec:
     ssrcs: tuple[int, ...]
     extensions: dict[str, int]  # the client's ids
     sending: bool
+    layers: tuple[Layer, ...] = ()  # simulcast, lowest first; () for audio and single-layer video without RTX
+    rtx_payload_types: tuple[tuple[int, int], ...] = ()  # the client's (rtx pt, apt)
+
+    @property
+    def rids(self) -> tuple[str, ...]:
+        return tuple(layer.rid for layer in self.layers if layer.rid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +101,17 @@ class ConsumerSpec:
     cname: str
     stream_id: str
     track_id: str
+    rtx_ssrc: int = 0  # 0: no RTX offered for this consumer
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerAnswer:
+    """What the subscriber's answer accepted for one consumer's m-section."""
+
+    mid: str
+    payload_type: int
+    rtx_payload_type: int | None  # None: no RTX, NACKs are answered by plain retransmission
+    extensions: dict[str, int]  # the SFU's ids the answer kept (uri -> id)
 
 
 @dataclass(slots=True)
@@ -65,6 +119,7 @@ class Line:
     media: LocalMedia
     owner: str  # "client" or "sfu"
     consumer_id: str | None = None
+    rids: tuple[str, ...] = ()  # a client section's simulcast layers, fixed when first negotiated
 
 
 @dataclass(slots=True)
@@ -79,18 +134,26 @@ class OfferResult:
 class AnswerResult:
     consumers: dict[str, str]  # consumer id -> mid, accepted
     rejected: list[str]  # consumer ids the client rejected
+    accepted: dict[str, ConsumerAnswer] = field(default_factory=dict)  # consumer id -> what was accepted
 
 
 class Negotiator:
-    def __init__(self, transport: LocalTransport, session_id: int) -> None:
+    def __init__(
+        self, transport: LocalTransport, session_id: int, features: Features = NATIVE_FEATURES
+    ) -> None:
         self.transport = transport
         self.session_id = session_id
+        self.features = features
         self._version = itertools.count(1)
         self.lines: list[Line] = []
         self.state = State.NEW
         self.remote_ice: tuple[str, str] | None = None
         self.pt_by_key: dict[str, int] = {}
         self.ext_by_uri: dict[str, int] = {}
+        # Every extension id the client's descriptions used, accepted or not: an id the SFU picks for
+        # its own sections never collides with one of them (Chromium refuses "RTP extension ID
+        # reassignment"), and a URI the client numbered keeps the client's number.
+        self.remote_ext_ids: dict[int, str] = {}
         self._pending: list[Line] | None = None
         self._mids = itertools.count()
 
@@ -100,22 +163,41 @@ class Negotiator:
         if pt is not None:
             return pt
         used = set(self.pt_by_key.values())
-        preferred = DEFAULT_PT.get(codec.name.lower(), 96)
+        apt = codec.apt
+        preferred = apt + 1 if apt is not None and apt < 127 else DEFAULT_PT.get(codec.name.lower(), 96)
         candidates = [preferred, *range(96, 128), *range(35, 64)]
         chosen: int = next(p for p in candidates if p not in used)
         self.pt_by_key[codec.key] = chosen
         return chosen
 
     def _ext_ids(self, kind: str) -> dict[str, int]:
+        """Extension ids for a new SFU section: the session's, else the client's, else a fresh one."""
+        uris = list(sdp.SUPPORTED_EXTENSIONS[kind])
+        if self.features.transport_cc:
+            uris.append(sdp.TRANSPORT_CC_URI)
         out: dict[str, int] = {}
-        for uri in sdp.SUPPORTED_EXTENSIONS[kind]:
+        for uri in uris:
             ext_id = self.ext_by_uri.get(uri)
             if ext_id is None:
-                used = set(self.ext_by_uri.values())
-                ext_id = next(i for i in range(1, 15) if i not in used)
+                ext_id = self._fresh_ext_id(uri)
+                if ext_id is None:
+                    continue  # every one-byte id is taken: go without this extension
                 self.ext_by_uri[uri] = ext_id
             out[uri] = ext_id
         return out
+
+    def _fresh_ext_id(self, uri: str) -> int | None:
+        used = set(self.ext_by_uri.values())
+        theirs = next((i for i, u in self.remote_ext_ids.items() if u == uri), None)
+        if theirs is not None and theirs not in used and theirs < 15:
+            return theirs
+        free = [i for i in range(1, 15) if i not in used]
+        return next((i for i in free if i not in self.remote_ext_ids), free[0] if free else None)
+
+    def _remember_ext_ids(self, remote: RemoteDescription) -> None:
+        for section in remote.media:
+            for uri, ext_id in section.extensions.items():
+                self.remote_ext_ids.setdefault(ext_id, uri)
 
     def _learn(self, codec: Codec, extensions: dict[str, int]) -> None:
         known = self.pt_by_key.get(codec.key)
@@ -139,6 +221,7 @@ class Negotiator:
         if self.state is State.HAVE_LOCAL_OFFER:
             return OfferResult(answer=None)  # impolite: our offer stands, the client rolls back
         self._check_ice(remote)
+        self._remember_ext_ids(remote)
         first = self.state is State.NEW
         if len(remote.media) < len(self.lines):
             raise NegotiationError("an offer must keep every existing m-section")
@@ -195,14 +278,41 @@ class Negotiator:
                 proto=section.proto,
             )
             return Line(media=media, owner="client")
-        extensions = {
-            u: i for u, i in section.extensions.items() if u in sdp.SUPPORTED_EXTENSIONS[section.kind]
-        }
+        rids = _simulcast_rids(section)
+        wanted = set(sdp.SUPPORTED_EXTENSIONS[section.kind])
+        if rids:
+            if sdp.RID_URI not in section.extensions:
+                raise NegotiationError(
+                    f"m-section {section.mid!r}: simulcast needs the {sdp.RID_URI} header extension"
+                )
+            wanted.add(sdp.RID_URI)
+        rtx = self._client_rtx(section, codec)
+        if rtx is not None and rids:
+            wanted.add(sdp.REPAIRED_RID_URI)
+        if self.features.publisher_transport_cc:
+            wanted.add(sdp.TRANSPORT_CC_URI)
+        extensions = {u: i for u, i in section.extensions.items() if u in wanted}
         self._learn(codec, extensions)
+        codecs = [codec]
+        if rtx is not None:
+            self._learn(rtx, {})
+            codecs.append(rtx)
         media = LocalMedia(
-            kind=section.kind, mid=section.mid, direction="inactive", codecs=[codec], extensions=extensions
+            kind=section.kind,
+            mid=section.mid,
+            direction="inactive",
+            codecs=codecs,
+            extensions=extensions,
+            recv_rids=list(rids),
         )
-        return Line(media=media, owner="client")
+        return Line(media=media, owner="client", rids=rids)
+
+    def _client_rtx(self, section: sdp.MediaSection, codec: Codec) -> Codec | None:
+        """The client's RTX format for the chosen codec, if the data plane takes RTX."""
+        if not self.features.rtx or section.kind != "video":
+            return None
+        found = next((c for c in section.codecs if c.is_rtx and c.apt == codec.pt), None)
+        return None if found is None else sdp.rtx_codec(found.pt, codec.pt, found.clock_rate)
 
     def _choose_codec(self, section: sdp.MediaSection) -> Codec | None:
         wanted = SUPPORTED.get(section.kind, ())
@@ -213,6 +323,8 @@ class Negotiator:
             if name == "h264" and sdp._fmtp_value(codec.fmtp, "packetization-mode") != "1":
                 continue
             feedback = VIDEO_FEEDBACK if section.kind == "video" else AUDIO_FEEDBACK
+            if self.features.publisher_transport_cc:
+                feedback = (*feedback, TRANSPORT_CC_FEEDBACK)
             offered = set(codec.feedback)
             return Codec(
                 codec.pt,
@@ -227,13 +339,41 @@ class Negotiator:
     def _client_line(self, line: Line, section: sdp.MediaSection) -> ProducerSpec:
         sending = section.direction in ("sendrecv", "sendonly")
         line.media.direction = "recvonly" if sending else "inactive"
+        rids = _simulcast_rids(section)
+        if rids and rids != line.rids:
+            raise NegotiationError(
+                f"m-section {line.media.mid!r}: simulcast layers cannot change "
+                f"({list(line.rids)} -> {list(rids)})"
+            )
+        # The answer echoes simulcast only when this offer has it (a re-offer may omit it, e.g.
+        # for a stopped sender); the producer keeps its layers either way.
+        line.media.recv_rids = list(rids)
+        codec = line.media.codecs[0]
+        rtx = next((c for c in line.media.codecs[1:] if c.is_rtx), None)
+        rtx_pts = ((rtx.pt, codec.pt),) if rtx is not None else ()
+        ssrcs = tuple(section.ssrcs)
+        layers: tuple[Layer, ...] = ()
+        if line.rids:
+            layers = tuple(Layer(rid) for rid in line.rids)
+            ssrcs = ()  # rid-based: SSRCs are learnt from the rid extension, not from the SDP
+        elif section.kind == "video" and len(section.sim) > 1:
+            # ssrc-group:SIM (libwebrtc writes it lowest first); layers are named by their index.
+            sim = section.sim[:MAX_LAYERS]
+            layers = tuple(Layer(str(i), ssrc, section.fid.get(ssrc, 0)) for i, ssrc in enumerate(sim))
+            ssrcs = tuple(sim)
+        elif section.kind == "video" and rtx is not None and ssrcs and ssrcs[0] in section.fid:
+            layers = (Layer("", ssrcs[0], section.fid[ssrcs[0]]),)
+        if rtx is None:
+            layers = tuple(Layer(layer.rid, layer.ssrc, 0) for layer in layers)
         return ProducerSpec(
             mid=line.media.mid,
             kind=line.media.kind,
-            codec=line.media.codecs[0],
-            ssrcs=tuple(section.ssrcs),
+            codec=codec,
+            ssrcs=ssrcs,
             extensions=dict(line.media.extensions),
             sending=sending,
+            layers=layers,
+            rtx_payload_types=rtx_pts,
         )
 
     # --- SFU offers ---------------------------------------------------------------------------------
@@ -251,7 +391,7 @@ class Negotiator:
             if line.consumer_id not in wanted:
                 line.consumer_id = None
                 line.media.direction = "inactive"
-                line.media.ssrc = None
+                line.media.ssrc = line.media.rtx_ssrc = None
                 line.media.stream_id = line.media.track_id = None
                 changed = True
         present = {ln.consumer_id for ln in lines if ln.consumer_id}
@@ -270,14 +410,21 @@ class Negotiator:
                 ),
                 None,
             )
+            feedback = VIDEO_FEEDBACK if spec.kind == "video" else AUDIO_FEEDBACK
+            if self.features.transport_cc:
+                feedback = (*feedback, TRANSPORT_CC_FEEDBACK)
             codec = Codec(
                 self._pt_for(spec.codec),
                 spec.codec.name,
                 spec.codec.clock_rate,
                 spec.codec.channels,
                 spec.codec.fmtp,
-                VIDEO_FEEDBACK if spec.kind == "video" else AUDIO_FEEDBACK,
+                feedback,
             )
+            codecs = [codec]
+            with_rtx = self.features.rtx and spec.kind == "video" and spec.rtx_ssrc != 0
+            if with_rtx:
+                codecs.append(sdp.rtx_codec(self._pt_for(sdp.rtx_codec(0, codec.pt)), codec.pt))
             if free is None:
                 mid = self._new_mid()
                 free = Line(
@@ -285,7 +432,7 @@ class Negotiator:
                         kind=spec.kind,
                         mid=mid,
                         direction="sendonly",
-                        codecs=[codec],
+                        codecs=codecs,
                         extensions=self._ext_ids(spec.kind),
                     ),
                     owner="sfu",
@@ -293,7 +440,8 @@ class Negotiator:
                 lines.append(free)
             free.consumer_id = spec.consumer_id
             free.media.direction = "sendonly"
-            free.media.codecs = [codec]
+            free.media.codecs = codecs
+            free.media.rtx_ssrc = spec.rtx_ssrc if with_rtx else None
             # A reused m-section gets the new consumer's SSRC: Chromium does not accept an SSRC it has
             # seen re-signalled under another msid (aiortc clients must re-bind SSRCs; voxa.client does).
             free.media.ssrc = spec.ssrc
@@ -330,7 +478,9 @@ class Negotiator:
         if [m.mid for m in remote.media] != [ln.media.mid for ln in pending]:
             raise NegotiationError("the answer's m-sections do not match our offer")
         self._check_ice(remote)
+        self._remember_ext_ids(remote)
         accepted: dict[str, str] = {}
+        details: dict[str, ConsumerAnswer] = {}
         rejected: list[str] = []
         for line, section in zip(pending, remote.media, strict=True):
             if line.owner != "sfu" or line.consumer_id is None:
@@ -341,10 +491,11 @@ class Negotiator:
                 line.media.direction = "inactive"
             else:
                 accepted[line.consumer_id] = line.media.mid
+                details[line.consumer_id] = _accepted(line.media, section)
         self.lines = pending
         self._pending = None
         self.state = State.STABLE
-        return AnswerResult(consumers=accepted, rejected=rejected)
+        return AnswerResult(consumers=accepted, rejected=rejected, accepted=details)
 
     def rollback(self) -> None:
         """Forget our unanswered offer (the peer is going away, or the offer timed out)."""
@@ -356,6 +507,26 @@ class Negotiator:
         return next((ln.media for ln in self.lines if ln.consumer_id == consumer_id), None)
 
 
+def _simulcast_rids(section: sdp.MediaSection) -> tuple[str, ...]:
+    """The layers a client section sends as simulcast, lowest first, at most MAX_LAYERS."""
+    if section.kind != "video" or section.simulcast is None:
+        return ()
+    rids = tuple(stream.rid for stream in section.simulcast.send)[:MAX_LAYERS]
+    return rids if len(rids) > 1 else ()  # one rid is not simulcast: a plain single stream
+
+
+def _accepted(offered: LocalMedia, answer: sdp.MediaSection) -> ConsumerAnswer:
+    """What a subscriber's answer kept of the SFU's offered section: RTX if it lists the RTX format
+    for the codec, and the extensions it lists under the same ids (RFC 8285: only those may be sent)."""
+    codec = offered.codecs[0]
+    rtx = next((c for c in offered.codecs[1:] if c.is_rtx), None)
+    rtx_pt = None
+    if rtx is not None and any(c.is_rtx and c.pt == rtx.pt and c.apt == codec.pt for c in answer.codecs):
+        rtx_pt = rtx.pt
+    kept = {uri: i for uri, i in offered.extensions.items() if answer.extensions.get(uri) == i}
+    return ConsumerAnswer(offered.mid, codec.pt, rtx_pt, kept)
+
+
 def _copy(media: LocalMedia) -> LocalMedia:
     return LocalMedia(
         kind=media.kind,
@@ -365,6 +536,8 @@ def _copy(media: LocalMedia) -> LocalMedia:
         extensions=dict(media.extensions),
         rejected=media.rejected,
         ssrc=media.ssrc,
+        rtx_ssrc=media.rtx_ssrc,
+        recv_rids=list(media.recv_rids),
         cname=media.cname,
         stream_id=media.stream_id,
         track_id=media.track_id,

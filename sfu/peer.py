@@ -8,9 +8,26 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from voxa.sfu import rtcp, rtp
-from voxa.sfu.negotiation import ConsumerSpec, Negotiator, ProducerSpec, State
-from voxa.sfu.router import Consumer, NativeSink, Producer, now_ms, random_ssrc
+from voxa.sfu import rtcp, rtp, sdp
+from voxa.sfu.negotiation import (
+    NATIVE_FEATURES,
+    PYTHON_FEATURES,
+    ConsumerSpec,
+    NegotiationError,
+    Negotiator,
+    ProducerSpec,
+    State,
+)
+from voxa.sfu.router import (
+    SOURCES,
+    Consumer,
+    NativeSink,
+    Preferences,
+    Producer,
+    default_source,
+    now_ms,
+    random_ssrc,
+)
 from voxa.sfu.sdp import RemoteDescription, SdpError
 from voxa.sfu.transport import WebRtcTransport
 from voxa.sfu.webrtc_server import NativeTransport
@@ -46,18 +63,23 @@ class Peer:
         *,
         can_speak: bool = True,
         can_video: bool = True,
+        can_stream: bool = False,
     ) -> None:
         self.worker = worker
         self.room = room
         self.id = peer_id
         self.can_speak = can_speak
         self.can_video = can_video
+        self.can_stream = can_stream  # screen and screen_audio sources (Discord's "Go Live")
+        self.sources: dict[str, str] = {}  # mid -> source, as the client told; else by kind
+        self._tracks_told: list[dict[str, Any]] | None = None
         self.muted = False
         self.server_muted = False
         self.deafened = False
         self.rtcp_ssrc = random_ssrc()
         self.producers: dict[str, Producer] = {}  # mid -> producer
         self.by_ssrc: dict[int, Producer] = {}
+        self._other_layers: set[int] = set()  # Python data plane: SSRCs of simulcast layers above 0
         self.consumers: dict[str, Consumer] = {}  # consumers sending to this peer
         self.transport: WebRtcTransport | NativeTransport
         if worker.server is not None:
@@ -80,7 +102,7 @@ class Peer:
         self.closed = False
 
     # --- negotiation ------------------------------------------------------------------------------
-    async def open(self, offer: str) -> str:
+    async def open(self, offer: str, sources: dict[str, str] | None = None) -> str:
         settings = self.worker.settings
         if isinstance(self.transport, NativeTransport):
             local = self.transport.setup()
@@ -92,9 +114,10 @@ class Peer:
                 settings.rtc_max_port,
                 settings.remote_filter,
             )
-        self.negotiator = Negotiator(local, random_ssrc())
+        native = isinstance(self.transport, NativeTransport)
+        self.negotiator = Negotiator(local, random_ssrc(), NATIVE_FEATURES if native else PYTHON_FEATURES)
         try:
-            answer = self.handle_offer(offer)
+            answer = self.handle_offer(offer, sources)
         except SdpError:
             await self.transport.close("bad offer")
             raise
@@ -103,19 +126,39 @@ class Peer:
         asyncio.get_running_loop().create_task(self._when_connected())
         return answer
 
-    def handle_offer(self, offer: str) -> str | None:
-        """Answer a client offer, or return None if our own offer is pending (we are impolite)."""
+    def handle_offer(self, offer: str, sources: dict[str, str] | None = None) -> str | None:
+        """Answer a client offer, or return None if our own offer is pending (we are impolite).
+
+        `sources` names what some of its m-sections carry (mid -> microphone, camera, screen,
+        screen_audio); a mid it leaves out keeps what it was told before, else its kind's default."""
         assert self.negotiator is not None
+        if sources:
+            self._check_sources(offer, sources)
         result = self.negotiator.on_offer(offer)
         if result.answer is None:
             return None
         if result.first:
             self.remote = result.remote
+        if sources:
+            self.sources.update(sources)
         for spec in result.producers:
             self._apply_producer(spec)
+        self._tell_tracks()
         if self._offer_dirty or any(c.mid is None for c in self.consumers.values()):
             asyncio.get_running_loop().call_soon(self.schedule_offer)
         return result.answer
+
+    def _check_sources(self, offer: str, sources: dict[str, str]) -> None:
+        """Every mid named is one of the offer's m-sections, with a source of its kind (before the
+        offer changes any state)."""
+        kinds = {m.mid: m.kind for m in sdp.parse(offer, "offer").media}
+        for mid, source in sources.items():
+            if mid not in kinds:
+                raise NegotiationError(f"sources: the offer has no m-section {mid!r}")
+            if SOURCES.get(source) != kinds[mid]:
+                raise NegotiationError(
+                    f"sources: {source!r} cannot be the source of {kinds[mid]} m-section {mid!r}"
+                )
 
     def handle_answer(self, answer: str) -> None:
         assert self.negotiator is not None
@@ -126,8 +169,14 @@ class Peer:
             media = self.negotiator.consumer_line(consumer_id)
             if consumer is None or media is None:
                 continue
+            accepted = result.accepted.get(consumer_id)
             if consumer.mid != mid or not consumer.configured:
-                consumer.negotiated(mid, media.codecs[0].pt, media.extensions)
+                if accepted is None:
+                    consumer.negotiated(mid, media.codecs[0].pt, media.extensions)
+                else:
+                    consumer.negotiated(
+                        mid, accepted.payload_type, accepted.extensions, accepted.rtx_payload_type
+                    )
             if self.transport.connected.is_set() and not consumer.ready:
                 consumer.start(now)
         for consumer_id in result.rejected:
@@ -155,6 +204,7 @@ class Peer:
                 cname=f"voxa-{c.producer.peer_id}",
                 stream_id=c.producer.peer_id,
                 track_id=c.producer.id,
+                rtx_ssrc=c.rtx_ssrc,
             )
             for c in self.consumers.values()
         ]
@@ -165,6 +215,12 @@ class Peer:
 
     def _apply_producer(self, spec: ProducerSpec) -> None:
         producer = self.producers.get(spec.mid)
+        native = isinstance(self.transport, NativeTransport)
+        ssrcs = spec.ssrcs
+        if not native and len(spec.layers) > 1:
+            # The Python data plane forwards the lowest simulcast layer only (see docs/sfu.md).
+            ssrcs = (spec.layers[0].ssrc,) if spec.layers[0].ssrc else ()
+        source = self.sources.get(spec.mid, default_source(spec.kind))
         if producer is None:
             if not spec.sending:
                 return
@@ -173,39 +229,108 @@ class Peer:
                 spec.mid,
                 spec.kind,
                 spec.codec,
-                spec.ssrcs,
+                ssrcs,
                 spec.extensions,
                 request_keyframe=self._request_keyframe,
+                layers=spec.layers,
+                rtx_payload_types=spec.rtx_payload_types,
+                source=source,
             )
             if isinstance(self.transport, NativeTransport):
                 producer.attach_native(self.transport.server.engine, self.transport.peer)
             self.producers[spec.mid] = producer
             producer.set_paused(
-                muted=self.muted, server_muted=self.server_muted, permitted=self._permitted(spec.kind)
+                muted=self._mute_applies(producer) and self.muted,
+                server_muted=self.server_muted and producer.is_audio,
+                permitted=self._permitted(producer),
             )
-            for ssrc in spec.ssrcs:
+            for ssrc in ssrcs:
                 self.by_ssrc[ssrc] = producer
             self.room.add_producer(self, producer)
+            if not native and len(spec.layers) > 1 and spec.rids:
+                # Dynacast on the Python data plane: only the lowest layer is ever forwarded.
+                self.tell_layers(producer, 1)
         else:
-            for ssrc in spec.ssrcs:
+            for ssrc in ssrcs:
                 if ssrc not in producer.ssrcs:
                     producer.ssrcs.add(ssrc)
                     self.by_ssrc[ssrc] = producer
+            producer.source = source
+            producer.sending = spec.sending
             if not spec.sending:
                 producer.set_paused(permitted=False)
             else:
-                producer.set_paused(permitted=self._permitted(spec.kind))
+                producer.set_paused(permitted=self._permitted(producer))
 
-    def _permitted(self, kind: str) -> bool:
-        return self.can_speak if kind == "audio" else self.can_video
+    def _permitted(self, producer: Producer) -> bool:
+        """The right a source needs: speak (microphone), video (camera), stream (screen, its audio)."""
+        if producer.source in ("screen", "screen_audio"):
+            return self.can_stream
+        return self.can_speak if producer.is_audio else self.can_video
 
-    def set_rights(self, *, can_speak: bool | None = None, can_video: bool | None = None) -> None:
+    @staticmethod
+    def _mute_applies(producer: Producer) -> bool:
+        """The client's own mute is its microphone's; a shared tab's audio is not muted with it."""
+        return producer.source == "microphone"
+
+    def set_rights(
+        self, *, can_speak: bool | None = None, can_video: bool | None = None, can_stream: bool | None = None
+    ) -> None:
         if can_speak is not None:
             self.can_speak = can_speak
         if can_video is not None:
             self.can_video = can_video
+        if can_stream is not None:
+            self.can_stream = can_stream
         for producer in self.producers.values():
-            producer.set_paused(permitted=self._permitted(producer.kind))
+            producer.set_paused(permitted=self._permitted(producer) and producer.sending)
+        self._tell_tracks()
+
+    def tracks(self) -> list[dict[str, Any]]:
+        """What this peer publishes and others may receive: for presence (the `tracks` event)."""
+        return [
+            {"track": p.id, "mid": p.mid, "kind": p.kind, "source": p.source, "layers": p.rids}
+            for p in self.producers.values()
+            if p.sending and p.permitted
+        ]
+
+    def _tell_tracks(self) -> None:
+        tracks = self.tracks()
+        if tracks != self._tracks_told:
+            self._tracks_told = tracks
+            self.worker.emit(
+                {"type": "tracks", "router": self.room.router.id, "peer": self.id, "tracks": tracks}
+            )
+
+    def tell_layers(self, producer: Producer, mask: int) -> None:
+        """Dynacast: which of its simulcast layers the publisher should encode (bit i = layer i)."""
+        active = {rid: bool(mask >> i & 1) for i, rid in enumerate(producer.rids)}
+        if active:
+            self.worker.emit(
+                {
+                    "type": "publish_layers",
+                    "router": self.room.router.id,
+                    "peer": self.id,
+                    "mid": producer.mid,
+                    "active": active,
+                }
+            )
+
+    def set_quality(self, track: str, preferences: Preferences) -> dict[str, Any]:
+        """A subscriber's tile of `track` (the producer id): its size caps the layer, hidden pauses it."""
+        consumer = next((c for c in self.consumers.values() if c.producer.id == track), None)
+        if consumer is None:
+            raise NotFound(f"peer {self.id!r} receives no track {track!r}")
+        consumer.set_preferences(preferences)
+        current, target = consumer.layers()
+        return {
+            "track": track,
+            "max_width": preferences.max_width or None,
+            "max_height": preferences.max_height or None,
+            "paused": preferences.paused,
+            "layer": current,
+            "target_layer": target,
+        }
 
     def set_deafened(self, deafened: bool) -> None:
         """Deafened (by itself or a moderator): stop sending this peer anything, without renegotiation."""
@@ -221,7 +346,9 @@ class Peer:
             self.server_muted = server_muted
         for producer in self.producers.values():
             if producer.is_audio:
-                producer.set_paused(muted=self.muted, server_muted=self.server_muted)
+                producer.set_paused(
+                    muted=self.muted and self._mute_applies(producer), server_muted=self.server_muted
+                )
 
     async def _when_connected(self) -> None:
         await self.transport.connected.wait()
@@ -264,20 +391,29 @@ class Peer:
         producer.receive(data, now_ms())
 
     def _bind_unknown_ssrc(self, data: bytes, ssrc: int) -> Producer | None:
-        """An SSRC the SDP did not announce: find its producer by the mid header extension."""
+        """An SSRC the SDP did not announce: find its producer by the mid header extension.
+
+        A simulcast producer takes only its lowest layer's SSRC (by the rid extension) here: the
+        Python data plane does not switch layers. Other layers' SSRCs are remembered and dropped."""
+        if ssrc in self._other_layers:
+            return None
         if rtp.check_rtp(data) is not None:
             self.worker.bad_packets += 1
             return None
         for producer in self.producers.values():
-            if producer.mid_id:
-                found = rtp.find_extension(data, producer.mid_id)
-                if (
-                    found is not None
-                    and bytes(data[found[0] : found[0] + found[1]]).decode(errors="replace") == producer.mid
-                ):
-                    producer.ssrcs.add(ssrc)
-                    self.by_ssrc[ssrc] = producer
-                    return producer
+            if producer.mid_id and _extension_text(data, producer.mid_id) == producer.mid:
+                if (data[1] & 0x7F) != producer.codec.pt:
+                    break  # RTX or padding of a format the Python data plane did not negotiate
+                if len(producer.layers) > 1 and producer.rid_id:
+                    rid = _extension_text(data, producer.rid_id)
+                    if rid is None:
+                        break  # wait for a packet that names its layer
+                    if rid != producer.layers[0].rid:
+                        self._other_layers.add(ssrc)
+                        return None
+                producer.ssrcs.add(ssrc)
+                self.by_ssrc[ssrc] = producer
+                return producer
         self.worker.unknown_packets += 1
         return None
 
@@ -375,6 +511,8 @@ class Peer:
                     "packets": p.stats.packets,
                     "dropped": p.stats.dropped,
                     "forwarding": p.forwarding,
+                    "source": p.source,
+                    "layers": p.layer_states() or p.rids,
                 }
                 for p in self.producers.values()
             ],
@@ -386,6 +524,8 @@ class Peer:
                     "packets": c.stats.packets,
                     "retransmitted": c.stats.retransmitted,
                     "ready": c.ready,
+                    "layer": c.layers()[0],
+                    "paused": c.preferences.paused,
                 }
                 for c in self.consumers.values()
             ],
@@ -395,3 +535,10 @@ class Peer:
             "srtp_errors": fast.rx_errors,
             "at": time.time(),
         }
+
+
+def _extension_text(data: bytes, ext_id: int) -> str | None:
+    found = rtp.find_extension(data, ext_id)
+    if found is None:
+        return None
+    return bytes(data[found[0] : found[0] + found[1]]).decode(errors="replace")

@@ -20,7 +20,16 @@ from typing import Any
 
 from voxa.sfu import rtcp, rtp
 from voxa.sfu.codecs import KeyframeTest, keyframe_check
-from voxa.sfu.sdp import ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, MID_URI, Codec
+from voxa.sfu.negotiation import Layer
+from voxa.sfu.sdp import (
+    ABS_SEND_TIME_URI,
+    AUDIO_LEVEL_URI,
+    MID_URI,
+    REPAIRED_RID_URI,
+    RID_URI,
+    TRANSPORT_CC_URI,
+    Codec,
+)
 from voxa.sfu.speaker import DominantSpeakerChanged, SpeakerDetector, SpeakingStarted, SpeakingStopped
 
 Send = Callable[[bytes], None]
@@ -55,6 +64,23 @@ def random_ssrc() -> int:
     return random.randint(1, 0xFFFFFFFF)
 
 
+SOURCES = {"microphone": "audio", "screen_audio": "audio", "camera": "video", "screen": "video"}
+"""A track's source (what the client captures) and the media kind it must be."""
+
+
+def default_source(kind: str) -> str:
+    return "microphone" if kind == "audio" else "camera"
+
+
+@dataclass(frozen=True, slots=True)
+class Preferences:
+    """What a subscriber asked for one video consumer (a tile's size; hidden = paused). 0 = no cap."""
+
+    max_width: int = 0
+    max_height: int = 0
+    paused: bool = False
+
+
 @dataclass(slots=True)
 class ProducerStats:
     packets: int = 0
@@ -74,10 +100,12 @@ class Producer:
         "codec",
         "consumers",
         "engine",
+        "extensions",
         "id",
         "is_audio",
         "keyframe_test",
         "kind",
+        "layers",
         "mid",
         "mid_id",
         "muted",
@@ -87,7 +115,11 @@ class Producer:
         "permitted",
         "receivers",
         "request_keyframe",
+        "rid_id",
+        "rtx_payload_types",
+        "sending",
         "server_muted",
+        "source",
         "speaker",
         "ssrcs",
     )
@@ -102,6 +134,9 @@ class Producer:
         extensions: dict[str, int],
         *,
         request_keyframe: Callable[[int], None],
+        layers: tuple[Layer, ...] = (),
+        rtx_payload_types: tuple[tuple[int, int], ...] = (),
+        source: str | None = None,
     ) -> None:
         self.id = f"{peer_id}:{mid}"
         self.peer_id = peer_id
@@ -113,6 +148,12 @@ class Producer:
         self.ssrcs: set[int] = set(ssrcs)
         self.mid_id = extensions.get(MID_URI, 0)
         self.audio_level_id = extensions.get(AUDIO_LEVEL_URI, 0)
+        self.rid_id = extensions.get(RID_URI, 0)
+        self.extensions = dict(extensions)
+        self.layers = layers  # simulcast layers, lowest first (() = one stream)
+        self.rtx_payload_types = rtx_payload_types
+        self.source = source or default_source(kind)
+        self.sending = True  # the client's m-section sends (not inactive/recvonly)
         self.consumers: list[Consumer] = []
         self.muted = False
         self.server_muted = False
@@ -148,8 +189,29 @@ class Producer:
             mid_id=self.mid_id,
             audio_level_id=self.audio_level_id,
             codec=codec,
+            layers=[(layer.rid, layer.ssrc, layer.rtx_ssrc) for layer in self.layers],
+            rid_id=self.rid_id,
+            repaired_rid_id=self.extensions.get(REPAIRED_RID_URI, 0),
+            rtx_payload_types=list(self.rtx_payload_types),
+            transport_cc_id=self.extensions.get(TRANSPORT_CC_URI, 0),
         )
         self.engine = engine
+
+    @property
+    def rids(self) -> list[str]:
+        """The simulcast layers' names, lowest first ([] for a single stream)."""
+        return [layer.rid for layer in self.layers if layer.rid]
+
+    def layer_states(self) -> list[dict[str, Any]]:
+        """Per layer: rid, SSRC, measured bitrate and size, whether a subscriber wants it (native only)."""
+        if self.engine is None or not self.layers:
+            return []
+        with contextlib.suppress(KeyError):
+            return [
+                {"rid": rid, "ssrc": ssrc, "bitrate": bps, "width": w, "height": h, "wanted": wanted}
+                for rid, ssrc, bps, w, h, wanted in self.engine.producer_layers(self.native)
+            ]
+        return []
 
     @property
     def forwarding(self) -> bool:
@@ -259,9 +321,11 @@ class Consumer:
         "mid",
         "native",
         "paused",
+        "preferences",
         "producer",
         "ready",
         "rewriter",
+        "rtx_ssrc",
         "ssrc",
         "subscriber_id",
     )
@@ -272,9 +336,11 @@ class Consumer:
         self.subscriber_id = subscriber_id
         self.kind = producer.kind
         self.ssrc = random_ssrc()
+        self.rtx_ssrc = 0  # RTX for video on the native data plane (the Python one retransmits plainly)
         self.mid: str | None = None
         self.ready = False
         self.paused = False  # the subscriber is deafened: nothing is sent to it
+        self.preferences = Preferences()
         self._send = send
         self._clock_rate = producer.clock_rate
         self.rewriter: rtp.Rewriter | None = None
@@ -286,12 +352,23 @@ class Consumer:
         self.engine: Any = None
         self.native = 0
         if isinstance(send, NativeSink):
-            self.native = send.engine.add_consumer(producer.native, send.peer, self.ssrc)
+            if not producer.is_audio:
+                self.rtx_ssrc = random_ssrc()
+                while self.rtx_ssrc == self.ssrc:
+                    self.rtx_ssrc = random_ssrc()
+            self.native = send.engine.add_consumer(producer.native, send.peer, self.ssrc, self.rtx_ssrc)
             self.engine = send.engine
             self._history = None
 
-    def negotiated(self, mid: str, payload_type: int, extensions: dict[str, int]) -> None:
-        """The subscriber accepted this consumer on `mid` with `payload_type` and extension ids."""
+    def negotiated(
+        self,
+        mid: str,
+        payload_type: int,
+        extensions: dict[str, int],
+        rtx_payload_type: int | None = None,
+    ) -> None:
+        """The subscriber accepted this consumer on `mid` with `payload_type`, extension ids and (video
+        on the native data plane) an RTX payload type or none."""
         mapping = {self.producer.codec.pt: payload_type}
         kwargs = {
             "mid": mid,
@@ -302,7 +379,13 @@ class Consumer:
         self.mid = mid
         self.configured = True
         if self.engine is not None:
-            self.engine.configure_consumer(self.native, [(self.producer.codec.pt, payload_type)], **kwargs)
+            self.engine.configure_consumer(
+                self.native,
+                [(self.producer.codec.pt, payload_type)],
+                **kwargs,
+                transport_cc_id=extensions.get(TRANSPORT_CC_URI, 0),
+                rtx_payload_types=[(rtx_payload_type, payload_type)] if rtx_payload_type is not None else [],
+            )
             return
         if self.rewriter is None:
             self.rewriter = rtp.Rewriter(self.ssrc, self._clock_rate, mapping, **kwargs)  # type: ignore[arg-type]
@@ -350,10 +433,37 @@ class Consumer:
             self.paused = paused
             self.engine.set_consumer_paused(self.native, paused)
             return
-        if self.paused and not paused:
+        if self.paused and not paused and not self.preferences.paused:
             self.paused = False
             self.resume()
         self.paused = paused
+
+    def set_preferences(self, preferences: Preferences) -> None:
+        """A subscriber's wishes for this (video) consumer: the tile's size caps the layer, a hidden
+        tile pauses it. Separate from `set_paused` (deafen): either one stops the consumer.
+
+        The Python data plane forwards one layer whatever the size, so it keeps only `paused`."""
+        was = self.preferences
+        self.preferences = preferences
+        if self.engine is not None:
+            self.engine.set_consumer_preferences(
+                self.native,
+                max_width=preferences.max_width,
+                max_height=preferences.max_height,
+                paused=preferences.paused,
+            )
+            return
+        if was.paused and not preferences.paused and not self.paused:
+            self.resume()
+
+    def layers(self) -> tuple[int, int]:
+        """(current, target) simulcast layer index, -1 = none yet (the Python data plane: layer 0)."""
+        if self.engine is not None:
+            with contextlib.suppress(KeyError):
+                current, target = self.engine.consumer_layers(self.native)
+                return int(current), int(target)
+            return -1, -1
+        return (0, 0) if self.kind == "video" else (-1, -1)
 
     def resume(self) -> None:
         if self.rewriter is not None:
@@ -364,7 +474,7 @@ class Consumer:
 
     def forward(self, data: bytes, now: int, abs_time: int, level: int, keyframe: bool) -> None:
         """Hot path: rewrite and send one producer packet."""
-        if not self.ready or self.paused:
+        if not self.ready or self.paused or self.preferences.paused:
             return
         if self._need_keyframe:
             if not keyframe:

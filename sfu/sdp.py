@@ -4,6 +4,11 @@ The SFU renders every SDP itself from per-peer state (sfu/negotiation.py) instea
 generic WebRTC stack: an m-section keeps its mid, payload types and header-extension ids for the
 whole session. Browsers require that (Chromium refuses a re-offer that renumbers extensions), and it
 is what lets the SFU re-offer at any time without disturbing running tracks.
+
+Simulcast is read in both of its SDP forms: RFC 8853 (`a=rid` + `a=simulcast`, what browsers write
+today, layers told apart by the RFC 8852 rtp-stream-id header extension, usually with no `a=ssrc`
+at all) and the older `a=ssrc-group:SIM` (layers by SSRC, lowest first as libwebrtc writes them).
+RTX (RFC 4588) is read from `rtx` rtpmaps with their `apt` and from `a=ssrc-group:FID`.
 """
 
 from __future__ import annotations
@@ -14,12 +19,18 @@ from dataclasses import dataclass, field
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+RID_URI = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
+REPAIRED_RID_URI = "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id"
+TRANSPORT_CC_URI = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
 SUPPORTED_EXTENSIONS = {
     "audio": (MID_URI, AUDIO_LEVEL_URI, ABS_SEND_TIME_URI),
     "video": (MID_URI, ABS_SEND_TIME_URI),
 }
+"""What the SFU accepts on a client's (publishing) m-section, without simulcast; see negotiation.py
+for the rid extensions (simulcast sections) and transport-cc (the SFU's own sections)."""
 MAX_SDP_BYTES = 64 * 1024
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,64}$")
+_RID = re.compile(r"^[A-Za-z0-9_-]{1,16}$")  # RFC 8851 rid-id, at most 16 bytes as RFC 8852 carries it
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 
@@ -46,7 +57,85 @@ class Codec:
             profile = _fmtp_value(self.fmtp, "profile-level-id") or ""
             mode = _fmtp_value(self.fmtp, "packetization-mode") or "0"
             return f"{base};{profile.lower()};{mode}"
+        if self.name.lower() == "rtx":
+            return f"{base};apt={_fmtp_value(self.fmtp, 'apt')}"
         return base
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name.lower() == "rtx"
+
+    @property
+    def apt(self) -> int | None:
+        """The payload type an RTX codec repairs (RFC 4588 `apt`), None for other codecs."""
+        if not self.is_rtx:
+            return None
+        value = _fmtp_value(self.fmtp, "apt")
+        return int(value) if value is not None and value.isdigit() else None
+
+
+def rtx_codec(pt: int, apt: int, clock_rate: int = 90000) -> Codec:
+    return Codec(pt, "rtx", clock_rate, 1, f"apt={apt}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rid:
+    """One `a=rid:<id> <send|recv> [params]` line (RFC 8851); params are kept as written."""
+
+    id: str
+    direction: str
+    params: str = ""
+    payload_types: tuple[int, ...] = ()  # the `pt=` restriction; empty = every format of the section
+
+
+def _rid_payload_types(params: str) -> tuple[int, ...]:
+    for part in params.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "pt":
+            return tuple(int(v) for v in value.split(","))
+    return ()
+
+
+@dataclass(frozen=True, slots=True)
+class SimulcastStream:
+    """One stream of an `a=simulcast` list: its first `,` alternative; `paused` if it starts paused (`~`)."""
+
+    rid: str
+    paused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Simulcast:
+    send: tuple[SimulcastStream, ...] = ()
+    recv: tuple[SimulcastStream, ...] = ()
+
+
+def parse_simulcast(value: str) -> Simulcast:
+    """`send q;h;f`, `recv a,b;c`, `send ~q;h recv x` (RFC 8853 §5.1).
+
+    Alternatives (`,`) name the same stream in formats the receiver may choose among; the SFU takes
+    the first of each, which is what the sender sends unless told otherwise. A leading `~` marks a
+    stream that starts paused: it is still a layer (it may be resumed), so it is kept, flagged.
+    """
+    parts = value.split()
+    if not parts or len(parts) % 2:
+        raise SdpError("a=simulcast must be '<send|recv> <streams>' pairs")
+    found: dict[str, tuple[SimulcastStream, ...]] = {}
+    for direction, streams in zip(parts[::2], parts[1::2], strict=True):
+        if direction not in ("send", "recv") or direction in found:
+            raise SdpError(f"a=simulcast: bad or repeated direction {direction!r}")
+        out: list[SimulcastStream] = []
+        for stream in streams.split(";"):
+            first = stream.split(",")[0]
+            paused = first.startswith("~")
+            rid = first.removeprefix("~")
+            if not _RID.match(rid):
+                raise SdpError(f"a=simulcast: invalid rid {rid!r}")
+            if any(s.rid == rid for s in out):
+                raise SdpError(f"a=simulcast: rid {rid!r} listed twice")
+            out.append(SimulcastStream(rid, paused))
+        found[direction] = tuple(out)
+    return Simulcast(send=found.get("send", ()), recv=found.get("recv", ()))
 
 
 def _fmtp_value(fmtp: str, name: str) -> str | None:
@@ -69,11 +158,38 @@ class MediaSection:
     codecs: list[Codec] = field(default_factory=list)
     extensions: dict[str, int] = field(default_factory=dict)  # uri -> id
     ssrcs: list[int] = field(default_factory=list)  # primary SSRCs (RTX/FEC repair SSRCs left out)
+    fid: dict[int, int] = field(default_factory=dict)  # primary SSRC -> its RTX SSRC (ssrc-group:FID)
+    sim: list[int] = field(default_factory=list)  # ssrc-group:SIM, lowest layer first
+    rids: list[Rid] = field(default_factory=list)
+    simulcast: Simulcast | None = None
     cname: str | None = None
     msid: str | None = None
     rtcp_mux: bool = False
     candidates: list[str] = field(default_factory=list)
     end_of_candidates: bool = False
+
+
+def _check_simulcast(section: MediaSection, formats: list[int]) -> None:
+    """Every rid a simulcast list names is declared with that direction and allows an offered format."""
+    for rid in section.rids:
+        unknown = [pt for pt in rid.payload_types if pt not in formats]
+        if unknown:
+            raise SdpError(
+                f"m-section {section.mid!r}: rid {rid.id!r} names unknown payload type {unknown[0]}"
+            )
+    simulcast = section.simulcast
+    if simulcast is None:
+        return
+    if section.kind != "video":
+        raise SdpError(f"m-section {section.mid!r}: simulcast is for video only")
+    for direction, streams in (("send", simulcast.send), ("recv", simulcast.recv)):
+        declared = {r.id for r in section.rids if r.direction == direction}
+        for stream in streams:
+            if stream.rid not in declared:
+                raise SdpError(
+                    f"m-section {section.mid!r}: a=simulcast names rid {stream.rid!r} "
+                    f"with no a=rid:{stream.rid} {direction}"
+                )
 
 
 @dataclass(slots=True)
@@ -133,6 +249,7 @@ def parse(sdp: str, sdp_type: str) -> RemoteDescription:
         current.ssrcs = [s for s in dict.fromkeys(ssrc_order) if s not in repair]
         if not current.mid:
             raise SdpError(f"m-section {len(media)} has no a=mid")
+        _check_simulcast(current, current_formats)
 
     current_formats: list[int] = []
     for number, line in enumerate(lines, 1):
@@ -211,8 +328,30 @@ def parse(sdp: str, sdp_type: str) -> RemoteDescription:
                     current.cname = attr[6:]
             elif name == "ssrc-group":
                 semantics, *members = rest.split()
+                ssrc_members = [int(m) for m in members]
+                if any(not 0 <= m < 2**32 for m in ssrc_members):
+                    raise SdpError(f"line {number}: ssrc out of range")
                 if semantics in ("FID", "FEC-FR") and len(members) > 1:
-                    repair.update(int(m) for m in members[1:])
+                    repair.update(ssrc_members[1:])
+                if semantics == "FID" and len(members) == 2:
+                    current.fid[ssrc_members[0]] = ssrc_members[1]
+                elif semantics == "SIM":
+                    current.sim = ssrc_members
+            elif name == "rid":
+                rid_id, _, tail = rest.partition(" ")
+                direction, _, params = tail.strip().partition(" ")
+                if not _RID.match(rid_id):
+                    raise SdpError(f"line {number}: invalid rid {rid_id!r}")
+                if direction not in ("send", "recv"):
+                    raise SdpError(f"line {number}: a=rid direction must be send or recv")
+                if any(r.id == rid_id and r.direction == direction for r in current.rids):
+                    raise SdpError(f"line {number}: rid {rid_id!r} declared twice")
+                params = params.strip()
+                current.rids.append(Rid(rid_id, direction, params, _rid_payload_types(params)))
+            elif name == "simulcast":
+                if current.simulcast is not None:
+                    raise SdpError(f"line {number}: a=simulcast appears twice in one m-section")
+                current.simulcast = parse_simulcast(rest)
             elif name == "msid":
                 current.msid = rest
             elif name == "candidate":
@@ -264,6 +403,8 @@ class LocalMedia:
     extensions: dict[str, int]
     rejected: bool = False
     ssrc: int | None = None  # what the SFU sends on this section
+    rtx_ssrc: int | None = None  # its RTX stream (ssrc-group:FID), when RTX is offered
+    recv_rids: list[str] = field(default_factory=list)  # simulcast layers the SFU receives, in order
     cname: str | None = None
     stream_id: str | None = None
     track_id: str | None = None
@@ -322,6 +463,9 @@ def render(
         if m.stream_id and m.direction in ("sendonly", "sendrecv"):
             out.append(f"a=msid:{m.stream_id} {m.track_id or m.mid}")
         out += ["a=rtcp-mux", "a=rtcp-rsize"]
+        if m.recv_rids and m.direction in ("recvonly", "sendrecv"):
+            out.extend(f"a=rid:{rid} recv" for rid in m.recv_rids)
+            out.append("a=simulcast:recv " + ";".join(m.recv_rids))
         for c in m.codecs:
             channels = f"/{c.channels}" if m.kind == "audio" and c.channels > 1 else ""
             out.append(f"a=rtpmap:{c.pt} {c.name}/{c.clock_rate}{channels}")
@@ -329,9 +473,13 @@ def render(
             if c.fmtp:
                 out.append(f"a=fmtp:{c.pt} {c.fmtp}")
         if m.ssrc is not None and m.direction in ("sendonly", "sendrecv"):
-            out.append(f"a=ssrc:{m.ssrc} cname:{m.cname or 'voxa'}")
-            if m.stream_id:
-                out.append(f"a=ssrc:{m.ssrc} msid:{m.stream_id} {m.track_id or m.mid}")
+            ssrcs = [m.ssrc] if m.rtx_ssrc is None else [m.ssrc, m.rtx_ssrc]
+            if m.rtx_ssrc is not None:
+                out.append(f"a=ssrc-group:FID {m.ssrc} {m.rtx_ssrc}")
+            for ssrc in ssrcs:
+                out.append(f"a=ssrc:{ssrc} cname:{m.cname or 'voxa'}")
+                if m.stream_id:
+                    out.append(f"a=ssrc:{ssrc} msid:{m.stream_id} {m.track_id or m.mid}")
         out.extend(f"a=candidate:{c}" for c in transport.candidates)
         out.append("a=end-of-candidates")
     return "\r\n".join(out) + "\r\n"

@@ -37,6 +37,13 @@ def _ice_token(length: int) -> str:
     return "".join(secrets.choice(_ICE_CHARS) for _ in range(length))
 
 
+_MEDIA_EVENTS = frozenset(("layers", "layer"))
+
+
+def _ignore_media_event(kind: str, native: int, value: object) -> None:
+    del kind, native, value
+
+
 class WebRtcServer:
     """A worker's single media port and the native data plane behind it."""
 
@@ -51,6 +58,8 @@ class WebRtcServer:
         self.port = self.engine.port
         self._transports: dict[int, NativeTransport] = {}
         self._reading = False
+        # Events about producers and consumers rather than peers ("layers", "layer"): the worker's.
+        self.on_media_event: Callable[[str, int, object], None] = _ignore_media_event
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self.engine.event_fd(), self._on_events)
@@ -68,6 +77,9 @@ class WebRtcServer:
 
     def _on_events(self) -> None:
         for kind, peer, value in self.engine.take_events():
+            if kind in _MEDIA_EVENTS:
+                self.on_media_event(kind, peer, value)  # `peer` is a producer or consumer id here
+                continue
             transport = self._transports.get(peer)
             if transport is None:
                 continue

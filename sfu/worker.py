@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiortc import RTCCertificate
 
@@ -33,14 +33,23 @@ class RouterHandle:
         self.peers: dict[str, Peer] = {}
 
     async def add_peer(
-        self, peer_id: str, offer: str, *, can_speak: bool = True, can_video: bool = True
+        self,
+        peer_id: str,
+        offer: str,
+        *,
+        can_speak: bool = True,
+        can_video: bool = True,
+        can_stream: bool = False,
+        sources: dict[str, str] | None = None,
     ) -> str:
         if peer_id in self.peers:
             await self.remove_peer(peer_id, reason="replaced")
-        peer = Peer(self.worker, self, peer_id, can_speak=can_speak, can_video=can_video)
+        peer = Peer(
+            self.worker, self, peer_id, can_speak=can_speak, can_video=can_video, can_stream=can_stream
+        )
         self.peers[peer_id] = peer
         try:
-            answer = await peer.open(offer)
+            answer = await peer.open(offer, sources)
         except BaseException:
             self.peers.pop(peer_id, None)
             await peer.close("failed to open")
@@ -218,6 +227,7 @@ class SfuWorker:
     async def start(self) -> None:
         if self.settings.dataplane == "native" and self.server is None:
             self.server = self._open_server()
+            self.server.on_media_event = self._on_media_event
             self.server.start()
             log.info("sfu.media_port", extra={"port": self.server.port, "worker": self.index})
         self._tasks = [
@@ -245,6 +255,33 @@ class SfuWorker:
             producer = producers.get(native)
             if producer is not None and producer.speaker is not None:
                 producer.native_levels(now, loudness, packets, voiced)
+
+    def _on_media_event(self, kind: str, native: int, value: object) -> None:
+        """The data plane's simulcast events: dynacast (a producer's wanted layers changed) to the
+        publisher, a consumer's layer switch for its subscriber. Rare (on change), so found by search."""
+        for room in self.routers.values():
+            if kind == "layers":
+                producer = next((p for p in room.router.producers.values() if p.native == native), None)
+                peer = room.peers.get(producer.peer_id) if producer is not None else None
+                if producer is not None and peer is not None:
+                    peer.tell_layers(producer, int(cast(int, value)))
+                    return
+            elif kind == "layer":
+                consumer = next((c for c in room.router.consumers.values() if c.native == native), None)
+                if consumer is not None:
+                    layer = int(cast(int, value))
+                    rids = consumer.producer.rids
+                    self.emit(
+                        {
+                            "type": "consumer_layer",
+                            "router": room.router.id,
+                            "peer": consumer.subscriber_id,
+                            "track": consumer.producer.id,
+                            "layer": layer,
+                            "rid": rids[layer] if 0 <= layer < len(rids) else None,
+                        }
+                    )
+                    return
 
     async def _reporter(self) -> None:
         while True:

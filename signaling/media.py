@@ -71,7 +71,14 @@ class SfuLink:
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         try:
             async with self.gateway.http.request(method, self.base + path, json=body) as resp:
-                data: dict[str, Any] = await resp.json(content_type=None) if resp.content_length != 0 else {}
+                try:
+                    data: dict[str, Any] = (
+                        await resp.json(content_type=None) if resp.content_length != 0 else {}
+                    )
+                except ValueError:
+                    if resp.status < 400:
+                        raise
+                    data = {}  # an error page that is not JSON (an unknown route): the status says enough
                 if resp.status >= 400:
                     raise MediaError(
                         str(data.get("error", f"media server answered {resp.status}")),
@@ -98,14 +105,19 @@ class SfuLink:
         except TimeoutError:
             raise MediaError("media server events unreachable") from None
 
-    async def add_peer(self, router: str, peer: str, offer: str, **flags: bool) -> str:
+    async def add_peer(
+        self, router: str, peer: str, offer: str, sources: dict[str, str] | None = None, **flags: bool
+    ) -> str:
+        """A peer for the client's first offer; `sources` names what each of its m-sections sends
+        (`{mid: "microphone" | "camera" | "screen" | "screen_audio"}`; the SFU defaults by kind)."""
         await self.events_ready()
+        body: dict[str, Any] = {"sdp": offer, **flags}
+        if sources:
+            body["sources"] = sources
         for attempt in range(2):
             await self.ensure_router(router)
             try:
-                data = await self._request(
-                    "POST", f"/v1/routers/{router}/peers/{peer}", {"sdp": offer, **flags}
-                )
+                data = await self._request("POST", f"/v1/routers/{router}/peers/{peer}", body)
             except MediaError as exc:
                 # The last participant of an earlier session closed the empty router between our
                 # PUT and POST: create it again.
@@ -115,12 +127,15 @@ class SfuLink:
             return str(data["sdp"])
         raise AssertionError("unreachable")
 
-    async def description(self, router: str, peer: str, kind: str, sdp: str) -> str | None:
+    async def description(
+        self, router: str, peer: str, kind: str, sdp: str, sources: dict[str, str] | None = None
+    ) -> str | None:
         """Relay an offer (returns the answer, or None when the SFU ignored it: glare) or an answer."""
+        body: dict[str, Any] = {"type": kind, "sdp": sdp}
+        if sources:
+            body["sources"] = sources
         try:
-            data = await self._request(
-                "POST", f"/v1/routers/{router}/peers/{peer}/sdp", {"type": kind, "sdp": sdp}
-            )
+            data = await self._request("POST", f"/v1/routers/{router}/peers/{peer}/sdp", body)
         except MediaError as exc:
             if exc.status == 409 and kind == "offer":
                 return None
@@ -132,6 +147,11 @@ class SfuLink:
 
     async def state(self, router: str, peer: str, **flags: bool) -> None:
         await self._request("PUT", f"/v1/routers/{router}/peers/{peer}/state", flags)
+
+    async def quality(self, router: str, peer: str, track: str, body: dict[str, Any]) -> None:
+        """What subscriber `peer` wants of `track` (a producer id `<peer>:<mid>`): the size it shows the
+        video at (the SFU picks the lowest layer that covers it) or paused. 404: no such track."""
+        await self._request("PUT", f"/v1/routers/{router}/peers/{peer}/consumers/{track}/quality", body)
 
     async def remove_peer(self, router: str, peer: str) -> None:
         with contextlib.suppress(MediaError):

@@ -11,6 +11,7 @@ class Action(enum.StrEnum):
     JOIN = "join"
     SPEAK = "speak"
     VIDEO = "video"
+    STREAM = "stream"
     MUTE = "mute"
     UNMUTE = "unmute"
     DEAFEN = "deafen"
@@ -25,6 +26,7 @@ REQUIRED: dict[Action, Permission] = {
     Action.JOIN: Permission.CONNECT,
     Action.SPEAK: Permission.SPEAK,
     Action.VIDEO: Permission.VIDEO,
+    Action.STREAM: Permission.STREAM,
     Action.MUTE: Permission.MUTE_MEMBERS,
     Action.UNMUTE: Permission.MUTE_MEMBERS,
     Action.DEAFEN: Permission.DEAFEN_MEMBERS,

@@ -5,7 +5,8 @@ the room's SFU, the room's last leave closes it).
 A voice channel (`voice:`) and a call (`call:`) are both rooms with this session; each adds only its
 own rights and membership rules. The session talks to its client through `send(event, payload)`,
 asks its owner for the flags the SFU must apply (`flags()`, rights and mute state live with the
-owner), and tells it when the SFU hears the participant speak (`on_speaking`).
+owner), and tells it when the SFU hears the participant speak (`on_speaking`) and what the
+participant publishes (`on_tracks`, for presence).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from voxa.signaling import video
 from voxa.signaling.connection import ChannelError
 from voxa.signaling.media import MediaError, SfuLink, router_id
 from voxa.signaling.store import MediaServer, StoreUnavailable
@@ -39,6 +41,7 @@ class MediaSession:
         send: Send,
         flags: Callable[[], dict[str, bool]],
         on_speaking: Callable[[bool], None],
+        on_tracks: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.ctx = ctx
         self.server_id = server_id
@@ -48,6 +51,11 @@ class MediaSession:
         self._send = send
         self._flags = flags
         self._on_speaking = on_speaking
+        self._on_tracks = on_tracks
+        self.sources: dict[str, str] = {}
+        """What each of the client's sending m-sections carries, as its offers said (merged: a mid keeps
+        its source until an offer names it again); sent whole with every offer, so the SFU never
+        falls back to a kind's default for a screen share an earlier offer labelled."""
         self.media: MediaServer | None = None
         self.link: SfuLink | None = None
         self.peer = False
@@ -75,7 +83,8 @@ class MediaSession:
         self.link = self.ctx.media.attach(media, self) if media is not None else None
 
     # --- client → SFU -----------------------------------------------------------------------------
-    async def sdp(self, payload: dict[str, Any]) -> dict[str, Any]:
+    async def sdp(self, payload: dict[str, Any], sources: dict[str, str] | None = None) -> dict[str, Any]:
+        """Relay the client's offer or answer; `sources` (offers only) are already checked by the owner."""
         kind = payload.get("type")
         sdp = payload.get("sdp")
         if kind not in ("offer", "answer") or not isinstance(sdp, str) or not sdp:
@@ -93,22 +102,30 @@ class MediaSession:
             # the answer is out, so the client sees answer then offer, as the SFU made them.
             self._held_offers = []
         try:
-            return await self._relay(self.link, kind, sdp)
+            return await self._relay(self.link, kind, sdp, sources if kind == "offer" else None)
         finally:
             if holds:
                 held, self._held_offers = self._held_offers or [], None
                 for offer in held:
                     self._send("sdp", offer)
 
-    async def _relay(self, link: SfuLink, kind: str, sdp: str) -> dict[str, Any]:
+    async def _relay(
+        self, link: SfuLink, kind: str, sdp: str, sources: dict[str, str] | None
+    ) -> dict[str, Any]:
         answer: str | None
         async with self._lock:
             try:
                 if kind == "offer" and not self.peer:
+                    # A new peer connection: its mids start afresh.
+                    self.sources = dict(sources or {})
                     answer = await self._add_peer(link, sdp)
                     self.peer = True
                 elif kind == "offer":
-                    answer = await link.description(self.router, self.session_id, "offer", sdp)
+                    if sources:
+                        self.sources.update(sources)
+                    answer = await link.description(
+                        self.router, self.session_id, "offer", sdp, dict(self.sources) or None
+                    )
                     if answer is None:
                         return {"ignored": True}
                 else:
@@ -126,7 +143,9 @@ class MediaSession:
         routers it hosts but refuses new ones; a room whose router there is gone (everyone left, as
         in a signaling rollout) moves to another SFU instead of failing for good."""
         try:
-            return await link.add_peer(self.router, self.session_id, offer, **self._flags())
+            return await link.add_peer(
+                self.router, self.session_id, offer, dict(self.sources) or None, **self._flags()
+            )
         except MediaError as exc:
             if not exc.draining:
                 raise
@@ -137,7 +156,9 @@ class MediaSession:
         self.ctx.media.detach(link, self)
         self._use(media)
         assert self.link is not None
-        return await self.link.add_peer(self.router, self.session_id, offer, **self._flags())
+        return await self.link.add_peer(
+            self.router, self.session_id, offer, dict(self.sources) or None, **self._flags()
+        )
 
     async def ice(self, payload: dict[str, Any]) -> dict[str, Any]:
         candidate = payload.get("candidate")
@@ -154,6 +175,16 @@ class MediaSession:
             await self.link.candidate(self.router, self.session_id, body)
         except MediaError as exc:
             raise ChannelError(exc.reason) from None
+        return {}
+
+    async def video_quality(self, track: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Relay what the client wants of a video it receives (validated by video.parse_video_quality)."""
+        if self.link is None or not self.peer:
+            raise ChannelError("unknown track")
+        try:
+            await self.link.quality(self.router, self.session_id, track, body)
+        except MediaError as exc:
+            raise ChannelError("unknown track" if exc.status == 404 else exc.reason) from None
         return {}
 
     def set_state(self, flags: dict[str, bool]) -> None:
@@ -180,6 +211,14 @@ class MediaSession:
                 self._send("sdp", offer)
         elif kind == "speaking":
             self._on_speaking(bool(event.get("speaking")))
+        elif kind == "publish_layers":
+            # Dynacast: the layers of this participant's simulcast video that someone receives.
+            layers = video.publish_layers(event)
+            if layers is not None:
+                self._send("publish_layers", layers)
+        elif kind == "tracks":
+            if self._on_tracks is not None:
+                self._on_tracks(video.presence_tracks(event.get("tracks")))
         elif (
             kind == "peer_state"
             and event.get("state") == "closed"
@@ -187,13 +226,20 @@ class MediaSession:
         ):
             # The transport failed or timed out on the SFU: start over with a fresh peer connection.
             self.peer = False
+            self._tracks_gone()
             self._send("media_reset", {"reason": f"media {event.get('reason')}"})
+
+    def _tracks_gone(self) -> None:
+        """The SFU peer is gone, and what it published with it (a new peer reports its own tracks)."""
+        if self._on_tracks is not None:
+            self._on_tracks([])
 
     async def media_reset(self, media: MediaServer | None, reason: str) -> None:
         """The room's SFU changed (or restarted): the client negotiates from scratch."""
         self.peer = False
         self._use(media)
         if not self.closed:
+            self._tracks_gone()
             self._send("media_reset", {"reason": reason})
 
     # --- end --------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Voice channels: topic ``voice:<server_id>:<channel_id>``.
 
 A socket's join of a voice channel is a VoiceChannel. Participant state (muted, deafened,
-server_muted, server_deafened, speaking, video, suppressed) lives in the participant's presence meta,
-so every change reaches the channel as a ``presence_diff``. Moderation of another participant travels
+server_muted, server_deafened, speaking, video, suppressed, and the published tracks and streaming that
+the SFU reports) lives in the participant's presence meta, so every change reaches the channel as a
+``presence_diff``. Moderation of another participant travels
 as a control message to whichever replica holds that participant's socket.
 """
 
@@ -16,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from voxa.common.claims import Permission, permission_names
-from voxa.signaling import protocol
+from voxa.signaling import protocol, video
 from voxa.signaling.connection import ChannelError
 from voxa.signaling.presence import (
     PRESENCE_DIFF,
@@ -205,10 +206,19 @@ class VoiceChannel:
             "video": False,
             "suppressed": not claims.can(Permission.SPEAK, self.channel_id),
             "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
+            "tracks": [],  # what the SFU forwards of this participant (its `tracks` events)
+            "streaming": False,
             "joined_at": int(time.time() * 1000),
         }
         session = self.session = MediaSession(
-            ctx, self.server_id, self.channel_id, ref, self._send, self._flags, self._speaking
+            ctx,
+            self.server_id,
+            self.channel_id,
+            ref,
+            self._send,
+            self._flags,
+            self._speaking,
+            self._tracks,
         )
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
@@ -300,10 +310,19 @@ class VoiceChannel:
             return await self._update({"video": enabled})
         if event == "moderate":
             return await self._moderate(payload)
-        if event in ("sdp", "ice"):
+        if event in ("sdp", "ice", "video_quality"):
             if self.session is None:
                 raise ChannelError("not joined")
-            return await (self.session.sdp(payload) if event == "sdp" else self.session.ice(payload))
+            if event == "ice":
+                return await self.session.ice(payload)
+            if event == "video_quality":
+                track, body = video.parse_video_quality(payload)
+                return await self.session.video_quality(track, body)
+            sources = video.parse_sources(payload.get("sources")) if payload.get("type") == "offer" else None
+            if sources and video.streams(sources):
+                # Screen share is its own right (Go Live): refused before the SFU sees the offer.
+                check(self.conn.claims, self.server_id, self.channel_id, Action.STREAM)
+            return await self.session.sdp(payload, sources)
         raise ChannelError(f"unknown event {event!r}")
 
     async def _update(self, changes: dict[str, Any]) -> dict[str, Any]:
@@ -339,7 +358,7 @@ class VoiceChannel:
             raise ChannelError(
                 "action must be one of mute, unmute, deafen, undeafen, disconnect, move"
             ) from None
-        if action in (Action.JOIN, Action.SPEAK, Action.VIDEO):
+        if action in (Action.JOIN, Action.SPEAK, Action.VIDEO, Action.STREAM):
             raise ChannelError("action must be one of mute, unmute, deafen, undeafen, disconnect, move")
         claims = self.conn.claims
         check(claims, self.server_id, self.channel_id, action)
@@ -375,6 +394,9 @@ class VoiceChannel:
     def _speaking(self, speaking: bool) -> None:
         self._spawn(self._update({"speaking": speaking}))
 
+    def _tracks(self, tracks: list[dict[str, Any]]) -> None:
+        self._spawn(self._update({"tracks": tracks, "streaming": video.streaming(tracks)}))
+
     def _flags(self) -> dict[str, bool]:
         """What the SFU enforces for this member: its rights here and its mute state."""
         claims = self.conn.claims
@@ -382,6 +404,7 @@ class VoiceChannel:
         return {
             "can_speak": claims.can(Permission.SPEAK, self.channel_id),
             "can_video": claims.can(Permission.VIDEO, self.channel_id),
+            "can_stream": claims.can(Permission.STREAM, self.channel_id),
             "muted": bool(meta.get("muted")),
             "server_muted": bool(meta.get("server_muted")),
             "deafened": bool(meta.get("deafened") or meta.get("server_deafened")),

@@ -1,6 +1,7 @@
 """The browser client (signaling/static/) in a Chromium page of the e2e/browser harness, seen through
-its test hook `window.voxa = {state(), participants(), measure(ms)}` and its DOM: shared by the suites
-that open it against `voxa demo` (test_browser_client.py) and against a kind cluster (e2e/kind/)."""
+its test hook `window.voxa = {state(), participants(), measure(ms), video()}` and its DOM: shared by
+the suites that open it against `voxa demo` (test_browser_client.py) and against a kind cluster
+(e2e/kind/)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,14 @@ class Client:
             f"window.voxa.measure({ms})", timeout=ms / 1000 + 15
         )
         return result
+
+    async def video(self) -> dict[str, Any]:
+        """Camera, screen share, what the page publishes and its grid's tiles (window.voxa.video())."""
+        result: dict[str, Any] = await self.js("window.voxa.video()")
+        return result
+
+    async def tiles(self) -> list[dict[str, Any]]:
+        return list((await self.video())["tiles"])
 
     async def click(self, selector: str) -> None:
         """Click an element once it exists and is enabled (a toggle is disabled while it works)."""

@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,7 +361,138 @@ async def test_signaling_restart_rejoins_and_renegotiates(
         await client.hears(other, hz)
 
 
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(params)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def test_camera_and_screen_share_reach_the_other_page(
+    chromium: ChromiumFactory, demo: Demo, tmp_path: Path
+) -> None:
+    """Camera on/off and screen share from Alice's page (Chromium's fake camera and fake screen capture),
+    seen as tiles on Bob's page; Bob's tiles tell the SFU their size (`video_quality`); Alice's camera
+    publishes three simulcast layers; Bob (no `stream` permission) cannot share his screen."""
+    peers = await chromium(2, tone_hz=[A_HZ, B_HZ])
+    alice, bob = Client(peers, 0, "alice", demo), Client(peers, 1, "bob", demo)
+    small = {"camera": "640x360"}  # a small camera: two browsers encode on two shared cores
+    await alice.open(with_query(demo.invites["alice"], **small))
+    await bob.open(with_query(demo.invites["bob"], **small))
+    for client in (alice, bob):
+        await client.wait_voice()
+
+    # Bob lacks `stream`: his screen button is disabled and says why; his camera button is not.
+    assert await bob.js("document.getElementById('screen').disabled") is True
+    assert "permission" in (await bob.attr("#screen", "title") or "")
+    assert await bob.js("document.getElementById('camera').disabled") is False
+
+    # Alice's camera: her own tile, three layers lowest first, and a live tile on Bob's page.
+    await alice.click("#camera")
+    await alice.until(lambda: _attr_is(alice, "#camera", "aria-pressed", "true"), "camera pressed")
+    mine = await alice.until(lambda: _tile(alice, "alice", "camera", local=True), "Alice's own camera tile")
+    assert mine["label"] == "Alice (you)", mine
+    published = (await alice.video())["publishing"]
+    camera = next(p for p in published if p["source"] == "camera")
+    assert [(e["rid"], e["scaleResolutionDownBy"]) for e in camera["encodings"]] == [
+        ("q", 4),
+        ("h", 2),
+        ("f", 1),
+    ], camera
+    assert (await alice.video())["sources"][camera["mid"]] == "camera"
+    await bob.until(lambda: _flag(bob, "alice", "Camera on"), "Alice's camera flag")
+    seen = await bob.until(
+        lambda: _tile(bob, "alice", "camera", playing=True), "Alice's camera on Bob's page"
+    )
+    assert seen["label"] == "Alice" and seen["track"].startswith(seen["track"].split(":")[0] + ":"), seen
+    frames = seen["frames"]
+    await bob.until(
+        lambda: _tile(bob, "alice", "camera", more_frames_than=frames), "Alice's video to keep playing"
+    )
+    sent = await bob.until(lambda: _sent_quality(bob, "alice", "camera"), "a video_quality push")
+    assert sent["paused"] is False and sent["max_width"] > 0 and sent["max_height"] > 0, sent
+    # Dynacast: the SFU tells Alice which layers Bob receives, and her encoder follows (by rid).
+    await alice.until(lambda: _layers_follow(alice, lambda active: any(active.values())), "publish_layers")
+
+    # Bob hides the tile: it asks for nothing (paused), nobody receives any layer, Alice encodes none.
+    await bob.js("document.querySelector('#grid .tile[data-source=camera]').style.display = 'none'")
+    paused = await bob.until(lambda: _sent_quality(bob, "alice", "camera", paused=True), "a paused tile")
+    assert paused["max_width"] == 0, paused
+    await alice.until(lambda: _layers_follow(alice, lambda active: not any(active.values())), "no layers")
+    await bob.js("document.querySelector('#grid .tile[data-source=camera]').style.display = ''")
+    await alice.until(lambda: _layers_follow(alice, lambda active: any(active.values())), "layers again")
+
+    # Alice shares her screen (Chromium's fake capture): a second tile on both pages.
+    await alice.click("#screen")
+    await alice.until(lambda: _attr_is(alice, "#screen", "aria-pressed", "true"), "screen pressed")
+    mine = await alice.until(lambda: _tile(alice, "alice", "screen", local=True), "Alice's own screen tile")
+    assert mine["label"] == "Alice's screen (you)", mine
+    shared = await bob.until(
+        lambda: _tile(bob, "alice", "screen", playing=True), "Alice's screen on Bob's page"
+    )
+    assert shared["label"] == "Alice's screen", shared
+    await bob.until(lambda: _flag(bob, "alice", "Sharing their screen"), "Alice's streaming flag")
+    shots = tmp_path / "screenshots"
+    grid_shot = await bob.screenshot(shots / "bob-video-grid.png", DESKTOP)
+    keep(grid_shot, "browser-client-video-grid.png")
+
+    # Camera off: Bob's camera tile of Alice goes, her screen stays; then the screen share ends.
+    await alice.click("#camera")
+    await bob.until(lambda: _no_tile(bob, "alice", "camera"), "Alice's camera tile gone")
+    assert await _tile(bob, "alice", "screen"), await bob.tiles()
+    assert (await alice.video())["camera"] is None  # the camera is released
+    await alice.click("#screen")
+    await bob.until(lambda: _no_tile(bob, "alice", "screen"), "Alice's screen tile gone")
+    await alice.until(lambda: _no_tile(alice, "alice", "screen"), "Alice's own screen tile gone")
+    # And the camera comes back on the same transceiver.
+    await alice.click("#camera")
+    await bob.until(lambda: _tile(bob, "alice", "camera", playing=True), "Alice's camera back on Bob's page")
+    # Voice kept working throughout.
+    await bob.hears("alice", A_HZ)
+
+
 # --- small probes -------------------------------------------------------------------------------------------
+async def _tile(
+    client: Client,
+    user: str,
+    source: str,
+    *,
+    local: bool = False,
+    playing: bool = False,
+    more_frames_than: int | None = None,
+) -> dict[str, Any] | None:
+    for tile in await client.tiles():
+        if tile["user"] != user or tile["source"] != source or tile["local"] is not local:
+            continue
+        if playing and not tile["videoWidth"]:
+            continue
+        if more_frames_than is not None and (tile["frames"] or 0) <= more_frames_than:
+            continue
+        return tile
+    return None
+
+
+async def _no_tile(client: Client, user: str, source: str) -> bool:
+    return not any(t["user"] == user and t["source"] == source for t in await client.tiles())
+
+
+async def _sent_quality(
+    client: Client, user: str, source: str, paused: bool = False
+) -> dict[str, Any] | None:
+    tile = await _tile(client, user, source)
+    sent: dict[str, Any] | None = tile["sent"] if tile else None
+    return sent if sent and sent["paused"] is paused else None
+
+
+async def _layers_follow(client: Client, wanted: Callable[[dict[str, bool]], bool]) -> bool:
+    """The camera's last publish_layers matches `wanted`, and its encodings' `active` follow it."""
+    camera = next((p for p in (await client.video())["publishing"] if p["source"] == "camera"), None)
+    requested = camera["requested"] if camera else None
+    if camera is None or not requested or not wanted(requested):
+        return False
+    return all(e["active"] is requested.get(e["rid"], e["active"]) for e in camera["encodings"])
+
+
 async def _both_listed(client: Client) -> list[dict[str, Any]] | None:
     listed = await client.listed()
     return listed if sorted(p["user"] for p in listed) == ["alice", "bob"] else None

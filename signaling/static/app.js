@@ -1,17 +1,22 @@
-// Voxa's browser client: presence, mute/deafen and voice in one channel, and calls (calls.js).
+// Voxa's browser client: presence, mute/deafen, voice, camera and screen share in one channel, and
+// calls (calls.js).
 //
-// URL: /?token=JWT&channel=lobby[&server=ID][&answer=CALL_ID]  (the voice server id defaults to the
-// token's `server` claim; `answer` comes from a call notification of the service worker, sw.js)
+// URL: /?token=JWT&channel=lobby[&server=ID][&answer=CALL_ID][&camera=WxH][&simulcast=0]  (the voice
+// server id defaults to the token's `server` claim; `answer` comes from a call notification of the
+// service worker, sw.js; `camera` asks the camera for another size than 1280x720, `simulcast=0`
+// publishes it as one layer)
 // Protocol: docs/protocol.md (Phoenix Channels v2 socket, topic voice:<server>:<channel>, presence metas,
-// `sdp`/`ice`/`media_reset` for media). Media negotiation lives in media.js.
+// `sdp`/`ice`/`media_reset` for media, `video_quality`/`publish_layers` for video). Media negotiation
+// lives in media.js, the video grid in video.js.
 //
-// Test hook: window.voxa = {state(), participants(), measure(ms), route(), calls()}.
+// Test hook: window.voxa = {state(), participants(), measure(ms), route(), calls(), video()}.
 
 import { Presence, Socket } from "/vendor/phoenix.mjs";
 import { icon } from "./icons.js";
 import { Calls } from "./calls.js";
 import { MediaSession, audioContext } from "./media.js";
 import { registerPush } from "./push.js";
+import { VideoGrid } from "./video.js";
 
 const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
@@ -62,6 +67,8 @@ const app = {
   self: null, // our own presence meta
   mic: null, // the live microphone track, or null
   micError: null,
+  camera: null, // the live camera track, or null (the camera is off)
+  screen: null, // {video, audio} of a running screen share, or null
   media: null, // MediaSession
   voiceHeld: false, // a call's media is up: the voice channel's is closed meanwhile
   mediaNote: null, // why there is no voice (no media server, failure ...)
@@ -81,7 +88,12 @@ function loadSettings() {
   } catch {
     saved = {};
   }
-  const settings = { micId: saved.micId || "", speakerId: saved.speakerId || "", processing: saved.processing !== false };
+  const settings = {
+    micId: saved.micId || "",
+    speakerId: saved.speakerId || "",
+    processing: saved.processing !== false,
+    screenAudio: saved.screenAudio === true,
+  };
   const processing = query.get("processing");
   if (processing !== null) settings.processing = !["0", "off", "false", "no"].includes(processing.toLowerCase());
   return settings;
@@ -276,6 +288,10 @@ function joinChannel() {
   channel.on("sdp", (payload) => {
     if (channel === app.channel && app.media) app.media.handleRemote(payload);
   });
+  channel.on("publish_layers", (payload) => {
+    // Dynacast: the SFU says which layers of our camera anyone receives.
+    if (channel === app.channel && app.media && payload) app.media.setLayers(payload.mid, payload.active);
+  });
   channel.on("media_reset", (payload) => {
     // While a call holds the voice its session is closed on purpose: the SFU noticing is no news.
     if (channel !== app.channel || app.voiceHeld) return;
@@ -345,6 +361,8 @@ function onJoined(reply) {
     app.ops = app.ops.then(() => acquireOrMute());
   }
   startMedia(again ? "rejoin" : "join");
+  // A rejoin starts with `video` off in presence; the camera that stayed on says so again.
+  if (app.camera) push("video", { enabled: true }).catch((err) => log("video push failed:", errorText(err)));
 }
 
 function onChannelClosed() {
@@ -380,6 +398,8 @@ function teardown(title, detail) {
   app.joined = false;
   stopMedia();
   releaseMic();
+  releaseCamera();
+  releaseScreen();
   const channel = app.channel;
   const socket = app.socket;
   app.channel = null;
@@ -435,6 +455,12 @@ function startMedia(reason) {
     },
   });
   app.media = session;
+  if (session) {
+    // Camera and screen share survive sessions, as the microphone does: the new peer connection
+    // publishes them from its first offer.
+    if (app.camera) session.setCamera(app.camera);
+    if (app.screen) session.setScreen(app.screen);
+  }
   render();
 }
 
@@ -451,6 +477,7 @@ function openMedia({ reply, push: send, isCurrent, onFailed, onConnected, onNoMe
     iceServers: reply.ice_servers || [],
     iceTransportPolicy: reply.ice_transport_policy,
     track: app.local.muted ? null : app.mic,
+    simulcast: query.get("simulcast") !== "0",
     push: (event, payload) =>
       isCurrent(session) ? send(event, payload) : Promise.reject(new Error("stale media session")),
     audioContainer: $("audio"),
@@ -738,6 +765,185 @@ async function switchMicrophone() {
   notify("info", `Microphone: ${track.label || "switched"}.`, { key: "mic" });
 }
 
+// --- camera and screen share ---------------------------------------------------------------------------
+function canVideo() {
+  return app.permissions.includes("video");
+}
+
+function canStream() {
+  return app.permissions.includes("stream") && Boolean(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
+}
+
+function cameraConstraints() {
+  const [w, h] = (query.get("camera") || "").split("x").map((n) => Number.parseInt(n, 10));
+  const width = Number.isFinite(w) && w > 0 ? w : 1280;
+  const height = Number.isFinite(h) && h > 0 ? h : 720;
+  return { video: { width: { ideal: width }, height: { ideal: height }, frameRate: { ideal: 24, max: 30 } } };
+}
+
+function cameraErrorText(err) {
+  switch (err && err.name) {
+    case "NotAllowedError":
+      return "camera permission was denied: allow it in the browser";
+    case "NotFoundError":
+      return "no camera was found";
+    case "NotReadableError":
+      return "the camera is in use by another application or failed to start";
+    default:
+      return errorText(err);
+  }
+}
+
+function releaseCamera() {
+  if (app.camera) {
+    app.camera.stop();
+    app.camera = null;
+  }
+}
+
+function releaseScreen() {
+  if (app.screen) {
+    app.screen.video.stop();
+    if (app.screen.audio) app.screen.audio.stop();
+    app.screen = null;
+  }
+}
+
+// Camera on: a camera track on the session's camera transceiver (simulcast), then `video` in presence.
+// Off: the track stops (the light goes out), the transceiver goes inactive.
+async function setCamera(on) {
+  if (on) {
+    if (app.camera || !canVideo()) return;
+    let track;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia(cameraConstraints());
+      track = stream.getVideoTracks()[0];
+    } catch (err) {
+      notify("error", `Cannot start the camera: ${cameraErrorText(err)}.`, { key: "camera" });
+      return;
+    }
+    if (!app.joined) {
+      track.stop();
+      return;
+    }
+    track.addEventListener("ended", () => {
+      if (track === app.camera) queue(() => setCamera(false));
+    });
+    app.camera = track;
+    dismiss("camera");
+    if (app.media) await app.media.setCamera(track);
+  } else {
+    if (!app.camera) return;
+    releaseCamera();
+    if (app.media) await app.media.setCamera(null);
+  }
+  render();
+  push("video", { enabled: on }).catch((err) => {
+    if (app.joined) notify("error", `Could not turn the camera ${on ? "on" : "off"}: ${errorText(err.reason || err)}`);
+  });
+}
+
+// Screen share (Go Live): getDisplayMedia, on its own transceiver (and the tab's audio on another, when
+// asked for and given). The browser's own "Stop sharing" ends the track, which ends the share.
+async function setScreen(on) {
+  if (on) {
+    if (app.screen || !canStream()) return;
+    let media;
+    try {
+      media = await navigator.mediaDevices.getDisplayMedia({
+        video: { frameRate: { ideal: 15, max: 30 } },
+        audio: app.settings.screenAudio,
+      });
+    } catch (err) {
+      if (err && err.name === "NotAllowedError") return; // the picker was cancelled
+      notify("error", `Cannot share the screen: ${errorText(err)}.`, { key: "screen" });
+      return;
+    }
+    const video = media.getVideoTracks()[0];
+    const audio = media.getAudioTracks()[0] || null;
+    if (!app.joined || !video) {
+      media.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    video.contentHint = "detail";
+    const screen = { video, audio };
+    video.addEventListener("ended", () => {
+      if (app.screen === screen) queue(() => setScreen(false));
+    });
+    app.screen = screen;
+    dismiss("screen");
+    if (app.media) await app.media.setScreen(screen);
+  } else {
+    if (!app.screen) return;
+    releaseScreen();
+    if (app.media) await app.media.setScreen(null);
+  }
+  render();
+}
+
+// --- video grid --------------------------------------------------------------------------------------
+let grid = null;
+
+function videoGrid() {
+  if (!grid && typeof ResizeObserver !== "undefined" && typeof IntersectionObserver !== "undefined") {
+    grid = new VideoGrid({
+      container: $("grid"),
+      send: (trackId, quality) =>
+        app.media ? app.media.videoQuality(trackId, quality) : Promise.reject(new Error("no media session")),
+      log: (...parts) => log("[video]", ...parts),
+    });
+  }
+  return grid;
+}
+
+// The tiles to show: ours first (camera, screen), then screen shares, then cameras, in join order.
+// Whose video a receiver carries comes from its m-section's msid (session id, producer id); whether it
+// is a camera or a screen, and whether it is live, from the publisher's presence (`tracks`, `video`).
+function tiles() {
+  const people = participants();
+  const me = people.find((p) => p.you);
+  const myName = me ? me.name : app.claims ? app.claims.name || app.claims.sub : "You";
+  const myId = app.claims ? app.claims.sub : "";
+  const out = [];
+  if (app.camera) {
+    out.push({ key: "local:camera", track: app.camera, label: `${myName} (you)`, user: myId, source: "camera", local: true, trackId: null, speaking: Boolean(me && me.speaking) });
+  }
+  if (app.screen) {
+    out.push({ key: "local:screen", track: app.screen.video, label: `${myName}'s screen (you)`, user: myId, source: "screen", local: true, trackId: null, speaking: false });
+  }
+  if (!app.media) return out;
+  const bySession = new Map(people.map((p) => [p.session_id, p]));
+  const remote = [];
+  for (const video of app.media.remoteVideos()) {
+    const p = video.sessionId ? bySession.get(video.sessionId) : null;
+    if (!p || p.you) continue;
+    const info = p.tracks.find((t) => t.track === video.trackId);
+    const reported = p.tracks.some((t) => t.kind === "video");
+    // A track the SFU does not list (it reports tracks) is not live; without reports, `video` decides.
+    const source = info ? (info.source === "screen" ? "screen" : "camera") : "camera";
+    const live = info ? source === "screen" || p.video : !reported && p.video;
+    if (!live) continue;
+    remote.push({
+      key: `${video.mid}|${video.trackId}`,
+      track: video.track,
+      label: source === "screen" ? `${p.name}'s screen` : p.name,
+      user: p.id,
+      source,
+      local: false,
+      trackId: video.trackId,
+      speaking: source === "camera" && p.speaking,
+      joined: p.joined_at,
+    });
+  }
+  remote.sort((a, b) => (a.source === b.source ? a.joined - b.joined : a.source === "screen" ? -1 : 1));
+  return out.concat(remote);
+}
+
+function renderGrid() {
+  const g = videoGrid();
+  if (g) g.update(app.joined || app.status === "reconnecting" ? tiles() : []);
+}
+
 // --- rendering -------------------------------------------------------------------------------------
 const STATUS_TEXT = {
   connecting: "Connecting…",
@@ -768,6 +974,8 @@ function listPresence(presence, ownSession) {
         speaking: Boolean(meta.speaking),
         suppressed: Boolean(meta.suppressed),
         video: Boolean(meta.video),
+        streaming: Boolean(meta.streaming),
+        tracks: Array.isArray(meta.tracks) ? meta.tracks : [],
         priority_speaker: Boolean(meta.priority_speaker),
         joined_at: meta.joined_at || 0,
         you: meta.session_id === ownSession,
@@ -820,6 +1028,8 @@ function describePerson(p) {
   if (p.server_deafened) bits.push("deafened by a moderator");
   else if (p.deafened) bits.push("deafened");
   if (p.suppressed) bits.push("cannot speak here");
+  if (p.video) bits.push("camera on");
+  if (p.streaming) bits.push("sharing their screen");
   return bits.join(", ");
 }
 
@@ -874,6 +1084,8 @@ function renderParticipants(list) {
       else if (p.muted) flags.appendChild(flag("micOff", "Muted", "muted"));
       if (p.server_deafened) flags.appendChild(flag("headphonesOff", "Deafened by a moderator", "server"));
       else if (p.deafened) flags.appendChild(flag("headphonesOff", "Deafened", "deafened"));
+      if (p.video) flags.appendChild(flag("camera", "Camera on", "video"));
+      if (p.streaming) flags.appendChild(flag("screen", "Sharing their screen", "video"));
 
       li.append(avatar, who, flags);
       if (canCall() && !p.you && p.id !== app.claims.sub) {
@@ -993,6 +1205,30 @@ function render() {
   deafen.title = serverDeafened ? "A moderator deafened you" : deafened ? "Undeafen" : "Deafen (mute everyone for you)";
   deafen.disabled = !app.joined || app.busy || serverDeafened;
 
+  const camera = $("camera");
+  const cameraOn = Boolean(app.camera);
+  camera.innerHTML = icon(cameraOn ? "camera" : "cameraOff", { size: 22 });
+  camera.setAttribute("aria-pressed", String(cameraOn));
+  camera.setAttribute("aria-label", "Camera");
+  camera.title = !canVideo() && app.joined
+    ? "You do not have permission to use a camera in this channel"
+    : cameraOn
+      ? "Turn the camera off"
+      : "Turn the camera on";
+  camera.disabled = !app.joined || app.busy || (!canVideo() && !cameraOn);
+
+  const screen = $("screen");
+  const sharing = Boolean(app.screen);
+  screen.innerHTML = icon(sharing ? "screen" : "screenOff", { size: 22 });
+  screen.setAttribute("aria-pressed", String(sharing));
+  screen.setAttribute("aria-label", "Share screen");
+  screen.title = !app.permissions.includes("stream") && app.joined
+    ? "You do not have permission to share your screen in this channel"
+    : sharing
+      ? "Stop sharing your screen"
+      : "Share your screen";
+  screen.disabled = !app.joined || app.busy || (!canStream() && !sharing);
+
   const leaveButton = $("leave");
   leaveButton.innerHTML = icon("leave", { size: 22 });
   leaveButton.disabled = app.status === "left" || app.status === "error";
@@ -1009,6 +1245,7 @@ function render() {
   $("left").setAttribute("role", app.status === "error" ? "alert" : "region");
   $("left").dataset.kind = app.status;
   $("unlock").hidden = !sessions().some((session) => session.blockedPlayback);
+  renderGrid();
   renderCalls();
 }
 
@@ -1129,7 +1366,19 @@ async function route() {
   return app.media ? app.media.route() : null;
 }
 
-window.voxa = { state, participants, measure, route, calls: () => calls.state() };
+/** Camera, screen share, what we publish (encodings, dynacast) and the grid's tiles. */
+function video() {
+  return {
+    camera: app.camera ? { id: app.camera.id, label: app.camera.label, readyState: app.camera.readyState } : null,
+    screen: app.screen ? { id: app.screen.video.id, label: app.screen.video.label, audio: Boolean(app.screen.audio) } : null,
+    publishing: app.media ? app.media.publishing() : [],
+    sources: app.media ? app.media.sources() : {},
+    tiles: grid ? grid.state() : [],
+    quality_pushes: grid ? grid.sent : 0,
+  };
+}
+
+window.voxa = { state, participants, measure, route, calls: () => calls.state(), video };
 
 // --- boot ------------------------------------------------------------------------------------------
 function showJoinForm(message) {
@@ -1152,6 +1401,14 @@ function wire() {
     queue(() => setDeafened(!deafened));
   });
   $("leave").addEventListener("click", leave);
+  $("camera").addEventListener("click", () => {
+    const on = Boolean(app.camera);
+    queue(() => setCamera(!on));
+  });
+  $("screen").addEventListener("click", () => {
+    const on = Boolean(app.screen);
+    queue(() => setScreen(!on));
+  });
   $("answer").addEventListener("click", () => {
     const id = $("incoming").dataset.call;
     if (id) calls.answer(id);
@@ -1209,6 +1466,11 @@ function wire() {
     app.settings.processing = event.target.checked;
     saveSettings();
     queue(switchMicrophone);
+  });
+  $("screen-audio").checked = app.settings.screenAudio;
+  $("screen-audio").addEventListener("change", (event) => {
+    app.settings.screenAudio = event.target.checked;
+    saveSettings();
   });
   $("unlock-button").addEventListener("click", () => {
     audioContext().resume();

@@ -6,6 +6,13 @@
 // A MediaSession lives for one join: a rejoin, a `media_reset` or a leave closes it, and the next join
 // starts a new one from scratch. The microphone track belongs to the app (it survives sessions); mute
 // and unmute only swap it on the sender (replaceTrack), so nothing is renegotiated.
+//
+// Video (docs/protocol.md, "Video"): the camera is one sendonly transceiver publishing simulcast layers
+// q, h, f (lowest first); a screen share is a second video transceiver (one layer) and, with tab audio,
+// a second audio one. Turning either off detaches the track and makes the transceiver inactive (a
+// renegotiation: the SFU stops forwarding it); turning it on again reuses the transceiver, so mids stay
+// put. Every offer names what each of our m-sections carries (`sources`). The SFU's `publish_layers`
+// turns layers nobody receives off (`setLayers`: encodings[i].active by rid, no renegotiation).
 
 const FFT_SIZE = 8192;
 const SNAPSHOT_MS = 50;
@@ -19,18 +26,27 @@ export function audioContext() {
   return sharedAudioContext;
 }
 
+// The camera's simulcast layers, lowest first: the order of the rids in a=simulcast:send is the order
+// the SFU numbers layers in (0 = lowest). The bitrate caps keep the low layers cheap for the uplink.
+export const CAMERA_LAYERS = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1_500_000 },
+];
+
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// mid -> {direction, streamId} of every m-section of an SDP (the SFU names the sending participant's
-// session_id as the stream id in a=msid).
+// mid -> {kind, direction, streamId, trackId} of every m-section of an SDP (the SFU names the sending
+// participant's session_id as the stream id in a=msid, and the producer id `<session_id>:<mid>` as the
+// track id: what `video_quality` names).
 export function parseSections(sdp) {
   const sections = new Map();
   let current = null;
   for (const line of sdp.split(/\r?\n/)) {
     if (line.startsWith("m=")) {
-      current = { kind: line.slice(2).split(" ")[0], mid: null, direction: "sendrecv", streamId: null };
+      current = { kind: line.slice(2).split(" ")[0], mid: null, direction: "sendrecv", streamId: null, trackId: null };
     } else if (current) {
       if (line.startsWith("a=mid:")) {
         current.mid = line.slice(6).trim();
@@ -38,8 +54,9 @@ export function parseSections(sdp) {
       } else if (/^a=(sendrecv|sendonly|recvonly|inactive)$/.test(line)) {
         current.direction = line.slice(2);
       } else if (line.startsWith("a=msid:")) {
-        const streamId = line.slice(7).split(" ")[0];
+        const [streamId, trackId] = line.slice(7).trim().split(" ");
         current.streamId = streamId && streamId !== "-" ? streamId : null;
+        current.trackId = trackId || null;
       }
     }
   }
@@ -52,6 +69,7 @@ export class MediaSession {
    * @param {RTCIceServer[]} opts.iceServers
    * @param {RTCIceTransportPolicy} [opts.iceTransportPolicy]
    * @param {MediaStreamTrack|null} opts.track  the microphone (null while muted)
+   * @param {boolean} [opts.simulcast]  publish the camera as CAMERA_LAYERS (default true)
    * @param {(event: string, payload: object) => Promise<object>} opts.push  a channel push, resolved with the reply
    * @param {HTMLElement} opts.audioContainer  where the remote <audio> elements go
    * @param {() => {deafened: boolean, sinkId: string}} opts.playback  current playback settings
@@ -65,6 +83,14 @@ export class MediaSession {
     this.makingOffer = false;
     this.polite = true;
     this.remote = new Map(); // receiver track id -> {track, mid, sessionId, element, active}
+    this.remoteVideo = new Map(); // mid -> {track, mid, sessionId, trackId, active}
+    this.camera = null; // the camera's transceiver, once there was a camera
+    this.screenVideo = null; // the screen share's transceivers
+    this.screenAudio = null;
+    this.cameraStream = new MediaStream();
+    this.screenStream = new MediaStream();
+    this.layers = new Map(); // mid -> the last publish_layers `active` applied
+    this.layerOps = Promise.resolve(); // getParameters/setParameters, one at a time
     this.analysers = new Map(); // receiver track id -> {analyser, source, sink, created}
     this.queue = Promise.resolve(); // the SFU's descriptions, applied one at a time in arrival order
     this.counters = { offers: 0, answers: 0, remoteOffers: 0, remoteAnswers: 0, collisions: 0, ignoredOffers: 0 };
@@ -104,7 +130,7 @@ export class MediaSession {
       // An SFU offer applied meanwhile rolled this offer back: nothing to send.
       if (this.closed || pc.signalingState !== "have-local-offer") return;
       this.counters.offers += 1;
-      const reply = await this.opts.push("sdp", { type: "offer", sdp: pc.localDescription.sdp });
+      const reply = await this.opts.push("sdp", { type: "offer", sdp: pc.localDescription.sdp, sources: this.sources() });
       if (reply && reply.ignored) {
         // The SFU had an offer of its own in flight: it wins; ours is rolled back when it arrives.
         this.counters.ignoredOffers += 1;
@@ -166,6 +192,19 @@ export class MediaSession {
     });
   }
 
+  // What each of our m-sections carries ({mid: source}), for the SFU (and the `stream` permission).
+  sources() {
+    const out = {};
+    const label = (transceiver, source) => {
+      if (transceiver && transceiver.mid !== null) out[transceiver.mid] = source;
+    };
+    label(this.transceiver, "microphone");
+    label(this.camera, "camera");
+    label(this.screenVideo, "screen");
+    label(this.screenAudio, "screen_audio");
+    return out;
+  }
+
   fail(where, err) {
     this.lastError = `${where}: ${err && err.message ? err.message : err}`;
     this.opts.onError(where, err);
@@ -181,10 +220,90 @@ export class MediaSession {
     if (track) this.localStream.addTrack(track);
   }
 
-  // --- remote audio -----------------------------------------------------------------------------
+  // --- camera and screen share -----------------------------------------------------------------------
+  // `track` on a sendonly transceiver (created the first time, reused after), or off: no track and the
+  // transceiver inactive. A direction change renegotiates (negotiationneeded); a track swap does not.
+  async attach(transceiver, track, stream, init = {}) {
+    if (this.closed) return transceiver;
+    if (track) {
+      if (!transceiver) return this.pc.addTransceiver(track, { direction: "sendonly", streams: [stream], ...init });
+      await transceiver.sender.replaceTrack(track);
+      if (transceiver.direction !== "sendonly") transceiver.direction = "sendonly";
+      return transceiver;
+    }
+    if (transceiver) {
+      await transceiver.sender.replaceTrack(null);
+      if (transceiver.direction !== "inactive") transceiver.direction = "inactive";
+    }
+    return transceiver;
+  }
+
+  async setCamera(track) {
+    const simulcast = this.opts.simulcast !== false;
+    const init = simulcast ? { sendEncodings: CAMERA_LAYERS.map((e) => ({ ...e })) } : {};
+    this.camera = await this.attach(this.camera, track, this.cameraStream, init);
+  }
+
+  /** @param {{video: MediaStreamTrack, audio: MediaStreamTrack|null}|null} screen */
+  async setScreen(screen) {
+    this.screenVideo = await this.attach(this.screenVideo, screen ? screen.video : null, this.screenStream);
+    const audio = screen ? screen.audio : null;
+    if (audio || this.screenAudio) this.screenAudio = await this.attach(this.screenAudio, audio, this.screenStream);
+  }
+
+  // Dynacast: the SFU says which layers of our simulcast video someone receives ({rid: bool}); the
+  // others stop being encoded. Applied by rid (a sender without rids is the one layer "").
+  setLayers(mid, active) {
+    const step = this.layerOps.then(async () => {
+      if (this.closed || !active || typeof active !== "object") return;
+      const transceiver = this.pc.getTransceivers().find((t) => t.mid === mid);
+      if (!transceiver) return;
+      const params = transceiver.sender.getParameters();
+      let changed = false;
+      for (const encoding of params.encodings || []) {
+        const want = active[encoding.rid ?? ""];
+        if (typeof want === "boolean" && encoding.active !== want) {
+          encoding.active = want;
+          changed = true;
+        }
+      }
+      if (changed) await transceiver.sender.setParameters(params);
+      this.layers.set(mid, { ...active });
+      this.opts.log("publish layers", mid, JSON.stringify(active));
+    });
+    this.layerOps = step.catch((err) => this.opts.log("setParameters failed:", err.message));
+    return this.layerOps;
+  }
+
+  // What we publish, for the test hook: each video sender's encodings and whether they are active.
+  publishing() {
+    const out = [];
+    for (const [source, transceiver] of [["camera", this.camera], ["screen", this.screenVideo]]) {
+      if (!transceiver) continue;
+      const encodings = (transceiver.sender.getParameters().encodings || []).map((e) => ({
+        rid: e.rid ?? null,
+        active: e.active !== false,
+        scaleResolutionDownBy: e.scaleResolutionDownBy ?? 1,
+      }));
+      out.push({
+        source,
+        mid: transceiver.mid,
+        direction: transceiver.direction,
+        sending: Boolean(transceiver.sender.track),
+        encodings,
+        requested: this.layers.get(transceiver.mid) || null,
+      });
+    }
+    return out;
+  }
+
+  // --- remote audio and video -------------------------------------------------------------------------
   onTrack(event) {
     const { track, streams, transceiver } = event;
-    if (track.kind !== "audio") return;
+    if (track.kind !== "audio") {
+      this.syncRemote();
+      return;
+    }
     const entry = this.entryFor(track);
     entry.mid = transceiver.mid;
     if (streams[0]) entry.sessionId = streams[0].id;
@@ -218,10 +337,14 @@ export class MediaSession {
     const sections = parseSections(remoteSdp);
     for (const transceiver of this.pc.getTransceivers()) {
       const track = transceiver.receiver.track;
-      if (!track || track.kind !== "audio" || transceiver.mid === null) continue;
+      if (!track || transceiver.mid === null) continue;
       const section = sections.get(transceiver.mid);
       const sending = section && (section.direction === "sendonly" || section.direction === "sendrecv");
       const stopped = transceiver.stopped || transceiver.currentDirection === "stopped";
+      if (track.kind === "video") {
+        this.syncVideo(transceiver, section, Boolean(sending && !stopped && section.streamId));
+        continue;
+      }
       if (!sending || stopped || !section.streamId) {
         const old = this.remote.get(track.id);
         if (old) {
@@ -237,6 +360,36 @@ export class MediaSession {
       entry.element.dataset.session = section.streamId;
     }
     this.opts.onChange();
+  }
+
+  // A remote video: the SFU reuses m-sections, so the section's msid says whose producer it carries now.
+  syncVideo(transceiver, section, active) {
+    const mid = transceiver.mid;
+    let entry = this.remoteVideo.get(mid);
+    if (!active) {
+      if (entry) entry.active = false;
+      return;
+    }
+    if (!entry) {
+      entry = { mid, track: transceiver.receiver.track, sessionId: null, trackId: null, active: true };
+      this.remoteVideo.set(mid, entry);
+    }
+    entry.track = transceiver.receiver.track;
+    entry.sessionId = section.streamId;
+    entry.trackId = section.trackId;
+    entry.active = true;
+  }
+
+  remoteVideos() {
+    return [...this.remoteVideo.values()]
+      .filter((e) => e.active)
+      .map((e) => ({ mid: e.mid, track: e.track, sessionId: e.sessionId, trackId: e.trackId }));
+  }
+
+  // `video_quality`: how large a tile shows a remote video (device pixels), or paused when unseen.
+  videoQuality(trackId, quality) {
+    if (this.closed) return Promise.resolve();
+    return this.opts.push("video_quality", { track: trackId, ...quality });
   }
 
   applyPlayback(entry) {
@@ -375,6 +528,8 @@ export class MediaSession {
       iceConnectionState: pc.iceConnectionState,
       signalingState: pc.signalingState,
       sending: Boolean(this.sender.track),
+      camera: Boolean(this.camera && this.camera.sender.track),
+      screen: Boolean(this.screenVideo && this.screenVideo.sender.track),
       transceivers: pc.getTransceivers().length,
       counters: { ...this.counters },
       lastError: this.lastError,
@@ -414,6 +569,7 @@ export class MediaSession {
       entry.element.remove();
     }
     this.remote.clear();
+    this.remoteVideo.clear();
     this.pc.onnegotiationneeded = null;
     this.pc.onicecandidate = null;
     this.pc.ontrack = null;

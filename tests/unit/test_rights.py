@@ -71,3 +71,14 @@ def test_parse_permissions_all() -> None:
     assert parse_permissions("all") == ALL_PERMISSIONS
     with pytest.raises(ValueError):
         parse_permissions("connect,teleport")
+
+
+def test_stream_is_its_own_right_and_channel_overrides_apply() -> None:
+    """Go Live: a camera (`video`) does not imply a screen share (`stream`); a channel can grant it."""
+    c = claims("connect,speak,video", stage=ChannelOverride(allow=frozenset({P.STREAM})))
+    assert REQUIRED[Action.STREAM] is P.STREAM and P.STREAM in ALL_PERMISSIONS
+    assert allowed(c, "g", "lobby", Action.VIDEO) and not allowed(c, "g", "lobby", Action.STREAM)
+    with pytest.raises(Forbidden, match="missing permission 'stream'"):
+        check(c, "g", "lobby", Action.STREAM)
+    assert allowed(c, "g", "stage", Action.STREAM)
+    assert parse_permissions("connect,stream") == {P.CONNECT, P.STREAM}

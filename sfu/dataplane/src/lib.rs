@@ -9,6 +9,7 @@ pub mod ceiling;
 pub mod classify;
 pub mod codecs;
 pub mod io;
+pub mod layers;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;

@@ -17,7 +17,7 @@ use crate::codecs::VideoCodec;
 use crate::io::{parse_network, Engine};
 use crate::rtp::Extensions;
 use crate::srtp::{keying_material_len, Session};
-use crate::worker::{ApiError, Event, ProducerParams};
+use crate::worker::{ApiError, ConsumerParams, Event, Preferences, ProducerParams};
 
 fn value_error(e: impl std::fmt::Display) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -173,7 +173,8 @@ impl PyWorker {
         Ok(())
     }
 
-    /// ("connected", peer, (host, port)), ("dtls", peer, bytes), ("consent_expired", peer, None).
+    /// ("connected", peer, (host, port)), ("dtls", peer, bytes), ("consent_expired", peer, None),
+    /// ("layers", producer, wanted_mask), ("layer", consumer, layer).
     fn take_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         self.engine.ack_events();
         let events = self.engine.with_worker(|w, _| w.take_events());
@@ -190,6 +191,12 @@ impl PyWorker {
                 Event::Dtls { peer, data } => ("dtls", peer, PyBytes::new(py, &data).into_any()),
                 Event::ConsentExpired { peer } => {
                     ("consent_expired", peer, py.None().into_bound(py))
+                }
+                Event::Layers { producer, mask } => {
+                    ("layers", producer, mask.into_pyobject(py)?.into_any())
+                }
+                Event::Layer { consumer, layer } => {
+                    ("layer", consumer, layer.into_pyobject(py)?.into_any())
                 }
             };
             list.append(item)?;
@@ -257,7 +264,9 @@ impl PyWorker {
         Ok((s.rx_packets, s.tx_packets, s.srtp_errors))
     }
 
-    #[pyo3(signature = (peer, *, kind, clock_rate, ssrcs, mid, mid_id=0, audio_level_id=0, codec=None))]
+    /// A published track. `layers`: simulcast layers lowest first, (rid, SSRC or 0 to learn it from
+    /// the rid extension, RTX SSRC or 0); `rtx_payload_types`: the publisher's (RTX PT, apt).
+    #[pyo3(signature = (peer, *, kind, clock_rate, ssrcs, mid, mid_id=0, audio_level_id=0, codec=None, layers=Vec::new(), rid_id=0, repaired_rid_id=0, rtx_payload_types=Vec::new(), transport_cc_id=0))]
     #[allow(clippy::too_many_arguments)]
     fn add_producer(
         &self,
@@ -269,6 +278,11 @@ impl PyWorker {
         mid_id: u8,
         audio_level_id: u8,
         codec: Option<&str>,
+        layers: Vec<(String, u32, u32)>,
+        rid_id: u8,
+        repaired_rid_id: u8,
+        rtx_payload_types: Vec<(u8, u8)>,
+        transport_cc_id: u8,
     ) -> PyResult<u32> {
         let kind_video = match kind {
             "audio" => false,
@@ -287,6 +301,14 @@ impl PyWorker {
             mid_id,
             audio_level_id,
             codec: codec.and_then(VideoCodec::from_name),
+            layers: layers
+                .into_iter()
+                .map(|(rid, ssrc, rtx)| (rid.into_bytes(), ssrc, rtx))
+                .collect(),
+            rid_id,
+            repaired_rid_id,
+            rtx_payload_types,
+            transport_cc_id,
         };
         self.engine
             .with_worker(|w, _| w.add_producer(peer, params))
@@ -330,14 +352,53 @@ impl PyWorker {
             .collect()
     }
 
-    #[pyo3(signature = (producer, subscriber, ssrc=0))]
-    fn add_consumer(&self, producer: u32, subscriber: u32, ssrc: u32) -> PyResult<u32> {
+    /// [(rid, ssrc, bitrate_bps, width, height, wanted)] per layer, lowest first (0: not known yet).
+    #[allow(clippy::type_complexity)]
+    fn producer_layers(&self, producer: u32) -> PyResult<Vec<(String, u32, u64, u16, u16, bool)>> {
+        let layers = self
+            .engine
+            .with_worker(|w, now| w.producer_layers(producer, now))
+            .map_err(api_error)?;
+        Ok(layers
+            .into_iter()
+            .map(|(rid, ssrc, bps, w, h, wanted)| {
+                (
+                    String::from_utf8_lossy(&rid).into_owned(),
+                    ssrc,
+                    bps,
+                    w,
+                    h,
+                    wanted,
+                )
+            })
+            .collect())
+    }
+
+    /// A consumer with its SSRC and, for video, its RTX SSRC (0: the worker picks one).
+    #[pyo3(signature = (producer, subscriber, ssrc=0, rtx_ssrc=0))]
+    fn add_consumer(
+        &self,
+        producer: u32,
+        subscriber: u32,
+        ssrc: u32,
+        rtx_ssrc: u32,
+    ) -> PyResult<u32> {
         self.engine
-            .with_worker(|w, _| w.add_consumer(producer, subscriber, ssrc))
+            .with_worker(|w, _| w.add_consumer(producer, subscriber, ssrc, rtx_ssrc))
             .map_err(api_error)
     }
 
-    #[pyo3(signature = (consumer, payload_types, *, mid, mid_id=0, abs_send_time_id=0, audio_level_id=0))]
+    /// The consumer's RTX SSRC (0 for audio).
+    fn consumer_rtx_ssrc(&self, consumer: u32) -> PyResult<u32> {
+        self.engine
+            .with_worker(|w, _| w.consumer_rtx_ssrc(consumer))
+            .map_err(api_error)
+    }
+
+    /// `transport_cc_id`: write the subscriber peer's transport-wide sequence numbers;
+    /// `rtx_payload_types`: the subscriber's (RTX PT, apt) pairs (empty: NACKs get plain resends).
+    #[pyo3(signature = (consumer, payload_types, *, mid, mid_id=0, abs_send_time_id=0, audio_level_id=0, transport_cc_id=0, rtx_payload_types=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
     fn configure_consumer(
         &self,
         consumer: u32,
@@ -346,15 +407,65 @@ impl PyWorker {
         mid_id: u8,
         abs_send_time_id: u8,
         audio_level_id: u8,
+        transport_cc_id: u8,
+        rtx_payload_types: Vec<(u8, u8)>,
     ) -> PyResult<()> {
-        let ext = Extensions {
-            mid: mid.as_bytes().to_vec(),
-            mid_id,
-            abs_send_time_id,
-            audio_level_id,
+        let params = ConsumerParams {
+            payload_types,
+            ext: Extensions {
+                mid: mid.as_bytes().to_vec(),
+                mid_id,
+                abs_send_time_id,
+                audio_level_id,
+                transport_cc_id,
+            },
+            rtx_payload_types,
         };
         self.engine
-            .with_worker(|w, _| w.configure_consumer(consumer, &payload_types, ext))
+            .with_worker(|w, _| w.configure_consumer(consumer, params))
+            .map_err(api_error)
+    }
+
+    /// The client's wishes for a video consumer: a layer cap by index (-1: none) or by displayed
+    /// size (0: none), or no packets at all (`paused`: a hidden tile; not `set_consumer_paused`).
+    #[pyo3(signature = (consumer, *, max_layer=-1, max_width=0, max_height=0, paused=false))]
+    fn set_consumer_preferences(
+        &self,
+        consumer: u32,
+        max_layer: i32,
+        max_width: u32,
+        max_height: u32,
+        paused: bool,
+    ) -> PyResult<()> {
+        let prefs = Preferences {
+            max_layer,
+            max_width,
+            max_height,
+            paused,
+        };
+        self.engine
+            .with_worker(|w, now| w.set_consumer_preferences(consumer, prefs, now))
+            .map_err(api_error)
+    }
+
+    /// (current layer, target layer); -1: none yet.
+    fn consumer_layers(&self, consumer: u32) -> PyResult<(i32, i32)> {
+        self.engine
+            .with_worker(|w, _| w.consumer_layers(consumer))
+            .map_err(api_error)
+    }
+
+    /// Override the peer's bandwidth estimate in bits per second (0: back to the estimator).
+    fn set_peer_bandwidth(&self, peer: u32, bps: u64) -> PyResult<()> {
+        self.engine
+            .with_worker(|w, _| w.set_peer_bandwidth(peer, bps))
+            .map_err(api_error)
+    }
+
+    /// (bps, source): source is "twcc", "remb", "override" or "initial".
+    fn peer_bandwidth(&self, peer: u32) -> PyResult<(u64, &'static str)> {
+        self.engine
+            .with_worker(|w, _| w.peer_bandwidth(peer))
             .map_err(api_error)
     }
 
@@ -405,6 +516,11 @@ impl PyWorker {
             ("unknown_source", c.unknown_source),
             ("unknown_ssrc", c.unknown_ssrc),
             ("oversized", c.oversized),
+            ("duplicates", c.duplicates),
+            ("rtx_received", c.rtx_received),
+            ("rtx_dropped", c.rtx_dropped),
+            ("nacks_sent", c.nacks_sent),
+            ("bad_feedback", c.bad_feedback),
             ("panics", c.panics),
             ("peers", peers as u64),
             ("producers", producers as u64),

@@ -9,6 +9,7 @@ pub const BYE: u8 = 203;
 pub const RTPFB: u8 = 205;
 pub const PSFB: u8 = 206;
 const NACK_FMT: u8 = 1;
+const TRANSPORT_CC_FMT: u8 = 15;
 const PLI_FMT: u8 = 1;
 const FIR_FMT: u8 = 4;
 const AFB_FMT: u8 = 15;
@@ -50,6 +51,14 @@ pub enum Item {
     Remb {
         sender: u32,
         bitrate: u64,
+    },
+    /// Transport-wide congestion control feedback (draft-holmer-rmcat-transport-wide-cc-extensions-01
+    /// §3.1): its FCI is `data[fci_start..fci_end]` of the compound packet parsed.
+    TransportCc {
+        sender: u32,
+        media: u32,
+        fci_start: u16,
+        fci_end: u16,
     },
     Bye,
 }
@@ -180,6 +189,16 @@ fn walk(data: &[u8], visit: &mut dyn FnMut(Item)) -> Result<(), RtcpError> {
                         });
                         i += 4;
                     }
+                } else if pt == RTPFB && count == TRANSPORT_CC_FMT {
+                    if body_end - i < 8 {
+                        return Err(RtcpError::BadFci);
+                    }
+                    visit(Item::TransportCc {
+                        sender,
+                        media,
+                        fci_start: i as u16,
+                        fci_end: body_end as u16,
+                    });
                 } else if pt == PSFB && count == PLI_FMT {
                     visit(Item::Pli { sender, media });
                 } else if pt == PSFB && count == FIR_FMT {
@@ -280,6 +299,36 @@ pub fn build_pli(out: &mut Vec<u8>, sender: u32, media: u32) {
     out.extend_from_slice(&[0x80 | PLI_FMT, PSFB, 0, 2]);
     out.extend_from_slice(&sender.to_be_bytes());
     out.extend_from_slice(&media.to_be_bytes());
+}
+
+/// Append generic NACKs (RFC 4585 §6.2.1) for `seqs` (ascending, modulo 2^16) to `out`: one FCI
+/// entry per run of up to 17 numbers.
+pub fn build_nack(out: &mut Vec<u8>, sender: u32, media: u32, seqs: &[u16]) {
+    if seqs.is_empty() {
+        return;
+    }
+    let start = out.len();
+    out.extend_from_slice(&[0x80 | NACK_FMT, RTPFB, 0, 0]);
+    out.extend_from_slice(&sender.to_be_bytes());
+    out.extend_from_slice(&media.to_be_bytes());
+    let mut i = 0;
+    while i < seqs.len() {
+        let pid = seqs[i];
+        let mut blp = 0u16;
+        i += 1;
+        while i < seqs.len() {
+            let d = seqs[i].wrapping_sub(pid);
+            if d == 0 || d > 16 {
+                break;
+            }
+            blp |= 1 << (d - 1);
+            i += 1;
+        }
+        out.extend_from_slice(&pid.to_be_bytes());
+        out.extend_from_slice(&blp.to_be_bytes());
+    }
+    let words = ((out.len() - start) / 4 - 1) as u16;
+    out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
 }
 
 /// Reception statistics of one incoming SSRC (RFC 3550 A.1 sequence tracking, A.3 loss, A.8 jitter).
@@ -563,6 +612,27 @@ mod tests {
         );
         assert_eq!(nack_seqs(10, 5).collect::<Vec<_>>(), vec![10, 11, 13]);
         assert_eq!(nack_seqs(65_535, 1).collect::<Vec<_>>(), vec![65_535, 0]);
+        let mut nack = Vec::new();
+        build_nack(&mut nack, 1, 2, &[65_530, 65_531, 2, 40]);
+        let mut seqs = Vec::new();
+        parse(&nack, |i| {
+            if let Item::Nack { pid, blp, .. } = i {
+                seqs.extend(nack_seqs(pid, blp));
+            }
+        })
+        .unwrap();
+        assert_eq!(seqs, vec![65_530, 65_531, 2, 40]);
+        let mut tcc = vec![0x8F, RTPFB, 0, 4, 0, 0, 0, 1, 0, 0, 0, 2];
+        tcc.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            collect(&tcc).unwrap(),
+            vec![Item::TransportCc {
+                sender: 1,
+                media: 2,
+                fci_start: 12,
+                fci_end: 20
+            }]
+        );
     }
 
     #[test]

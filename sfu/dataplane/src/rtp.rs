@@ -120,6 +120,12 @@ pub fn parse_header_only(data: &[u8]) -> Result<Header, RtpError> {
 /// The value of header extension element `id`, if the packet has it (one- or two-byte form).
 #[inline]
 pub fn find_extension<'a>(data: &'a [u8], h: &Header, id: u8) -> Option<&'a [u8]> {
+    find_extension_range(data, h, id).map(|r| &data[r])
+}
+
+/// Where the value of header extension element `id` sits in the packet, to rewrite it in place.
+#[inline]
+pub fn find_extension_range(data: &[u8], h: &Header, id: u8) -> Option<std::ops::Range<usize>> {
     if id == 0 || h.ext_profile == 0 {
         return None;
     }
@@ -141,7 +147,7 @@ pub fn find_extension<'a>(data: &'a [u8], h: &Header, id: u8) -> Option<&'a [u8]
                 return None;
             }
             if el_id == id {
-                return Some(&data[start..start + len]);
+                return Some(start..start + len);
             }
             i = start + len;
         }
@@ -161,7 +167,7 @@ pub fn find_extension<'a>(data: &'a [u8], h: &Header, id: u8) -> Option<&'a [u8]
                 return None;
             }
             if el_id == id {
-                return Some(&data[start..start + len]);
+                return Some(start..start + len);
             }
             i = start + len;
         }
@@ -190,6 +196,9 @@ pub struct Extensions {
     pub mid_id: u8,
     pub abs_send_time_id: u8,
     pub audio_level_id: u8,
+    /// Transport-wide sequence number (draft-holmer-rmcat-transport-wide-cc-extensions-01): the
+    /// value is the subscriber peer's counter, given to `rewrite_with` per packet.
+    pub transport_cc_id: u8,
 }
 
 /// Why a rewriter configuration is refused.
@@ -265,10 +274,15 @@ impl Rewriter {
             }
             map[pt_in as usize] = pt_out;
         }
-        let ids: Vec<u8> = [ext.mid_id, ext.abs_send_time_id, ext.audio_level_id]
-            .into_iter()
-            .filter(|&i| i != 0)
-            .collect();
+        let ids: Vec<u8> = [
+            ext.mid_id,
+            ext.abs_send_time_id,
+            ext.audio_level_id,
+            ext.transport_cc_id,
+        ]
+        .into_iter()
+        .filter(|&i| i != 0)
+        .collect();
         for (k, a) in ids.iter().enumerate() {
             if ids[k + 1..].contains(a) {
                 return Err(ConfigError(format!(
@@ -290,6 +304,15 @@ impl Rewriter {
 
     pub fn ssrc(&self) -> u32 {
         self.ssrc
+    }
+
+    /// Whether packets carry a transport-wide sequence number (then `rewrite_with` writes `twcc_seq`).
+    pub fn writes_transport_seq(&self) -> bool {
+        self.ext.transport_cc_id != 0
+    }
+
+    pub fn transport_cc_id(&self) -> u8 {
+        self.ext.transport_cc_id
     }
 
     pub fn last_seq(&self) -> u16 {
@@ -346,9 +369,27 @@ impl Rewriter {
         level: Option<u8>,
         out: &mut Vec<u8>,
     ) -> bool {
+        self.rewrite_with(data, h, now_ms, abs_time, level, 0, out)
+            .is_some()
+    }
+
+    /// `rewrite`, with the transport-wide sequence number to write (if negotiated); returns where
+    /// the payload starts in `out` (for codec-specific rewriting in place), None to drop the packet.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    pub fn rewrite_with(
+        &mut self,
+        data: &[u8],
+        h: &Header,
+        now_ms: i64,
+        abs_time: u32,
+        level: Option<u8>,
+        twcc_seq: u16,
+        out: &mut Vec<u8>,
+    ) -> Option<usize> {
         let pt = self.pt_map[h.payload_type as usize];
         if pt == 0xFF {
-            return false;
+            return None;
         }
         if self.in_ssrc != Some(h.ssrc) {
             self.rebase(h.seq, h.timestamp, h.ssrc, now_ms);
@@ -363,12 +404,15 @@ impl Rewriter {
                 self.floor = out_seq.wrapping_sub(STALE_WINDOW);
             }
         } else if out_seq.wrapping_sub(self.floor) >= 0x8000 {
-            return false;
+            return None;
         }
         out.clear();
         let ext = &self.ext;
         let level = if ext.audio_level_id != 0 { level } else { None };
-        let has_ext = ext.mid_id != 0 || ext.abs_send_time_id != 0 || level.is_some();
+        let has_ext = ext.mid_id != 0
+            || ext.abs_send_time_id != 0
+            || ext.transport_cc_id != 0
+            || level.is_some();
         out.push((data[0] & 0xEF) | if has_ext { 0x10 } else { 0 });
         out.push(pt | (data[1] & 0x80));
         out.extend_from_slice(&out_seq.to_be_bytes());
@@ -411,14 +455,24 @@ impl Rewriter {
                 }
                 out.push(level);
             }
+            if ext.transport_cc_id != 0 {
+                if self.one_byte {
+                    out.push((ext.transport_cc_id << 4) | 1);
+                } else {
+                    out.push(ext.transport_cc_id);
+                    out.push(2);
+                }
+                out.extend_from_slice(&twcc_seq.to_be_bytes());
+            }
             while !(out.len() - block).is_multiple_of(4) {
                 out.push(0);
             }
             let words = ((out.len() - block - 4) / 4) as u16;
             out[block + 2..block + 4].copy_from_slice(&words.to_be_bytes());
         }
+        let payload_start = out.len();
         out.extend_from_slice(&data[h.payload_start..]);
-        true
+        Some(payload_start)
     }
 }
 
@@ -480,6 +534,7 @@ mod tests {
                 mid_id: 4,
                 abs_send_time_id: 2,
                 audio_level_id: 1,
+                transport_cc_id: 0,
             },
         )
         .unwrap();
@@ -527,6 +582,30 @@ mod tests {
     }
 
     #[test]
+    fn transport_wide_sequence_numbers_are_written_when_negotiated() {
+        let mut r = Rewriter::new(5, 90_000, 0, 0).unwrap();
+        r.configure(
+            &[(111, 111)],
+            Extensions {
+                transport_cc_id: 5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = packet(1, 1, 1, &[], b"x");
+        let mut out = Vec::new();
+        let at = r
+            .rewrite_with(&p, &parse(&p).unwrap(), 0, 0, None, 0xBEEF, &mut out)
+            .unwrap();
+        let o = parse(&out).unwrap();
+        assert_eq!(find_extension(&out, &o, 5), Some(&[0xBE, 0xEF][..]));
+        assert_eq!((at, &out[at..]), (o.payload_start, &b"x"[..]));
+        let range = find_extension_range(&out, &o, 5).unwrap();
+        out[range].copy_from_slice(&7u16.to_be_bytes());
+        assert_eq!(find_extension(&out, &o, 5), Some(&[0, 7][..]));
+    }
+
+    #[test]
     fn unnegotiated_payload_types_are_dropped() {
         let mut r = rewriter();
         let mut p = packet(1, 1, 1, &[], b"x");
@@ -544,6 +623,7 @@ mod tests {
                 mid_id: 3,
                 abs_send_time_id: 0,
                 audio_level_id: 0,
+                transport_cc_id: 0,
             },
         )
         .unwrap();
@@ -594,7 +674,8 @@ mod tests {
                     mid: b"0".to_vec(),
                     mid_id: 1,
                     abs_send_time_id: 1,
-                    audio_level_id: 0
+                    audio_level_id: 0,
+                    transport_cc_id: 0,
                 }
             )
             .is_err());

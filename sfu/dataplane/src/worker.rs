@@ -6,6 +6,10 @@
 //! changes peers, producers and consumers through the methods below; everything it needs to hear
 //! comes back as `Event`s and counters, never per packet.
 //!
+//! Video producers have layers (simulcast, RFC 8853; one layer without it); each video consumer
+//! forwards one layer and switches at a keyframe of the layer the per-subscriber allocation gives it
+//! (see `allocate`, `dynacast`, and `layers.rs` for the pure parts).
+//!
 //! Ownership: a peer owns its producers (published tracks) and the consumers sending to it; a
 //! producer lists its consumers. Removing a peer removes all of those in one place.
 
@@ -16,7 +20,10 @@ use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::classify::{classify, Kind};
-use crate::codecs::VideoCodec;
+use crate::codecs::{vp8_keyframe_size, VideoCodec, Vp8Munger};
+use crate::layers::{
+    self, Arrival, Demand, RateMeter, SeqWindow, DEFAULT_LAYER_BPS, UPGRADE_HOLD_MS,
+};
 use crate::rtcp::{self, Item, KeyframeThrottle, PacketHistory, ReceiverStats};
 use crate::rtp::{self, Extensions, Rewriter};
 use crate::srtp::Session;
@@ -44,6 +51,10 @@ pub enum Event {
     Dtls { peer: PeerId, data: Vec<u8> },
     /// No authenticated check for `CONSENT_TIMEOUT_MS`: the peer is gone.
     ConsentExpired { peer: PeerId },
+    /// Dynacast: the simulcast layers some consumer wants changed (bit i: layer i).
+    Layers { producer: ProducerId, mask: u8 },
+    /// A video consumer switched (at a keyframe) to `layer`.
+    Layer { consumer: ConsumerId, layer: u8 },
 }
 
 /// Errors of the typed control API.
@@ -76,6 +87,15 @@ pub struct Counters {
     pub unknown_source: u64,
     pub unknown_ssrc: u64,
     pub oversized: u64,
+    /// Packets of a layer seen before (a publisher's retransmission of one that arrived after all).
+    pub duplicates: u64,
+    /// Publisher retransmissions unwrapped, and those dropped (padding-only probes, unknown RTX PT).
+    pub rtx_received: u64,
+    pub rtx_dropped: u64,
+    /// Sequence numbers NACKed to publishers.
+    pub nacks_sent: u64,
+    /// Transport-cc feedback the estimator refused.
+    pub bad_feedback: u64,
     /// Datagrams whose handling panicked (a bug; the datagram is dropped, the thread goes on).
     pub panics: u64,
 }
@@ -135,6 +155,65 @@ pub struct PeerStats {
     pub srtp_errors: u64,
 }
 
+/// The bandwidth estimator of one subscriber peer (the SFU→peer leg).
+type Bwe = placeholder_bwe::SendSideBwe;
+
+/// Stand-in for `bwe::SendSideBwe` (same constructor and methods) until the estimator lands: it
+/// holds the initial estimate and takes REMB values; transport-cc feedback is accepted and unused.
+mod placeholder_bwe {
+    #[derive(Debug, Clone)]
+    pub struct SendSideBwe {
+        bps: u64,
+        min_bps: u64,
+        max_bps: u64,
+        source: &'static str,
+    }
+
+    impl SendSideBwe {
+        pub fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
+            SendSideBwe {
+                bps: initial_bps,
+                min_bps,
+                max_bps,
+                source: "initial",
+            }
+        }
+        pub fn on_packet_sent(&mut self, _twcc_seq: u16, _size: usize, _now_ms: i64) {}
+        pub fn on_feedback(&mut self, _fci: &[u8], _now_ms: i64) -> Result<(), ()> {
+            Ok(())
+        }
+        pub fn on_remb(&mut self, bps: u64, _now_ms: i64) {
+            self.bps = bps.clamp(self.min_bps, self.max_bps);
+            self.source = "remb";
+        }
+        pub fn estimate_bps(&self) -> u64 {
+            self.bps
+        }
+        pub fn source(&self) -> &'static str {
+            self.source
+        }
+    }
+}
+
+/// A subscriber's estimate before any feedback, and its bounds (docs/bwe.md).
+pub const INITIAL_BPS: u64 = 1_000_000;
+pub const MIN_BPS: u64 = 100_000;
+pub const MAX_BPS: u64 = 10_000_000;
+/// Layers are allocated per subscriber this often.
+pub const ALLOCATION_INTERVAL_MS: i64 = 100;
+/// A layer without packets for this long is inactive (the publisher stopped it, or cannot send it):
+/// consumers are not switched to it.
+pub const LAYER_ACTIVE_MS: i64 = 2_000;
+/// Dynacast: a layer nobody wants is reported unwanted only after this long (a consumer that is
+/// replaced, or a bandwidth dip, does not make the publisher stop and restart an encoding).
+pub const DYNACAST_OFF_DELAY_MS: i64 = 2_000;
+/// Simulcast layers per producer at most.
+pub const MAX_LAYERS: usize = 3;
+/// Resolution assumed for the top layer until a VP8 keyframe tells.
+pub const DEFAULT_FULL_SIZE: (u16, u16) = (1280, 720);
+/// Keyframe requests per layer at most once per this interval.
+pub const KEYFRAME_INTERVAL_MS: i64 = 1_000;
+
 struct Peer {
     ufrag: Vec<u8>,
     pwd: Vec<u8>,
@@ -145,9 +224,25 @@ struct Peer {
     rtcp_ssrc: u32,
     producers: Vec<ProducerId>,
     by_ssrc: HashMap<u32, ProducerId>,
-    /// Consumers sending to this peer, by their SSRC (for its RTCP feedback).
+    /// Consumers sending to this peer, by their SSRC and their RTX SSRC (for its RTCP feedback).
     consumers: HashMap<u32, ConsumerId>,
     stats: PeerStats,
+    /// The SFU→peer estimate, fed by transport-cc feedback (or REMB).
+    bwe: Bwe,
+    /// `set_peer_bandwidth`'s value (0: none).
+    override_bps: u64,
+    /// The next transport-wide sequence number of packets to this peer.
+    twcc_seq: u16,
+}
+
+impl Peer {
+    fn bandwidth(&self) -> (u64, &'static str) {
+        if self.override_bps != 0 {
+            (self.override_bps, "override")
+        } else {
+            (self.bwe.estimate_bps(), self.bwe.source())
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -167,22 +262,213 @@ pub struct Levels {
     pub voiced: u32,
 }
 
+/// One simulcast layer of a producer (a non-simulcast producer has one, index 0).
+struct Layer {
+    rid: Vec<u8>,
+    /// 0 until known (from the SDP or learnt from the rid extension / the first packet).
+    ssrc: u32,
+    rtx_ssrc: u32,
+    receiver: ReceiverStats,
+    window: SeqWindow,
+    rate: RateMeter,
+    /// Bitrate when the layer was last active, for the allocation while it is stopped.
+    last_bps: u64,
+    last_packet_ms: Option<i64>,
+    /// From the layer's VP8 keyframes (0: not seen).
+    width: u16,
+    height: u16,
+    throttle: KeyframeThrottle,
+    /// A keyframe request passed the throttle: the PLI goes out on the next tick.
+    pli_due: bool,
+}
+
+impl Layer {
+    fn new(rid: Vec<u8>, ssrc: u32, rtx_ssrc: u32) -> Self {
+        Layer {
+            rid,
+            ssrc,
+            rtx_ssrc,
+            receiver: ReceiverStats::new(ssrc),
+            window: SeqWindow::new(),
+            rate: RateMeter::new(),
+            last_bps: 0,
+            last_packet_ms: None,
+            width: 0,
+            height: 0,
+            throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL_MS),
+            pli_due: false,
+        }
+    }
+
+    fn active(&self, now_ms: i64) -> bool {
+        self.last_packet_ms
+            .is_some_and(|t| now_ms - t < LAYER_ACTIVE_MS)
+    }
+
+    /// A new media SSRC for the layer (learnt, or the publisher restarted the stream).
+    fn set_ssrc(&mut self, ssrc: u32) {
+        self.ssrc = ssrc;
+        self.receiver = ReceiverStats::new(ssrc);
+        self.window = SeqWindow::new();
+    }
+}
+
 struct Producer {
     peer: PeerId,
     clock_rate: u32,
     mid: Vec<u8>,
     mid_id: u8,
     audio_level_id: u8,
+    rid_id: u8,
+    repaired_rid_id: u8,
+    /// The publisher's RTX payload types and their associated media payload types.
+    rtx_apt: Vec<(u8, u8)>,
     video: Option<VideoCodec>,
     is_video: bool,
     forwarding: bool,
     consumers: Vec<ConsumerId>,
-    receivers: Vec<ReceiverStats>,
-    throttle: KeyframeThrottle,
+    layers: Vec<Layer>,
+    /// Simulcast (layers named by rids): dynacast events are sent for it.
+    simulcast: bool,
+    /// The wanted-layer mask last reported (all layers at the start: the publisher sends them all).
+    wanted: u8,
+    /// Since when each wanted layer has had no consumer wanting it.
+    unwanted_since: [Option<i64>; MAX_LAYERS],
     levels: Levels,
-    /// A keyframe request passed the throttle: the PLI goes out on the next tick.
-    pli_due: bool,
     stats: ProducerStats,
+}
+
+impl Producer {
+    /// The layer a packet from `ssrc` belongs to, and whether it is a retransmission (RFC 4588),
+    /// learning SSRCs from the rid / repaired-rid extensions or, with one layer, from the packet.
+    fn layer_of(&mut self, data: &[u8], h: &rtp::Header) -> Option<(usize, bool)> {
+        for (i, l) in self.layers.iter().enumerate() {
+            if l.ssrc == h.ssrc {
+                return Some((i, false));
+            }
+            if l.rtx_ssrc != 0 && l.rtx_ssrc == h.ssrc {
+                return Some((i, true));
+            }
+        }
+        let rtx_pt = self.rtx_apt.iter().any(|&(pt, _)| pt == h.payload_type);
+        if self.repaired_rid_id != 0 {
+            if let Some(rid) = rtp::find_extension(data, h, self.repaired_rid_id) {
+                let i = self.layers.iter().position(|l| l.rid == rid)?;
+                self.layers[i].rtx_ssrc = h.ssrc;
+                return Some((i, true));
+            }
+        }
+        if self.rid_id != 0 {
+            if let Some(rid) = rtp::find_extension(data, h, self.rid_id) {
+                let i = self.layers.iter().position(|l| l.rid == rid)?;
+                if rtx_pt {
+                    self.layers[i].rtx_ssrc = h.ssrc;
+                    return Some((i, true));
+                }
+                self.layers[i].set_ssrc(h.ssrc);
+                return Some((i, false));
+            }
+        }
+        if self.layers.len() == 1 {
+            if rtx_pt {
+                self.layers[0].rtx_ssrc = h.ssrc;
+                return Some((0, true));
+            }
+            self.layers[0].set_ssrc(h.ssrc);
+            return Some((0, false));
+        }
+        None
+    }
+
+    fn apt(&self, rtx_pt: u8) -> Option<u8> {
+        self.rtx_apt
+            .iter()
+            .find(|&&(pt, _)| pt == rtx_pt)
+            .map(|&(_, apt)| apt)
+    }
+
+    fn layer_cost(&self, i: usize, now_ms: i64) -> u64 {
+        let l = &self.layers[i];
+        if l.active(now_ms) {
+            let bps = l.rate.bps(now_ms);
+            if bps > 0 {
+                return bps;
+            }
+        }
+        if l.last_bps > 0 {
+            l.last_bps
+        } else {
+            DEFAULT_LAYER_BPS[i.min(DEFAULT_LAYER_BPS.len() - 1)]
+        }
+    }
+
+    /// A layer's size: from its keyframes, else derived from another layer's (each layer below is
+    /// half the size of the one above), else from `DEFAULT_FULL_SIZE`.
+    fn layer_size(&self, i: usize) -> (u32, u32) {
+        let l = &self.layers[i];
+        if l.width != 0 {
+            return (l.width as u32, l.height as u32);
+        }
+        let top = self.layers.len() - 1;
+        let (full_w, full_h) = self
+            .layers
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, l)| l.width != 0)
+            .map(|(k, l)| {
+                (
+                    (l.width as u32) << (top - k),
+                    (l.height as u32) << (top - k),
+                )
+            })
+            .unwrap_or((DEFAULT_FULL_SIZE.0 as u32, DEFAULT_FULL_SIZE.1 as u32));
+        (full_w >> (top - i), full_h >> (top - i))
+    }
+
+    /// The highest layer a consumer's preferences allow.
+    fn cap(&self, prefs: &Preferences) -> u8 {
+        let top = (self.layers.len() - 1) as u8;
+        let mut cap = top;
+        if prefs.max_layer >= 0 {
+            cap = cap.min(prefs.max_layer as u8);
+        }
+        if prefs.max_width != 0 || prefs.max_height != 0 {
+            let covering = (0..self.layers.len()).find(|&i| {
+                let (w, h) = self.layer_size(i);
+                w >= prefs.max_width && h >= prefs.max_height
+            });
+            cap = cap.min(covering.map_or(top, |i| i as u8));
+        }
+        cap
+    }
+
+    /// The layer to switch to for a wanted one: itself if active (or if nothing is active yet),
+    /// else the nearest active layer below, else above.
+    fn reachable(&self, wanted: u8, now_ms: i64) -> u8 {
+        let w = wanted as usize;
+        if self.layers[w].active(now_ms) || !self.layers.iter().any(|l| l.active(now_ms)) {
+            return wanted;
+        }
+        if let Some(i) = (0..w).rev().find(|&i| self.layers[i].active(now_ms)) {
+            return i as u8;
+        }
+        (w + 1..self.layers.len())
+            .find(|&i| self.layers[i].active(now_ms))
+            .map_or(wanted, |i| i as u8)
+    }
+
+    fn request_keyframe(&mut self, layer: usize, now_ms: i64) {
+        if self.video.is_none() {
+            return;
+        }
+        if let Some(l) = self.layers.get_mut(layer) {
+            if l.throttle.request(now_ms) {
+                self.stats.keyframe_requests += 1;
+                l.pli_due = true;
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -194,20 +480,65 @@ pub struct ConsumerStats {
     pub plis: u64,
 }
 
+/// What the subscriber's client asks of a video consumer (`video_quality`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preferences {
+    /// The highest layer index (-1: no cap).
+    pub max_layer: i32,
+    /// The displayed size: the lowest layer covering it is enough (0: no cap).
+    pub max_width: u32,
+    pub max_height: u32,
+    /// A hidden tile: no packets at all.
+    pub paused: bool,
+}
+
+impl Default for Preferences {
+    fn default() -> Self {
+        Preferences {
+            max_layer: -1,
+            max_width: 0,
+            max_height: 0,
+            paused: false,
+        }
+    }
+}
+
 struct Consumer {
     producer: ProducerId,
     subscriber: PeerId,
     ssrc: u32,
+    /// The RTX SSRC (RFC 4588 SSRC multiplexing; 0 for audio).
+    rtx_ssrc: u32,
     rewriter: Option<Rewriter>,
     ready: bool,
+    /// `set_consumer_paused` (the subscriber is deafened).
     paused: bool,
-    need_keyframe: bool,
+    prefs: Preferences,
+    /// The layer forwarded (-1: none yet, or waiting for a keyframe after a pause).
+    current: i8,
+    /// The layer to switch to at its next keyframe.
+    target: i8,
+    /// What the allocation gave (target is this, or the nearest active layer while it is stopped).
+    desired: i8,
+    /// Since when the allocation has offered a higher layer (upgrades wait `UPGRADE_HOLD_MS`).
+    upgrade_since: Option<i64>,
+    vp8: Option<Vp8Munger>,
+    /// The subscriber's (media PT, RTX PT) pairs; empty: NACKs are answered by plain resends.
+    rtx_pts: Vec<(u8, u8)>,
+    rtx_seq: u16,
     history: Option<PacketHistory>,
+    rate: RateMeter,
     stats: ConsumerStats,
 }
 
+impl Consumer {
+    fn receiving(&self) -> bool {
+        self.ready && !self.paused && !self.prefs.paused
+    }
+}
+
 /// Parameters of a producer, as negotiated by the control plane.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ProducerParams {
     pub kind_video: bool,
     pub clock_rate: u32,
@@ -216,6 +547,26 @@ pub struct ProducerParams {
     pub mid_id: u8,
     pub audio_level_id: u8,
     pub codec: Option<VideoCodec>,
+    /// Simulcast layers, lowest first: (rid, SSRC or 0 to learn it, RTX SSRC or 0).
+    pub layers: Vec<(Vec<u8>, u32, u32)>,
+    /// RFC 8852 rtp-stream-id and repaired-rtp-stream-id extension ids (0: not negotiated).
+    pub rid_id: u8,
+    pub repaired_rid_id: u8,
+    /// The publisher's (RTX PT, associated PT) pairs.
+    pub rtx_payload_types: Vec<(u8, u8)>,
+    /// The publisher's transport-wide sequence number extension id (accepted; the uplink's
+    /// feedback is not generated yet).
+    pub transport_cc_id: u8,
+}
+
+/// A consumer's negotiated parameters (`configure_consumer`).
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerParams {
+    /// Producer PT → subscriber PT.
+    pub payload_types: Vec<(u8, u8)>,
+    pub ext: Extensions,
+    /// The subscriber's (RTX PT, associated PT) pairs; empty: no RTX.
+    pub rtx_payload_types: Vec<(u8, u8)>,
 }
 
 /// An IP network the worker accepts connectivity checks from.
@@ -263,17 +614,32 @@ pub struct Worker {
     pub counters: Counters,
     forwarded_closed: u64,
     next_report_ms: i64,
+    next_allocation_ms: i64,
     wall_offset_s: f64,
     // scratch buffers, reused for every packet
     plain: Vec<u8>,
     rewritten: Vec<u8>,
+    unwrapped: Vec<u8>,
     fanout: Vec<ConsumerId>,
+    // scratch of the timed work
+    seqs: Vec<u16>,
+    ids: Vec<ConsumerId>,
+    demands: Vec<Demand>,
+    order: Vec<usize>,
+    choice: Vec<u8>,
     rng: u64,
 }
 
 impl Default for Worker {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn invalid_pt_pairs(pairs: &[(u8, u8)], what: &str) -> Result<(), ApiError> {
+    match pairs.iter().find(|&&(a, b)| a > 127 || b > 127) {
+        Some(&(a, b)) => Err(ApiError::Invalid(format!("{what} {a}->{b} out of range"))),
+        None => Ok(()),
     }
 }
 
@@ -296,10 +662,17 @@ impl Worker {
             counters: Counters::default(),
             forwarded_closed: 0,
             next_report_ms: 0,
+            next_allocation_ms: 0,
             wall_offset_s: 0.0,
             plain: Vec::with_capacity(MAX_DATAGRAM),
             rewritten: Vec::with_capacity(MAX_DATAGRAM),
+            unwrapped: Vec::with_capacity(MAX_DATAGRAM),
             fanout: Vec::new(),
+            seqs: Vec::new(),
+            ids: Vec::new(),
+            demands: Vec::new(),
+            order: Vec::new(),
+            choice: Vec::new(),
             rng: seed,
         }
     }
@@ -354,6 +727,7 @@ impl Worker {
         }
         let id = self.id();
         let rtcp_ssrc = self.random_u32() | 1;
+        let twcc_seq = self.random_u32() as u16;
         self.by_ufrag.insert(ufrag.to_vec(), id);
         self.peers.insert(
             id,
@@ -369,6 +743,9 @@ impl Worker {
                 by_ssrc: HashMap::default(),
                 consumers: HashMap::default(),
                 stats: PeerStats::default(),
+                bwe: Bwe::new(INITIAL_BPS, MIN_BPS, MAX_BPS),
+                override_bps: 0,
+                twcc_seq,
             },
         );
         Ok(id)
@@ -381,7 +758,9 @@ impl Worker {
             .get(&peer)
             .ok_or(ApiError::NotFound("peer", peer))?;
         let producers = p.producers.clone();
-        let consumers: Vec<ConsumerId> = p.consumers.values().copied().collect();
+        let mut consumers: Vec<ConsumerId> = p.consumers.values().copied().collect();
+        consumers.sort_unstable();
+        consumers.dedup();
         for producer in producers {
             let _ = self.remove_producer(producer);
         }
@@ -426,6 +805,25 @@ impl Worker {
             .stats)
     }
 
+    /// Override the peer's bandwidth estimate (0: back to the estimator); a test and bench hook.
+    pub fn set_peer_bandwidth(&mut self, peer: PeerId, bps: u64) -> Result<(), ApiError> {
+        self.peers
+            .get_mut(&peer)
+            .ok_or(ApiError::NotFound("peer", peer))?
+            .override_bps = bps;
+        Ok(())
+    }
+
+    /// The bandwidth the allocation uses for the peer and where it comes from ("twcc", "remb",
+    /// "override" or "initial").
+    pub fn peer_bandwidth(&self, peer: PeerId) -> Result<(u64, &'static str), ApiError> {
+        Ok(self
+            .peers
+            .get(&peer)
+            .ok_or(ApiError::NotFound("peer", peer))?
+            .bandwidth())
+    }
+
     pub fn add_producer(
         &mut self,
         peer: PeerId,
@@ -439,21 +837,82 @@ impl Worker {
                 "mid extension id given without a mid".into(),
             ));
         }
+        if params.layers.len() > MAX_LAYERS {
+            return Err(ApiError::Invalid(format!(
+                "at most {MAX_LAYERS} simulcast layers, got {}",
+                params.layers.len()
+            )));
+        }
+        if !params.layers.is_empty() && !params.kind_video {
+            return Err(ApiError::Invalid("layers are for video producers".into()));
+        }
+        for (k, (rid, ssrc, rtx)) in params.layers.iter().enumerate() {
+            if params.layers.len() > 1 && rid.is_empty() {
+                return Err(ApiError::Invalid("simulcast layers need rids".into()));
+            }
+            if params.layers[k + 1..].iter().any(|(r, s, x)| {
+                r == rid || (*ssrc != 0 && (s == ssrc || x == ssrc)) || (*rtx != 0 && x == rtx)
+            }) {
+                return Err(ApiError::Invalid(
+                    "layers' rids and SSRCs must be distinct".into(),
+                ));
+            }
+        }
+        if params.layers.len() > 1 && params.rid_id == 0 && params.layers.iter().any(|l| l.1 == 0) {
+            return Err(ApiError::Invalid(
+                "a layer's SSRC can only be learnt with the rid extension (rid_id)".into(),
+            ));
+        }
+        invalid_pt_pairs(&params.rtx_payload_types, "RTX payload type")?;
+        let ids = [
+            params.mid_id,
+            params.audio_level_id,
+            params.rid_id,
+            params.repaired_rid_id,
+            params.transport_cc_id,
+        ];
+        for (k, &a) in ids.iter().enumerate() {
+            if a != 0 && ids[k + 1..].contains(&a) {
+                return Err(ApiError::Invalid(format!(
+                    "extension ids must be distinct, got {ids:?}"
+                )));
+            }
+        }
         let p = self
             .peers
             .get(&peer)
             .ok_or(ApiError::NotFound("peer", peer))?;
-        if let Some(ssrc) = params.ssrcs.iter().find(|s| p.by_ssrc.contains_key(s)) {
+        let mut announced: Vec<u32> = params.ssrcs.clone();
+        for &(_, ssrc, rtx) in &params.layers {
+            announced.extend([ssrc, rtx].into_iter().filter(|&s| s != 0));
+        }
+        if let Some(ssrc) = announced.iter().find(|s| p.by_ssrc.contains_key(s)) {
             return Err(ApiError::Conflict(format!(
                 "SSRC {ssrc} already belongs to a producer of this peer"
             )));
         }
         let id = self.id();
         let p = self.peers.get_mut(&peer).expect("checked above");
-        for &ssrc in &params.ssrcs {
+        for &ssrc in &announced {
             p.by_ssrc.insert(ssrc, id);
         }
         p.producers.push(id);
+        let simulcast = params.layers.len() > 1;
+        let layers: Vec<Layer> = if params.layers.is_empty() {
+            // One layer: the first announced SSRC, or learnt from the first packet.
+            vec![Layer::new(
+                Vec::new(),
+                params.ssrcs.first().copied().unwrap_or(0),
+                0,
+            )]
+        } else {
+            params
+                .layers
+                .into_iter()
+                .map(|(rid, ssrc, rtx)| Layer::new(rid, ssrc, rtx))
+                .collect()
+        };
+        let n = layers.len();
         self.producers.insert(
             id,
             Producer {
@@ -462,14 +921,18 @@ impl Worker {
                 mid: params.mid,
                 mid_id: params.mid_id,
                 audio_level_id: params.audio_level_id,
+                rid_id: params.rid_id,
+                repaired_rid_id: params.repaired_rid_id,
+                rtx_apt: params.rtx_payload_types,
                 video: params.codec,
                 is_video: params.kind_video,
                 forwarding: true,
                 consumers: Vec::new(),
-                receivers: Vec::new(),
-                throttle: KeyframeThrottle::new(1000),
+                layers,
+                simulcast,
+                wanted: ((1u16 << n) - 1) as u8,
+                unwanted_since: [None; MAX_LAYERS],
                 levels: Levels::default(),
-                pli_due: false,
                 stats: ProducerStats::default(),
             },
         );
@@ -491,6 +954,7 @@ impl Worker {
                 self.forwarded_closed += consumer.stats.packets;
                 if let Some(s) = self.peers.get_mut(&consumer.subscriber) {
                     s.consumers.remove(&consumer.ssrc);
+                    s.consumers.remove(&consumer.rtx_ssrc);
                 }
             }
         }
@@ -529,6 +993,35 @@ impl Worker {
             .stats)
     }
 
+    /// Per layer, lowest first: (rid, SSRC (0: not known yet), bitrate over the last second,
+    /// width, height (0: no keyframe seen), wanted by some consumer (the dynacast mask)).
+    #[allow(clippy::type_complexity)]
+    pub fn producer_layers(
+        &self,
+        producer: ProducerId,
+        now_ms: i64,
+    ) -> Result<Vec<(Vec<u8>, u32, u64, u16, u16, bool)>, ApiError> {
+        let pr = self
+            .producers
+            .get(&producer)
+            .ok_or(ApiError::NotFound("producer", producer))?;
+        Ok(pr
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                (
+                    l.rid.clone(),
+                    l.ssrc,
+                    l.rate.bps(now_ms),
+                    l.width,
+                    l.height,
+                    pr.wanted & (1 << i) != 0,
+                )
+            })
+            .collect())
+    }
+
     /// Audio levels per producer since the last call (only producers that sent levels).
     pub fn take_levels(&mut self, out: &mut Vec<(ProducerId, Levels)>) {
         for (&id, pr) in self.producers.iter_mut() {
@@ -539,12 +1032,14 @@ impl Worker {
         }
     }
 
-    /// A consumer of `producer` sending to `subscriber` with its own SSRC (0: pick one).
+    /// A consumer of `producer` sending to `subscriber` with its own SSRC (0: pick one) and, for
+    /// video, its RTX SSRC (0: pick one; ignored for audio).
     pub fn add_consumer(
         &mut self,
         producer: ProducerId,
         subscriber: PeerId,
         ssrc: u32,
+        rtx_ssrc: u32,
     ) -> Result<ConsumerId, ApiError> {
         let pr = self
             .producers
@@ -556,27 +1051,46 @@ impl Worker {
             ));
         }
         let is_video = pr.is_video;
-        let needs_keyframe = pr.video.is_some();
-        let ssrc = if ssrc == 0 {
-            self.random_u32() | 1
-        } else {
-            ssrc
-        };
+        let vp8 = pr.video == Some(VideoCodec::Vp8);
         let s = self
             .peers
             .get(&subscriber)
             .ok_or(ApiError::NotFound("peer", subscriber))?;
-        if s.consumers.contains_key(&ssrc) {
-            return Err(ApiError::Conflict(format!(
-                "SSRC {ssrc} already used by a consumer of this peer"
-            )));
+        for s_ in [ssrc, rtx_ssrc] {
+            if s_ != 0 && s.consumers.contains_key(&s_) {
+                return Err(ApiError::Conflict(format!(
+                    "SSRC {s_} already used by a consumer of this peer"
+                )));
+            }
         }
+        if ssrc != 0 && ssrc == rtx_ssrc {
+            return Err(ApiError::Invalid(
+                "the RTX SSRC must differ from the SSRC".into(),
+            ));
+        }
+        let pick = |w: &mut Worker, avoid: u32| loop {
+            let s = w.random_u32() | 1;
+            if s != avoid && !w.peers[&subscriber].consumers.contains_key(&s) {
+                return s;
+            }
+        };
+        let ssrc = if ssrc == 0 {
+            pick(self, rtx_ssrc)
+        } else {
+            ssrc
+        };
+        let rtx_ssrc = match (is_video, rtx_ssrc) {
+            (false, _) => 0,
+            (true, 0) => pick(self, ssrc),
+            (true, r) => r,
+        };
+        let rtx_seq = self.random_u32() as u16;
         let id = self.id();
-        self.peers
-            .get_mut(&subscriber)
-            .expect("checked")
-            .consumers
-            .insert(ssrc, id);
+        let s = self.peers.get_mut(&subscriber).expect("checked");
+        s.consumers.insert(ssrc, id);
+        if rtx_ssrc != 0 {
+            s.consumers.insert(rtx_ssrc, id);
+        }
         self.producers
             .get_mut(&producer)
             .expect("checked")
@@ -588,11 +1102,20 @@ impl Worker {
                 producer,
                 subscriber,
                 ssrc,
+                rtx_ssrc,
                 rewriter: None,
                 ready: false,
                 paused: false,
-                need_keyframe: needs_keyframe,
+                prefs: Preferences::default(),
+                current: if is_video { -1 } else { 0 },
+                target: 0,
+                desired: if is_video { -1 } else { 0 },
+                upgrade_since: None,
+                vp8: vp8.then(Vp8Munger::new),
+                rtx_pts: Vec::new(),
+                rtx_seq,
                 history: is_video.then(|| PacketHistory::new(HISTORY)),
+                rate: RateMeter::new(),
                 stats: ConsumerStats::default(),
             },
         );
@@ -607,13 +1130,22 @@ impl Worker {
             .ssrc)
     }
 
-    /// The subscriber accepted the consumer with these payload types and extension ids.
+    /// The consumer's RTX SSRC (0 for audio).
+    pub fn consumer_rtx_ssrc(&self, consumer: ConsumerId) -> Result<u32, ApiError> {
+        Ok(self
+            .consumers
+            .get(&consumer)
+            .ok_or(ApiError::NotFound("consumer", consumer))?
+            .rtx_ssrc)
+    }
+
+    /// The subscriber accepted the consumer with these payload types, extension ids and RTX.
     pub fn configure_consumer(
         &mut self,
         consumer: ConsumerId,
-        payload_types: &[(u8, u8)],
-        ext: Extensions,
+        params: ConsumerParams,
     ) -> Result<(), ApiError> {
+        invalid_pt_pairs(&params.rtx_payload_types, "RTX payload type")?;
         let initial = (self.random_u32() as u16, self.random_u32());
         let c = self
             .consumers
@@ -624,16 +1156,31 @@ impl Worker {
             .get(&c.producer)
             .map(|p| p.clock_rate)
             .unwrap_or(48_000);
+        let mut fresh = None;
         let rewriter = match c.rewriter.as_mut() {
             Some(r) => r,
-            None => c.rewriter.insert(
+            None => fresh.insert(
                 Rewriter::new(c.ssrc, clock_rate, initial.0, initial.1)
                     .map_err(|e| ApiError::Invalid(e.0))?,
             ),
         };
         rewriter
-            .configure(payload_types, ext)
-            .map_err(|e| ApiError::Invalid(e.0))
+            .configure(&params.payload_types, params.ext)
+            .map_err(|e| ApiError::Invalid(e.0))?;
+        if let Some(r) = fresh {
+            c.rewriter = Some(r);
+        }
+        // Stored as (media PT, RTX PT) for the lookup by the retransmitted packet's PT.
+        c.rtx_pts = if c.rtx_ssrc != 0 {
+            params
+                .rtx_payload_types
+                .iter()
+                .map(|&(rtx, apt)| (apt, rtx))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(())
     }
 
     /// Start (or stop, `ready=false`) forwarding to a configured consumer; video starts at a keyframe.
@@ -652,9 +1199,10 @@ impl Worker {
         }
         let started = ready && !c.ready;
         c.ready = ready;
-        if started && c.need_keyframe {
-            let producer = c.producer;
-            self.want_keyframe(producer, now_ms);
+        if started {
+            self.resume_consumer(consumer, now_ms);
+            // The layer it starts on is chosen at once, not at the next allocation.
+            self.next_allocation_ms = now_ms;
         }
         Ok(())
     }
@@ -670,14 +1218,55 @@ impl Worker {
             .consumers
             .get_mut(&consumer)
             .ok_or(ApiError::NotFound("consumer", consumer))?;
-        let resumed = c.paused && !paused;
+        let was = c.receiving();
         c.paused = paused;
-        if resumed {
+        if !was && c.receiving() {
             self.resume_consumer(consumer, now_ms);
         }
         Ok(())
     }
 
+    /// What the subscriber's client asks of a video consumer: a layer cap by index (-1: none) or by
+    /// the displayed size (0: none), or no packets at all (`paused`, a hidden tile).
+    pub fn set_consumer_preferences(
+        &mut self,
+        consumer: ConsumerId,
+        prefs: Preferences,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        if prefs.max_layer < -1 {
+            return Err(ApiError::Invalid(format!(
+                "max_layer must be -1 (no cap) or a layer index, not {}",
+                prefs.max_layer
+            )));
+        }
+        let c = self
+            .consumers
+            .get_mut(&consumer)
+            .ok_or(ApiError::NotFound("consumer", consumer))?;
+        let was = c.receiving();
+        c.prefs = prefs;
+        if !was && c.receiving() {
+            self.resume_consumer(consumer, now_ms);
+        }
+        // A smaller tile or a hidden one takes effect now; a larger one through the allocation's
+        // upgrade rule.
+        self.next_allocation_ms = now_ms;
+        Ok(())
+    }
+
+    /// (current layer, target layer); -1: none yet.
+    pub fn consumer_layers(&self, consumer: ConsumerId) -> Result<(i32, i32), ApiError> {
+        let c = self
+            .consumers
+            .get(&consumer)
+            .ok_or(ApiError::NotFound("consumer", consumer))?;
+        let target = if c.desired < 0 { -1 } else { c.target as i32 };
+        Ok((c.current as i32, target))
+    }
+
+    /// The consumer starts (again): re-base seq/ts/picture ids on the next packet; video waits for a
+    /// keyframe of its target layer, which is asked for.
     fn resume_consumer(&mut self, consumer: ConsumerId, now_ms: i64) {
         let Some(c) = self.consumers.get_mut(&consumer) else {
             return;
@@ -685,14 +1274,17 @@ impl Worker {
         if let Some(r) = c.rewriter.as_mut() {
             r.switch_source();
         }
-        let producer = c.producer;
-        if self
-            .producers
-            .get(&producer)
-            .is_some_and(|p| p.video.is_some())
-        {
-            c.need_keyframe = true;
-            self.want_keyframe(producer, now_ms);
+        if let Some(m) = c.vp8.as_mut() {
+            m.switch();
+        }
+        let Some(pr) = self.producers.get_mut(&c.producer) else {
+            return;
+        };
+        if pr.is_video {
+            c.current = -1;
+            if c.desired >= 0 {
+                pr.request_keyframe(c.target as usize, now_ms);
+            }
         }
     }
 
@@ -707,6 +1299,9 @@ impl Worker {
         }
         if let Some(s) = self.peers.get_mut(&c.subscriber) {
             s.consumers.remove(&c.ssrc);
+            if c.rtx_ssrc != 0 {
+                s.consumers.remove(&c.rtx_ssrc);
+            }
         }
         Ok(())
     }
@@ -733,23 +1328,33 @@ impl Worker {
         (self.peers.len(), self.producers.len(), self.consumers.len())
     }
 
-    /// Ask the producer's publisher for a keyframe (throttled to one a second; a request in the
-    /// quiet period is sent when it ends). The PLI goes out on the next `tick`.
+    /// Ask the producer's publisher for a keyframe on every layer a consumer receives or waits for
+    /// (throttled per layer to one a second; a request in the quiet period is sent when it ends).
+    /// The PLIs go out on the next `tick`.
     pub fn request_keyframe(&mut self, producer: ProducerId, now_ms: i64) -> Result<(), ApiError> {
-        if !self.producers.contains_key(&producer) {
-            return Err(ApiError::NotFound("producer", producer));
-        }
-        self.want_keyframe(producer, now_ms);
-        Ok(())
-    }
-
-    fn want_keyframe(&mut self, producer: ProducerId, now_ms: i64) {
-        if let Some(pr) = self.producers.get_mut(&producer) {
-            if pr.video.is_some() && pr.throttle.request(now_ms) {
-                pr.stats.keyframe_requests += 1;
-                pr.pli_due = true;
+        let pr = self
+            .producers
+            .get_mut(&producer)
+            .ok_or(ApiError::NotFound("producer", producer))?;
+        let mut mask = 0u8;
+        for cid in &pr.consumers {
+            if let Some(c) = self.consumers.get(cid) {
+                for l in [c.current, c.target] {
+                    if l >= 0 && c.desired >= 0 {
+                        mask |= 1 << l;
+                    }
+                }
             }
         }
+        if mask == 0 {
+            mask = 1;
+        }
+        for i in 0..pr.layers.len() {
+            if mask & (1 << i) != 0 {
+                pr.request_keyframe(i, now_ms);
+            }
+        }
+        Ok(())
     }
 
     // --- the per-datagram path ---------------------------------------------------------------------
@@ -851,36 +1456,92 @@ impl Worker {
                 return;
             }
         };
-        let producer_id = match peer.by_ssrc.get(&header.ssrc) {
-            Some(&p) => p,
+        let known = peer.by_ssrc.get(&header.ssrc).copied();
+        let producer_id = match known {
+            Some(p) => Some(p),
             None => {
-                // An SSRC the SDP did not announce: find the producer by the mid header extension.
+                // An SSRC the SDP did not announce: find the producer by the mid header extension
+                // (or, without one, by a rid only one producer of the peer has).
                 let found = peer.producers.iter().copied().find(|pid| {
                     self.producers.get(pid).is_some_and(|pr| {
-                        pr.mid_id != 0
-                            && rtp::find_extension(&plain, &header, pr.mid_id) == Some(&pr.mid[..])
+                        if pr.mid_id != 0 {
+                            rtp::find_extension(&plain, &header, pr.mid_id) == Some(&pr.mid[..])
+                        } else if pr.simulcast {
+                            [pr.rid_id, pr.repaired_rid_id].into_iter().any(|id| {
+                                rtp::find_extension(&plain, &header, id)
+                                    .is_some_and(|rid| pr.layers.iter().any(|l| l.rid == rid))
+                            })
+                        } else {
+                            false
+                        }
                     })
                 });
-                match found {
-                    Some(p) => {
-                        peer.by_ssrc.insert(header.ssrc, p);
-                        p
-                    }
-                    None => {
-                        self.counters.unknown_ssrc += 1;
-                        self.plain = plain;
-                        return;
-                    }
-                }
+                found
             }
         };
-        self.forward(producer_id, &plain, &header, now_ms, out);
+        let layer = producer_id.and_then(|p| {
+            let pr = self.producers.get_mut(&p)?;
+            pr.layer_of(&plain, &header)
+        });
+        let (Some(producer_id), Some((layer, rtx))) = (producer_id, layer) else {
+            self.counters.unknown_ssrc += 1;
+            self.plain = plain;
+            return;
+        };
+        if known.is_none() {
+            peer.by_ssrc.insert(header.ssrc, producer_id);
+        }
+        if rtx {
+            self.forward_rtx(producer_id, layer, &plain, &header, now_ms, out);
+        } else {
+            self.forward(producer_id, layer, &plain, &header, now_ms, out);
+        }
         self.plain = plain;
+    }
+
+    /// A publisher's retransmission (RFC 4588): unwrapped into the original packet (OSN, associated
+    /// PT, the layer's SSRC) and forwarded as that, unless the original arrived after all. Padding
+    /// with no OSN (bandwidth probes) is dropped.
+    fn forward_rtx(
+        &mut self,
+        producer_id: ProducerId,
+        layer: usize,
+        data: &[u8],
+        h: &rtp::Header,
+        now_ms: i64,
+        out: &mut Outbox,
+    ) {
+        let Some(pr) = self.producers.get(&producer_id) else {
+            return;
+        };
+        let ssrc = pr.layers[layer].ssrc;
+        let (Some(apt), true) = (
+            pr.apt(h.payload_type),
+            h.payload_end - h.payload_start >= 2 && ssrc != 0,
+        ) else {
+            self.counters.rtx_dropped += 1;
+            return;
+        };
+        let mut buf = std::mem::take(&mut self.unwrapped);
+        buf.clear();
+        buf.extend_from_slice(&data[..h.payload_start]);
+        buf[1] = (data[1] & 0x80) | apt;
+        buf[2..4].copy_from_slice(&data[h.payload_start..h.payload_start + 2]);
+        buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+        buf.extend_from_slice(&data[h.payload_start + 2..]);
+        if let Ok(orig) = rtp::parse(&buf) {
+            self.counters.rtx_received += 1;
+            self.forward(producer_id, layer, &buf, &orig, now_ms, out);
+        } else {
+            self.counters.rtx_dropped += 1;
+        }
+        self.unwrapped = buf;
     }
 
     fn forward(
         &mut self,
         producer_id: ProducerId,
+        layer: usize,
         data: &[u8],
         header: &rtp::Header,
         now_ms: i64,
@@ -889,19 +1550,18 @@ impl Worker {
         let Some(pr) = self.producers.get_mut(&producer_id) else {
             return;
         };
+        let is_video = pr.is_video;
+        let lay = &mut pr.layers[layer];
+        if is_video && lay.window.on_packet(header.seq, now_ms) == Arrival::Duplicate {
+            self.counters.duplicates += 1;
+            return;
+        }
         pr.stats.packets += 1;
         pr.stats.bytes += data.len() as u64;
-        let receiver = match pr.receivers.iter_mut().position(|r| r.ssrc == header.ssrc) {
-            Some(i) => &mut pr.receivers[i],
-            None => {
-                if pr.receivers.len() >= 8 {
-                    pr.receivers.remove(0);
-                }
-                pr.receivers.push(ReceiverStats::new(header.ssrc));
-                pr.receivers.last_mut().expect("just pushed")
-            }
-        };
-        receiver.update(header.seq, header.timestamp, now_ms as f64, pr.clock_rate);
+        lay.receiver
+            .update(header.seq, header.timestamp, now_ms as f64, pr.clock_rate);
+        lay.rate.add(data.len(), now_ms);
+        lay.last_packet_ms = Some(now_ms);
         let level = if pr.audio_level_id != 0 {
             rtp::audio_level(data, header, pr.audio_level_id)
         } else {
@@ -918,47 +1578,81 @@ impl Worker {
             pr.stats.dropped += 1;
             return;
         }
+        let payload = &data[header.payload_start..header.payload_end];
         let keyframe = match pr.video {
             Some(codec) => {
-                let k = codec.is_keyframe_start(&data[header.payload_start..header.payload_end]);
+                let k = codec.is_keyframe_start(payload);
                 if k {
-                    pr.throttle.keyframe_received();
+                    lay.throttle.keyframe_received();
+                    if codec == VideoCodec::Vp8 {
+                        if let Some((w, h)) = vp8_keyframe_size(payload) {
+                            lay.width = w;
+                            lay.height = h;
+                        }
+                    }
                 }
                 k
             }
-            None => false,
+            // Audio, or a video codec whose keyframes are not recognised: switch on any packet.
+            None => true,
         };
         let abs_time = rtp::abs_send_time((now_ms as u64).wrapping_mul(1_000_000));
         let mut fanout = std::mem::take(&mut self.fanout);
         fanout.clear();
         fanout.extend_from_slice(&pr.consumers);
         let mut rewritten = std::mem::take(&mut self.rewritten);
+        let layer_i8 = layer as i8;
         for &cid in &fanout {
             let Some(c) = self.consumers.get_mut(&cid) else {
                 continue;
             };
-            if !c.ready || c.paused {
+            if !c.receiving() {
                 continue;
+            }
+            if c.current != layer_i8 {
+                if c.target != layer_i8 || c.desired < 0 || !keyframe {
+                    continue;
+                }
+                // The switch: at a keyframe of the target layer, continuing seq/ts/picture ids.
+                let Some(r) = c.rewriter.as_mut() else {
+                    continue;
+                };
+                r.switch_source();
+                if let Some(m) = c.vp8.as_mut() {
+                    m.switch();
+                }
+                c.current = layer_i8;
+                if is_video {
+                    self.events.push(Event::Layer {
+                        consumer: cid,
+                        layer: layer as u8,
+                    });
+                }
             }
             let Some(rewriter) = c.rewriter.as_mut() else {
                 continue;
             };
-            if c.need_keyframe {
-                if !keyframe {
-                    continue;
-                }
-                c.need_keyframe = false;
-                rewriter.switch_source();
-            }
-            if !rewriter.rewrite(data, header, now_ms, abs_time, level, &mut rewritten) {
-                continue;
-            }
             let Some(sub) = self.peers.get_mut(&c.subscriber) else {
                 continue;
             };
             let (Some(addr), Some(srtp)) = (sub.addr, sub.srtp.as_mut()) else {
                 continue;
             };
+            let twcc = rewriter.writes_transport_seq();
+            let Some(at) = rewriter.rewrite_with(
+                data,
+                header,
+                now_ms,
+                abs_time,
+                level,
+                sub.twcc_seq,
+                &mut rewritten,
+            ) else {
+                continue;
+            };
+            if let Some(m) = c.vp8.as_mut() {
+                m.rewrite(&mut rewritten[at..]);
+            }
             if let Some(h) = c.history.as_mut() {
                 h.put(&rewritten);
             }
@@ -967,9 +1661,14 @@ impl Worker {
                 out.cancel();
                 continue;
             }
+            if twcc {
+                sub.bwe.on_packet_sent(sub.twcc_seq, buf.len(), now_ms);
+                sub.twcc_seq = sub.twcc_seq.wrapping_add(1);
+            }
             sub.stats.tx_packets += 1;
             c.stats.packets += 1;
             c.stats.bytes += rewritten.len() as u64;
+            c.rate.add(buf.len(), now_ms);
             self.counters.forwarded += 1;
         }
         self.rewritten = rewritten;
@@ -1001,16 +1700,18 @@ impl Worker {
                 n += 1;
             }
         });
-        self.plain = plain;
         if parsed.is_err() {
             self.counters.bad_packets += 1;
+            self.plain = plain;
             return;
         }
+        // `plain` stays out of `self` until the items are handled: transport-cc items point into it
+        // (nothing below sends RTCP, which would reuse it).
         for item in items.iter().take(n).flatten() {
             match *item {
                 Item::Nack {
                     media, pid, blp, ..
-                } => self.on_nack(peer_id, media, pid, blp, out),
+                } => self.on_nack(peer_id, media, pid, blp, now_ms, out),
                 Item::Pli { media, .. } | Item::Fir { media, .. } => {
                     let consumer = self
                         .peers
@@ -1018,8 +1719,10 @@ impl Worker {
                         .and_then(|p| p.consumers.get(&media).copied());
                     if let Some(c) = consumer.and_then(|c| self.consumers.get_mut(&c)) {
                         c.stats.plis += 1;
-                        let producer = c.producer;
-                        self.want_keyframe(producer, now_ms);
+                        let layer = if c.current >= 0 { c.current } else { c.target };
+                        if let Some(pr) = self.producers.get_mut(&c.producer) {
+                            pr.request_keyframe(layer.max(0) as usize, now_ms);
+                        }
                     }
                 }
                 Item::SenderReport { ssrc, ntp, .. } => {
@@ -1028,17 +1731,45 @@ impl Worker {
                         .get(&peer_id)
                         .and_then(|p| p.by_ssrc.get(&ssrc).copied());
                     if let Some(pr) = producer.and_then(|p| self.producers.get_mut(&p)) {
-                        if let Some(r) = pr.receivers.iter_mut().find(|r| r.ssrc == ssrc) {
-                            r.on_sender_report(ntp, now_ms as f64);
+                        if let Some(l) = pr.layers.iter_mut().find(|l| l.ssrc == ssrc) {
+                            l.receiver.on_sender_report(ntp, now_ms as f64);
+                        }
+                    }
+                }
+                Item::Remb { bitrate, .. } => {
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        p.bwe.on_remb(bitrate, now_ms);
+                    }
+                }
+                Item::TransportCc {
+                    fci_start, fci_end, ..
+                } => {
+                    if let Some(p) = self.peers.get_mut(&peer_id) {
+                        let fci = &plain[fci_start as usize..fci_end as usize];
+                        if p.bwe.on_feedback(fci, now_ms).is_err() {
+                            self.counters.bad_feedback += 1;
                         }
                     }
                 }
                 _ => {}
             }
         }
+        self.plain = plain;
     }
 
-    fn on_nack(&mut self, peer_id: PeerId, media: u32, pid: u16, blp: u16, out: &mut Outbox) {
+    /// A subscriber's NACK: each packet still in the consumer's history goes again, as an RTX
+    /// packet (RFC 4588 §4: RTX PT and SSRC, the RTX stream's own sequence number, the original
+    /// sequence number first in the payload) when RTX is negotiated, else as it was. A new
+    /// transport-wide sequence number is written either way (feedback must not see a number twice).
+    fn on_nack(
+        &mut self,
+        peer_id: PeerId,
+        media: u32,
+        pid: u16,
+        blp: u16,
+        now_ms: i64,
+        out: &mut Outbox,
+    ) {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -1048,48 +1779,118 @@ impl Worker {
         let Some(c) = self.consumers.get_mut(&cid) else {
             return;
         };
+        if c.ssrc != media {
+            return; // a NACK naming the RTX stream: not retransmitted again
+        }
         c.stats.nacks += 1;
+        let twcc_id = c.rewriter.as_ref().map_or(0, |r| r.transport_cc_id());
         let (Some(addr), Some(srtp), Some(history)) =
             (peer.addr, peer.srtp.as_mut(), c.history.as_ref())
         else {
             return;
         };
+        let mut buf = std::mem::take(&mut self.rewritten);
         for seq in rtcp::nack_seqs(pid, blp) {
-            if let Some(packet) = history.get(seq) {
-                let buf = out.next(addr);
-                if srtp.protect_rtp(packet, buf).is_err() {
-                    out.cancel();
-                    continue;
+            let Some(packet) = history.get(seq) else {
+                continue;
+            };
+            let Ok(h) = rtp::parse(packet) else {
+                continue;
+            };
+            buf.clear();
+            let rtx_pt = c
+                .rtx_pts
+                .iter()
+                .find(|&&(pt, _)| pt == h.payload_type)
+                .map(|&(_, rtx)| rtx);
+            match rtx_pt {
+                Some(rtx_pt) => {
+                    buf.extend_from_slice(&packet[..h.payload_start]);
+                    buf[1] = (packet[1] & 0x80) | rtx_pt;
+                    buf[2..4].copy_from_slice(&c.rtx_seq.to_be_bytes());
+                    buf[8..12].copy_from_slice(&c.rtx_ssrc.to_be_bytes());
+                    buf.extend_from_slice(&seq.to_be_bytes());
+                    buf.extend_from_slice(&packet[h.payload_start..]);
+                    c.rtx_seq = c.rtx_seq.wrapping_add(1);
                 }
-                c.stats.retransmitted += 1;
-                peer.stats.tx_packets += 1;
+                None => buf.extend_from_slice(packet),
             }
+            let twcc = twcc_id != 0 && {
+                match rtp::find_extension_range(&buf, &h, twcc_id) {
+                    Some(r) if r.len() == 2 => {
+                        buf[r].copy_from_slice(&peer.twcc_seq.to_be_bytes());
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            let o = out.next(addr);
+            if srtp.protect_rtp(&buf, o).is_err() {
+                out.cancel();
+                continue;
+            }
+            if twcc {
+                peer.bwe.on_packet_sent(peer.twcc_seq, o.len(), now_ms);
+                peer.twcc_seq = peer.twcc_seq.wrapping_add(1);
+            }
+            c.stats.retransmitted += 1;
+            c.rate.add(o.len(), now_ms);
+            peer.stats.tx_packets += 1;
         }
+        self.rewritten = buf;
     }
 
     // --- timed work ---------------------------------------------------------------------------------
 
-    /// Keyframe requests due, consent expiry, and every `REPORT_INTERVAL_MS` the RTCP reports.
+    /// Keyframe requests and NACKs to publishers, the layer allocation every
+    /// `ALLOCATION_INTERVAL_MS`, consent expiry, and every `REPORT_INTERVAL_MS` the RTCP reports.
     pub fn tick(&mut self, now_ms: i64, out: &mut Outbox) {
-        // Keyframe requests: those made since the last tick, and retries at the end of a quiet period.
+        if now_ms >= self.next_allocation_ms {
+            self.next_allocation_ms = now_ms + ALLOCATION_INTERVAL_MS;
+            self.allocate(now_ms);
+            self.dynacast(now_ms);
+        }
+        // Keyframe requests: those made since the last tick, and retries at the end of a quiet
+        // period; NACKs for the uplink's losses.
         let mut plis: Vec<(PeerId, u32)> = Vec::new();
+        let mut nacks: Vec<(PeerId, u32, usize, usize)> = Vec::new();
+        let mut seqs = std::mem::take(&mut self.seqs);
+        let mut all_seqs: Vec<u16> = Vec::new();
         for pr in self.producers.values_mut() {
-            if pr.video.is_none() {
+            if !pr.is_video {
                 continue;
             }
-            if pr.throttle.poll(now_ms) {
-                pr.stats.keyframe_requests += 1;
-                pr.pli_due = true;
-            }
-            if std::mem::take(&mut pr.pli_due) {
-                for r in &pr.receivers {
-                    plis.push((pr.peer, r.ssrc));
+            for l in pr.layers.iter_mut() {
+                if pr.video.is_some() {
+                    if l.throttle.poll(now_ms) {
+                        pr.stats.keyframe_requests += 1;
+                        l.pli_due = true;
+                    }
+                    if l.pli_due && l.ssrc != 0 {
+                        l.pli_due = false;
+                        plis.push((pr.peer, l.ssrc));
+                    }
+                }
+                if l.window.missing() > 0 {
+                    l.window.due_nacks(now_ms, &mut seqs);
+                    if !seqs.is_empty() && l.ssrc != 0 {
+                        nacks.push((pr.peer, l.ssrc, all_seqs.len(), seqs.len()));
+                        all_seqs.extend_from_slice(&seqs);
+                    }
                 }
             }
         }
+        self.seqs = seqs;
         for (peer_id, media) in plis {
             self.send_rtcp(peer_id, out, |buf, sender| {
                 rtcp::build_pli(buf, sender, media)
+            });
+        }
+        for (peer_id, media, at, n) in nacks {
+            let seqs = &all_seqs[at..at + n];
+            self.counters.nacks_sent += n as u64;
+            self.send_rtcp(peer_id, out, |buf, sender| {
+                rtcp::build_nack(buf, sender, media, seqs)
             });
         }
         let mut expired = Vec::new();
@@ -1117,6 +1918,143 @@ impl Worker {
         }
     }
 
+    /// Per subscriber peer: share its bandwidth among its video consumers (`layers::allocate`),
+    /// then move each consumer's target; downgrades at once, upgrades after `UPGRADE_HOLD_MS`.
+    /// A new target asks its publisher for a keyframe on that layer (the switch waits for one).
+    fn allocate(&mut self, now_ms: i64) {
+        let mut ids = std::mem::take(&mut self.ids);
+        let mut demands = std::mem::take(&mut self.demands);
+        let mut order = std::mem::take(&mut self.order);
+        let mut choice = std::mem::take(&mut self.choice);
+        for p in self.peers.values() {
+            ids.clear();
+            demands.clear();
+            let mut audio_bps = 0u64;
+            for (&ssrc, &cid) in &p.consumers {
+                let Some(c) = self.consumers.get(&cid) else {
+                    continue;
+                };
+                if c.ssrc != ssrc || !c.receiving() {
+                    continue;
+                }
+                let Some(pr) = self.producers.get(&c.producer) else {
+                    continue;
+                };
+                if !pr.is_video {
+                    audio_bps += c.rate.bps(now_ms);
+                    continue;
+                }
+                let mut cost = [0u64; MAX_LAYERS];
+                for (i, slot) in cost.iter_mut().enumerate().take(pr.layers.len()) {
+                    *slot = pr.layer_cost(i, now_ms);
+                }
+                ids.push(cid);
+                demands.push(Demand {
+                    layers: pr.layers.len() as u8,
+                    cap: pr.cap(&c.prefs),
+                    held: c.desired.max(0) as u8,
+                    priority: c.prefs.max_width as u64 * c.prefs.max_height.max(1) as u64,
+                    cost,
+                });
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let budget = p.bandwidth().0.saturating_sub(audio_bps);
+            layers::allocate(budget, &demands, &mut order, &mut choice);
+            for (k, &cid) in ids.iter().enumerate() {
+                let Some(c) = self.consumers.get_mut(&cid) else {
+                    continue;
+                };
+                let new = choice[k] as i8;
+                if c.desired < 0 || new < c.desired {
+                    c.desired = new;
+                    c.upgrade_since = None;
+                } else if new > c.desired {
+                    let since = *c.upgrade_since.get_or_insert(now_ms);
+                    if now_ms - since >= UPGRADE_HOLD_MS {
+                        c.desired = new;
+                        c.upgrade_since = None;
+                    }
+                } else {
+                    c.upgrade_since = None;
+                }
+            }
+        }
+        self.ids = ids;
+        self.demands = demands;
+        self.order = order;
+        self.choice = choice;
+        // Targets: the allocated layer if the publisher sends it, else the nearest one it sends.
+        for c in self.consumers.values_mut() {
+            if c.desired < 0 || !c.receiving() {
+                continue;
+            }
+            let Some(pr) = self.producers.get_mut(&c.producer) else {
+                continue;
+            };
+            if !pr.is_video {
+                continue;
+            }
+            c.target = pr.reachable(c.desired as u8, now_ms) as i8;
+            if c.current != c.target {
+                pr.request_keyframe(c.target as usize, now_ms);
+            }
+        }
+    }
+
+    /// Dynacast: a simulcast producer's wanted layers are those its receiving consumers have as
+    /// current, target or allocated layer, plus layer 0 while any consumer receives (so that a
+    /// downgrade under congestion never waits for the publisher to restart an encoding). A layer
+    /// stops being wanted `DYNACAST_OFF_DELAY_MS` after its last consumer; the mask is reported on
+    /// change.
+    fn dynacast(&mut self, now_ms: i64) {
+        for (&pid, pr) in self.producers.iter_mut() {
+            if !pr.simulcast {
+                continue;
+            }
+            let mut now_wanted = 0u8;
+            for cid in &pr.consumers {
+                let Some(c) = self.consumers.get(cid) else {
+                    continue;
+                };
+                if !c.receiving() {
+                    continue;
+                }
+                now_wanted |= 1;
+                for l in [c.current, c.target, c.desired] {
+                    if l >= 0 && c.desired >= 0 {
+                        now_wanted |= 1 << l;
+                    }
+                }
+            }
+            let mut mask = now_wanted;
+            for i in 0..pr.layers.len() {
+                let bit = 1u8 << i;
+                if now_wanted & bit != 0 {
+                    pr.unwanted_since[i] = None;
+                } else if pr.wanted & bit != 0 {
+                    let since = *pr.unwanted_since[i].get_or_insert(now_ms);
+                    if now_ms - since < DYNACAST_OFF_DELAY_MS {
+                        mask |= bit;
+                    }
+                }
+            }
+            for l in pr.layers.iter_mut() {
+                if l.active(now_ms) {
+                    l.last_bps = l.rate.bps(now_ms).max(l.last_bps / 2);
+                }
+            }
+            if mask != pr.wanted {
+                pr.wanted = mask;
+                self.events.push(Event::Layers {
+                    producer: pid,
+                    mask,
+                });
+            }
+        }
+    }
+
     fn send_reports(&mut self, now_ms: i64, out: &mut Outbox) {
         let ntp = rtcp::ntp_timestamp(self.wall_offset_s + now_ms as f64 / 1000.0);
         let peer_ids: Vec<PeerId> = self
@@ -1133,8 +2071,8 @@ impl Worker {
             let p = &self.peers[&peer_id];
             for &pid in &p.producers {
                 if let Some(pr) = self.producers.get_mut(&pid) {
-                    for r in pr.receivers.iter_mut() {
-                        if let Some(b) = r.report_block(now_ms as f64) {
+                    for l in pr.layers.iter_mut() {
+                        if let Some(b) = l.receiver.report_block(now_ms as f64) {
                             blocks.push(b);
                         }
                     }
@@ -1142,14 +2080,15 @@ impl Worker {
             }
             let p = &self.peers[&peer_id];
             let mut srs = 0;
-            for &cid in p.consumers.values() {
+            for (&ssrc, &cid) in p.consumers.iter() {
                 let Some(c) = self.consumers.get(&cid) else {
                     continue;
                 };
                 let Some(r) = c.rewriter.as_ref() else {
                     continue;
                 };
-                if !c.ready || c.stats.packets == 0 || compound.len() + 28 > 1000 {
+                if c.ssrc != ssrc || !c.ready || c.stats.packets == 0 || compound.len() + 28 > 1000
+                {
                     continue;
                 }
                 rtcp::build_sr(
@@ -1266,6 +2205,13 @@ mod tests {
         w.handle(c.addr, &sealed, now, out);
     }
 
+    fn pts(pairs: &[(u8, u8)]) -> ConsumerParams {
+        ConsumerParams {
+            payload_types: pairs.to_vec(),
+            ..Default::default()
+        }
+    }
+
     fn audio(ssrcs: Vec<u32>) -> ProducerParams {
         ProducerParams {
             kind_video: false,
@@ -1275,6 +2221,7 @@ mod tests {
             mid_id: 1,
             audio_level_id: 0,
             codec: None,
+            ..Default::default()
         }
     }
 
@@ -1285,9 +2232,8 @@ mod tests {
         let b = connect(&mut w, 2, &mut out);
         out.clear();
         let p = w.add_producer(a.id, audio(vec![111])).unwrap();
-        let c = w.add_consumer(p, b.id, 0xC0C0).unwrap();
-        w.configure_consumer(c, &[(111, 109)], Extensions::default())
-            .unwrap();
+        let c = w.add_consumer(p, b.id, 0xC0C0, 0).unwrap();
+        w.configure_consumer(c, pts(&[(111, 109)])).unwrap();
         w.set_consumer_ready(c, true, 0).unwrap();
         (w, a, b, p, c, out)
     }
@@ -1386,11 +2332,11 @@ mod tests {
             mid_id: 0,
             audio_level_id: 0,
             codec: Some(VideoCodec::Vp8),
+            ..Default::default()
         };
         let p = w.add_producer(a.id, video).unwrap();
-        let c = w.add_consumer(p, b.id, 0xD0D0).unwrap();
-        w.configure_consumer(c, &[(96, 96)], Extensions::default())
-            .unwrap();
+        let c = w.add_consumer(p, b.id, 0xD0D0, 0).unwrap();
+        w.configure_consumer(c, pts(&[(96, 96)])).unwrap();
         w.set_consumer_ready(c, true, 0).unwrap();
         out.clear();
         // a delta frame before any keyframe is held back; the consumer start asked for a keyframe
@@ -1463,15 +2409,15 @@ mod tests {
             Err(ApiError::Conflict(_))
         ));
         assert!(matches!(
-            w.add_consumer(p, a.id, 0),
+            w.add_consumer(p, a.id, 0, 0),
             Err(ApiError::Invalid(_))
         ));
         assert!(matches!(
-            w.add_consumer(p, b.id, 0xC0C0),
+            w.add_consumer(p, b.id, 0xC0C0, 0),
             Err(ApiError::Conflict(_))
         ));
         assert_eq!(
-            w.add_consumer(999, b.id, 0),
+            w.add_consumer(999, b.id, 0, 0),
             Err(ApiError::NotFound("producer", 999))
         );
     }

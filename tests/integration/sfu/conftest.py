@@ -64,7 +64,14 @@ class Harness:
             )
 
     async def join(
-        self, room: RouterHandle, name: str, tone_hz: float | None = 440.0, *, video: bool = False
+        self,
+        room: RouterHandle,
+        name: str,
+        tone_hz: float | None = 440.0,
+        *,
+        video: bool = False,
+        sources: dict[str, str] | None = None,
+        can_stream: bool = False,
     ) -> ClientPeer:
         pc = RTCPeerConnection()
         tone = SineTrack(tone_hz) if tone_hz is not None else None
@@ -87,7 +94,9 @@ class Harness:
 
         async with client.lock:
             await pc.setLocalDescription(await pc.createOffer())
-            answer = await room.add_peer(name, pc.localDescription.sdp)
+            answer = await room.add_peer(
+                name, pc.localDescription.sdp, sources=sources, can_stream=can_stream
+            )
             await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         return client
 

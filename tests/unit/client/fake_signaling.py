@@ -206,6 +206,11 @@ class FakeSignaling:
                 await peer.pc.close()
         elif event == "sdp":
             await self._sdp(session, payload, reply)
+        elif event == "video_quality":  # bob publishes no video here: only the reply's shape matters
+            if payload.get("track") == f"{BOB}:1":
+                await reply({})
+            else:
+                await reply({"reason": "unknown track"}, "error")
         else:
             await reply({"reason": f"unknown event {event!r}"}, "error")
 

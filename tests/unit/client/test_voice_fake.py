@@ -11,6 +11,7 @@ import pytest
 
 from tests.unit.client.fake_signaling import BOB, FakeSignaling, fake_signaling, fake_token
 from voxa.client import voice
+from voxa.client.phoenix import PushError
 from voxa.client.voice import VoiceClient, VoiceClientError, VoiceEvent
 
 pytestmark = pytest.mark.timeout(60)
@@ -219,3 +220,21 @@ async def test_records_what_it_hears(fake: FakeSignaling, tmp_path: Any) -> None
     windows = [dominant_frequency(tail[i : i + 12_000]) for i in range(0, 48_000, 12_000)]
     near = [hz for hz in windows if hz is not None and abs(hz - 660.0) < 15]
     assert len(near) >= 2, windows
+
+
+async def test_video_quality_and_publish_layers(fake: FakeSignaling) -> None:
+    """The audio-only client still speaks video's signaling: it asks to pause a participant's video and
+    surfaces the SFU's `publish_layers` as an event."""
+    events: list[VoiceEvent] = []
+    async with VoiceClient(fake.url, fake_token(), "lobby", tone_hz=440.0, on_event=events.append) as client:
+        await client.wait_audio("bob")
+        assert await client.video_quality(f"{BOB}:1", paused=True) == {}
+        with pytest.raises(PushError, match="unknown track"):
+            await client.video_quality("nobody:1", max_width=320, max_height=180)
+        pushed = [f[4] for f in fake.frames if f[3] == "video_quality"]
+        assert pushed[0] == {"track": f"{BOB}:1", "max_width": None, "max_height": None, "paused": True}
+        assert pushed[1] == {"track": "nobody:1", "max_width": 320, "max_height": 180, "paused": False}
+        await fake.push("s1", "publish_layers", {"mid": "1", "active": {"q": True, "h": False}})
+        await client.wait_for(lambda: any(e.type == "publish_layers" for e in events))
+    layers = next(e for e in events if e.type == "publish_layers")
+    assert layers.data == {"mid": "1", "active": {"q": True, "h": False}}

@@ -9,7 +9,7 @@ use voxa_dataplane::rtp::{self, Extensions, Rewriter};
 use voxa_dataplane_fuzz::records;
 
 /// The consumer configurations, by selector bits 0-1: none, one-byte elements, two-byte elements
-/// (an id above 14), a mid too long for the one-byte form.
+/// (an id above 14), a mid too long for the one-byte form; bit 2 adds a transport-wide sequence number.
 fn extensions(selector: u8) -> Extensions {
     let (mid, mid_id, abs_send_time_id, audio_level_id) = match selector & 3 {
         0 => (Vec::new(), 0, 0, 0),
@@ -22,6 +22,7 @@ fn extensions(selector: u8) -> Extensions {
         mid_id,
         abs_send_time_id,
         audio_level_id,
+        transport_cc_id: if selector & 4 != 0 { 5 } else { 0 },
     }
 }
 

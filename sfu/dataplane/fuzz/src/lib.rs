@@ -15,7 +15,7 @@ use voxa_dataplane::codecs::VideoCodec;
 use voxa_dataplane::rtp::Extensions;
 use voxa_dataplane::srtp::{keying_material_len, Session};
 use voxa_dataplane::stun;
-use voxa_dataplane::worker::{Outbox, ProducerParams, Worker};
+use voxa_dataplane::worker::{ConsumerParams, Outbox, ProducerParams, Worker};
 
 /// The DTLS-SRTP profiles the data plane supports, by selector bits 0-1.
 pub const PROFILES: [u16; 4] = [0x0001, 0x0002, 0x0007, 0x0008];
@@ -73,7 +73,10 @@ pub fn push_record(input: &mut Vec<u8>, rtcp: bool, protect: bool, packet: &[u8]
 
 /// The `worker` target's room: a worker with two connected peers, each with the SFU side of the
 /// fixed keys. The publisher sends audio (SSRC 111, PT 111, mid "0", audio level id 3) and VP8
-/// video (SSRC 222, PT 96, mid "1") to the subscriber, which sends audio (SSRC 333) back.
+/// simulcast video (mid "1", PT 96, RTX PT 97): layer "q" on SSRC 222 (RTX 224), layer "h" learnt
+/// from the rid extension (id 4; repaired rid id 5), to the subscriber, which sends audio (SSRC 333)
+/// back. The video consumer writes transport-wide sequence numbers (id 6) and answers NACKs with
+/// RTX (PT 99 for 98).
 pub struct WorkerRoom {
     pub worker: Worker,
     pub publisher: SocketAddr,
@@ -88,6 +91,8 @@ pub const VIDEO_SSRC: u32 = 222;
 pub const BACK_SSRC: u32 = 333;
 /// The consumers' SSRCs (what the peers' feedback names), in the order of the producers above.
 pub const CONSUMER_SSRCS: [u32; 3] = [0xC0C0_0111, 0xC0C0_0222, 0xC0C0_0333];
+/// The video consumer's RTX SSRC.
+pub const CONSUMER_RTX_SSRC: u32 = 0xC0C0_0224;
 
 pub fn worker_room(profile: u16, out: &mut Outbox) -> WorkerRoom {
     let mut worker = Worker::new();
@@ -111,29 +116,50 @@ pub fn worker_room(profile: u16, out: &mut Outbox) -> WorkerRoom {
     let params = |video: bool, ssrc: u32, mid: &[u8]| ProducerParams {
         kind_video: video,
         clock_rate: if video { 90_000 } else { 48_000 },
-        ssrcs: vec![ssrc],
+        ssrcs: if video { vec![] } else { vec![ssrc] },
         mid: mid.to_vec(),
         mid_id: 1,
         audio_level_id: if video { 0 } else { 3 },
         codec: video.then_some(VideoCodec::Vp8),
+        layers: if video {
+            vec![(b"q".to_vec(), ssrc, ssrc + 2), (b"h".to_vec(), 0, 0)]
+        } else {
+            vec![]
+        },
+        rid_id: if video { 4 } else { 0 },
+        repaired_rid_id: if video { 5 } else { 0 },
+        rtx_payload_types: if video { vec![(97, 96)] } else { vec![] },
+        transport_cc_id: 0,
     };
     let ext = |mid: &[u8], level: bool| Extensions {
         mid: mid.to_vec(),
         mid_id: 1,
         abs_send_time_id: 2,
         audio_level_id: if level { 3 } else { 0 },
+        transport_cc_id: if level { 0 } else { 6 },
     };
-    for (from, to, video, ssrc, mid, pts) in [
+    for (k, (from, to, video, ssrc, mid, pts)) in [
         (a, b, false, AUDIO_SSRC, b"0", [(111u8, 109u8)]),
         (a, b, true, VIDEO_SSRC, b"1", [(96, 98)]),
         (b, a, false, BACK_SSRC, b"0", [(111, 111)]),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let producer = worker
             .add_producer(from, params(video, ssrc, mid))
             .expect("producer");
-        let consumer = worker.add_consumer(producer, to, 0).expect("consumer");
+        let rtx = if video { CONSUMER_RTX_SSRC } else { 0 };
+        let consumer = worker
+            .add_consumer(producer, to, CONSUMER_SSRCS[k], rtx)
+            .expect("consumer");
+        let params = ConsumerParams {
+            payload_types: pts.to_vec(),
+            ext: ext(mid, !video),
+            rtx_payload_types: if video { vec![(99, 98)] } else { vec![] },
+        };
         worker
-            .configure_consumer(consumer, &pts, ext(mid, !video))
+            .configure_consumer(consumer, params)
             .expect("configure");
         worker.set_consumer_ready(consumer, true, 0).expect("ready");
     }

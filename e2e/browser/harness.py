@@ -39,6 +39,7 @@ from typing import Any, Self, cast
 from aiohttp import web
 
 from e2e.browser.tone import write_tone
+from e2e.netns import NetnsLink
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -109,8 +110,13 @@ class ChromiumPage:
         audio: bool = True,
         video: bool | None = None,
         loopback_only: bool = True,
+        simulcast: bool = False,
+        width: int = 320,
+        height: int = 240,
+        frame_rate: int = 15,
     ) -> dict[str, Any]:
-        """getUserMedia, a new RTCPeerConnection and addTrack of each local track.
+        """getUserMedia, a new RTCPeerConnection and addTrack of each local track (`simulcast`: the
+        camera as three layers q, h, f at 1/4, 1/2 and 1/1 of width x height, lowest first).
 
         `loopback_only` keeps only 127.0.0.1/::1 candidates in the SDP and trickled candidates the page hands
         out, so that the peer under test only ever sends to loopback."""
@@ -119,6 +125,10 @@ class ChromiumPage:
             "audio": audio,
             "video": self.peers.video if video is None else video,
             "loopbackOnly": loopback_only,
+            "simulcast": simulcast,
+            "width": width,
+            "height": height,
+            "frameRate": frame_rate,
         }
         return cast(dict[str, Any], await self.call("start", options))
 
@@ -145,6 +155,15 @@ class ChromiumPage:
 
     async def add_audio_track(self) -> dict[str, Any]:
         return cast(dict[str, Any], await self.call("addAudioTrack"))
+
+    async def set_encodings_active(self, active: dict[str, bool]) -> dict[str, bool]:
+        return cast(dict[str, bool], await self.call("setEncodingsActive", active))
+
+    async def add_screen_share(self, *, audio: bool = False) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.call("addScreenShare", {"audio": audio}))
+
+    async def local_mids(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], await self.call("localMids"))
 
     async def wait_connected(self, timeout: float = 10.0) -> None:
         await self.call("waitConnected", int(timeout * 1000), timeout=timeout + 5)
@@ -196,6 +215,7 @@ class ChromiumPeers:
         call_timeout: float = CALL_TIMEOUT_S,
         launch_timeout: float = LAUNCH_TIMEOUT_S,
         executable: Path = CHROMIUM,
+        netns: NetnsLink | None = None,
     ) -> None:
         if count < 1:
             raise ValueError("count must be at least 1")
@@ -213,6 +233,9 @@ class ChromiumPeers:
         self.call_timeout = call_timeout
         self.launch_timeout = launch_timeout
         self.executable = executable
+        self.netns = netns
+        """Run these pages' browser inside the namespace (a shaped link to this host): the page server
+        then listens on the host's end of the link, and pages must not filter to loopback candidates."""
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="voxa-chromium-")) if workdir is None else workdir
         self.url = ""
@@ -288,7 +311,9 @@ class ChromiumPeers:
         env["TMPDIR"] = str(self._tmp)
         stderr = self._stderr_path.open("wb")
         try:
+            prefix = self.netns.exec_prefix if self.netns is not None else []
             self._proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 "node",
                 str(DRIVER),
                 str(config_path),
@@ -334,10 +359,11 @@ class ChromiumPeers:
         app.router.add_static("/", PAGE_DIR)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        host = self.netns.host_ip if self.netns is not None else "127.0.0.1"
+        site = web.TCPSite(self._runner, host, 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}/index.html"
+        return f"http://{host}:{port}/index.html"
 
     async def aclose(self) -> None:
         """Close the browsers, stop node, kill leftovers and the page server; safe to call twice."""

@@ -145,10 +145,21 @@ function onTrack(event) {
 
 // --- public API ----------------------------------------------------------------------------------
 
+// The simulcast layers Voxa clients publish, lowest first (the order the SFU takes as low → high).
+const SIMULCAST = [
+  { rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: "f", scaleResolutionDownBy: 1, maxBitrate: 1500000 },
+];
+
 async function start({
   iceServers = [],
   audio = true,
   video = false,
+  simulcast = false,
+  width = 320,
+  height = 240,
+  frameRate = 15,
   loopbackOnly = true,
   bundlePolicy = "max-bundle",
   iceTransportPolicy = "all",
@@ -182,11 +193,17 @@ async function start({
   if (audio || video) {
     const media = await navigator.mediaDevices.getUserMedia({
       audio: audio ? { echoCancellation: false, noiseSuppression: false, autoGainControl: false } : false,
-      video: video ? { width: 320, height: 240, frameRate: 15 } : false,
+      video: video ? { width: { exact: width }, height: { exact: height }, frameRate } : false,
     });
     for (const track of media.getTracks()) {
       s.localStream.addTrack(track);
-      const sender = pc.addTrack(track, s.localStream);
+      let sender;
+      if (track.kind === "video" && simulcast) {
+        const init = { direction: "sendrecv", streams: [s.localStream], sendEncodings: SIMULCAST.map((e) => ({ ...e })) };
+        sender = pc.addTransceiver(track, init).sender;
+      } else {
+        sender = pc.addTrack(track, s.localStream);
+      }
       if (track.kind === "audio") s.mic = { sender, track };
       else s.video = { sender, track };
     }
@@ -282,6 +299,44 @@ async function addTransceiver(kind, init = {}) {
   const pc = requirePc();
   const transceiver = pc.addTransceiver(kind, init);
   return { index: pc.getTransceivers().indexOf(transceiver), direction: transceiver.direction };
+}
+
+// Dynacast as the Voxa client does it: turn simulcast encodings on or off by rid ({q: true, h: false}),
+// without renegotiation. Returns the encodings' resulting `active` flags.
+async function setEncodingsActive(active) {
+  if (!s.video) throw new Error("no camera: start({video: true}) first");
+  const params = s.video.sender.getParameters();
+  for (const encoding of params.encodings) {
+    if (encoding.rid !== undefined && active[encoding.rid] !== undefined) encoding.active = Boolean(active[encoding.rid]);
+  }
+  await s.video.sender.setParameters(params);
+  const result = {};
+  for (const encoding of s.video.sender.getParameters().encodings) result[encoding.rid ?? ""] = encoding.active;
+  log("encodings active", JSON.stringify(result));
+  return result;
+}
+
+// A second video source, as screen share is: getDisplayMedia (Chromium's fake capture under
+// --use-fake-ui-for-media-stream / --auto-select-desktop-capture-source) on its own transceiver.
+async function addScreenShare({ audio = false } = {}) {
+  const pc = requirePc();
+  const media = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 5 }, audio });
+  const stream = new MediaStream(media.getTracks());
+  const result = { streamId: stream.id, tracks: [] };
+  for (const track of media.getTracks()) {
+    const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+    s.extraTracks.push(track);
+    result.tracks.push({ kind: track.kind, trackId: track.id, index: pc.getTransceivers().indexOf(transceiver) });
+  }
+  return result;
+}
+
+// The mid of each local sending transceiver, by the kind and label of its track (after negotiation).
+function localMids() {
+  const pc = requirePc();
+  return pc.getTransceivers().filter((t) => t.sender.track && t.mid !== null).map((t) => ({
+    mid: t.mid, kind: t.sender.track.kind, label: t.sender.track.label, trackId: t.sender.track.id,
+  }));
 }
 
 // Mute as the Voxa client does it: stop and release the microphone and detach it from its sender
@@ -443,13 +498,21 @@ async function stats() {
         ...pick(r, [
           "kind", "ssrc", "mid", "trackIdentifier", "packetsReceived", "packetsLost", "bytesReceived",
           "jitter", "audioLevel", "totalAudioEnergy", "totalSamplesReceived", "concealedSamples",
-          "silentConcealedSamples", "framesDecoded", "frameWidth", "frameHeight",
+          "silentConcealedSamples", "framesDecoded", "frameWidth", "frameHeight", "framesPerSecond",
+          "framesReceived", "framesDropped", "keyFramesDecoded", "nackCount", "pliCount", "firCount",
+          "retransmittedPacketsReceived", "retransmittedBytesReceived", "freezeCount", "totalFreezesDuration",
+          "pauseCount", "totalPausesDuration",
         ]),
         codec,
       };
     } else if (r.type === "outbound-rtp") {
-      outbound[r.mid ?? `ssrc:${r.ssrc}`] = {
-        ...pick(r, ["kind", "ssrc", "mid", "packetsSent", "bytesSent", "active", "framesEncoded"]),
+      const key = r.mid !== undefined ? (r.rid ? `${r.mid}:${r.rid}` : r.mid) : `ssrc:${r.ssrc}`;
+      outbound[key] = {
+        ...pick(r, [
+          "kind", "ssrc", "mid", "rid", "packetsSent", "bytesSent", "active", "framesEncoded", "frameWidth",
+          "frameHeight", "nackCount", "pliCount", "retransmittedPacketsSent", "qualityLimitationReason",
+          "targetBitrate",
+        ]),
         codec,
       };
     } else if (r.type === "transport") {
@@ -546,6 +609,9 @@ window.voxaTest = {
   takeCandidates,
   addAudioTrack,
   addTransceiver,
+  setEncodingsActive,
+  addScreenShare,
+  localMids,
   mute,
   unmute,
   measure,

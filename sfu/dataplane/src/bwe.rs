@@ -392,6 +392,8 @@ pub struct SendSideBwe {
     capacity: Capacity,
     acked: AckedRate,
     avg_packet_bytes: f64,
+    /// The loss-based limit: `max_bps` (no limit) until loss is seen, then lowered on high loss
+    /// and raised again while loss stays low, until it no longer binds.
     loss_bps: f64,
     lost: u32,
     received: u32,
@@ -429,7 +431,7 @@ impl SendSideBwe {
                 latest_bin: 0,
             },
             avg_packet_bytes: INITIAL_PACKET_BYTES,
-            loss_bps: initial,
+            loss_bps: max,
             lost: 0,
             received: 0,
             loss_at_ms: None,
@@ -478,7 +480,7 @@ impl SendSideBwe {
             // Coming back from REMB: start from what REMB said, not from a stale estimate.
             if let Some(remb) = self.remb {
                 self.delay_bps = remb;
-                self.loss_bps = remb;
+                self.loss_bps = self.max_bps;
                 self.state = RateState::Hold;
             }
         }
@@ -598,9 +600,9 @@ impl SendSideBwe {
             (Signal::Normal, RateState::Hold) => RateState::Increase,
             (Signal::Normal, s) => s,
         };
-        let dt_ms = self
-            .rate_at_ms
-            .map_or(0, |t| now_ms.saturating_sub(t).clamp(0, MAX_INCREASE_STEP_MS));
+        let dt_ms = self.rate_at_ms.map_or(0, |t| {
+            now_ms.saturating_sub(t).clamp(0, MAX_INCREASE_STEP_MS)
+        });
         self.rate_at_ms = Some(now_ms);
         let dt_s = dt_ms as f64 / 1000.0;
         match self.state {
@@ -666,5 +668,332 @@ impl SendSideBwe {
         self.lost = 0;
         self.received = 0;
         self.loss_at_ms = Some(now_ms);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::twcc::FeedbackBuilder;
+    use std::collections::VecDeque;
+
+    /// splitmix64: a seeded, deterministic source for loss and jitter.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    const PACKET_BYTES: usize = 1200;
+    const FEEDBACK_INTERVAL_MS: i64 = 100;
+    const RETURN_DELAY_MS: i64 = 20;
+    const PROPAGATION_US: i64 = 20_000;
+    const MAX_QUEUE_US: f64 = 300_000.0;
+    /// The receiver's clock runs this far from the sender's (feedback times are its own).
+    const RECEIVER_OFFSET_US: i64 = 7_777_777_777;
+
+    /// A sender, a bottleneck link (capacity, a drop-tail queue of `MAX_QUEUE_US`, random loss,
+    /// propagation delay, up to 0.5 ms of jitter) and a receiver that sends transport-cc feedback
+    /// every 100 ms, all on one simulated clock in 1 ms steps. The sender paces 1200-byte packets
+    /// at a fixed rate, or (`rate_bps` None) at the current estimate as an encoder would.
+    struct Sim {
+        bwe: SendSideBwe,
+        rng: Rng,
+        now_ms: i64,
+        capacity_bps: f64,
+        loss: f64,
+        rate_bps: Option<f64>,
+        seq: u16,
+        next_send_us: f64,
+        busy_until_us: f64,
+        last_arrival_us: i64,
+        /// Sent packets not yet reported: (seq, arrival on the sender's clock or lost).
+        flight: VecDeque<(u16, Option<i64>)>,
+        next_feedback_ms: i64,
+        fb_count: u8,
+        feedback: VecDeque<(i64, Vec<u8>)>,
+        builder: FeedbackBuilder,
+    }
+
+    impl Sim {
+        fn new(capacity_bps: f64, rate_bps: Option<f64>, seed: u64) -> Self {
+            Sim {
+                bwe: SendSideBwe::new(1_000_000, 100_000, 10_000_000),
+                rng: Rng(seed),
+                now_ms: 0,
+                capacity_bps,
+                loss: 0.0,
+                rate_bps,
+                seq: 65_000, // wraps early in every run
+                next_send_us: 0.0,
+                busy_until_us: 0.0,
+                last_arrival_us: 0,
+                flight: VecDeque::new(),
+                next_feedback_ms: FEEDBACK_INTERVAL_MS,
+                fb_count: 0,
+                feedback: VecDeque::new(),
+                builder: FeedbackBuilder::new(0, 0),
+            }
+        }
+
+        fn step(&mut self) {
+            let now_us = self.now_ms * 1000;
+            while self.feedback.front().is_some_and(|f| f.0 <= self.now_ms) {
+                let (_, fci) = self.feedback.pop_front().expect("feedback");
+                self.bwe
+                    .on_feedback(&fci, self.now_ms)
+                    .expect("valid feedback");
+            }
+            while self.next_send_us <= now_us as f64 {
+                let rate = self
+                    .rate_bps
+                    .unwrap_or_else(|| self.bwe.estimate_bps() as f64);
+                self.send(now_us);
+                self.next_send_us += PACKET_BYTES as f64 * 8.0 * 1e6 / rate;
+            }
+            if self.now_ms >= self.next_feedback_ms {
+                self.next_feedback_ms += FEEDBACK_INTERVAL_MS;
+                self.send_feedback(now_us);
+            }
+            self.now_ms += 1;
+        }
+
+        fn send(&mut self, now_us: i64) {
+            self.bwe.on_packet_sent(self.seq, PACKET_BYTES, self.now_ms);
+            let now = now_us as f64;
+            let arrival = if self.rng.unit() < self.loss {
+                None
+            } else {
+                let start = self.busy_until_us.max(now);
+                if start - now > MAX_QUEUE_US {
+                    None
+                } else {
+                    self.busy_until_us =
+                        start + PACKET_BYTES as f64 * 8.0 * 1e6 / self.capacity_bps;
+                    let jitter = (self.rng.unit() * 500.0) as i64;
+                    let at = (self.busy_until_us as i64 + PROPAGATION_US + jitter)
+                        .max(self.last_arrival_us);
+                    self.last_arrival_us = at;
+                    Some(at)
+                }
+            };
+            self.flight.push_back((self.seq, arrival));
+            self.seq = self.seq.wrapping_add(1);
+        }
+
+        /// Report every packet up to the last one that has arrived (later losses wait for a
+        /// packet after them, as a receiver cannot tell them from packets in flight).
+        fn send_feedback(&mut self, now_us: i64) {
+            let Some(last) = self
+                .flight
+                .iter()
+                .rposition(|&(_, a)| a.is_some_and(|a| a <= now_us))
+            else {
+                return;
+            };
+            let mut started = false;
+            for _ in 0..=last {
+                let (seq, arrival) = self.flight.pop_front().expect("in flight");
+                let recv = arrival.map(|a| a + RECEIVER_OFFSET_US);
+                if !started {
+                    self.builder.reset(seq, self.fb_count);
+                    started = true;
+                }
+                if !self.builder.push(recv) {
+                    self.flush();
+                    self.builder.reset(seq, self.fb_count);
+                    assert!(self.builder.push(recv));
+                }
+            }
+            self.flush();
+        }
+
+        fn flush(&mut self) {
+            let mut fci = Vec::new();
+            self.builder.build(&mut fci);
+            self.fb_count = self.fb_count.wrapping_add(1);
+            self.feedback
+                .push_back((self.now_ms + RETURN_DELAY_MS, fci));
+        }
+
+        /// Run for `ms`, returning the estimate at every feedback interval.
+        fn run(&mut self, ms: i64) -> Vec<u64> {
+            let mut samples = Vec::new();
+            for _ in 0..ms {
+                self.step();
+                if self.now_ms % FEEDBACK_INTERVAL_MS == 0 {
+                    samples.push(self.bwe.estimate_bps());
+                }
+            }
+            samples
+        }
+    }
+
+    #[test]
+    fn a_congested_link_brings_the_estimate_down_within_2_s() {
+        let mut sim = Sim::new(500_000.0, Some(2_000_000.0), 1);
+        let samples = sim.run(2_000);
+        assert_eq!(sim.bwe.source(), "twcc");
+        let at_2s = *samples.last().expect("samples");
+        assert!(at_2s < 600_000, "estimate {at_2s} after 2 s: {samples:?}");
+        let acked = sim.bwe.acknowledged_bps().expect("acked");
+        assert!((400_000..=600_000).contains(&acked), "acked {acked}");
+    }
+
+    #[test]
+    fn a_free_link_ramps_up_from_1_to_over_2_5_mbps() {
+        // 8 %/s compounds to 2.5x in 11.9 s; the first feedback comes after 120 ms.
+        let mut sim = Sim::new(5_000_000.0, None, 2);
+        let samples = sim.run(12_500);
+        let end = *samples.last().expect("samples");
+        assert!(end > 2_500_000, "estimate {end} after 12.5 s: {samples:?}");
+        // No false overuse on the way: the estimate never falls.
+        assert!(
+            samples.windows(2).all(|w| w[1] >= w[0]),
+            "estimate fell on a free link: {samples:?}"
+        );
+    }
+
+    #[test]
+    fn random_loss_drops_the_estimate_and_it_recovers_after() {
+        let mut sim = Sim::new(5_000_000.0, None, 3);
+        sim.loss = 0.2;
+        let lossy = sim.run(6_000);
+        let trough = *lossy.last().expect("samples");
+        assert!(
+            trough < 600_000,
+            "estimate {trough} after 6 s of 20% loss: {lossy:?}"
+        );
+        sim.loss = 0.0;
+        let clean = sim.run(15_000);
+        let end = *clean.last().expect("samples");
+        assert!(
+            end > 2 * trough,
+            "estimate {end} 15 s after the loss (from {trough}): {clean:?}"
+        );
+    }
+
+    #[test]
+    fn a_limited_link_holds_the_estimate_near_capacity_and_lifting_it_recovers() {
+        let mut sim = Sim::new(500_000.0, None, 4);
+        let limited = sim.run(15_000);
+        let tail = &limited[limited.len() - 50..];
+        let (lo, hi) = (
+            *tail.iter().min().expect("min"),
+            *tail.iter().max().expect("max"),
+        );
+        assert!(
+            lo >= 250_000 && hi <= 650_000,
+            "estimate on a 500 kbps link between {lo} and {hi}: {limited:?}"
+        );
+        sim.capacity_bps = 5_000_000.0;
+        let lifted = sim.run(20_000);
+        let end = *lifted.last().expect("samples");
+        assert!(
+            end > 1_200_000,
+            "estimate {end} 20 s after the limit lifted: {lifted:?}"
+        );
+    }
+
+    fn feedback_for(bwe: &mut SendSideBwe, first: u16, n: u16, at_ms: i64) {
+        let mut b = FeedbackBuilder::new(first, 0);
+        for i in 0..n {
+            bwe.on_packet_sent(first.wrapping_add(i), 1000, at_ms + i64::from(i) * 10);
+            b.push(Some(50_000_000 + (at_ms + i64::from(i) * 10) * 1000));
+        }
+        let mut fci = Vec::new();
+        b.build(&mut fci);
+        bwe.on_feedback(&fci, at_ms + i64::from(n) * 10 + 30)
+            .expect("valid");
+    }
+
+    #[test]
+    fn remb_is_used_without_transport_cc_and_after_it_stops() {
+        let mut bwe = SendSideBwe::new(1_000_000, 100_000, 10_000_000);
+        assert_eq!((bwe.source(), bwe.estimate_bps()), ("initial", 1_000_000));
+        bwe.on_remb(300_000, 0);
+        assert_eq!((bwe.source(), bwe.estimate_bps()), ("remb", 300_000));
+        feedback_for(&mut bwe, 0, 10, 100);
+        assert_eq!(bwe.source(), "twcc");
+        assert!(
+            bwe.estimate_bps() <= 310_000,
+            "twcc starts from the REMB value: {}",
+            bwe.estimate_bps()
+        );
+        bwe.on_remb(2_000_000, 500);
+        assert_eq!(bwe.source(), "twcc", "fresh feedback wins over REMB");
+        // Sending goes on, feedback stops: after 2 s REMB takes over.
+        for i in 0..30 {
+            bwe.on_packet_sent(100 + i, 1000, 300 + i64::from(i) * 100);
+        }
+        assert_eq!((bwe.source(), bwe.estimate_bps()), ("remb", 2_000_000));
+        feedback_for(&mut bwe, 200, 10, 4_000);
+        assert_eq!(bwe.source(), "twcc");
+        assert!(bwe.estimate_bps() >= 1_900_000);
+        // REMB values are clamped too.
+        bwe.on_remb(u64::MAX, 9_000);
+        assert_eq!((bwe.source(), bwe.estimate_bps()), ("remb", 10_000_000));
+    }
+
+    #[test]
+    fn a_malformed_feedback_changes_nothing() {
+        let mut bwe = SendSideBwe::new(1_000_000, 100_000, 10_000_000);
+        bwe.on_packet_sent(0, 1000, 0);
+        let mut b = FeedbackBuilder::new(0, 0);
+        b.push(Some(1_000));
+        let mut fci = Vec::new();
+        b.build(&mut fci);
+        fci.truncate(9);
+        assert_eq!(bwe.on_feedback(&fci, 50), Err(FeedbackError::MissingChunks));
+        assert_eq!(bwe.on_feedback(&[1, 2], 50), Err(FeedbackError::TooShort));
+        assert_eq!((bwe.source(), bwe.estimate_bps()), ("initial", 1_000_000));
+        assert_eq!(bwe.acknowledged_bps(), None);
+    }
+
+    #[test]
+    fn limits_are_kept_whatever_comes_in() {
+        let bwe = SendSideBwe::new(50_000_000, 100_000, 10_000_000);
+        assert_eq!(bwe.estimate_bps(), 10_000_000);
+        let bwe = SendSideBwe::new(0, 100_000, 50_000);
+        assert_eq!(bwe.estimate_bps(), 100_000, "max below min: min wins");
+        let mut bwe = SendSideBwe::new(1_000_000, 100_000, 10_000_000);
+        let mut rng = Rng(99);
+        let mut fci = Vec::new();
+        for i in 0..3_000i64 {
+            let now = i * 7 + (rng.next() % 50) as i64 - 25;
+            bwe.on_packet_sent(rng.next() as u16, (rng.next() % 1500) as usize, now);
+            fci.clear();
+            let len = (rng.next() % 64) as usize;
+            fci.extend((0..len).map(|_| rng.next() as u8));
+            if i % 3 == 0 && fci.len() >= 4 {
+                fci[2] = 0; // small status counts parse more often
+                fci[3] %= 16;
+            }
+            let _ = bwe.on_feedback(&fci, now);
+            if i % 100 == 0 {
+                bwe.on_remb(rng.next() >> (rng.next() % 64), now);
+            }
+            let e = bwe.estimate_bps();
+            assert!((100_000..=10_000_000).contains(&e), "{e}");
+        }
+        // Extreme clocks do not overflow.
+        bwe.on_packet_sent(1, usize::MAX, i64::MAX);
+        let _ = bwe.on_feedback(
+            &[0, 1, 0, 1, 0xFF, 0xFF, 0xFF, 0, 0x20, 1, 0xFF, 0],
+            i64::MIN,
+        );
+        bwe.on_packet_sent(2, 0, i64::MIN);
+        let _ = bwe.on_feedback(&[0, 2, 0, 1, 0x80, 0, 0, 0, 0x40, 1, 0x80, 0], i64::MAX);
+        assert!((100_000..=10_000_000).contains(&bwe.estimate_bps()));
     }
 }

@@ -67,7 +67,10 @@ mod tests {
             build_remb(&mut out, bps, &[1, 2]);
             assert_eq!(out.len(), 16);
             let got = parse_remb(&out).expect("parses");
-            assert!(got <= bps && got as f64 >= bps as f64 * 0.9999, "{bps} -> {got}");
+            assert!(
+                got <= bps && got as f64 >= bps as f64 * 0.9999,
+                "{bps} -> {got}"
+            );
         }
     }
 

@@ -307,7 +307,11 @@ impl FeedbackBuilder {
         let s = &self.statuses;
         let mut i = 0;
         while i < s.len() {
-            let run = s[i..].iter().take(MAX_RUN).take_while(|&&x| x == s[i]).count();
+            let run = s[i..]
+                .iter()
+                .take(MAX_RUN)
+                .take_while(|&&x| x == s[i])
+                .count();
             let chunk = if run >= 14 || i + run == s.len() {
                 i += run;
                 (u16::from(s[i - run]) << 13) | run as u16
@@ -347,7 +351,9 @@ impl FeedbackBuilder {
 mod tests {
     use super::*;
 
-    fn collect(fci: &[u8]) -> Result<(FeedbackHeader, Vec<(u16, Option<i64>)>), FeedbackError> {
+    type Packets = Vec<(u16, Option<i64>)>;
+
+    fn collect(fci: &[u8]) -> Result<(FeedbackHeader, Packets), FeedbackError> {
         let mut packets = Vec::new();
         let header = parse(fci, |seq, t| packets.push((seq, t)))?;
         Ok((header, packets))
@@ -361,10 +367,10 @@ mod tests {
     fn parses_a_hand_built_chrome_like_feedback() {
         let mut fci = vec![0xFF, 0xFD, 0x00, 18, 0x01, 0x23, 0x45, 7];
         fci.extend_from_slice(&[0b0010_0000, 3]); // run: status 1 × 3
-        // 2-bit vector: 01 00 10 10 01 00 01
+                                                  // 2-bit vector: 01 00 10 10 01 00 01
         fci.extend_from_slice(&0b11_01_00_10_10_01_00_01u16.to_be_bytes());
         // 1-bit vector, 8 used: 1 0 1 0 1 0 1 0, six padding bits
-        fci.extend_from_slice(&0b10_1010_1010_0000_00u16.to_be_bytes());
+        fci.extend_from_slice(&0b1010_1010_1000_0000_u16.to_be_bytes());
         fci.extend_from_slice(&[4, 8, 1]); // run deltas: +1 ms, +2 ms, +0.25 ms
         fci.push(10); // small: +2.5 ms
         fci.extend_from_slice(&400i16.to_be_bytes()); // large: +100 ms
@@ -400,7 +406,15 @@ mod tests {
         for d in [4, 8, 1] {
             add(Some(d));
         }
-        for d in [Some(10), None, Some(400), Some(-40), Some(0), None, Some(255)] {
+        for d in [
+            Some(10),
+            None,
+            Some(400),
+            Some(-40),
+            Some(0),
+            None,
+            Some(255),
+        ] {
             add(d);
         }
         for d in [Some(1), None, Some(2), None, Some(3), None, Some(4), None] {
@@ -527,7 +541,7 @@ mod tests {
     #[test]
     fn the_reference_time_wraps_at_24_bits() {
         let mut b = FeedbackBuilder::new(0, 0);
-        let t = (0x1_00_0002i64) * 64_000 + 750;
+        let t = 0x0100_0002_i64 * 64_000 + 750;
         assert!(b.push(Some(t)));
         let mut fci = Vec::new();
         b.build(&mut fci);

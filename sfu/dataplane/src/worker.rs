@@ -155,45 +155,8 @@ pub struct PeerStats {
     pub srtp_errors: u64,
 }
 
-/// The bandwidth estimator of one subscriber peer (the SFU→peer leg).
-type Bwe = placeholder_bwe::SendSideBwe;
-
-/// Stand-in for `bwe::SendSideBwe` (same constructor and methods) until the estimator lands: it
-/// holds the initial estimate and takes REMB values; transport-cc feedback is accepted and unused.
-mod placeholder_bwe {
-    #[derive(Debug, Clone)]
-    pub struct SendSideBwe {
-        bps: u64,
-        min_bps: u64,
-        max_bps: u64,
-        source: &'static str,
-    }
-
-    impl SendSideBwe {
-        pub fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
-            SendSideBwe {
-                bps: initial_bps,
-                min_bps,
-                max_bps,
-                source: "initial",
-            }
-        }
-        pub fn on_packet_sent(&mut self, _twcc_seq: u16, _size: usize, _now_ms: i64) {}
-        pub fn on_feedback(&mut self, _fci: &[u8], _now_ms: i64) -> Result<(), ()> {
-            Ok(())
-        }
-        pub fn on_remb(&mut self, bps: u64, _now_ms: i64) {
-            self.bps = bps.clamp(self.min_bps, self.max_bps);
-            self.source = "remb";
-        }
-        pub fn estimate_bps(&self) -> u64 {
-            self.bps
-        }
-        pub fn source(&self) -> &'static str {
-            self.source
-        }
-    }
-}
+/// The bandwidth estimator of one subscriber peer (the SFU→peer leg; docs/bwe.md).
+type Bwe = crate::bwe::SendSideBwe;
 
 /// A subscriber's estimate before any feedback, and its bounds (docs/bwe.md).
 pub const INITIAL_BPS: u64 = 1_000_000;

@@ -290,6 +290,10 @@ class ChromiumPeers:
         for tone in self.tones:
             if tone not in by_tone:
                 args = [*CHROMIUM_ARGS, *self.extra_args]
+                if self.netns is not None:
+                    # getUserMedia needs a secure context: http://127.0.0.1 is one, the link's address is not.
+                    origin = self.url.rsplit("/", 1)[0]
+                    args.append(f"--unsafely-treat-insecure-origin-as-secure={origin}")
                 if tone is not None:
                     wav = write_tone(self.workdir / f"tone-{tone:g}.wav", tone)
                     args.append(f"--use-file-for-fake-audio-capture={wav}")

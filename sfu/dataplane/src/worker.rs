@@ -869,12 +869,13 @@ impl Worker {
         p.producers.push(id);
         let simulcast = params.layers.len() > 1;
         let layers: Vec<Layer> = if params.layers.is_empty() {
-            // One layer: the first announced SSRC, or learnt from the first packet.
-            vec![Layer::new(
-                Vec::new(),
-                params.ssrcs.first().copied().unwrap_or(0),
-                0,
-            )]
+            // One layer: its SSRC if only one is announced, else learnt from the first packet that
+            // is not a retransmission (the list may hold the RTX SSRC of an FID group too).
+            let ssrc = match params.ssrcs[..] {
+                [only] => only,
+                _ => 0,
+            };
+            vec![Layer::new(Vec::new(), ssrc, 0)]
         } else {
             params
                 .layers

@@ -58,7 +58,7 @@ class Features:
     to publishers, since a browser whose transport-cc gets no feedback cannot estimate its uplink."""
 
 
-NATIVE_FEATURES = Features()
+NATIVE_FEATURES = Features(publisher_transport_cc=True)
 PYTHON_FEATURES = Features(rtx=False, transport_cc=False)
 
 

@@ -66,8 +66,9 @@ def test_answer_to_simulcast_offer_receives_the_three_layers_with_rtx() -> None:
         sdp.ABS_SEND_TIME_URI: 2,
         sdp.RID_URI: 10,
         sdp.REPAIRED_RID_URI: 11,
-    }  # transport-cc is not taken on the publishing leg (no feedback is sent to publishers)
-    assert "transport-cc" not in video.codecs[0].feedback
+        sdp.TRANSPORT_CC_URI: 3,
+    }  # transport-cc on the publishing leg: the data plane sends publishers feedback for their uplink
+    assert "transport-cc" in video.codecs[0].feedback
     spec = next(p for p in result.producers if p.kind == "video")
     assert spec.layers == (Layer("q"), Layer("h"), Layer("f"))
     assert spec.rids == ("q", "h", "f")

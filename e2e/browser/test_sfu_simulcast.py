@@ -145,8 +145,10 @@ async def test_layers_follow_the_link_the_tile_and_who_watches(
         await poll(lambda: video_in(weak[0]), width_is(LAYER_WIDTH["f"]), SWITCH_S, "b on the f layer")
 
         # A real bottleneck on b's downlink: b drops to the low layer, a keeps the full one.
+        limited = time.monotonic()
         link.limit(rate_kbit=LIMIT_KBIT)
         low = await poll(lambda: video_in(weak[0]), width_is(LAYER_WIDTH["q"]), SWITCH_S, "b down to q")
+        print(f"limit {LIMIT_KBIT} kbit/s -> b decodes q after {time.monotonic() - limited:.1f} s")
         assert (await video_in(watcher[0]))["frameWidth"] == LAYER_WIDTH["f"]
         # It keeps decoding on the low layer (no frozen picture after the switch).
         later = await poll(
@@ -158,8 +160,10 @@ async def test_layers_follow_the_link_the_tile_and_who_watches(
         assert later["frameWidth"] == LAYER_WIDTH["q"]
 
         # Lifting the limit brings the full layer back.
+        lifted = time.monotonic()
         link.clear()
         back = await poll(lambda: video_in(weak[0]), width_is(LAYER_WIDTH["f"]), SWITCH_S * 2, "b back on f")
+        print(f"limit lifted -> b decodes f after {time.monotonic() - lifted:.1f} s; freezes {back}")
         assert back.get("totalFreezesDuration", 0.0) < 3.0, back
 
         # A small tile asks for 320 px: the low layer. A hidden one is paused: nothing arrives.

@@ -98,7 +98,13 @@ class Worker:
         """transport_cc_id: write transport-wide sequence numbers (per subscriber peer);
         rtx_payload_types: the subscriber's (rtx_pt, apt) pairs; empty = NACKs get plain resends."""
     def set_consumer_preferences(
-        self, consumer: int, *, max_layer: int = -1, max_width: int = 0, max_height: int = 0, paused: bool = False
+        self,
+        consumer: int,
+        *,
+        max_layer: int = -1,
+        max_width: int = 0,
+        max_height: int = 0,
+        paused: bool = False,
     ) -> None:
         """Layer cap by index (-1: none) or by displayed size (0: none; the lowest layer covering it);
         paused: no packets at all (a hidden tile), apart from set_consumer_paused (deafen)."""

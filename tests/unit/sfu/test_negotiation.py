@@ -129,7 +129,10 @@ def test_answer_keeps_client_ids_and_chooses_one_codec() -> None:
     assert [c.name for c in audio.codecs] == ["opus"] and audio.codecs[0].pt == 111
     assert audio.direction == "recvonly"
     assert audio.extensions == {
-        sdp.MID_URI: 4, sdp.AUDIO_LEVEL_URI: 1, sdp.ABS_SEND_TIME_URI: 2, sdp.TRANSPORT_CC_URI: 3
+        sdp.MID_URI: 4,
+        sdp.AUDIO_LEVEL_URI: 1,
+        sdp.ABS_SEND_TIME_URI: 2,
+        sdp.TRANSPORT_CC_URI: 3,
     }
     assert [(c.name, c.pt, c.apt) for c in video.codecs] == [("VP8", 96, None), ("rtx", 97, 96)]
     assert video.codecs[0].feedback == (

@@ -59,6 +59,15 @@ async def video_in(page: ChromiumPage) -> dict[str, Any]:
     return videos[0] if videos else {}
 
 
+async def video_kbps(page: ChromiumPage, seconds: float = 2.0) -> float:
+    """The page's inbound video bitrate over `seconds`, from bytesReceived."""
+    first = await video_in(page)
+    began = time.monotonic()
+    await asyncio.sleep(seconds)  # the measuring window itself, not a wait for a condition
+    second = await video_in(page)
+    return float(second["bytesReceived"] - first["bytesReceived"]) * 8 / 1000 / (time.monotonic() - began)
+
+
 def width_is(width: int) -> Callable[[dict[str, Any]], bool]:
     return lambda v: v.get("frameWidth") == width
 
@@ -158,6 +167,9 @@ async def test_layers_follow_the_link_the_tile_and_who_watches(
             "b decoding on q",
         )
         assert later["frameWidth"] == LAYER_WIDTH["q"]
+        weak_kbps, full_kbps = await asyncio.gather(video_kbps(weak[0]), video_kbps(watcher[0]))
+        print(f"video bitrate: b on q {weak_kbps:.0f} kbit/s, a on f {full_kbps:.0f} kbit/s")
+        assert weak_kbps < LIMIT_KBIT and full_kbps > 2 * weak_kbps, (weak_kbps, full_kbps)
 
         # Lifting the limit brings the full layer back.
         lifted = time.monotonic()

@@ -5,15 +5,18 @@
 //! RTCP, and the ICE-lite side of STUN. Each protocol is a pure module tested without sockets; the
 //! Python bindings (feature `python`) are in `py`.
 
+pub mod bwe;
 pub mod ceiling;
 pub mod classify;
 pub mod codecs;
 pub mod io;
 pub mod layers;
+pub mod remb;
 pub mod rtcp;
 pub mod rtp;
 pub mod srtp;
 pub mod stun;
+pub mod twcc;
 pub mod worker;
 
 #[cfg(feature = "python")]

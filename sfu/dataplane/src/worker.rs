@@ -155,45 +155,8 @@ pub struct PeerStats {
     pub srtp_errors: u64,
 }
 
-/// The bandwidth estimator of one subscriber peer (the SFU→peer leg).
-type Bwe = placeholder_bwe::SendSideBwe;
-
-/// Stand-in for `bwe::SendSideBwe` (same constructor and methods) until the estimator lands: it
-/// holds the initial estimate and takes REMB values; transport-cc feedback is accepted and unused.
-mod placeholder_bwe {
-    #[derive(Debug, Clone)]
-    pub struct SendSideBwe {
-        bps: u64,
-        min_bps: u64,
-        max_bps: u64,
-        source: &'static str,
-    }
-
-    impl SendSideBwe {
-        pub fn new(initial_bps: u64, min_bps: u64, max_bps: u64) -> Self {
-            SendSideBwe {
-                bps: initial_bps,
-                min_bps,
-                max_bps,
-                source: "initial",
-            }
-        }
-        pub fn on_packet_sent(&mut self, _twcc_seq: u16, _size: usize, _now_ms: i64) {}
-        pub fn on_feedback(&mut self, _fci: &[u8], _now_ms: i64) -> Result<(), ()> {
-            Ok(())
-        }
-        pub fn on_remb(&mut self, bps: u64, _now_ms: i64) {
-            self.bps = bps.clamp(self.min_bps, self.max_bps);
-            self.source = "remb";
-        }
-        pub fn estimate_bps(&self) -> u64 {
-            self.bps
-        }
-        pub fn source(&self) -> &'static str {
-            self.source
-        }
-    }
-}
+/// The bandwidth estimator of one subscriber peer (the SFU→peer leg; docs/bwe.md).
+type Bwe = crate::bwe::SendSideBwe;
 
 /// A subscriber's estimate before any feedback, and its bounds (docs/bwe.md).
 pub const INITIAL_BPS: u64 = 1_000_000;
@@ -2436,5 +2399,744 @@ mod tests {
             prefix: 0
         }
         .contains("1.2.3.4".parse().unwrap()));
+    }
+
+    // --- simulcast, allocation, dynacast, RTX, transport-cc ----------------------------------------
+
+    const Q: u32 = 1001;
+    const H: u32 = 1002;
+    const F: u32 = 1003;
+    const RID_ID: u8 = 10;
+    const RRID_ID: u8 = 11;
+    const TCC_ID: u8 = 3;
+    const SUB_SSRC: u32 = 0xD0D0;
+    const SUB_RTX: u32 = 0xD1D1;
+
+    /// A VP8 RTP packet: payload descriptor with a 15-bit picture id and TL0PICIDX, then a keyframe
+    /// header of `size` or a delta frame byte. `ext`: one-byte extension elements (id, value).
+    fn vp8_rtp(
+        seq: u16,
+        ts: u32,
+        ssrc: u32,
+        pid: u16,
+        tl0: u8,
+        key: Option<(u16, u16)>,
+        ext: &[(u8, &[u8])],
+    ) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        if !ext.is_empty() {
+            p[0] |= 0x10;
+            let mut block = Vec::new();
+            for (id, v) in ext {
+                block.push((id << 4) | (v.len() as u8 - 1));
+                block.extend_from_slice(v);
+            }
+            while block.len() % 4 != 0 {
+                block.push(0);
+            }
+            p.extend_from_slice(&rtp::ONE_BYTE_PROFILE.to_be_bytes());
+            p.extend_from_slice(&((block.len() / 4) as u16).to_be_bytes());
+            p.extend_from_slice(&block);
+        }
+        p.extend_from_slice(&[0x90, 0xC0, 0x80 | (pid >> 8) as u8, pid as u8, tl0]);
+        match key {
+            Some((w, h)) => {
+                p.extend_from_slice(&[0x00, 0x00, 0x00, 0x9D, 0x01, 0x2A]);
+                p.extend_from_slice(&w.to_le_bytes());
+                p.extend_from_slice(&h.to_le_bytes());
+            }
+            None => p.extend_from_slice(&[0x01, 0x00, 0x00]),
+        }
+        p
+    }
+
+    /// What a client received in `out`: its RTP packets (plaintext) and its RTCP items.
+    fn received(c: &mut Client, out: &Outbox) -> (Vec<Vec<u8>>, Vec<Item>) {
+        let (mut packets, mut items) = (Vec::new(), Vec::new());
+        for i in 0..out.len() {
+            let (addr, data) = out.get(i);
+            if *addr != c.addr {
+                continue;
+            }
+            let mut plain = Vec::new();
+            match classify(data) {
+                Kind::Rtp => {
+                    c.srtp.unprotect_rtp(data, &mut plain).unwrap();
+                    packets.push(plain);
+                }
+                Kind::Rtcp => {
+                    c.srtp.unprotect_rtcp(data, &mut plain).unwrap();
+                    rtcp::parse(&plain, |i| items.push(i)).unwrap();
+                }
+                _ => {}
+            }
+        }
+        (packets, items)
+    }
+
+    struct Sim {
+        w: Worker,
+        a: Client,
+        b: Client,
+        p: ProducerId,
+        c: ConsumerId,
+        out: Outbox,
+        /// Per layer: next seq, picture id, TL0PICIDX.
+        state: [(u16, u16, u8); 3],
+        now: i64,
+    }
+
+    const SIZES: [(u16, u16); 3] = [(320, 180), (640, 360), (1280, 720)];
+    /// Packet sizes per layer: with `all_layers` every 30 ms, about 67, 213 and 320 kbps.
+    const FRAME_BYTES: [usize; 3] = [250, 800, 1200];
+
+    impl Sim {
+        fn new(learn: bool) -> Sim {
+            let mut w = Worker::new();
+            let mut out = Outbox::new();
+            let a = connect(&mut w, 1, &mut out);
+            let b = connect(&mut w, 2, &mut out);
+            let ssrc = |s: u32| if learn { 0 } else { s };
+            let video = ProducerParams {
+                kind_video: true,
+                clock_rate: 90_000,
+                mid: b"1".to_vec(),
+                mid_id: 1,
+                codec: Some(VideoCodec::Vp8),
+                layers: vec![
+                    (b"q".to_vec(), ssrc(Q), ssrc(Q + 1000)),
+                    (b"h".to_vec(), ssrc(H), ssrc(H + 1000)),
+                    (b"f".to_vec(), ssrc(F), ssrc(F + 1000)),
+                ],
+                rid_id: RID_ID,
+                repaired_rid_id: RRID_ID,
+                rtx_payload_types: vec![(97, 96)],
+                ..Default::default()
+            };
+            let p = w.add_producer(a.id, video).unwrap();
+            let c = w.add_consumer(p, b.id, SUB_SSRC, SUB_RTX).unwrap();
+            w.configure_consumer(
+                c,
+                ConsumerParams {
+                    payload_types: vec![(96, 96)],
+                    ext: Extensions {
+                        transport_cc_id: TCC_ID,
+                        ..Default::default()
+                    },
+                    rtx_payload_types: vec![(97, 96)],
+                },
+            )
+            .unwrap();
+            w.set_consumer_ready(c, true, 0).unwrap();
+            out.clear();
+            Sim {
+                w,
+                a,
+                b,
+                p,
+                c,
+                out,
+                state: [(100, 1000, 10), (5000, 20_000, 50), (30_000, 0x7FF0, 250)],
+                now: 0,
+            }
+        }
+
+        /// One frame (one packet) on `layer`; returns what the subscriber got and the publisher's RTCP.
+        fn frame(&mut self, layer: usize, key: bool) -> (Vec<Vec<u8>>, Vec<Item>) {
+            self.now += 10;
+            let (seq, pid, tl0) = self.state[layer];
+            self.state[layer] = (seq.wrapping_add(1), (pid + 1) & 0x7FFF, tl0.wrapping_add(1));
+            let ssrc = [Q, H, F][layer];
+            let rid = [&b"q"[..], b"h", b"f"][layer];
+            let mut packet = vp8_rtp(
+                seq,
+                seq as u32 * 3000 + layer as u32 * 77_777,
+                ssrc,
+                pid,
+                tl0,
+                key.then_some(SIZES[layer]),
+                &[(1, b"1"), (RID_ID, rid)],
+            );
+            packet.resize(FRAME_BYTES[layer], 0);
+            self.out.clear();
+            send(&mut self.w, &mut self.a, &packet, self.now, &mut self.out);
+            let got = received(&mut self.b, &self.out).0;
+            (got, Vec::new())
+        }
+
+        /// Every layer sends a frame (keyframes first time), so all are active and sized.
+        fn all_layers(&mut self, key: bool) {
+            for l in 0..3 {
+                self.frame(l, key);
+            }
+        }
+
+        fn tick(&mut self, ms: i64) -> Vec<Item> {
+            self.now += ms;
+            self.out.clear();
+            self.w.tick(self.now, &mut self.out);
+            received(&mut self.a, &self.out).1
+        }
+
+        fn layer_events(&mut self) -> Vec<Event> {
+            self.w
+                .take_events()
+                .into_iter()
+                .filter(|e| matches!(e, Event::Layer { .. } | Event::Layers { .. }))
+                .collect()
+        }
+    }
+
+    fn plis(items: &[Item]) -> Vec<u32> {
+        items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Pli { media, .. } => Some(*media),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// (seq, ts, picture id, TL0PICIDX) of a forwarded VP8 packet.
+    fn ids(packet: &[u8]) -> (u16, u32, u16, u8) {
+        let h = rtp::parse(packet).unwrap();
+        assert_eq!(h.ssrc, SUB_SSRC);
+        let d = crate::codecs::vp8_descriptor(&packet[h.payload_start..]).unwrap();
+        (
+            h.seq,
+            h.timestamp,
+            d.picture_id.unwrap().0,
+            d.tl0picidx.unwrap(),
+        )
+    }
+
+    fn assert_continues(prev: &[u8], next: &[u8]) {
+        let (s0, t0, p0, l0) = ids(prev);
+        let (s1, t1, p1, l1) = ids(next);
+        assert_eq!(s1, s0.wrapping_add(1), "sequence continues");
+        assert!(
+            t1.wrapping_sub(t0) > 0 && t1.wrapping_sub(t0) < 90_000,
+            "timestamp advances"
+        );
+        assert_eq!(p1, (p0 + 1) & 0x7FFF, "picture id continues");
+        assert_eq!(l1, l0.wrapping_add(1), "TL0PICIDX continues");
+    }
+
+    #[test]
+    fn a_switch_waits_for_a_keyframe_of_the_target_and_keeps_everything_continuous() {
+        let mut s = Sim::new(false);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        s.w.set_peer_bandwidth(s.b.id, 10_000_000).unwrap();
+        let items = s.tick(1);
+        assert_eq!(
+            plis(&items),
+            vec![Q],
+            "a keyframe is asked of the target layer only"
+        );
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (-1, 0));
+        assert!(
+            s.frame(0, false).0.is_empty(),
+            "no delta frame before a keyframe"
+        );
+        assert!(
+            s.frame(2, true).0.is_empty(),
+            "nor another layer's keyframe"
+        );
+        let (got, _) = s.frame(0, true);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            s.layer_events(),
+            vec![Event::Layer {
+                consumer: s.c,
+                layer: 0
+            }]
+        );
+        let mut last = s.frame(0, false).0.pop().unwrap();
+        s.frame(1, true);
+        // q → f: the cap goes, the bandwidth allows f; the upgrade waits UPGRADE_HOLD_MS
+        s.w.set_consumer_preferences(s.c, Preferences::default(), s.now)
+            .unwrap();
+        let mut asked = Vec::new();
+        for _ in 0..(UPGRADE_HOLD_MS / ALLOCATION_INTERVAL_MS + 2) {
+            asked.extend(plis(&s.tick(ALLOCATION_INTERVAL_MS)));
+            s.frame(1, false);
+            s.frame(2, false);
+            last = s
+                .frame(0, false)
+                .0
+                .pop()
+                .expect("q goes on while f is awaited");
+        }
+        assert!(asked.contains(&F), "the keyframe request for f");
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (0, 2));
+        assert!(s.frame(2, false).0.is_empty(), "f's delta frames wait");
+        let got = s.frame(2, true).0;
+        assert_eq!(got.len(), 1, "the switch at f's keyframe");
+        assert_continues(&last, &got[0]);
+        assert!(s.frame(0, false).0.is_empty(), "q is no longer forwarded");
+        let next = s.frame(2, false).0.pop().unwrap();
+        assert_continues(&got[0], &next);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (2, 2));
+        // f → q at once when the bandwidth drops (below every layer: video is never cut, only q)
+        s.w.set_peer_bandwidth(s.b.id, 1).unwrap();
+        let items = s.tick(ALLOCATION_INTERVAL_MS);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (2, 0));
+        assert!(plis(&items).contains(&Q));
+        let mut last = s.frame(2, false).0.pop().expect("f until q's keyframe");
+        assert!(s.frame(0, false).0.is_empty());
+        let got = s.frame(0, true).0;
+        assert_continues(&last, &got[0]);
+        last = got[0].clone();
+        assert_continues(&last, &s.frame(0, false).0[0]);
+        let events = s.layer_events();
+        assert!(events.contains(&Event::Layer {
+            consumer: s.c,
+            layer: 2
+        }));
+        assert_eq!(
+            events.last(),
+            Some(&Event::Layer {
+                consumer: s.c,
+                layer: 0
+            })
+        );
+    }
+
+    #[test]
+    fn preferences_cap_by_size_and_index_and_pause_stops_everything() {
+        let mut s = Sim::new(false);
+        s.w.set_peer_bandwidth(s.b.id, 10_000_000).unwrap();
+        s.all_layers(true); // sizes known from the keyframes
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_width: 320,
+                max_height: 180,
+                ..Default::default()
+            },
+            s.now,
+        )
+        .unwrap();
+        s.tick(1);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 0, "q covers 320x180");
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_width: 400,
+                ..Default::default()
+            },
+            s.now,
+        )
+        .unwrap();
+        for _ in 0..20 {
+            s.tick(ALLOCATION_INTERVAL_MS);
+            s.all_layers(false);
+        }
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 1, "h covers 400 wide");
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                max_width: 2000,
+                ..Default::default()
+            },
+            s.now,
+        )
+        .unwrap();
+        s.tick(1);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 0, "the index cap too");
+        assert_eq!(s.frame(0, true).0.len(), 1);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                paused: true,
+                max_layer: 0,
+                ..Default::default()
+            },
+            s.now,
+        )
+        .unwrap();
+        for l in 0..3 {
+            assert!(s.frame(l, true).0.is_empty(), "paused: no packets at all");
+        }
+        s.tick(10);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                ..Default::default()
+            },
+            s.now,
+        )
+        .unwrap();
+        assert!(s.frame(0, false).0.is_empty(), "resumes at a keyframe");
+        assert_eq!(s.frame(0, true).0.len(), 1);
+        assert!(matches!(
+            s.w.set_consumer_preferences(
+                s.c,
+                Preferences {
+                    max_layer: -2,
+                    ..Default::default()
+                },
+                0
+            ),
+            Err(ApiError::Invalid(_))
+        ));
+        assert_eq!(
+            s.w.consumer_layers(999),
+            Err(ApiError::NotFound("consumer", 999))
+        );
+    }
+
+    #[test]
+    fn the_bandwidth_override_drives_the_layer() {
+        let mut s = Sim::new(false);
+        assert_eq!(
+            s.w.peer_bandwidth(s.b.id).unwrap(),
+            (INITIAL_BPS, "initial")
+        );
+        s.all_layers(true);
+        s.tick(1);
+        assert_eq!(
+            s.w.consumer_layers(s.c).unwrap().1,
+            1,
+            "1 Mbps and no rates measured yet: h (500 k assumed)"
+        );
+        // a second of steady layers: ~67, 213 and 320 kbps measured
+        let steady = |s: &mut Sim, ms: i64| {
+            for _ in 0..ms / 30 {
+                s.all_layers(false);
+                s.tick(0);
+            }
+        };
+        s.w.set_peer_bandwidth(s.b.id, 100_000).unwrap();
+        assert_eq!(s.w.peer_bandwidth(s.b.id).unwrap(), (100_000, "override"));
+        steady(&mut s, 1_200);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 0, "q only");
+        s.w.set_peer_bandwidth(s.b.id, 300_000).unwrap();
+        steady(&mut s, 300);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 0, "upgrades wait");
+        steady(&mut s, UPGRADE_HOLD_MS);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 1, "h fits, f does not");
+        s.w.set_peer_bandwidth(s.b.id, 5_000_000).unwrap();
+        steady(&mut s, UPGRADE_HOLD_MS + 300);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 2);
+        s.w.set_peer_bandwidth(s.b.id, 250_000).unwrap();
+        steady(&mut s, 200);
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 1, "down at once");
+        s.w.set_peer_bandwidth(s.b.id, 0).unwrap();
+        assert_eq!(s.w.peer_bandwidth(s.b.id).unwrap().1, "initial");
+        assert_eq!(
+            s.w.set_peer_bandwidth(999, 1),
+            Err(ApiError::NotFound("peer", 999))
+        );
+    }
+
+    #[test]
+    fn dynacast_reports_the_wanted_layers_on_change() {
+        let mut s = Sim::new(false);
+        s.w.set_peer_bandwidth(s.b.id, 10_000_000).unwrap();
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        s.tick(1);
+        assert!(s.layer_events().is_empty(), "all layers stay on at first");
+        s.tick(DYNACAST_OFF_DELAY_MS);
+        s.tick(ALLOCATION_INTERVAL_MS);
+        assert_eq!(
+            s.layer_events(),
+            vec![Event::Layers {
+                producer: s.p,
+                mask: 0b011
+            }],
+            "f unwanted; q always wanted while anyone receives"
+        );
+        s.tick(ALLOCATION_INTERVAL_MS);
+        assert!(s.layer_events().is_empty(), "reported on change only");
+        s.w.set_consumer_preferences(s.c, Preferences::default(), s.now)
+            .unwrap();
+        for _ in 0..(UPGRADE_HOLD_MS / ALLOCATION_INTERVAL_MS + 1) {
+            s.tick(ALLOCATION_INTERVAL_MS);
+        }
+        assert_eq!(
+            s.layer_events(),
+            vec![Event::Layers {
+                producer: s.p,
+                mask: 0b111
+            }],
+            "f is wanted again at once"
+        );
+        let layers = s.w.producer_layers(s.p, s.now).unwrap();
+        assert_eq!(layers[2].0, b"f".to_vec());
+        assert!(layers.iter().all(|l| l.5));
+        s.w.remove_consumer(s.c).unwrap();
+        s.tick(ALLOCATION_INTERVAL_MS);
+        s.tick(DYNACAST_OFF_DELAY_MS);
+        assert_eq!(
+            s.layer_events(),
+            vec![Event::Layers {
+                producer: s.p,
+                mask: 0
+            }],
+            "nobody receives: nothing wanted"
+        );
+    }
+
+    #[test]
+    fn nacks_are_answered_with_rtx_packets_and_new_transport_sequence_numbers() {
+        let mut s = Sim::new(false);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        s.tick(1);
+        let sent: Vec<Vec<u8>> = (0..3).flat_map(|i| s.frame(0, i == 0).0).collect();
+        assert_eq!(sent.len(), 3);
+        let twcc = |p: &[u8]| {
+            let h = rtp::parse(p).unwrap();
+            let v = rtp::find_extension(p, &h, TCC_ID).unwrap();
+            u16::from_be_bytes([v[0], v[1]])
+        };
+        assert_eq!(twcc(&sent[1]), twcc(&sent[0]).wrapping_add(1));
+        let first = rtp::parse(&sent[0]).unwrap().seq;
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, SUB_SSRC, &[first, first.wrapping_add(2)]);
+        let mut sealed = Vec::new();
+        s.b.srtp.protect_rtcp(&nack, &mut sealed).unwrap();
+        s.out.clear();
+        s.w.handle(s.b.addr, &sealed, s.now, &mut s.out);
+        let (rtx, _) = received(&mut s.b, &s.out);
+        assert_eq!(rtx.len(), 2);
+        let (h0, h1) = (rtp::parse(&rtx[0]).unwrap(), rtp::parse(&rtx[1]).unwrap());
+        assert_eq!((h0.ssrc, h0.payload_type), (SUB_RTX, 97));
+        assert_eq!(
+            h1.seq,
+            h0.seq.wrapping_add(1),
+            "the RTX stream's own sequence"
+        );
+        assert_eq!(
+            &rtx[0][h0.payload_start..h0.payload_start + 2],
+            &first.to_be_bytes()
+        );
+        let orig = rtp::parse(&sent[0]).unwrap();
+        assert_eq!(
+            &rtx[0][h0.payload_start + 2..],
+            &sent[0][orig.payload_start..],
+            "the original payload after the OSN"
+        );
+        assert_eq!(h0.timestamp, orig.timestamp);
+        assert_eq!(twcc(&rtx[0]), twcc(&sent[2]).wrapping_add(1));
+        assert_eq!(twcc(&rtx[1]), twcc(&sent[2]).wrapping_add(2));
+        let stats = s.w.consumer_stats(s.c).unwrap();
+        assert_eq!((stats.retransmitted, stats.nacks), (2, 1));
+        // transport-cc feedback from the subscriber feeds its estimator
+        let mut fb = crate::twcc::FeedbackBuilder::new(twcc(&sent[0]), 0);
+        for k in 0..5 {
+            fb.push(Some(1_000_000 + k * 10_000));
+        }
+        let mut pkt = vec![0x8F, rtcp::RTPFB, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        fb.build(&mut pkt);
+        let words = (pkt.len() / 4 - 1) as u16;
+        pkt[2..4].copy_from_slice(&words.to_be_bytes());
+        sealed.clear();
+        s.b.srtp.protect_rtcp(&pkt, &mut sealed).unwrap();
+        s.w.handle(s.b.addr, &sealed, s.now + 50, &mut s.out);
+        assert_eq!(s.w.peer_bandwidth(s.b.id).unwrap().1, "twcc");
+        assert_eq!(s.w.counters.bad_feedback, 0);
+    }
+
+    #[test]
+    fn a_consumer_without_rtx_gets_plain_resends() {
+        let mut s = Sim::new(false);
+        s.w.configure_consumer(s.c, pts(&[(96, 96)])).unwrap();
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        s.tick(1);
+        let sent = s.frame(0, true).0;
+        let mut nack = Vec::new();
+        rtcp::build_nack(&mut nack, 1, SUB_SSRC, &[rtp::parse(&sent[0]).unwrap().seq]);
+        let mut sealed = Vec::new();
+        s.b.srtp.protect_rtcp(&nack, &mut sealed).unwrap();
+        s.out.clear();
+        s.w.handle(s.b.addr, &sealed, s.now, &mut s.out);
+        // the same SRTP index again: a fresh receiving session reads it (a browser's would refuse
+        // it as a replay, which is why RTX matters)
+        s.b.srtp = Session::from_keying_material(PROFILE, &material(2), false).unwrap();
+        let (again, _) = received(&mut s.b, &s.out);
+        assert_eq!(again, sent);
+    }
+
+    #[test]
+    fn publisher_rtx_is_unwrapped_deduplicated_and_losses_are_nacked() {
+        let mut s = Sim::new(false);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                max_layer: 0,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        s.tick(1);
+        let first = s.frame(0, true).0.pop().unwrap();
+        s.state[0].0 += 1; // q's next packet is lost
+        let lost = (s.state[0].0 - 1, s.state[0].1, s.state[0].2);
+        s.state[0].1 += 1;
+        s.state[0].2 += 1;
+        let third = s.frame(0, false).0.pop().unwrap();
+        assert_eq!(
+            rtp::parse(&third).unwrap().seq,
+            rtp::parse(&first).unwrap().seq.wrapping_add(2)
+        );
+        let items = s.tick(20);
+        let nacked: Vec<u16> = items
+            .iter()
+            .filter_map(|i| match *i {
+                Item::Nack {
+                    media: Q, pid, blp, ..
+                } => Some(rtcp::nack_seqs(pid, blp)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(nacked, vec![lost.0]);
+        assert_eq!(s.w.counters.nacks_sent, 1);
+        // the publisher's retransmission on its RTX SSRC: OSN first, PT 97
+        let orig = vp8_rtp(lost.0, 1, Q, lost.1, lost.2, None, &[]);
+        let h = rtp::parse(&orig).unwrap();
+        let mut rtx = orig[..h.payload_start].to_vec();
+        rtx[1] = 97;
+        rtx[2..4].copy_from_slice(&777u16.to_be_bytes());
+        rtx[8..12].copy_from_slice(&(Q + 1000).to_be_bytes());
+        rtx.extend_from_slice(&lost.0.to_be_bytes());
+        rtx.extend_from_slice(&orig[h.payload_start..]);
+        s.out.clear();
+        send(&mut s.w, &mut s.a, &rtx, s.now, &mut s.out);
+        let got = received(&mut s.b, &s.out).0;
+        assert_eq!(got.len(), 1);
+        let g = rtp::parse(&got[0]).unwrap();
+        assert_eq!((g.ssrc, g.payload_type), (SUB_SSRC, 96));
+        assert_eq!(g.seq, rtp::parse(&first).unwrap().seq.wrapping_add(1));
+        assert_eq!(&got[0][g.payload_start..], &orig[h.payload_start..]);
+        assert_eq!(s.w.counters.rtx_received, 1);
+        // again: a duplicate; padding only: dropped; no more NACKs for it
+        s.out.clear();
+        rtx[2..4].copy_from_slice(&778u16.to_be_bytes());
+        send(&mut s.w, &mut s.a, &rtx, s.now, &mut s.out);
+        let mut padding = rtx[..h.payload_start].to_vec();
+        padding[2..4].copy_from_slice(&779u16.to_be_bytes());
+        padding[0] |= 0x20;
+        padding.extend_from_slice(&[0, 0, 0, 4]);
+        send(&mut s.w, &mut s.a, &padding, s.now, &mut s.out);
+        assert!(received(&mut s.b, &s.out).0.is_empty());
+        assert_eq!((s.w.counters.duplicates, s.w.counters.rtx_dropped), (1, 1));
+        let items = s.tick(200);
+        assert!(!items.iter().any(|i| matches!(i, Item::Nack { .. })));
+    }
+
+    #[test]
+    fn layer_ssrcs_are_learnt_from_the_rid_extensions() {
+        let mut s = Sim::new(true);
+        s.w.set_peer_bandwidth(s.b.id, 10_000_000).unwrap();
+        s.tick(1);
+        s.all_layers(true);
+        let layers = s.w.producer_layers(s.p, s.now).unwrap();
+        let seen: Vec<(Vec<u8>, u32, u16, u16)> = layers
+            .iter()
+            .map(|l| (l.0.clone(), l.1, l.3, l.4))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (b"q".to_vec(), Q, 320, 180),
+                (b"h".to_vec(), H, 640, 360),
+                (b"f".to_vec(), F, 1280, 720)
+            ]
+        );
+        // later packets without extensions are known by their SSRC
+        let p = vp8_rtp(7, 7, H, 1, 1, None, &[]);
+        s.out.clear();
+        send(&mut s.w, &mut s.a, &p, s.now, &mut s.out);
+        assert_eq!(s.w.counters.unknown_ssrc, 0);
+        // a retransmission named by the repaired-rid extension
+        let mut rtx = vp8_rtp(9, 7, 4242, 1, 1, None, &[(1, b"1"), (RRID_ID, b"h")]);
+        rtx[1] = 97;
+        send(&mut s.w, &mut s.a, &rtx, s.now, &mut s.out);
+        assert_eq!(s.w.counters.rtx_received, 1);
+        let unknown = vp8_rtp(1, 1, 5555, 1, 1, None, &[(1, b"1"), (RID_ID, b"x")]);
+        send(&mut s.w, &mut s.a, &unknown, s.now, &mut s.out);
+        assert_eq!(s.w.counters.unknown_ssrc, 1);
+        assert_eq!(
+            s.w.consumer_rtx_ssrc(s.c).unwrap(),
+            SUB_RTX,
+            "the consumer's RTX SSRC"
+        );
+    }
+
+    #[test]
+    fn simulcast_parameters_are_checked() {
+        let mut s = Sim::new(false);
+        let bad = |layers: Vec<(Vec<u8>, u32, u32)>, rid_id: u8| ProducerParams {
+            kind_video: true,
+            clock_rate: 90_000,
+            layers,
+            rid_id,
+            ..Default::default()
+        };
+        let l = |rid: &[u8], ssrc: u32| (rid.to_vec(), ssrc, 0);
+        for (layers, rid_id) in [
+            (vec![l(b"a", 1), l(b"b", 2), l(b"c", 3), l(b"d", 4)], 1),
+            (vec![l(b"a", 1), l(b"a", 2)], 1),
+            (vec![l(b"a", 1), l(b"b", 1)], 1),
+            (vec![l(b"a", 0), l(b"b", 0)], 0),
+            (vec![l(b"", 1), l(b"b", 2)], 1),
+        ] {
+            assert!(matches!(
+                s.w.add_producer(s.a.id, bad(layers, rid_id)),
+                Err(ApiError::Invalid(_))
+            ));
+        }
+        assert!(matches!(
+            s.w.add_producer(s.a.id, bad(vec![l(b"a", Q)], 1)),
+            Err(ApiError::Conflict(_))
+        ));
+        assert!(matches!(
+            s.w.add_consumer(s.p, s.b.id, 0, SUB_RTX),
+            Err(ApiError::Conflict(_))
+        ));
+        let audio_p = s.w.add_producer(s.a.id, audio(vec![5])).unwrap();
+        let ac = s.w.add_consumer(audio_p, s.b.id, 0, 0).unwrap();
+        assert_eq!(s.w.consumer_rtx_ssrc(ac).unwrap(), 0);
+        assert_eq!(s.w.consumer_layers(ac).unwrap(), (0, 0));
     }
 }

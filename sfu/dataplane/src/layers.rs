@@ -293,6 +293,112 @@ pub fn allocate(budget_bps: u64, demands: &[Demand], order: &mut Vec<usize>, cho
     }
 }
 
+/// Transport-wide sequence numbers a publisher's feedback window remembers (a power of two).
+pub const UPLINK_WINDOW: usize = 1024;
+/// Packets described per feedback at most (keeps it well under the MTU).
+pub const UPLINK_FEEDBACK_MAX: usize = 250;
+/// Transport-cc feedback is sent to a publisher this often.
+pub const UPLINK_FEEDBACK_INTERVAL_MS: i64 = 100;
+
+/// The receiving side of transport-cc on a publisher's uplink: arrival times by transport-wide
+/// sequence number, turned into a feedback FCI every `UPLINK_FEEDBACK_INTERVAL_MS`, so that the
+/// browser's own estimator (GCC) can ramp its uplink up to what three simulcast layers need.
+#[derive(Debug, Clone)]
+pub struct UplinkFeedback {
+    seqs: Box<[u16]>,
+    arrivals_us: Box<[i64]>,
+    /// The first sequence number not yet reported, and the newest seen.
+    base: Option<u16>,
+    hi: u16,
+    fb_count: u8,
+    builder: crate::twcc::FeedbackBuilder,
+}
+
+impl Default for UplinkFeedback {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UplinkFeedback {
+    pub fn new() -> Self {
+        UplinkFeedback {
+            seqs: vec![0; UPLINK_WINDOW].into_boxed_slice(),
+            arrivals_us: vec![-1; UPLINK_WINDOW].into_boxed_slice(),
+            base: None,
+            hi: 0,
+            fb_count: 0,
+            builder: crate::twcc::FeedbackBuilder::new(0, 0),
+        }
+    }
+
+    /// A packet with transport-wide sequence number `seq` arrived at `now_us`.
+    #[inline]
+    pub fn on_packet(&mut self, seq: u16, now_us: i64) {
+        let i = seq as usize & (UPLINK_WINDOW - 1);
+        self.seqs[i] = seq;
+        self.arrivals_us[i] = now_us;
+        match self.base {
+            None => {
+                self.base = Some(seq);
+                self.hi = seq;
+            }
+            Some(base) => {
+                if seq.wrapping_sub(self.hi) < 0x8000 {
+                    self.hi = seq;
+                    // Too far behind: report from the window's start, what is older is gone.
+                    if self.hi.wrapping_sub(base) as usize >= UPLINK_WINDOW {
+                        self.base = Some(self.hi.wrapping_sub(UPLINK_WINDOW as u16 - 1));
+                    }
+                }
+                // A late packet before `base` was reported lost already: nothing to do.
+            }
+        }
+    }
+
+    /// Append the next feedback FCI to `out` (false if there is nothing new to report).
+    pub fn build(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(base) = self.base else {
+            return false;
+        };
+        let span = self.hi.wrapping_sub(base);
+        if span >= 0x8000 {
+            return false; // everything up to hi was reported
+        }
+        self.builder.reset(base, self.fb_count);
+        let mut seq = base;
+        loop {
+            if self.builder.len() >= UPLINK_FEEDBACK_MAX {
+                break;
+            }
+            let i = seq as usize & (UPLINK_WINDOW - 1);
+            let arrival =
+                (self.seqs[i] == seq && self.arrivals_us[i] >= 0).then(|| self.arrivals_us[i]);
+            if !self.builder.push(arrival) {
+                break;
+            }
+            if seq == self.hi {
+                seq = seq.wrapping_add(1);
+                break;
+            }
+            seq = seq.wrapping_add(1);
+        }
+        if self.builder.is_empty() {
+            return false;
+        }
+        self.builder.build(out);
+        self.fb_count = self.fb_count.wrapping_add(1);
+        self.base = Some(seq);
+        // Forget what was reported, so a wrapped-around window never reports it again.
+        let mut s = base;
+        while s != seq {
+            self.arrivals_us[s as usize & (UPLINK_WINDOW - 1)] = -1;
+            s = s.wrapping_add(1);
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +472,33 @@ mod tests {
         assert_eq!(choice, vec![1], "the preference caps");
         allocate(10, &[cam(0, 2, 2)], &mut order, &mut choice);
         assert_eq!(choice, vec![0], "never below the lowest layer");
+    }
+
+    #[test]
+    fn uplink_feedback_reports_arrivals_and_losses_once() {
+        let mut f = UplinkFeedback::new();
+        let mut out = Vec::new();
+        assert!(!f.build(&mut out));
+        for (seq, t) in [
+            (65_534u16, 1_000_000i64),
+            (65_535, 1_002_000),
+            (1, 1_010_000),
+        ] {
+            f.on_packet(seq, t);
+        }
+        assert!(f.build(&mut out));
+        let mut seen = Vec::new();
+        crate::twcc::parse(&out, |seq, recv| seen.push((seq, recv.is_some()))).unwrap();
+        assert_eq!(
+            seen,
+            vec![(65_534, true), (65_535, true), (0, false), (1, true)]
+        );
+        out.clear();
+        assert!(!f.build(&mut out), "nothing new");
+        f.on_packet(2, 1_020_000);
+        assert!(f.build(&mut out));
+        let mut seen = Vec::new();
+        crate::twcc::parse(&out, |seq, recv| seen.push((seq, recv.is_some()))).unwrap();
+        assert_eq!(seen, vec![(2, true)]);
     }
 }

@@ -22,7 +22,8 @@ use std::net::{IpAddr, SocketAddr};
 use crate::classify::{classify, Kind};
 use crate::codecs::{vp8_keyframe_size, VideoCodec, Vp8Munger};
 use crate::layers::{
-    self, Arrival, Demand, RateMeter, SeqWindow, DEFAULT_LAYER_BPS, UPGRADE_HOLD_MS,
+    self, Arrival, Demand, RateMeter, SeqWindow, UplinkFeedback, DEFAULT_LAYER_BPS,
+    UPGRADE_HOLD_MS, UPLINK_FEEDBACK_INTERVAL_MS,
 };
 use crate::rtcp::{self, Item, KeyframeThrottle, PacketHistory, ReceiverStats};
 use crate::rtp::{self, Extensions, Rewriter};
@@ -196,6 +197,8 @@ struct Peer {
     override_bps: u64,
     /// The next transport-wide sequence number of packets to this peer.
     twcc_seq: u16,
+    /// Transport-cc on the peer's uplink (a producer negotiated it): what its feedback reports.
+    uplink: Option<Box<UplinkFeedback>>,
 }
 
 impl Peer {
@@ -284,6 +287,7 @@ struct Producer {
     audio_level_id: u8,
     rid_id: u8,
     repaired_rid_id: u8,
+    transport_cc_id: u8,
     /// The publisher's RTX payload types and their associated media payload types.
     rtx_apt: Vec<(u8, u8)>,
     video: Option<VideoCodec>,
@@ -517,8 +521,8 @@ pub struct ProducerParams {
     pub repaired_rid_id: u8,
     /// The publisher's (RTX PT, associated PT) pairs.
     pub rtx_payload_types: Vec<(u8, u8)>,
-    /// The publisher's transport-wide sequence number extension id (accepted; the uplink's
-    /// feedback is not generated yet).
+    /// The publisher's transport-wide sequence number extension id: the worker sends it
+    /// transport-cc feedback (every `UPLINK_FEEDBACK_INTERVAL_MS`) for its own estimator.
     pub transport_cc_id: u8,
 }
 
@@ -578,6 +582,7 @@ pub struct Worker {
     forwarded_closed: u64,
     next_report_ms: i64,
     next_allocation_ms: i64,
+    next_uplink_feedback_ms: i64,
     wall_offset_s: f64,
     // scratch buffers, reused for every packet
     plain: Vec<u8>,
@@ -626,6 +631,7 @@ impl Worker {
             forwarded_closed: 0,
             next_report_ms: 0,
             next_allocation_ms: 0,
+            next_uplink_feedback_ms: 0,
             wall_offset_s: 0.0,
             plain: Vec::with_capacity(MAX_DATAGRAM),
             rewritten: Vec::with_capacity(MAX_DATAGRAM),
@@ -709,6 +715,7 @@ impl Worker {
                 bwe: Bwe::new(INITIAL_BPS, MIN_BPS, MAX_BPS),
                 override_bps: 0,
                 twcc_seq,
+                uplink: None,
             },
         );
         Ok(id)
@@ -862,12 +869,13 @@ impl Worker {
         p.producers.push(id);
         let simulcast = params.layers.len() > 1;
         let layers: Vec<Layer> = if params.layers.is_empty() {
-            // One layer: the first announced SSRC, or learnt from the first packet.
-            vec![Layer::new(
-                Vec::new(),
-                params.ssrcs.first().copied().unwrap_or(0),
-                0,
-            )]
+            // One layer: its SSRC if only one is announced, else learnt from the first packet that
+            // is not a retransmission (the list may hold the RTX SSRC of an FID group too).
+            let ssrc = match params.ssrcs[..] {
+                [only] => only,
+                _ => 0,
+            };
+            vec![Layer::new(Vec::new(), ssrc, 0)]
         } else {
             params
                 .layers
@@ -886,6 +894,7 @@ impl Worker {
                 audio_level_id: params.audio_level_id,
                 rid_id: params.rid_id,
                 repaired_rid_id: params.repaired_rid_id,
+                transport_cc_id: params.transport_cc_id,
                 rtx_apt: params.rtx_payload_types,
                 video: params.codec,
                 is_video: params.kind_video,
@@ -1454,6 +1463,19 @@ impl Worker {
         if known.is_none() {
             peer.by_ssrc.insert(header.ssrc, producer_id);
         }
+        let tcc_id = self
+            .producers
+            .get(&producer_id)
+            .map_or(0, |pr| pr.transport_cc_id);
+        if tcc_id != 0 {
+            if let Some(v) = rtp::find_extension(&plain, &header, tcc_id) {
+                if v.len() == 2 {
+                    peer.uplink
+                        .get_or_insert_with(|| Box::new(UplinkFeedback::new()))
+                        .on_packet(u16::from_be_bytes([v[0], v[1]]), now_ms * 1000);
+                }
+            }
+        }
         if rtx {
             self.forward_rtx(producer_id, layer, &plain, &header, now_ms, out);
         } else {
@@ -1856,6 +1878,10 @@ impl Worker {
                 rtcp::build_nack(buf, sender, media, seqs)
             });
         }
+        if now_ms >= self.next_uplink_feedback_ms {
+            self.next_uplink_feedback_ms = now_ms + UPLINK_FEEDBACK_INTERVAL_MS;
+            self.send_uplink_feedback(out);
+        }
         let mut expired = Vec::new();
         for (&id, p) in &self.peers {
             let idle_since = if p.addr.is_some() {
@@ -2016,6 +2042,37 @@ impl Worker {
                 });
             }
         }
+    }
+
+    /// Transport-cc feedback (RTPFB FMT 15) to each publisher whose uplink carries transport-wide
+    /// sequence numbers, describing what arrived since the last one.
+    fn send_uplink_feedback(&mut self, out: &mut Outbox) {
+        let mut fci = std::mem::take(&mut self.rewritten);
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.uplink.is_some())
+            .map(|(&id, _)| id)
+            .collect();
+        for peer_id in ids {
+            let Some(p) = self.peers.get_mut(&peer_id) else {
+                continue;
+            };
+            fci.clear();
+            let media = p.by_ssrc.keys().next().copied().unwrap_or(0);
+            if !p.uplink.as_mut().is_some_and(|u| u.build(&mut fci)) {
+                continue;
+            }
+            self.send_rtcp(peer_id, out, |buf, sender| {
+                buf.extend_from_slice(&[0x8F, rtcp::RTPFB, 0, 0]);
+                buf.extend_from_slice(&sender.to_be_bytes());
+                buf.extend_from_slice(&media.to_be_bytes());
+                buf.extend_from_slice(&fci);
+                let words = (buf.len() / 4 - 1) as u16;
+                buf[2..4].copy_from_slice(&words.to_be_bytes());
+            });
+        }
+        self.rewritten = fci;
     }
 
     fn send_reports(&mut self, now_ms: i64, out: &mut Outbox) {
@@ -3138,5 +3195,48 @@ mod tests {
         let ac = s.w.add_consumer(audio_p, s.b.id, 0, 0).unwrap();
         assert_eq!(s.w.consumer_rtx_ssrc(ac).unwrap(), 0);
         assert_eq!(s.w.consumer_layers(ac).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn publishers_with_transport_cc_get_feedback() {
+        let mut w = Worker::new();
+        let mut out = Outbox::new();
+        let mut a = connect(&mut w, 1, &mut out);
+        let params = ProducerParams {
+            transport_cc_id: 5,
+            ..audio(vec![111])
+        };
+        w.add_producer(a.id, params).unwrap();
+        for (seq, tcc) in [(1u16, 40u16), (2, 41), (3, 43)] {
+            let mut p = rtp(seq, 111, 111, b"opus");
+            p[0] |= 0x10;
+            p.splice(
+                12..12,
+                [0xBE, 0xDE, 0, 1, 0x51, (tcc >> 8) as u8, tcc as u8, 0],
+            );
+            send(&mut w, &mut a, &p, 10 * seq as i64, &mut out);
+        }
+        out.clear();
+        w.tick(100, &mut out);
+        let mut fci = None;
+        for i in 0..out.len() {
+            let mut plain = Vec::new();
+            a.srtp.unprotect_rtcp(out.get(i).1, &mut plain).unwrap();
+            rtcp::parse(&plain, |item| {
+                if let Item::TransportCc {
+                    fci_start, fci_end, ..
+                } = item
+                {
+                    fci = Some(plain[fci_start as usize..fci_end as usize].to_vec());
+                }
+            })
+            .unwrap();
+        }
+        let mut seen = Vec::new();
+        crate::twcc::parse(&fci.expect("feedback"), |seq, t| {
+            seen.push((seq, t.is_some()))
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(40, true), (41, true), (42, false), (43, true)]);
     }
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,112 @@ def test_keying_material_lengths() -> None:
         voxa_dataplane.srtp_keying_material_len(0x0099)
     with pytest.raises(ValueError, match="must be 60 bytes"):
         voxa_dataplane.SrtpSession(0x0001, bytes(10), True)
+
+
+@pytest.fixture
+def worker() -> Iterator[voxa_dataplane.Worker]:
+    w = voxa_dataplane.Worker("127.0.0.1", 0)
+    yield w
+    w.close()
+
+
+def _simulcast(w: voxa_dataplane.Worker) -> tuple[int, int, int, int]:
+    """A publisher with a three-layer VP8 producer (q's SSRC known, h and f learnt) and a subscriber
+    consuming it with RTX and transport-cc: (publisher, subscriber, producer, consumer)."""
+    pub, sub = w.add_peer("pub", "pub-password"), w.add_peer("sub", "sub-password")
+    producer = w.add_producer(
+        pub,
+        kind="video",
+        clock_rate=90000,
+        ssrcs=[],
+        mid="1",
+        mid_id=1,
+        codec="VP8",
+        layers=[("q", 1001, 2001), ("h", 0, 0), ("f", 0, 0)],
+        rid_id=10,
+        repaired_rid_id=11,
+        rtx_payload_types=[(97, 96)],
+    )
+    consumer = w.add_consumer(producer, sub, 0xD0D0)
+    w.configure_consumer(
+        consumer, [(96, 96)], mid="1", mid_id=1, transport_cc_id=3, rtx_payload_types=[(97, 96)]
+    )
+    return pub, sub, producer, consumer
+
+
+def test_simulcast_layers_preferences_and_bandwidth(worker: voxa_dataplane.Worker) -> None:
+    _pub, sub, producer, consumer = _simulcast(worker)
+    rtx = worker.consumer_rtx_ssrc(consumer)
+    assert rtx not in (0, 0xD0D0), "an RTX SSRC is picked for video"
+    assert [
+        (rid, ssrc, bps, wanted) for rid, ssrc, bps, _w, _h, wanted in worker.producer_layers(producer)
+    ] == [
+        ("q", 1001, 0, True),
+        ("h", 0, 0, True),
+        ("f", 0, 0, True),
+    ]
+    assert worker.consumer_layers(consumer) == (-1, -1), "nothing allocated before it is ready"
+    assert worker.peer_bandwidth(sub) == (1_000_000, "initial")
+    worker.set_peer_bandwidth(sub, 50_000)
+    assert worker.peer_bandwidth(sub) == (50_000, "override")
+    worker.set_consumer_preferences(consumer, max_width=320, max_height=180)
+    worker.set_consumer_preferences(consumer, max_layer=1, paused=True)
+    worker.set_consumer_preferences(consumer)
+    worker.set_peer_bandwidth(sub, 0)
+    assert worker.peer_bandwidth(sub)[1] == "initial"
+    audio = worker.add_producer(_pub, kind="audio", clock_rate=48000, ssrcs=[5], mid="0")
+    audio_consumer = worker.add_consumer(audio, sub, 0, 0)
+    assert worker.consumer_rtx_ssrc(audio_consumer) == 0
+    assert worker.consumer_layers(audio_consumer) == (0, 0)
+    assert "rtx_received" in worker.counters() and "nacks_sent" in worker.counters()
+    assert worker.take_events() == []
+
+
+def test_simulcast_errors_are_typed(worker: voxa_dataplane.Worker) -> None:
+    pub, sub, producer, consumer = _simulcast(worker)
+    with pytest.raises(KeyError):
+        worker.consumer_layers(999)
+    with pytest.raises(KeyError):
+        worker.producer_layers(999)
+    with pytest.raises(KeyError):
+        worker.consumer_rtx_ssrc(999)
+    with pytest.raises(KeyError):
+        worker.set_peer_bandwidth(999, 1)
+    with pytest.raises(KeyError):
+        worker.peer_bandwidth(999)
+    with pytest.raises(KeyError):
+        worker.set_consumer_preferences(999, max_layer=0)
+    with pytest.raises(ValueError, match="max_layer"):
+        worker.set_consumer_preferences(consumer, max_layer=-2)
+    with pytest.raises(ValueError, match="rids and SSRCs must be distinct"):
+        worker.add_producer(
+            pub,
+            kind="video",
+            clock_rate=90000,
+            ssrcs=[],
+            mid="2",
+            layers=[("q", 7, 0), ("q", 8, 0)],
+            rid_id=10,
+        )
+    with pytest.raises(ValueError, match="rid extension"):
+        worker.add_producer(
+            pub, kind="video", clock_rate=90000, ssrcs=[], mid="2", layers=[("q", 0, 0), ("h", 0, 0)]
+        )
+    with pytest.raises(ValueError, match="at most 3"):
+        worker.add_producer(
+            pub,
+            kind="video",
+            clock_rate=90000,
+            ssrcs=[],
+            mid="2",
+            layers=[(r, 0, 0) for r in "abcd"],
+            rid_id=10,
+        )
+    with pytest.raises(ValueError, match="out of range"):
+        worker.configure_consumer(consumer, [(96, 96)], mid="1", rtx_payload_types=[(200, 96)])
+    with pytest.raises(ValueError, match="distinct"):
+        worker.configure_consumer(consumer, [(96, 96)], mid="1", mid_id=3, transport_cc_id=3)
+    with pytest.raises(RuntimeError, match=r"^conflict: "):
+        worker.add_producer(pub, kind="video", clock_rate=90000, ssrcs=[], mid="2", layers=[("q", 2001, 0)])
+    with pytest.raises(RuntimeError, match=r"^conflict: "):
+        worker.add_consumer(producer, sub, 0, worker.consumer_rtx_ssrc(consumer))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from voxa.sfu import aiortc_glue, rtp, sdp
 from voxa.sfu.router import Preferences
+from voxa.sfu.settings import SfuSettings
+from voxa.sfu.worker import SfuWorker
 
 from .conftest import Harness
 
@@ -221,3 +223,59 @@ async def test_subscriber_gets_the_layer_its_bandwidth_and_tile_allow(sfu: Harne
     switched = [e for e in sfu.events if e["type"] == "consumer_layer" and e["peer"] == "sub"]
     assert {"q", "h", "f"} <= {e["rid"] for e in switched}
     assert [e["rid"] for e in switched][-1] == "h"
+
+
+@pytest.fixture
+async def python_sfu() -> AsyncIterator[Harness]:
+    """The SFU on its Python reference data plane (VOXA_SFU_DATAPLANE=python)."""
+    settings = SfuSettings(
+        secret="test",
+        workers=1,
+        dataplane="python",
+        rtc_listen_ip="127.0.0.1",
+        rtc_remote_networks=["127.0.0.0/8"],
+    )
+    worker = SfuWorker(settings)
+    await worker.start()
+    harness = Harness(worker)
+    yield harness
+    await harness.close()
+    await worker.stop()
+
+
+async def test_python_data_plane_forwards_the_lowest_layer_only(python_sfu: Harness) -> None:
+    sfu = python_sfu
+    room = sfu.worker.create_router("r")
+    publisher = RTCPeerConnection()
+    publisher.addTransceiver("video", direction="sendonly")
+    await publisher.setLocalDescription(await publisher.createOffer())
+    answer = await room.add_peer("pub", simulcast_offer(publisher.localDescription.sdp))
+    await publisher.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+    await connected(publisher)
+    video = sdp.parse(answer, "answer").media[0]
+    pt, mid, mid_id = video.codecs[0].pt, video.mid, video.extensions[sdp.MID_URI]
+    path = aiortc_glue.client_media_path(publisher)
+    aiortc_glue.stop_idle_sender_loops(publisher)
+    told = [e for e in sfu.events if e["type"] == "publish_layers"]
+    assert told and told[-1]["active"] == {"q": True, "h": False, "f": False}
+
+    await sfu.join(room, "sub", None)
+    consumer = next(iter(room.peer("sub").consumers.values()))
+    await until(lambda: consumer.ready, 20.0, "consumer ready")
+    seen: list[int] = []
+    send = consumer._send
+
+    def spy(data: bytes) -> None:
+        seen.append(data[-1])  # the layer marker (the payload is forwarded untouched)
+        send(data)
+
+    consumer._send = spy
+    for frame in range(20):
+        for i, (rid, *_rest) in enumerate(LAYERS):
+            payload = vp8_payload(i, frame, frame % 5 == 0)
+            packet = rtp_packet(pt, 100 * i + frame, 3000 * frame, 1000 + i, mid_id, mid, rid, payload)
+            path.protocol.transport.sendto(path.tx.protect(packet), path.remote_addr)
+        await asyncio.sleep(1 / FPS)
+    await until(lambda: len(seen) >= 15, 5.0, "layer 0 forwarded")
+    assert set(seen) == {0}
+    await publisher.close()

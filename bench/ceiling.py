@@ -10,6 +10,9 @@ close the SFU comes to it.
 The load shape is the scenario's (bench/loadgen/plan.py): the same rooms, publishers per room and
 fan-out, 50 Opus packets/s per publisher of the catalog's mean size (plus the 8-byte send time and
 the RTP header extensions), and for `video-room` the VP8 packets too, at their rate and mean size.
+With simulcast (the catalog's `simulcast_layers`) the VP8 rate and size are those of the forwarded
+mix, a third of the consumers on each layer: the ceiling forwards every packet it receives, so it
+does not pay for receiving and decrypting the two layers the SFU drops per consumer.
 SRTP is AEAD_AES_256_GCM (0x0008), the profile the load peers (aiortc) negotiate with the SFU.
 """
 
@@ -42,8 +45,10 @@ def load_shape(scenario: str, rooms: int, subscribers: int, media: dict[str, Any
             "payload_bytes": round(opus),
         }
     if scenario == "video-room":
-        vp8_pps = float(media.get("vp8_pps") or 0.0)
-        vp8_bytes = float(media.get("vp8_bps") or 0) / 8 / vp8_pps if vp8_pps else 0.0
+        layers = media.get("simulcast_layers") or [media]
+        vp8_pps = sum(float(m.get("vp8_pps", m.get("pps")) or 0.0) for m in layers) / len(layers)
+        vp8_bps = sum(float(m.get("vp8_bps", m.get("bps")) or 0.0) for m in layers) / len(layers)
+        vp8_bytes = vp8_bps / 8 / vp8_pps if vp8_pps else 0.0
         pps = 50 + vp8_pps
         mean = (50 * opus + vp8_pps * (vp8_bytes + 8 + EXTENSION_BYTES)) / pps
         return {

@@ -45,6 +45,22 @@ subscriptions, the same pre-encoded Opus/VP8 payloads and pacing, send times in 
 bytes, the same windows and counting. ``livekit_ratio`` = Voxa pps_per_core / LiveKit pps_per_core.
 ``--no-livekit`` skips it; when it cannot be built or started, ``livekit_reason`` says why.
 
+``--simulcast`` (``video-room`` only): every publisher sends its VP8 as three layers (rids q, h, f:
+160x90, 320x180, 640x360 GOPs pre-encoded the same way, about 80, 200 and 700 kbit/s, each on its own
+SSRC with the rtp-stream-id extension, offered as Chromium offers simulcast: ``a=rid`` lines and
+``a=simulcast:send q;h;f``) and answers PLI/FIR with a keyframe of that layer; every subscriber gets
+one consumer on each layer (bench/loadgen/plan.py), set through the quality API (``max_width`` 160 or
+320, none for f) with the subscriber's bandwidth pinned far above need through the data plane's
+``set_peer_bandwidth`` hook (bench/loadgen/sfu_hooks.py runs the SFU with a bench-only route to it: the
+load sends no transport-cc feedback). ``pps_per_core`` counts forwarded packets as always. Then, after
+the windows, switch probes: ``layer_switch_ms`` (a subscriber's bandwidth drops to 100 kbit/s through
+the hook -> the time until each of its consumers that was on h or f delivers a packet of q, read from a
+layer trailer in the payload), ``quality_switch_ms`` (the same, the tiles shrunk to 160x90 through the
+quality API), each as p50/max over the switches; Janus gets the same layered load (``rid_order`` lmh,
+subscribers' ``substream`` set with ``configure``) and ``janus_quality_switch_ms`` (``configure``
+substream 0). LiveKit is not run with ``--simulcast`` (its Go load client publishes one layer):
+``livekit_ratio`` is null and ``livekit_reason`` says so.
+
 Last, the ceiling (bench/ceiling.py): the native data plane's minimal forwarder (unprotect once, a fixed
 fan-out of rewrite + protect, ``recvmmsg``/``sendmmsg``, no routing logic) on the same core under the
 same load shape; ``ceiling_ratio`` = pps_per_core / ceiling_pps_per_core (``--no-ceiling`` skips it).
@@ -64,6 +80,7 @@ import argparse
 import array
 import asyncio
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -204,8 +221,9 @@ class VoxaTarget:
 
     name = "voxa"
 
-    def __init__(self, workdir: Path, core: int | None) -> None:
+    def __init__(self, workdir: Path, core: int | None, hooks: bool = False) -> None:
         self.core = core
+        self.hooks = hooks  # run through bench/loadgen/sfu_hooks.py (its bench-only bandwidth route)
         self.port = free_port()
         self.secret = secrets.token_urlsafe(24)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -241,6 +259,9 @@ class VoxaTarget:
 
     def _spawn(self) -> None:
         voxa = Path(sys.executable).with_name("voxa")
+        command = [str(voxa), "sfu"]
+        if self.hooks:
+            command = [sys.executable, str(Path(BENCH_DIR) / "loadgen" / "sfu_hooks.py")]
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
         env.update(
             VOXA_SFU_SECRET=self.secret,
@@ -254,7 +275,7 @@ class VoxaTarget:
         )
         with self.log_path.open("ab") as out, pinned(self.core):
             self.proc = subprocess.Popen(
-                [str(voxa), "sfu", "--workers", "1", "--port", str(self.port), "--host", "127.0.0.1"],
+                [*command, "--workers", "1", "--port", str(self.port), "--host", "127.0.0.1"],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -300,7 +321,10 @@ class VoxaTarget:
             return ""
 
     def info(self) -> Json:
-        return {"workers": 1, "control": self.url}
+        out: Json = {"workers": 1, "control": self.url}
+        if self.hooks:
+            out["launcher"] = "bench/loadgen/sfu_hooks.py (voxa sfu + the bench-only bandwidth route)"
+        return out
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -571,6 +595,7 @@ class Bench:
                 concurrency=self.args.concurrency,
                 max_runtime_s=self.args.max_runtime,
                 decrypt_every=self.args.decrypt_every,
+                simulcast=self.args.simulcast,
             )
             for i in range(self.args.load_procs)
         ]
@@ -581,7 +606,12 @@ class Bench:
         if not rooms:
             return
         started = time.monotonic()
-        plans = [build_room(self.args.scenario, r, subscribers=self.args.subscribers) for r in rooms]
+        plans = [
+            build_room(
+                self.args.scenario, r, subscribers=self.args.subscribers, simulcast=self.args.simulcast
+            )
+            for r in rooms
+        ]
         await target.add_rooms(rooms)
         peers = [p for plan in plans for p in plan.peers]
         chunks = assign(peers, len(load))
@@ -604,6 +634,17 @@ class Bench:
                 self.error_samples.append(f"{target.name} {pid}: {error}"[:300])
         flowing = await load.broadcast({"op": "wait_flowing", "timeout": 30.0}, 60.0)
         missing = sum(a["missing_count"] for a in flowing)
+        if self.args.simulcast and target.name == "voxa":
+            # Layers by plan (quality API) and room for all of them (bandwidth hook); the switches
+            # happen at keyframes, which the publishers send when asked.
+            answers = await load.broadcast({"op": "set_layers"}, 120.0)
+            bad = sum(a["failed"] for a in answers)
+            if bad:
+                self.setup_failures["voxa_set_layers"] += bad
+                for a in answers:
+                    for failure in a["failures"]:
+                        if len(self.error_samples) < 10:
+                            self.error_samples.append(f"voxa set_layers: {failure}")
         counts = topology.counts()
         log(
             f"{target.name}: +{len(rooms)} room(s) -> {counts['rooms']} rooms, {counts['peers']} peers, "
@@ -673,6 +714,8 @@ class Bench:
             latencies.extend(chunk)
             for key in ("rx_errors", "rx_bad", "rtcp_dropped", "late_sends", "send_errors"):
                 extra[key] += int(answer[key])
+            if self.args.simulcast:
+                extra["keyframes_requested"] += int(answer.get("keyframes_requested", 0))
             errors.update(answer["errors"])
             late_max = max(late_max, float(answer["late_max_ms"]))
             for sample in answer["error_samples"]:
@@ -803,6 +846,7 @@ class Bench:
                     # A server that ran at saturation may still be draining queued packets: let it.
                     await asyncio.sleep(args.settle)
                     latency = await self.measure(target, load, topology, args.latency_seconds, "half-load")
+                switches = await self.switch_probes(target, load, topology) if args.simulcast else None
             affinity = procfs.affinity(target.pid)
             log_tail = target.log_tail() if self.setup_failures[target.name] or self._had_errors() else ""
         except BaseException:
@@ -837,8 +881,49 @@ class Bench:
             ),
             **target.info(),
         }
+        if switches is not None:
+            out["switches"] = switches
         if log_tail:
             out["log_tail"] = log_tail[-3000:]
+        return out
+
+    async def switch_probes(self, target: Target, load: Load, topology: Topology) -> Json:
+        """Layer switch probes on distinct subscribers (spread over the rooms), one at a time: for Voxa
+        `--switches` bandwidth drops then `--switches` tile shrinks, for Janus `--switches` configures.
+        Each probe gives one figure per consumer that was on h or f (two per subscriber)."""
+        subscribers = [p for p in topology.peers.values() if p.layers and any(lay > 0 for lay in p.layers)]
+        by_room: dict[int, list[PeerSpec]] = {}
+        for peer in subscribers:
+            by_room.setdefault(peer.room, []).append(peer)
+        spread = [p for group in itertools.zip_longest(*by_room.values()) for p in group if p is not None]
+        n = self.args.switches
+        if target.name == "voxa":
+            half = min(n, (len(spread) + 1) // 2)
+            plan = [(p, "bandwidth") for p in spread[:half]] + [
+                (p, "quality") for p in spread[half : half + n]
+            ]
+        else:
+            plan = [(p, "quality") for p in spread[:n]]
+        results: dict[str, list[Json]] = {}
+        for peer, action in plan:
+            answers = await load.broadcast({"op": "switch", "peer": peer.id, "action": action}, 30.0)
+            for answer in answers:
+                if not answer.get("absent"):
+                    results.setdefault(action, []).append(answer)
+            await asyncio.sleep(0.3)
+        out: Json = {}
+        for action, probes in results.items():
+            times = [t for probe in probes for t in probe["ms"]]
+            done = sorted(t for t in times if t is not None)
+            out[action] = {
+                "p50": round(procfs.percentile(done, 50) or 0.0, 1) if done else None,
+                "max": done[-1] if done else None,
+                "switches": len(done),
+                "timeouts": len(times) - len(done),
+                "probes": probes,
+            }
+            log(f"{target.name}: {action} switch to q: {out[action]['p50']} ms p50, max {out[action]['max']} "
+                f"ms over {len(done)} switches ({len(times) - len(done)} timed out)")  # fmt: skip
         return out
 
     def _had_errors(self) -> bool:
@@ -901,8 +986,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-logs", help="Keep the servers' logs (voxa-sfu.log, janus/, livekit/) in this folder."
     )
+    parser.add_argument(
+        "--simulcast",
+        action="store_true",
+        help="video-room: three-layer publishers, subscribers mixed across layers, layer switch probes.",
+    )
+    parser.add_argument("--switches", type=int, default=6, help="--simulcast: probes of each kind.")
     parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout.")
     args = parser.parse_args(argv)
+    if args.simulcast and args.scenario != "video-room":
+        parser.error("--simulcast needs --scenario video-room")
     probe, max_rooms = DEFAULTS[args.scenario]
     if args.scenario == "large-room" and args.rooms is None:
         args.rooms = 1
@@ -918,7 +1011,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("seconds", "step_seconds", "latency_seconds"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    for name in ("load_procs", "concurrency", "probe_rooms", "max_rooms", "subscribers", "max_steps"):
+    for name in (
+        "load_procs",
+        "concurrency",
+        "probe_rooms",
+        "max_rooms",
+        "subscribers",
+        "max_steps",
+        "switches",
+    ):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     args.profile = Path(args.profile).resolve() if args.profile else None
@@ -941,11 +1042,17 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     if args.load_core is not None:
         os.sched_setaffinity(0, {args.load_core})  # the orchestrator stays off the server's core
-    log(f"encoding media ({'Opus + VP8' if args.scenario == 'video-room' else 'Opus'}) ...")
-    catalog = await asyncio.to_thread(build_catalog, video=args.scenario == "video-room")
+    media = (
+        "Opus" if args.scenario != "video-room" else "Opus + VP8" + (" x 3 layers" if args.simulcast else "")
+    )
+    log(f"encoding media ({media}) ...")
+    catalog = await asyncio.to_thread(
+        build_catalog, video=args.scenario == "video-room", simulcast=args.simulcast
+    )
     bench = Bench(args, catalog, workdir)
     profile: Path | None = args.profile
-    voxa = await bench.run_target(VoxaTarget(args.keep_logs or workdir, args.sfu_core), args.rooms, profile)
+    voxa_target = VoxaTarget(args.keep_logs or workdir, args.sfu_core, hooks=args.simulcast)
+    voxa = await bench.run_target(voxa_target, args.rooms, profile)
     janus: Json | None = None
     janus_reason: str | None = None
     if args.no_janus:
@@ -970,8 +1077,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
             ceiling_bench.measure, shape, args.seconds, args.sfu_core, args.load_core
         )
     consumers = fin["consumers"]
+    switches: Json = voxa.get("switches") or {}
+    janus_switches: Json = (janus or {}).get("switches") or {}
     result: Json = {
         "scenario": args.scenario,
+        "simulcast": args.simulcast,
         "pps_per_core": fin["pps_per_core"],
         "forwarded_pps": fin["forwarded_pps"],
         "cpu_percent": fin["cpu_percent"],
@@ -997,6 +1107,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
             else None
         ),
         "ceiling": ceiling,
+        "layer_switch_ms": _switch_summary(switches.get("bandwidth")),
+        "quality_switch_ms": _switch_summary(switches.get("quality")),
+        "janus_quality_switch_ms": _switch_summary(janus_switches.get("quality")),
         "sfu_dataplane": os.environ.get("VOXA_SFU_DATAPLANE", "native"),
         "rooms": voxa["rooms"],
         "peers": fin["peers"],
@@ -1060,6 +1173,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> Json:
                 "subscribers",
                 "load_procs",
                 "warmup",
+                "switches",
             )
         },
         "total_runtime_s": round(time.monotonic() - started, 1),
@@ -1081,6 +1195,12 @@ async def run_livekit(
 
     A LiveKit that cannot be built, started or driven is reported, never fatal: Voxa's and Janus's
     figures of the same run are kept."""
+    if args.simulcast:  # before --no-livekit: the reason is the same either way
+        return None, (
+            "not measured with --simulcast: the LiveKit load client (bench/livekit/load, pion) publishes "
+            "one VP8 layer; simulcast there needs LiveKit's layer announcement in AddTrack and rid-based "
+            "sending, not built"
+        )
     if args.no_livekit:
         return None, "skipped (--no-livekit)"
     log("livekit: building livekit-server and the Go load client (cached after the first build) ...")
@@ -1130,6 +1250,13 @@ def _ok(step: Json, args: argparse.Namespace) -> bool:
     return step["loss_percent"] < args.max_loss and p99 is not None and p99 < args.max_p99_ms
 
 
+def _switch_summary(probes: Json | None) -> Json | None:
+    """p50/max (ms) of a kind of switch probe, without the per-probe detail (in sfu/janus.switches)."""
+    if probes is None:
+        return None
+    return {k: probes[k] for k in ("p50", "max", "switches", "timeouts")}
+
+
 def _janus_summary(janus: Json) -> Json:
     fin = janus["final"]
     return {
@@ -1147,6 +1274,7 @@ def _janus_summary(janus: Json) -> Json:
         "event_loops": janus.get("event_loops"),
         "version": janus.get("version"),
         "affinity": janus.get("affinity"),
+        "switches": janus.get("switches"),
     }
 
 
@@ -1186,7 +1314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["profile"] = {"path": str(profile), **summarize_profile(profile, top=25)}
     headline = ("scenario", "pps_per_core", "cpu_percent", "latency_p50_ms", "latency_p99_ms",
                 "cpu_per_consumer_pct", "rss_per_peer_kib", "janus_ratio", "livekit_ratio",
-                "ceiling_pps_per_core", "ceiling_ratio")  # fmt: skip
+                "ceiling_pps_per_core", "ceiling_ratio", "layer_switch_ms")  # fmt: skip
     ordered = {k: result[k] for k in headline}
     ordered.update((k, v) for k, v in result.items() if k not in headline)
     if args.json:

@@ -434,12 +434,22 @@ class VideoRoom:
         self.room = room
         return Joined(room, int(data["id"]), int(data.get("private_id", 0)), list(data.get("publishers", [])))
 
-    async def publish(self, offer_sdp: str, *, request: str = "publish", **options: Any) -> str:
+    async def publish(
+        self,
+        offer_sdp: str,
+        *,
+        request: str = "publish",
+        jsep_extra: JsonDict | None = None,
+        **options: Any,
+    ) -> str:
         """Publish with an SDP offer (``publish``, or its older alias ``configure``); returns the SDP answer.
 
-        `options` go into the request body, e.g. ``audiocodec="opus"``, ``bitrate=...``, ``display=...``.
+        `options` go into the request body, e.g. ``audiocodec="opus"``, ``bitrate=...``, ``display=...``;
+        `jsep_extra` into the JSEP, e.g. ``{"rid_order": "lmh"}`` for simulcast rids listed lowest first.
         """
-        data, jsep = await self.handle.message({"request": request, **options}, offer(offer_sdp))
+        data, jsep = await self.handle.message(
+            {"request": request, **options}, {**offer(offer_sdp), **(jsep_extra or {})}
+        )
         if data.get("configured") != "ok" or jsep is None or jsep.get("type") != "answer":
             raise JanusProtocolError(f"unexpected reply to {request}: {data} / {jsep}")
         return str(jsep["sdp"])

@@ -8,6 +8,9 @@ no publisher handle in Janus.
 * ``audio-rooms``: rooms of 10 peers, 2 of them speaking: 2 x 9 = 18 forwarded audio streams per room;
 * ``large-room``: one room, 2 publishers and ``subscribers`` listeners: 2 x (subscribers + 1) streams;
 * ``video-room``: rooms of 4 peers each sending audio + VP8 video: 4 x 2 x 3 = 24 streams per room.
+  With ``simulcast`` every publisher sends three VP8 layers (q, h, f) and each subscriber is given a
+  layer per publisher it receives: the k-th other publisher of peer i gets layer (i + k) mod 3, so
+  every subscriber has one consumer on each layer and the room a third of its video streams on each.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Final
 
 SCENARIOS: Final = ("audio-rooms", "large-room", "video-room")
 JANUS_ROOM_BASE: Final = 7000
+LAYER_RIDS: Final = ("q", "h", "f")
 FEEDS_PER_ROOM: Final = 1000  # Janus feed ids: room index * 1000 + peer index + 1
 
 
@@ -33,6 +37,14 @@ class PeerSpec:
     expect_streams: int  # tracks it receives (each publisher's kinds)
     feed: int  # Janus feed id (publishers; 0 for listeners)
     receive_feeds: tuple[int, ...]  # Janus feed ids of `receives`
+    simulcast: bool = False  # publishes its video as three layers (q, h, f)
+    layers: tuple[int, ...] = ()  # simulcast: the layer wanted of each of `receives` (0 = q ... 2 = f)
+
+    def layer_of(self, publisher: str) -> int | None:
+        """The layer this peer is meant to receive of `publisher`'s video (None: not simulcast)."""
+        if not self.layers:
+            return None
+        return self.layers[self.receives.index(publisher)]
 
     @property
     def publishes(self) -> bool:
@@ -74,15 +86,35 @@ class RoomPlan:
         return sum(p.expect_streams for p in self.peers)
 
 
-def _room(index: int, publishers: int, listeners: int, *, video: bool) -> RoomPlan:
+SIMULCAST_LAYERS: Final = 3
+VIDEO_MID: Final = "1"  # the load publishers' video m-section (aiortc: audio "0", then video "1")
+
+
+def video_track(publisher: str) -> str:
+    """The SFU's track id of a load publisher's video (`<peer>:<mid>`)."""
+    return f"{publisher}:{VIDEO_MID}"
+
+
+def _room(index: int, publishers: int, listeners: int, *, video: bool, simulcast: bool = False) -> RoomPlan:
     feeds = {f"r{index}s{i}": index * FEEDS_PER_ROOM + i + 1 for i in range(publishers)}
     peers: list[PeerSpec] = []
     kinds = 2 if video else 1
-    for pid, feed in feeds.items():
+    simulcast = simulcast and video
+    for i, (pid, feed) in enumerate(feeds.items()):
         others = tuple(p for p in feeds if p != pid)
+        layers = tuple((i + k) % SIMULCAST_LAYERS for k in range(len(others))) if simulcast else ()
         peers.append(
             PeerSpec(
-                pid, index, True, video, others, kinds * len(others), feed, tuple(feeds[p] for p in others)
+                pid,
+                index,
+                True,
+                video,
+                others,
+                kinds * len(others),
+                feed,
+                tuple(feeds[p] for p in others),
+                simulcast,
+                layers,
             )
         )
     for i in range(listeners):
@@ -103,25 +135,31 @@ def _room(index: int, publishers: int, listeners: int, *, video: bool) -> RoomPl
 
 def without_publishers(peer: PeerSpec, gone: set[str]) -> PeerSpec:
     """`peer` no longer expecting the tracks of the publishers in `gone` (they failed to join)."""
-    keep = [(r, f) for r, f in zip(peer.receives, peer.receive_feeds, strict=True) if r not in gone]
+    layers = peer.layers or (0,) * len(peer.receives)
+    keep = [
+        (r, f, lay)
+        for r, f, lay in zip(peer.receives, peer.receive_feeds, layers, strict=True)
+        if r not in gone
+    ]
     if len(keep) == len(peer.receives):
         return peer
     per_publisher = peer.expect_streams // max(len(peer.receives), 1)
     return replace(
         peer,
-        receives=tuple(r for r, _ in keep),
-        receive_feeds=tuple(f for _, f in keep),
+        receives=tuple(r for r, _, _ in keep),
+        receive_feeds=tuple(f for _, f, _ in keep),
         expect_streams=per_publisher * len(keep),
+        layers=tuple(lay for _, _, lay in keep) if peer.layers else (),
     )
 
 
-def build_room(scenario: str, index: int, *, subscribers: int = 200) -> RoomPlan:
+def build_room(scenario: str, index: int, *, subscribers: int = 200, simulcast: bool = False) -> RoomPlan:
     if scenario == "audio-rooms":
         return _room(index, 2, 8, video=False)
     if scenario == "large-room":
         return _room(index, 2, subscribers, video=False)
     if scenario == "video-room":
-        return _room(index, 4, 0, video=True)
+        return _room(index, 4, 0, video=True, simulcast=simulcast)
     raise ValueError(f"unknown scenario {scenario!r} (one of {', '.join(SCENARIOS)})")
 
 
@@ -164,11 +202,21 @@ class Topology:
         }
 
     def expected(self, sent: dict[str, dict[str, int]]) -> int:
-        """Packets the subscribers should receive for `sent` (publisher -> kind -> packets sent)."""
+        """Packets the subscribers should receive for `sent` (publisher -> kind -> packets sent).
+
+        A simulcast publisher's video is counted per layer (kinds "video/q", "video/h", "video/f"): each
+        subscriber should receive the layer it was given (`PeerSpec.layers`)."""
         total = 0
         for publisher, by_kind in sent.items():
-            if publisher in self.peers:
-                total += sum(by_kind.values()) * self.fanout(publisher)
+            if publisher not in self.peers:
+                continue
+            plain = sum(n for kind, n in by_kind.items() if "/" not in kind)
+            total += plain * self.fanout(publisher)
+            if any("/" in k for k in by_kind):
+                for peer in self.peers.values():
+                    layer = peer.layer_of(publisher) if publisher in peer.receives else None
+                    if layer is not None:
+                        total += by_kind.get(f"video/{LAYER_RIDS[layer]}", 0)
         return total
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -31,9 +31,18 @@ from voxa.sfu import aiortc_glue
 MID_URI: Final = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL_URI: Final = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 ABS_SEND_TIME_URI: Final = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+RID_URI: Final = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id"
 RCVBUF_BYTES: Final = 2 * 1024 * 1024
 
-__all__ = ["FastLink", "Negotiated", "negotiated", "new_peer_connection", "prefer_vp8", "wait_connected"]
+__all__ = [
+    "FastLink",
+    "Negotiated",
+    "negotiated",
+    "new_peer_connection",
+    "prefer_vp8",
+    "simulcast_offer",
+    "wait_connected",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +70,43 @@ def negotiated(sdp: str, mid: str, codec: str) -> Negotiated:
                 mid_id=ids.get(MID_URI, 0),
                 audio_level_id=ids.get(AUDIO_LEVEL_URI, 0),
                 abs_send_time_id=ids.get(ABS_SEND_TIME_URI, 0),
+                rid_id=ids.get(RID_URI, 0),
             ),
         )
     raise ValueError(f"no m-section {mid!r} in the answer")
+
+
+def simulcast_offer(sdp: str, rids: Sequence[str]) -> str:
+    """aiortc's offer with its video section in Chromium's rid-based simulcast form.
+
+    aiortc cannot send simulcast: its offer's video m-section is rewritten to what Chromium offers for
+    a three-encoding sender (`a=rid:<rid> send` per layer, `a=simulcast:send q;h;f` lowest first, the
+    rtp-stream-id extension, no `a=ssrc` lines: the SFU learns each layer's SSRC from the rid in its
+    packets). The extension id is one no other extmap of the (BUNDLEd) offer uses."""
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    used = {
+        int(line.split(":", 1)[1].split()[0].split("/")[0]) for line in lines if line.startswith("a=extmap:")
+    }
+    rid_id = next(i for i in range(1, 15) if i not in used)
+    sections: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([])
+        if line:
+            sections[-1].append(line)
+    out: list[str] = []
+    for section in sections:
+        video = bool(section) and section[0].startswith("m=video")
+        for line in section:
+            if video and line.startswith(("a=ssrc:", "a=ssrc-group:")):
+                continue
+            out.append(line)
+            if video and line.startswith("a=mid:"):
+                out.append(f"a=extmap:{rid_id} {RID_URI}")
+        if video:
+            out.extend(f"a=rid:{rid} send" for rid in rids)
+            out.append(f"a=simulcast:send {';'.join(rids)}")
+    return "\r\n".join(out) + "\r\n"
 
 
 def prefer_vp8(transceiver: RTCRtpTransceiver) -> None:

@@ -9,6 +9,19 @@ each commands over a pipe, answered in turn:
 * ``window``: count packets whose embedded send time falls in [t0, t1) from now on (senders and
   receivers), keeping each one's latency (receive - send, same host, same monotonic clock);
 * ``collect``: the window's counts and latencies; ``leave``: remove peers; ``status``; ``exit``.
+
+With simulcast (``WorkerConfig.simulcast``, the ``video-room --simulcast`` scenario) publishers send
+three VP8 layers, answer keyframe requests (PLI/FIR) on each, and two more commands exist:
+
+* ``set_layers`` (Voxa): give every joined subscriber its layers (`PeerSpec.layers`) through the SFU's
+  quality API, and a bandwidth far above need through the bench hook (bench/loadgen/sfu_hooks.py), so
+  that the layers follow the plan rather than an estimate made without feedback (Janus subscribers
+  get their substreams with ``configure`` when they subscribe);
+* ``switch``: measure one subscriber's layer switch: which layer each of its video SSRCs carries
+  (the payload trailer), then the action (Voxa: its bandwidth drops to ``LOW_BPS`` — the data plane's
+  ``set_peer_bandwidth`` through the bench hook — or its tiles shrink to 160x90 through the quality
+  API; Janus: ``configure`` substream 0), then the time until each SSRC that was above q delivers a
+  packet of q.
 """
 
 from __future__ import annotations
@@ -38,8 +51,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from janus.client import JanusError, JanusHandle, JanusSession, VideoRoom
 from janus.peers import check_loopback_sdp, restrict_ice_to_loopback
 
-from loadgen.media import MediaCatalog, StreamSender, WindowClock
-from loadgen.plan import PeerSpec
+from loadgen.media import LAYER_MAGIC, RIDS, MediaCatalog, StreamSender, WindowClock
+from loadgen.plan import VIDEO_MID, PeerSpec, video_track
 from loadgen.rtc import (
     DatagramHandler,
     FastLink,
@@ -47,6 +60,7 @@ from loadgen.rtc import (
     negotiated,
     new_peer_connection,
     prefer_vp8,
+    simulcast_offer,
     wait_connected,
 )
 
@@ -54,6 +68,10 @@ Message = dict[str, Any]
 SKIP_BEHIND_NS: Final = 200_000_000  # a sender more than this late skips ahead instead of bursting
 PACER_MAX_SLEEP_S: Final = 0.005
 MAX_ERRORS_KEPT: Final = 20
+HIGH_BPS: Final = 10_000_000  # simulcast subscribers' bandwidth: every layer fits (the estimator's max)
+LOW_BPS: Final = 100_000  # a switch probe's drop: below what q of three publishers plus audio needs
+LAYER_TILES: Final = ((160, 90), (320, 180))  # quality API max_width/height that cap to q and h
+WATCH_MIN_HITS: Final = 5  # packets with a layer trailer before an SSRC counts as a video consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +87,39 @@ class WorkerConfig:
     max_runtime_s: float = 900.0
     max_latency_samples: int = 4_000_000
     decrypt_every: int = 1
+    simulcast: bool = False
+
+
+class Watch:
+    """A switch probe's view of one subscriber: the layer each SSRC carries (from the payload trailer)
+    and when each (SSRC, layer) was first seen since the watch began."""
+
+    __slots__ = ("first", "hits", "layer")
+
+    def __init__(self) -> None:
+        self.layer: dict[bytes, int] = {}
+        self.hits: Counter[bytes] = Counter()
+        self.first: dict[tuple[bytes, int], int] = {}
+
+    def seen(self, ssrc: bytes, layer: int, now: int) -> None:
+        self.layer[ssrc] = layer
+        self.hits[ssrc] += 1
+        self.first.setdefault((ssrc, layer), now)
+
+    def video_layers(self) -> dict[bytes, int]:
+        """The video SSRCs (seen often enough with a trailer: not an audio payload's chance match)."""
+        return {s: lay for s, lay in self.layer.items() if self.hits[s] >= WATCH_MIN_HITS}
 
 
 class Receiver:
     """What one peer receives (all its receiving connections together)."""
 
-    __slots__ = ("packets", "ssrcs")
+    __slots__ = ("packets", "ssrcs", "watch")
 
     def __init__(self) -> None:
         self.packets = 0
         self.ssrcs: set[bytes] = set()
+        self.watch: Watch | None = None  # a switch probe: every packet is decrypted and its layer read
 
 
 class Meter:
@@ -101,14 +142,18 @@ class Meter:
         self.rx_bad = 0
         del self.latencies[:]
 
-    def handler_factory(self, receiver: Receiver, expect_streams: int) -> HandlerFactory:
+    def handler_factory(
+        self, receiver: Receiver, expect_streams: int, on_rtcp: Callable[[bytes], None] | None = None
+    ) -> HandlerFactory:
         """Builds the datagram function of one receiving connection (the load generator's hot path).
 
         Every RTP packet arriving inside the window is counted (by arrival time; the RTP header is in
         the clear). Packets whose sequence number is a multiple of `decrypt_every` (a power of 2; 1 =
         all) are SRTP-unprotected and their latency (now - the send time in the last 8 payload bytes)
         kept, when that send time is inside the window. RTCP from the server is counted and dropped
-        (aiortc would parse it in Python for nothing); STUN and DTLS go on to aiortc."""
+        (aiortc would parse it in Python for nothing) or, with `on_rtcp`, handed to it (a simulcast
+        publisher answers keyframe requests); STUN and DTLS go on to aiortc. While the receiver has a
+        `Watch` (a switch probe, briefly), every packet is decrypted and its layer trailer read."""
         clock = self.clock
         latencies = self.latencies
         append = latencies.append
@@ -129,13 +174,25 @@ class Meter:
                         meter.rx_window += 1
                     if len(ssrcs) < expect_streams:
                         ssrcs.add(data[8:12])
-                    if data[3] & mask:
-                        return
-                    try:
-                        plain = unprotect(data)
-                    except srtp_error:
-                        meter.rx_errors += 1
-                        return
+                    watch = receiver.watch
+                    if watch is None:
+                        if data[3] & mask:
+                            return
+                        try:
+                            plain = unprotect(data)
+                        except srtp_error:
+                            meter.rx_errors += 1
+                            return
+                    else:
+                        try:
+                            plain = unprotect(data)
+                        except srtp_error:
+                            meter.rx_errors += 1
+                            return
+                        if len(plain) > 22 and plain[-10] == LAYER_MAGIC and plain[-9] < 3:
+                            watch.seen(data[8:12], plain[-9], now)
+                        if data[3] & mask:
+                            return
                     sent = from_bytes(plain[-8:], "big")
                     if clock.t0 <= sent < clock.t1:
                         delay = now - sent
@@ -145,12 +202,66 @@ class Meter:
                             append(delay)
                 elif 127 < data[0] < 192:
                     meter.rtcp_dropped += 1  # the SFU's SR/RR: nothing here needs them
+                    if on_rtcp is not None:
+                        on_rtcp(data)
                 else:
                     original(data, addr)  # STUN (ICE consent) and DTLS
 
             return datagram_received
 
         return make
+
+
+def rtcp_only_handler(on_rtcp: Callable[[bytes], None]) -> HandlerFactory:
+    """A publisher-only connection's datagrams (Janus): RTCP to `on_rtcp`, the rest to aiortc."""
+
+    def make(unprotect: Callable[[bytes], bytes], original: DatagramHandler) -> DatagramHandler:
+        del unprotect
+
+        def datagram_received(data: Any, addr: Any) -> None:
+            if 127 < data[0] < 192:
+                if 191 < data[1] < 224:
+                    on_rtcp(data)
+            else:
+                original(data, addr)
+
+        return datagram_received
+
+    return make
+
+
+def keyframe_answerer(
+    unprotect_rtcp: Callable[[bytes], bytes], senders: dict[int, StreamSender]
+) -> Callable[[bytes], None]:
+    """Reads a publisher's incoming SRTCP for PLI and FIR (RFC 4585, RFC 5104) and makes the named
+    layer's sender start its GOP over at the next frame, as a browser's encoder would (the SFU
+    asks for a keyframe of the layer a subscriber switches to, and the switch waits for it)."""
+    error = pylibsrtp.Error
+
+    def on_rtcp(data: bytes) -> None:
+        if not senders:
+            return
+        try:
+            plain = unprotect_rtcp(data)
+        except error:
+            return
+        i, n = 0, len(plain)
+        while i + 12 <= n:
+            length = (int.from_bytes(plain[i + 2 : i + 4], "big") + 1) * 4
+            if plain[i + 1] == 206:  # PSFB
+                fmt = plain[i] & 0x1F
+                if fmt == 1:  # PLI: media source SSRC
+                    sender = senders.get(int.from_bytes(plain[i + 8 : i + 12], "big"))
+                    if sender is not None:
+                        sender.request_keyframe()
+                elif fmt == 4:  # FIR: one (SSRC, seq) entry of 8 bytes per source
+                    for j in range(i + 12, min(i + length, n) - 7, 8):
+                        sender = senders.get(int.from_bytes(plain[j : j + 4], "big"))
+                        if sender is not None:
+                            sender.request_keyframe()
+            i += length
+
+    return on_rtcp
 
 
 class Pacer:
@@ -198,6 +309,10 @@ class LoadPeer:
         self.senders: list[StreamSender] = []
         self.handles: list[JanusHandle] = []
         self.receiver = Receiver()
+        self.by_ssrc: dict[int, StreamSender] = {}  # its simulcast layers' senders, for PLI/FIR
+        self.janus_subscriber: VideoRoom | None = None
+        self.janus_video_mids: dict[str, str] = {}  # publisher id -> its video's mid on this subscriber
+        self.layers_set = False
         self.lock = asyncio.Lock()
         self.closing = False
         self.joined = False
@@ -263,6 +378,8 @@ class Worker:
             "collect": self._collect,
             "leave": self._leave,
             "status": self._status,
+            "set_layers": self._set_layers,
+            "switch": self._switch,
         }
         try:
             try:
@@ -377,8 +494,11 @@ class Worker:
             pc.addTransceiver("audio", direction="recvonly")
         async with peer.lock:
             await pc.setLocalDescription(await pc.createOffer())
+            offer = pc.localDescription.sdp
+            if spec.simulcast:
+                offer = simulcast_offer(offer, RIDS)
             path = f"/v1/routers/{spec.voxa_router}/peers/{spec.id}"
-            status, body = await self._voxa("POST", path, {"sdp": pc.localDescription.sdp})
+            status, body = await self._voxa("POST", path, {"sdp": offer})
             if status != 200:
                 raise RuntimeError(f"POST peer: HTTP {status} {body}")
             answer = str(body["sdp"])
@@ -386,7 +506,8 @@ class Worker:
         await wait_connected(pc, self.config.join_timeout_s)
         link = FastLink(pc)
         peer.links.append(link)
-        link.hook(self.meter.handler_factory(peer.receiver, peer.spec.expect_streams))
+        on_rtcp = keyframe_answerer(link.rx.unprotect_rtcp, peer.by_ssrc) if spec.simulcast else None
+        link.hook(self.meter.handler_factory(peer.receiver, peer.spec.expect_streams, on_rtcp))
         self._start_senders(peer, pc, link, answer)
 
     # --- Janus -------------------------------------------------------------------------------------
@@ -406,13 +527,20 @@ class Worker:
         options: dict[str, Any] = {"audiocodec": "opus"}
         if spec.video:
             options["videocodec"] = "vp8"
-        answer = await videoroom.publish(pc.localDescription.sdp, **options)
+        offer = pc.localDescription.sdp
+        jsep: dict[str, Any] = {}
+        if spec.simulcast:
+            offer = simulcast_offer(offer, RIDS)
+            jsep["rid_order"] = "lmh"  # Janus assumes highest first unless told
+        answer = await videoroom.publish(offer, jsep_extra=jsep, **options)
         check_loopback_sdp(answer)
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
         await wait_connected(pc, self.config.join_timeout_s)
         await asyncio.wait_for(videoroom.handle.webrtcup.wait(), self.config.join_timeout_s)
         link = FastLink(pc)
         peer.links.append(link)
+        if spec.simulcast:
+            link.hook(rtcp_only_handler(keyframe_answerer(link.rx.unprotect_rtcp, peer.by_ssrc)))
         self._start_senders(peer, pc, link, answer)
 
     async def _janus_subscribe(self, peer: LoadPeer) -> None:
@@ -432,6 +560,29 @@ class Worker:
         link = FastLink(pc)
         peer.links.append(link)
         link.hook(self.meter.handler_factory(peer.receiver, peer.spec.expect_streams))
+        if spec.layers:
+            # Each publisher's video on the substream the plan gives this subscriber (Janus's default
+            # would be the highest).
+            feeds = dict(zip(spec.receive_feeds, spec.receives, strict=True))
+            peer.janus_video_mids = {
+                feeds[int(s["feed_id"])]: str(s["mid"])
+                for s in subscription.streams
+                if s.get("type") == "video" and int(s.get("feed_id", 0)) in feeds
+            }
+            peer.janus_subscriber = videoroom
+            await self._janus_substreams(
+                peer, {r: lay for r, lay in zip(spec.receives, spec.layers, strict=True)}
+            )
+
+    async def _janus_substreams(self, peer: LoadPeer, layers: dict[str, int]) -> None:
+        assert peer.janus_subscriber is not None
+        streams = [
+            {"mid": peer.janus_video_mids[r], "substream": lay}
+            for r, lay in layers.items()
+            if r in peer.janus_video_mids
+        ]
+        if streams:
+            await peer.janus_subscriber.handle.message({"request": "configure", "streams": streams})
 
     # --- media -------------------------------------------------------------------------------------
     def _start_senders(self, peer: LoadPeer, pc: RTCPeerConnection, link: FastLink, answer: str) -> None:
@@ -442,25 +593,42 @@ class Worker:
             kind = transceiver.kind
             codec = "opus" if kind == "audio" else "VP8"
             neg = negotiated(answer, transceiver.mid, codec)
-            frames: Sequence[Sequence[bytes]] = (
-                [(p,) for p in catalog.opus] if kind == "audio" else catalog.vp8
-            )
-            sender = StreamSender(
-                peer.spec.id,
-                kind,
-                frames,
-                ssrc=transceiver.sender._ssrc,
-                pt=neg.pt,
-                ext=neg.ext,
-                protect=link.protect,
-                sendto=link.sendto,
-                addr=link.addr,
-                closing=link.is_closing,
-                clock=self.clock,
-                seed=self.config.index,
-            )
-            peer.senders.append(sender)
-            self.pacer.add(sender)
+            layers: list[tuple[Sequence[Sequence[bytes]], int, str, int]]  # frames, ssrc, rid, layer
+            if kind == "audio":
+                layers = [([(p,) for p in catalog.opus], transceiver.sender._ssrc, "", -1)]
+            elif peer.spec.simulcast:
+                if transceiver.mid != VIDEO_MID:
+                    raise RuntimeError(f"video mid {transceiver.mid!r}, the plan's track ids say {VIDEO_MID}")
+                if not neg.ext.rid_id:
+                    raise RuntimeError("the answer did not negotiate the rtp-stream-id extension")
+                rng = random.Random()
+                layers = [
+                    (gop, rng.randrange(1, 2**32), rid, i)
+                    for i, (rid, gop) in enumerate(zip(RIDS, catalog.layers(), strict=True))
+                ]
+            else:
+                layers = [(catalog.vp8, transceiver.sender._ssrc, "", -1)]
+            for frames, ssrc, rid, layer in layers:
+                sender = StreamSender(
+                    peer.spec.id,
+                    kind,
+                    frames,
+                    ssrc=ssrc,
+                    pt=neg.pt,
+                    ext=neg.ext,
+                    protect=link.protect,
+                    sendto=link.sendto,
+                    addr=link.addr,
+                    closing=link.is_closing,
+                    clock=self.clock,
+                    seed=self.config.index,
+                    rid=rid,
+                    layer=layer,
+                )
+                peer.senders.append(sender)
+                if layer >= 0:
+                    peer.by_ssrc[ssrc] = sender
+                self.pacer.add(sender)
 
     # --- commands ----------------------------------------------------------------------------------
     async def _join_one(self, spec: PeerSpec, wave: str) -> str | None:
@@ -533,6 +701,7 @@ class Worker:
             sender.window_sent = 0
             sender.late_sends = 0
             sender.late_max_ns = 0
+            sender.keyframes_requested = 0
         self.clock.t0 = int(command["t0"])
         self.clock.t1 = int(command["t1"])
         return {}
@@ -544,7 +713,8 @@ class Worker:
         for sender in self.pacer.senders:
             if sender.dead:
                 continue
-            sent.setdefault(sender.peer_id, {})[sender.kind] = sender.window_sent
+            kind = sender.kind if sender.layer < 0 else f"video/{RIDS[sender.layer]}"
+            sent.setdefault(sender.peer_id, {})[kind] = sender.window_sent
             late += sender.late_sends
             late_max = max(late_max, sender.late_max_ns)
         meter = self.meter
@@ -559,8 +729,97 @@ class Worker:
             "late_sends": late,
             "late_max_ms": round(late_max / 1e6, 2),
             "send_errors": sum(s.errors for s in self.pacer.senders),
+            "keyframes_requested": sum(s.keyframes_requested for s in self.pacer.senders),
             "errors": dict(self.errors),
             "error_samples": list(self.error_samples),
+        }
+
+    async def _set_layers(self, command: Message) -> Message:
+        """Voxa: every joined simulcast subscriber not yet set gets its layers (quality API) and a
+        bandwidth every layer fits in (bench hook); returns the peers set and the failures."""
+        done = 0
+        failures: list[str] = []
+        for peer in list(self.peers.values()):
+            spec = peer.spec
+            if not spec.layers or not peer.joined or peer.closing or peer.layers_set:
+                continue
+            base = f"/v1/routers/{spec.voxa_router}/peers/{spec.id}"
+            status, body = await self._voxa("PUT", f"/bench{base}/bandwidth", {"bps": HIGH_BPS})
+            ok = status == 200
+            if not ok:
+                failures.append(f"{spec.id} bandwidth: HTTP {status} {body}"[:300])
+            for publisher, layer in zip(spec.receives, spec.layers, strict=True):
+                width, height = LAYER_TILES[layer] if layer < len(LAYER_TILES) else (None, None)
+                status, body = await self._voxa(
+                    "PUT",
+                    f"{base}/consumers/{video_track(publisher)}/quality",
+                    {"max_width": width, "max_height": height, "paused": False},
+                )
+                if status != 200:
+                    ok = False
+                    failures.append(f"{spec.id} quality of {publisher}: HTTP {status} {body}"[:300])
+            peer.layers_set = ok
+            done += ok
+        for failure in failures[:5]:
+            self._error("set_layers", failure)
+        return {"set": done, "failed": len(failures), "failures": failures[:5]}
+
+    async def _switch(self, command: Message) -> Message:
+        """One switch probe on subscriber `peer`: `action` "bandwidth" (Voxa), "quality" (Voxa quality
+        API or Janus configure); the ms from the action's start until each of its video SSRCs that
+        carried h or f delivers a packet of q (None: not within `timeout`)."""
+        peer = self.peers.get(str(command["peer"]))
+        if peer is None or not peer.joined or peer.closing:
+            return {"absent": True}  # another load process runs it (the command is broadcast)
+        spec = peer.spec
+        action = str(command["action"])
+        timeout = float(command.get("timeout", 5.0))
+        watch = Watch()
+        peer.receiver.watch = watch
+        try:
+            await asyncio.sleep(float(command.get("observe", 0.6)))
+            before = watch.video_layers()
+            targets = [s for s, layer in before.items() if layer > 0]
+            started = time.monotonic_ns()
+            base = f"/v1/routers/{spec.voxa_router}/peers/{spec.id}"
+            if self.config.target == "janus":
+                await self._janus_substreams(
+                    peer, {r: 0 for r, lay in zip(spec.receives, spec.layers, strict=True) if lay > 0}
+                )
+            elif action == "bandwidth":
+                status, body = await self._voxa("PUT", f"/bench{base}/bandwidth", {"bps": LOW_BPS})
+                if status != 200:
+                    raise RuntimeError(f"bandwidth hook: HTTP {status} {body}")
+            else:
+                for publisher, layer in zip(spec.receives, spec.layers, strict=True):
+                    if layer > 0:
+                        width, height = LAYER_TILES[0]
+                        status, body = await self._voxa(
+                            "PUT",
+                            f"{base}/consumers/{video_track(publisher)}/quality",
+                            {"max_width": width, "max_height": height, "paused": False},
+                        )
+                        if status != 200:
+                            raise RuntimeError(f"quality: HTTP {status} {body}")
+            acted_ms = (time.monotonic_ns() - started) / 1e6
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while loop.time() < deadline and not all(watch.first.get((s, 0), 0) >= started for s in targets):
+                await asyncio.sleep(0.005)
+            times = [
+                round((watch.first[(s, 0)] - started) / 1e6, 1)
+                if watch.first.get((s, 0), 0) >= started
+                else None
+                for s in targets
+            ]
+        finally:
+            peer.receiver.watch = None
+        return {
+            "peer": spec.id,
+            "action": action,
+            "layers_before": sorted(before.values()),
+            "ms": times,
+            "request_ms": round(acted_ms, 1),
         }
 
     async def _status(self, command: Message) -> Message:

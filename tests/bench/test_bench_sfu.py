@@ -109,3 +109,39 @@ def test_bench_sfu_smoke_with_livekit() -> None:
         assert is_number(livekit[key]), (key, livekit[key])
     for key in ("livekit_pps_per_core", "livekit_latency_p50_ms", "livekit_latency_p99_ms"):
         assert is_number(result[key]), (key, result[key])
+
+
+def check_switches(summary: dict[str, Any] | None) -> None:
+    assert summary is not None
+    assert summary["switches"] >= 2 and summary["timeouts"] == 0, summary
+    assert 0 < summary["p50"] <= summary["max"] < 5000, summary
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("janus") is None, reason="janus is not installed (apt-get install janus)")
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_bench_sfu_simulcast_smoke() -> None:
+    """One video room of three-layer publishers, subscribers on all three layers, against Voxa and
+    Janus: the forwarding figures, the switch probes and the layered load's shape."""
+    result = run_bench(
+        "--scenario", "video-room", "--simulcast", "--rooms", "1", "--seconds", "3",
+        "--latency-seconds", "2", "--no-ceiling",
+    )  # fmt: skip
+    assert result["scenario"] == "video-room" and result["simulcast"] is True
+    assert (result["rooms"], result["peers"], result["consumers"]) == (1, 4, 24)
+    assert result["setup_failures"] == {}, result["error_samples"]
+    assert is_number(result["pps_per_core"]) and result["pps_per_core"] > 0
+    # Expected packets count each subscriber's own layer: the SFU forwards the planned one.
+    assert result["loss_percent"] < 20, result["sfu"]["final"]
+    layers = result["media"]["simulcast_layers"]
+    assert [layer["rid"] for layer in layers] == ["q", "h", "f"]
+    assert layers[0]["bps"] < layers[1]["bps"] < layers[2]["bps"]
+    check_switches(result["layer_switch_ms"])
+    check_switches(result["quality_switch_ms"])
+    for probe in result["sfu"]["switches"]["bandwidth"]["probes"]:
+        assert probe["layers_before"] == [0, 1, 2], probe  # one consumer on each layer
+    assert is_number(result["janus_ratio"]) and result["janus_ratio"] > 0
+    assert result["janus_loss_percent"] < 20, result["janus"]["final"]
+    check_switches(result["janus_quality_switch_ms"])
+    assert result["livekit_ratio"] is None and "simulcast" in result["livekit_reason"]
+    assert result["sfu"]["launcher"].startswith("bench/loadgen/sfu_hooks.py")

@@ -6,7 +6,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use voxa_dataplane::remb;
 use voxa_dataplane::stun;
+use voxa_dataplane::twcc::FeedbackBuilder;
 use voxa_dataplane_fuzz::{
     push_record, selector, session, AUDIO_SSRC, CONSUMER_SSRCS, PROFILES, RECORD_LEN_MASK,
     RECORD_PROTECT, RECORD_RTCP, VIDEO_SSRC,
@@ -252,4 +254,40 @@ fn main() {
             write(&dir, &format!("{profile:04x}-{role}"), &input);
         }
     }
+
+    twcc_seeds(&root.join("twcc"));
+}
+
+/// `twcc`: 40 packets sent across the sequence number wrap, their feedback (some lost, one large
+/// delta, so run and both vector chunks appear), a REMB, and a packet list for the builder.
+fn twcc_seeds(dir: &Path) {
+    let mut input = vec![25u8];
+    let mut sent = Vec::new();
+    for i in 0..40u16 {
+        sent.extend_from_slice(&65_520u16.wrapping_add(i).to_be_bytes());
+        sent.push(150);
+    }
+    push_record(&mut input, false, true, &sent);
+    let mut builder = FeedbackBuilder::new(65_520, 0);
+    for i in 0..40i64 {
+        let recv = match i {
+            5 | 17 | 18 => None,
+            30 => Some(5_000_000 + i * 10_000 + 90_000),
+            _ => Some(5_000_000 + i * 10_000),
+        };
+        builder.push(recv);
+    }
+    let mut fci = Vec::new();
+    builder.build(&mut fci);
+    push_record(&mut input, false, false, &fci);
+    let mut remb_fci = Vec::new();
+    remb::build_remb(&mut remb_fci, 750_000, &[0x1234_5678]);
+    push_record(&mut input, true, false, &remb_fci);
+    push_record(
+        &mut input,
+        true,
+        true,
+        &[0, 1, 40, 0x80, 20, 200, 33, 0x81, 32],
+    );
+    write(dir, "session", &input);
 }

@@ -97,6 +97,11 @@ impl Prober {
         }
     }
 
+    /// Neither sending a cluster nor waiting for one's verdict.
+    pub fn is_idle(&self) -> bool {
+        self.state == State::Idle
+    }
+
     /// Whether a cluster is being sent.
     pub fn sending(&self) -> bool {
         matches!(self.state, State::Sending { .. })

@@ -1301,6 +1301,7 @@ mod tests {
     fn probing_from_the_start_reaches_the_top_layer_and_then_stops() {
         let mut sim = Sim::sfu(5_000_000.0, true, 6);
         let t = time_to(&mut sim, 1_875_000, 3_000).expect("the top layer's need within 3 s");
+        assert!(t < 1_000, "one probe from the initial 1 Mbps: {t} ms");
         let probes = sim.probe_starts.len();
         assert!(probes >= 1);
         sim.run(10_000);

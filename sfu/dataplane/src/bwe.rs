@@ -109,6 +109,24 @@ pub const REMB_FALLBACK_MS: i64 = 2_000;
 /// The average packet size assumed before feedback tells it.
 pub const INITIAL_PACKET_BYTES: f64 = 1_200.0;
 
+/// A probe cluster's result sets the estimate to this fraction of the rate the cluster was
+/// delivered at: a little below what the path carried, so that using it does not queue.
+pub const PROBE_UTILIZATION: f64 = 0.9;
+/// A cluster counts as carried by the path when its receive rate is at least this fraction of its
+/// send rate: a queue growing during the cluster stretches the receive span and lowers the ratio,
+/// so this is also the "no delay growth" test.
+pub const PROBE_DELIVERED_RATIO: f64 = 0.9;
+/// A cluster losing more than this fraction of its packets did not get through.
+pub const PROBE_MAX_LOSS: f64 = LOSS_LOW;
+/// A cluster is judged once feedback reported all its packets, or this long (ms) after it ended.
+pub const PROBE_RESULT_TIMEOUT_MS: i64 = 1_000;
+/// Fewer received packets than this, or a send or receive span shorter than `PROBE_MIN_SPAN_US`,
+/// tell no rate: the cluster fails.
+pub const PROBE_MIN_PACKETS: u32 = 5;
+pub const PROBE_MIN_SPAN_US: i64 = 20_000;
+/// No probe within this long (ms) of a decrease (delay or loss based): the path is busy draining.
+pub const PROBE_QUIET_MS: i64 = 1_000;
+
 const EMPTY: u8 = 0;
 const SENT: u8 = 1;
 const LOST: u8 = 2;
@@ -118,8 +136,51 @@ const RECEIVED: u8 = 3;
 struct Sent {
     seq: u16,
     state: u8,
+    /// The probe cluster the packet was sent in (0: none).
+    probe: u16,
     size: u32,
     send_us: i64,
+}
+
+/// What the estimator learnt from one probe cluster (`SendSideBwe::take_probe_result`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeResult {
+    pub id: u16,
+    pub target_bps: u64,
+    /// The rate the cluster's packets (probes and media alike) left at, and arrived at (0 when the
+    /// cluster told nothing).
+    pub sent_bps: u64,
+    pub delivered_bps: u64,
+    /// The path carried the cluster (delivered near its send rate, little loss, no overuse) and
+    /// the estimate rose to `PROBE_UTILIZATION` × the delivered rate.
+    pub success: bool,
+    /// The estimate right after the result was applied.
+    pub estimate_bps: u64,
+}
+
+const PROBE_IDLE: u8 = 0;
+const PROBE_SENDING: u8 = 1;
+const PROBE_ENDED: u8 = 2;
+
+/// The one probe cluster being sent or awaiting its feedback: every packet sent while it is open
+/// belongs to it (padding and media: the path sees both).
+#[derive(Debug, Clone, Copy, Default)]
+struct Cluster {
+    id: u16,
+    state: u8,
+    target_bps: f64,
+    ended_ms: i64,
+    sent: u32,
+    sent_bytes: u64,
+    first_send_us: i64,
+    last_send_us: i64,
+    last_sent_size: u32,
+    received: u32,
+    lost: u32,
+    recv_bytes: u64,
+    first_recv_us: i64,
+    first_recv_size: u32,
+    last_recv_us: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -399,6 +460,14 @@ pub struct SendSideBwe {
     received: u32,
     loss_at_ms: Option<i64>,
     remb: Option<f64>,
+    /// The loss fraction of the last judgement, and when the estimate last decreased.
+    last_loss: f64,
+    last_decrease_ms: Option<i64>,
+    cluster: Cluster,
+    next_probe_id: u16,
+    probe_result: Option<ProbeResult>,
+    /// The last judged cluster's delivered rate and when (for decreases just after it).
+    last_probe: Option<(f64, i64)>,
 }
 
 impl SendSideBwe {
@@ -436,6 +505,12 @@ impl SendSideBwe {
             received: 0,
             loss_at_ms: None,
             remb: None,
+            last_loss: 0.0,
+            last_decrease_ms: None,
+            cluster: Cluster::default(),
+            next_probe_id: 1,
+            probe_result: None,
+            last_probe: None,
         }
     }
 
@@ -447,12 +522,79 @@ impl SendSideBwe {
     /// sent at `now_ms`. Call in sending order.
     pub fn on_packet_sent(&mut self, twcc_seq: u16, size: usize, now_ms: i64) {
         self.tell_time(now_ms);
+        let size = u32::try_from(size).unwrap_or(u32::MAX);
+        let send_us = now_ms.saturating_mul(1000);
+        let c = &mut self.cluster;
+        let probe = if c.state == PROBE_SENDING {
+            if c.sent == 0 {
+                c.first_send_us = send_us;
+            }
+            c.sent = c.sent.saturating_add(1);
+            c.sent_bytes = c.sent_bytes.saturating_add(u64::from(size));
+            c.last_send_us = send_us;
+            c.last_sent_size = size;
+            c.id
+        } else {
+            0
+        };
         self.history[twcc_seq as usize % HISTORY_SIZE] = Sent {
             seq: twcc_seq,
             state: SENT,
-            size: u32::try_from(size).unwrap_or(u32::MAX),
-            send_us: now_ms.saturating_mul(1000),
+            probe,
+            size,
+            send_us,
         };
+    }
+
+    /// Open a probe cluster aiming at `target_bps`: the packets sent from now until `end_probe`
+    /// form it, and their feedback tells the rate the path delivered them at. A cluster still open
+    /// or awaiting feedback is abandoned. Returns the cluster's id.
+    pub fn start_probe(&mut self, target_bps: u64, now_ms: i64) -> u16 {
+        self.tell_time(now_ms);
+        let id = self.next_probe_id;
+        self.next_probe_id = self.next_probe_id.checked_add(1).unwrap_or(1);
+        self.cluster = Cluster {
+            id,
+            state: PROBE_SENDING,
+            target_bps: target_bps as f64,
+            ..Cluster::default()
+        };
+        id
+    }
+
+    /// Close the open probe cluster: it is judged when its feedback is in.
+    pub fn end_probe(&mut self, now_ms: i64) {
+        self.tell_time(now_ms);
+        if self.cluster.state == PROBE_SENDING {
+            self.cluster.state = PROBE_ENDED;
+            self.cluster.ended_ms = now_ms;
+        }
+    }
+
+    /// Bytes sent in the open cluster so far (0 when none is open): what the pacer counts against
+    /// the cluster's target.
+    pub fn probe_sent_bytes(&self) -> u64 {
+        if self.cluster.state == PROBE_SENDING {
+            self.cluster.sent_bytes
+        } else {
+            0
+        }
+    }
+
+    /// The last judged cluster's result, once.
+    pub fn take_probe_result(&mut self) -> Option<ProbeResult> {
+        self.probe_result.take()
+    }
+
+    /// Whether the path looks healthy enough to probe: transport-cc feedback in use (or none yet),
+    /// no overuse, loss below `LOSS_LOW`, no decrease in the last `PROBE_QUIET_MS`.
+    pub fn probe_allowed(&self, now_ms: i64) -> bool {
+        self.source() != "remb"
+            && self.detector.signal != Signal::Overusing
+            && self.last_loss < LOSS_LOW
+            && self
+                .last_decrease_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= PROBE_QUIET_MS)
     }
 
     /// A transport-cc feedback's FCI (after the 12-byte RTCP feedback header: common header and the
@@ -487,6 +629,7 @@ impl SendSideBwe {
         self.last_feedback_ms = Some(now_ms);
         self.update_rate(now_ms);
         self.update_loss(now_ms);
+        self.judge_probe(now_ms);
         Ok(())
     }
 
@@ -528,19 +671,38 @@ impl SendSideBwe {
         if slot.state == EMPTY || slot.seq != seq || slot.state == RECEIVED {
             return;
         }
+        let in_cluster = slot.probe != 0 && slot.probe == self.cluster.id;
         let Some(arrival_us) = recv_us else {
             if slot.state == SENT {
                 slot.state = LOST;
                 self.lost = self.lost.saturating_add(1);
+                if in_cluster {
+                    self.cluster.lost = self.cluster.lost.saturating_add(1);
+                }
             }
             return;
         };
         if slot.state == LOST {
             // Reported lost before, arrived after all (reordered): not a loss.
             self.lost = self.lost.saturating_sub(1);
+            if in_cluster {
+                self.cluster.lost = self.cluster.lost.saturating_sub(1);
+            }
         }
         slot.state = RECEIVED;
         let (size, send_us) = (slot.size, slot.send_us);
+        let c = &mut self.cluster;
+        if in_cluster && c.state != PROBE_IDLE {
+            if c.received == 0 || arrival_us < c.first_recv_us {
+                c.first_recv_us = arrival_us;
+                c.first_recv_size = size;
+            }
+            if c.received == 0 || arrival_us > c.last_recv_us {
+                c.last_recv_us = arrival_us;
+            }
+            c.received += 1;
+            c.recv_bytes = c.recv_bytes.saturating_add(u64::from(size));
+        }
         self.received = self.received.saturating_add(1);
         self.acked.add(arrival_us, size);
         self.avg_packet_bytes = 0.95 * self.avg_packet_bytes + 0.05 * f64::from(size);
@@ -630,7 +792,14 @@ impl SendSideBwe {
                 };
             }
             RateState::Decrease => {
-                let measured = self.acked.bps().unwrap_or(self.delay_bps);
+                // A probe's queue is overuse too, but the acknowledged window (450 ms) then mixes
+                // the probe with the lower rate around it: what the probe was delivered at is the
+                // better measure of the path.
+                let measured = self
+                    .acked
+                    .bps()
+                    .unwrap_or(self.delay_bps)
+                    .max(self.probe_delivered_bps(now_ms));
                 if self
                     .capacity
                     .bounds()
@@ -641,9 +810,96 @@ impl SendSideBwe {
                 self.capacity.update(measured);
                 self.delay_bps = self.delay_bps.min(DECREASE_FACTOR * measured);
                 self.state = RateState::Hold;
+                self.last_decrease_ms = Some(now_ms);
             }
         }
         self.delay_bps = self.delay_bps.clamp(self.min_bps, self.max_bps);
+    }
+
+    /// Judge the ended cluster once its feedback is complete (or late): its send rate (bytes but
+    /// the last packet's over the send span) and delivered rate (bytes but the first arrival's over
+    /// the receive span). Carried by the path (delivered ≥ `PROBE_DELIVERED_RATIO` × sent, loss ≤
+    /// `PROBE_MAX_LOSS`, no overuse): the estimate rises at once to `PROBE_UTILIZATION` × the
+    /// delivered rate, the loss-based limit with it. Not carried (the path queued or dropped it):
+    /// what it delivered is the path's capacity now, so the estimate becomes `PROBE_UTILIZATION` ×
+    /// that (lower or higher; only lower under overuse) and it counts as a congested rate.
+    fn judge_probe(&mut self, now_ms: i64) {
+        let c = self.cluster;
+        if c.state != PROBE_ENDED {
+            return;
+        }
+        let complete = c.received.saturating_add(c.lost) >= c.sent
+            || now_ms.saturating_sub(c.ended_ms) >= PROBE_RESULT_TIMEOUT_MS;
+        if !complete {
+            return;
+        }
+        self.cluster.state = PROBE_IDLE;
+        let send_span = c.last_send_us.saturating_sub(c.first_send_us);
+        let recv_span = c.last_recv_us.saturating_sub(c.first_recv_us);
+        let mut result = ProbeResult {
+            id: c.id,
+            target_bps: c.target_bps as u64,
+            sent_bps: 0,
+            delivered_bps: 0,
+            success: false,
+            estimate_bps: 0,
+        };
+        if c.received >= PROBE_MIN_PACKETS
+            && send_span >= PROBE_MIN_SPAN_US
+            && recv_span >= PROBE_MIN_SPAN_US
+        {
+            let sent_bps = c.sent_bytes.saturating_sub(u64::from(c.last_sent_size)) as f64 * 8e6
+                / send_span as f64;
+            let recv_bps = c.recv_bytes.saturating_sub(u64::from(c.first_recv_size)) as f64 * 8e6
+                / recv_span as f64;
+            let delivered = recv_bps.min(sent_bps);
+            let loss = 1.0 - f64::from(c.received.min(c.sent)) / f64::from(c.sent.max(1));
+            let overuse = self.detector.signal == Signal::Overusing;
+            let carried = recv_bps >= PROBE_DELIVERED_RATIO * sent_bps && loss <= PROBE_MAX_LOSS;
+            let value = (PROBE_UTILIZATION * delivered).clamp(self.min_bps, self.max_bps);
+            if carried && !overuse {
+                // Success is a raise: a cluster that taught nothing new must not be repeated at once.
+                result.success = value > self.delay_bps.min(self.loss_bps);
+                if value > self.delay_bps {
+                    if self
+                        .capacity
+                        .bounds()
+                        .is_some_and(|(_, upper)| value > upper)
+                    {
+                        self.capacity.reset(); // the path carries more than it congested at
+                    }
+                    self.delay_bps = value;
+                }
+                self.loss_bps = self.loss_bps.max(value);
+            } else if !carried {
+                self.capacity.update(delivered);
+                self.delay_bps = if overuse {
+                    self.delay_bps.min(value)
+                } else {
+                    value
+                };
+            }
+            result.sent_bps = sent_bps as u64;
+            result.delivered_bps = delivered as u64;
+            self.last_probe = Some((delivered, now_ms));
+        }
+        result.estimate_bps = self.delay_bps.min(self.loss_bps) as u64;
+        self.probe_result = Some(result);
+    }
+
+    /// The rate the current probe cluster is being delivered at (once it has enough packets), or
+    /// the last cluster's if it was judged within `PROBE_RESULT_TIMEOUT_MS`; 0 without either.
+    fn probe_delivered_bps(&self, now_ms: i64) -> f64 {
+        let c = &self.cluster;
+        let span = c.last_recv_us.saturating_sub(c.first_recv_us);
+        if c.state != PROBE_IDLE && c.received >= PROBE_MIN_PACKETS && span >= PROBE_MIN_SPAN_US {
+            return c.recv_bytes.saturating_sub(u64::from(c.first_recv_size)) as f64 * 8e6
+                / span as f64;
+        }
+        match self.last_probe {
+            Some((bps, at)) if now_ms.saturating_sub(at) <= PROBE_RESULT_TIMEOUT_MS => bps,
+            _ => 0.0,
+        }
     }
 
     /// The loss-based estimate, from the packets reported since the last judgement.
@@ -657,9 +913,11 @@ impl SendSideBwe {
             return;
         }
         let loss = f64::from(self.lost) / f64::from(total);
+        self.last_loss = loss;
         if loss > LOSS_HIGH {
             let current = self.delay_bps.min(self.loss_bps);
             self.loss_bps = current * (1.0 - LOSS_DECREASE_GAIN * loss);
+            self.last_decrease_ms = Some(now_ms);
         } else if loss < LOSS_LOW {
             let dt_s = since.unwrap_or(0).max(0) as f64 / 1000.0;
             self.loss_bps *= (1.0 + LOSS_INCREASE_PER_S).powf(dt_s);
@@ -674,6 +932,7 @@ impl SendSideBwe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probe::{Prober, Step};
     use crate::twcc::FeedbackBuilder;
     use std::collections::VecDeque;
 
@@ -723,7 +982,19 @@ mod tests {
         fb_count: u8,
         feedback: VecDeque<(i64, Vec<u8>)>,
         builder: FeedbackBuilder,
+        /// SFU mode: media is the simulcast layer the estimate allows (`SFU_LAYERS_BPS`, each
+        /// needing 1.25x its rate), and a `Prober` probes with padding while f does not fit.
+        sfu: bool,
+        prober: Option<Prober>,
+        probes: Vec<(i64, ProbeResult)>,
+        probe_starts: Vec<i64>,
     }
+
+    /// The simulcast layers of the SFU mode, and the budget each needs (the allocation's headroom).
+    const SFU_LAYERS_BPS: [f64; 3] = [150_000.0, 500_000.0, 1_500_000.0];
+    const SFU_HEADROOM: f64 = 1.25;
+    /// A padding-only probe packet on the wire: header, extensions, 255 bytes of padding, SRTP tag.
+    const PROBE_PACKET_BYTES: usize = 290;
 
     impl Sim {
         fn new(capacity_bps: f64, rate_bps: Option<f64>, seed: u64) -> Self {
@@ -743,6 +1014,74 @@ mod tests {
                 fb_count: 0,
                 feedback: VecDeque::new(),
                 builder: FeedbackBuilder::new(0, 0),
+                sfu: false,
+                prober: None,
+                probes: Vec::new(),
+                probe_starts: Vec::new(),
+            }
+        }
+
+        /// A sender that forwards the simulcast layer its estimate allows, probing if `probing`.
+        fn sfu(capacity_bps: f64, probing: bool, seed: u64) -> Self {
+            let mut sim = Sim::new(capacity_bps, None, seed);
+            sim.sfu = true;
+            sim.prober = probing.then(Prober::new);
+            sim
+        }
+
+        /// SFU mode: (the layer's rate, what the top layer needs if it does not fit, else 0).
+        fn layer(&self) -> (f64, u64) {
+            let e = self.bwe.estimate_bps() as f64;
+            let l = (0..3)
+                .rev()
+                .find(|&l| SFU_LAYERS_BPS[l] * SFU_HEADROOM <= e)
+                .unwrap_or(0);
+            let wanted = if l < 2 {
+                (SFU_LAYERS_BPS[2] * SFU_HEADROOM) as u64
+            } else {
+                0
+            };
+            (SFU_LAYERS_BPS[l], wanted)
+        }
+
+        /// The worker's probing, every 10 ms: the prober's step, padding sent as a burst.
+        fn probe(&mut self, now_us: i64) {
+            if let Some(r) = self.bwe.take_probe_result() {
+                self.probes.push((self.now_ms, r));
+                if let Some(p) = self.prober.as_mut() {
+                    p.on_result(r.success, self.now_ms);
+                }
+            }
+            let wanted = self.layer().1;
+            let Some(p) = self.prober.as_mut() else {
+                return;
+            };
+            let step = p.tick(
+                self.now_ms,
+                self.bwe.estimate_bps(),
+                wanted,
+                self.bwe.probe_allowed(self.now_ms),
+                10_000_000,
+                self.bwe.probe_sent_bytes(),
+            );
+            let pad = match step {
+                Step::Start {
+                    target_bps,
+                    pad_bytes,
+                } => {
+                    self.bwe.start_probe(target_bps, self.now_ms);
+                    self.probe_starts.push(self.now_ms);
+                    pad_bytes
+                }
+                Step::Pad { pad_bytes } => pad_bytes,
+                Step::End => {
+                    self.bwe.end_probe(self.now_ms);
+                    0
+                }
+                Step::Idle => 0,
+            };
+            for _ in 0..pad.div_ceil(PROBE_PACKET_BYTES) {
+                self.send(now_us, PROBE_PACKET_BYTES);
             }
         }
 
@@ -754,11 +1093,17 @@ mod tests {
                     .on_feedback(&fci, self.now_ms)
                     .expect("valid feedback");
             }
+            if self.sfu && self.now_ms % 10 == 0 {
+                self.probe(now_us);
+            }
             while self.next_send_us <= now_us as f64 {
-                let rate = self
-                    .rate_bps
-                    .unwrap_or_else(|| self.bwe.estimate_bps() as f64);
-                self.send(now_us);
+                let rate = if self.sfu {
+                    self.layer().0
+                } else {
+                    self.rate_bps
+                        .unwrap_or_else(|| self.bwe.estimate_bps() as f64)
+                };
+                self.send(now_us, PACKET_BYTES);
                 self.next_send_us += PACKET_BYTES as f64 * 8.0 * 1e6 / rate;
             }
             if self.now_ms >= self.next_feedback_ms {
@@ -768,8 +1113,8 @@ mod tests {
             self.now_ms += 1;
         }
 
-        fn send(&mut self, now_us: i64) {
-            self.bwe.on_packet_sent(self.seq, PACKET_BYTES, self.now_ms);
+        fn send(&mut self, now_us: i64, size: usize) {
+            self.bwe.on_packet_sent(self.seq, size, self.now_ms);
             let now = now_us as f64;
             let arrival = if self.rng.unit() < self.loss {
                 None
@@ -778,8 +1123,7 @@ mod tests {
                 if start - now > MAX_QUEUE_US {
                     None
                 } else {
-                    self.busy_until_us =
-                        start + PACKET_BYTES as f64 * 8.0 * 1e6 / self.capacity_bps;
+                    self.busy_until_us = start + size as f64 * 8.0 * 1e6 / self.capacity_bps;
                     let jitter = (self.rng.unit() * 500.0) as i64;
                     let at = (self.busy_until_us as i64 + PROPAGATION_US + jitter)
                         .max(self.last_arrival_us);
@@ -902,6 +1246,100 @@ mod tests {
         assert!(
             end > 1_200_000,
             "estimate {end} 20 s after the limit lifted: {lifted:?}"
+        );
+    }
+
+    /// Time (ms) until the estimate first exceeds `bps`, running at most `limit_ms`.
+    fn time_to(sim: &mut Sim, bps: u64, limit_ms: i64) -> Option<i64> {
+        let start = sim.now_ms;
+        while sim.now_ms - start < limit_ms {
+            sim.step();
+            if sim.bwe.estimate_bps() > bps {
+                return Some(sim.now_ms - start);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn probing_brings_a_lifted_limit_back_above_1_5_mbps_within_seconds() {
+        // 10 s on a 450 kbps link (the estimate near capacity, failed probes backing off), then
+        // the limit is lifted: the next probe is at most the backoff away, and from there probes
+        // double the estimate in succession (here ~390 k → 0.94 M → 1.78 M in 0.4 s).
+        let lifted = |probing: bool| {
+            let mut sim = Sim::sfu(450_000.0, probing, 5);
+            sim.run(10_000);
+            sim.capacity_bps = 5_000_000.0;
+            let lift_ms = sim.now_ms;
+            let t = time_to(&mut sim, 1_500_000, 30_000);
+            let next_probe = sim
+                .probe_starts
+                .iter()
+                .find(|&&s| s >= lift_ms)
+                .map(|s| s - lift_ms);
+            (t, next_probe)
+        };
+        let (t, next_probe) = lifted(true);
+        let t = t.expect("above 1.5 Mbps");
+        let wait = next_probe.expect("a probe after the lift");
+        assert!(
+            wait <= crate::probe::PROBE_MAX_INTERVAL_MS,
+            "the backoff is bounded: {wait} ms"
+        );
+        assert!(
+            t - wait <= 1_500,
+            "> 1.5 Mbps {} ms after the first probe on the lifted link",
+            t - wait
+        );
+        assert!(t <= crate::probe::PROBE_MAX_INTERVAL_MS + 1_500, "{t} ms");
+        // Without probing the multiplicative increase needs about 20 s.
+        let (slow, _) = lifted(false);
+        assert!(slow.is_none_or(|s| s > 10_000), "without probing: {slow:?}");
+    }
+
+    #[test]
+    fn probing_from_the_start_reaches_the_top_layer_and_then_stops() {
+        let mut sim = Sim::sfu(5_000_000.0, true, 6);
+        let t = time_to(&mut sim, 1_875_000, 3_000).expect("the top layer's need within 3 s");
+        assert!(t < 1_000, "one probe from the initial 1 Mbps: {t} ms");
+        let probes = sim.probe_starts.len();
+        assert!(probes >= 1);
+        sim.run(10_000);
+        assert_eq!(
+            sim.probe_starts.len(),
+            probes,
+            "no probe once the estimate covers the wanted layers"
+        );
+        assert!(sim.bwe.estimate_bps() > 1_875_000);
+        assert!(
+            sim.probes.iter().all(|(_, r)| r.success),
+            "{:?}",
+            sim.probes
+        );
+    }
+
+    #[test]
+    fn probing_a_limited_link_does_not_raise_the_estimate_above_capacity_and_backs_off() {
+        let mut sim = Sim::sfu(450_000.0, true, 7);
+        sim.run(40_000);
+        assert!(sim.probes.len() >= 3, "{:?}", sim.probes);
+        for (at, r) in &sim.probes {
+            if r.target_bps > 500_000 {
+                assert!(!r.success, "a probe above capacity failed: {at} {r:?}");
+            }
+            assert!(r.delivered_bps <= 470_000, "{at} {r:?}");
+            assert!(r.estimate_bps <= 450_000, "{at} {r:?}");
+        }
+        let gaps: Vec<i64> = sim.probe_starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            gaps.windows(2).all(|g| g[1] >= g[0]) && gaps.last() > gaps.first(),
+            "the interval grows: {gaps:?}"
+        );
+        let tail = sim.run(5_000);
+        let low = *tail.iter().min().expect("samples");
+        assert!(
+            low >= 300_000,
+            "probes do not drag the estimate far below capacity: {low}"
         );
     }
 

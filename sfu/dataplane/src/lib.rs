@@ -11,6 +11,7 @@ pub mod classify;
 pub mod codecs;
 pub mod io;
 pub mod layers;
+pub mod probe;
 pub mod remb;
 pub mod rtcp;
 pub mod rtp;

@@ -407,12 +407,12 @@ impl Rewriter {
             return None;
         }
         out.clear();
-        let ext = &self.ext;
-        let level = if ext.audio_level_id != 0 { level } else { None };
-        let has_ext = ext.mid_id != 0
-            || ext.abs_send_time_id != 0
-            || ext.transport_cc_id != 0
-            || level.is_some();
+        let level = if self.ext.audio_level_id != 0 {
+            level
+        } else {
+            None
+        };
+        let has_ext = self.has_extensions(level);
         out.push((data[0] & 0xEF) | if has_ext { 0x10 } else { 0 });
         out.push(pt | (data[1] & 0x80));
         out.extend_from_slice(&out_seq.to_be_bytes());
@@ -420,59 +420,103 @@ impl Rewriter {
         out.extend_from_slice(&self.ssrc.to_be_bytes());
         out.extend_from_slice(&data[12..h.csrc_end]);
         if has_ext {
-            let block = out.len();
-            let profile = if self.one_byte {
-                ONE_BYTE_PROFILE
-            } else {
-                TWO_BYTE_PROFILE
-            };
-            out.extend_from_slice(&profile.to_be_bytes());
-            out.extend_from_slice(&[0, 0]);
-            if ext.mid_id != 0 {
-                if self.one_byte {
-                    out.push((ext.mid_id << 4) | (ext.mid.len() as u8 - 1));
-                } else {
-                    out.push(ext.mid_id);
-                    out.push(ext.mid.len() as u8);
-                }
-                out.extend_from_slice(&ext.mid);
-            }
-            if ext.abs_send_time_id != 0 {
-                if self.one_byte {
-                    out.push((ext.abs_send_time_id << 4) | 2);
-                } else {
-                    out.push(ext.abs_send_time_id);
-                    out.push(3);
-                }
-                out.extend_from_slice(&abs_time.to_be_bytes()[1..]);
-            }
-            if let Some(level) = level {
-                if self.one_byte {
-                    out.push(ext.audio_level_id << 4);
-                } else {
-                    out.push(ext.audio_level_id);
-                    out.push(1);
-                }
-                out.push(level);
-            }
-            if ext.transport_cc_id != 0 {
-                if self.one_byte {
-                    out.push((ext.transport_cc_id << 4) | 1);
-                } else {
-                    out.push(ext.transport_cc_id);
-                    out.push(2);
-                }
-                out.extend_from_slice(&twcc_seq.to_be_bytes());
-            }
-            while !(out.len() - block).is_multiple_of(4) {
-                out.push(0);
-            }
-            let words = ((out.len() - block - 4) / 4) as u16;
-            out[block + 2..block + 4].copy_from_slice(&words.to_be_bytes());
+            self.put_extensions(out, abs_time, level, twcc_seq);
         }
         let payload_start = out.len();
         out.extend_from_slice(&data[h.payload_start..]);
         Some(payload_start)
+    }
+
+    fn has_extensions(&self, level: Option<u8>) -> bool {
+        let ext = &self.ext;
+        ext.mid_id != 0 || ext.abs_send_time_id != 0 || ext.transport_cc_id != 0 || level.is_some()
+    }
+
+    /// Append the extension block with this consumer's negotiated elements.
+    #[inline]
+    fn put_extensions(&self, out: &mut Vec<u8>, abs_time: u32, level: Option<u8>, twcc_seq: u16) {
+        let ext = &self.ext;
+        let block = out.len();
+        let profile = if self.one_byte {
+            ONE_BYTE_PROFILE
+        } else {
+            TWO_BYTE_PROFILE
+        };
+        out.extend_from_slice(&profile.to_be_bytes());
+        out.extend_from_slice(&[0, 0]);
+        if ext.mid_id != 0 {
+            if self.one_byte {
+                out.push((ext.mid_id << 4) | (ext.mid.len() as u8 - 1));
+            } else {
+                out.push(ext.mid_id);
+                out.push(ext.mid.len() as u8);
+            }
+            out.extend_from_slice(&ext.mid);
+        }
+        if ext.abs_send_time_id != 0 {
+            if self.one_byte {
+                out.push((ext.abs_send_time_id << 4) | 2);
+            } else {
+                out.push(ext.abs_send_time_id);
+                out.push(3);
+            }
+            out.extend_from_slice(&abs_time.to_be_bytes()[1..]);
+        }
+        if let Some(level) = level {
+            if self.one_byte {
+                out.push(ext.audio_level_id << 4);
+            } else {
+                out.push(ext.audio_level_id);
+                out.push(1);
+            }
+            out.push(level);
+        }
+        if ext.transport_cc_id != 0 {
+            if self.one_byte {
+                out.push((ext.transport_cc_id << 4) | 1);
+            } else {
+                out.push(ext.transport_cc_id);
+                out.push(2);
+            }
+            out.extend_from_slice(&twcc_seq.to_be_bytes());
+        }
+        while !(out.len() - block).is_multiple_of(4) {
+            out.push(0);
+        }
+        let words = ((out.len() - block - 4) / 4) as u16;
+        out[block + 2..block + 4].copy_from_slice(&words.to_be_bytes());
+    }
+
+    /// A padding-only packet on this consumer's RTX stream (a bandwidth probe): RTX `pt`, `ssrc`
+    /// and `seq`, the P bit with `padding` bytes (the last one their count, RFC 3550 §5.1) and no
+    /// payload, and the consumer's extensions (mid, abs-send-time, the transport-wide `twcc_seq`);
+    /// the timestamp is the media stream's at `now_ms`. A receiver accounts it for congestion control
+    /// and drops it (RFC 4588: no original sequence number, nothing to repair).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_padding(
+        &self,
+        out: &mut Vec<u8>,
+        pt: u8,
+        ssrc: u32,
+        seq: u16,
+        now_ms: i64,
+        abs_time: u32,
+        twcc_seq: u16,
+        padding: u8,
+    ) {
+        out.clear();
+        let has_ext = self.has_extensions(None);
+        out.push(0xA0 | if has_ext { 0x10 } else { 0 });
+        out.push(pt & 0x7F);
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&self.timestamp_at(now_ms).to_be_bytes());
+        out.extend_from_slice(&ssrc.to_be_bytes());
+        if has_ext {
+            self.put_extensions(out, abs_time, None, twcc_seq);
+        }
+        let padding = padding.max(1);
+        out.resize(out.len() + padding as usize - 1, 0);
+        out.push(padding);
     }
 }
 

@@ -23,8 +23,9 @@ use crate::classify::{classify, Kind};
 use crate::codecs::{vp8_keyframe_size, VideoCodec, Vp8Munger};
 use crate::layers::{
     self, Arrival, Demand, RateMeter, SeqWindow, UplinkFeedback, DEFAULT_LAYER_BPS,
-    UPGRADE_HOLD_MS, UPLINK_FEEDBACK_INTERVAL_MS,
+    UPGRADE_HEADROOM_PCT, UPGRADE_HOLD_MS, UPLINK_FEEDBACK_INTERVAL_MS,
 };
+use crate::probe::{Prober, Step, PROBE_MAX_PACKETS_PER_TICK, PROBE_PADDING_BYTES};
 use crate::rtcp::{self, Item, KeyframeThrottle, PacketHistory, ReceiverStats};
 use crate::rtp::{self, Extensions, Rewriter};
 use crate::srtp::Session;
@@ -97,6 +98,10 @@ pub struct Counters {
     pub nacks_sent: u64,
     /// Transport-cc feedback the estimator refused.
     pub bad_feedback: u64,
+    /// Bandwidth probe clusters started, those that raised the estimate, and their padding packets.
+    pub probes: u64,
+    pub probes_succeeded: u64,
+    pub probe_packets: u64,
     /// Datagrams whose handling panicked (a bug; the datagram is dropped, the thread goes on).
     pub panics: u64,
 }
@@ -199,6 +204,12 @@ struct Peer {
     twcc_seq: u16,
     /// Transport-cc on the peer's uplink (a producer negotiated it): what its feedback reports.
     uplink: Option<Box<UplinkFeedback>>,
+    /// Bandwidth probing of the SFU→peer leg (docs/bwe.md, "Probing"): the prober, what the
+    /// allocation last found the wanted layers need while the estimate capped them (0: nothing
+    /// capped), and the video consumer whose RTX stream carries the padding (0: none can).
+    prober: Prober,
+    probe_want_bps: u64,
+    probe_consumer: ConsumerId,
 }
 
 impl Peer {
@@ -502,6 +513,20 @@ impl Consumer {
     fn receiving(&self) -> bool {
         self.ready && !self.paused && !self.prefs.paused
     }
+
+    /// Whether the consumer's RTX stream can carry probe padding: a receiving video consumer with
+    /// RTX negotiated, transport-wide sequence numbers written, and media already sent (so the
+    /// subscriber has the stream and its RTX SSRC set up).
+    fn can_probe(&self) -> bool {
+        self.receiving()
+            && self.rtx_ssrc != 0
+            && !self.rtx_pts.is_empty()
+            && self.stats.packets > 0
+            && self
+                .rewriter
+                .as_ref()
+                .is_some_and(|r| r.writes_transport_seq())
+    }
 }
 
 /// Parameters of a producer, as negotiated by the control plane.
@@ -595,6 +620,9 @@ pub struct Worker {
     demands: Vec<Demand>,
     order: Vec<usize>,
     choice: Vec<u8>,
+    /// Per peer after an allocation: (peer, wanted bps while capped, probe consumer).
+    probe_plan: Vec<(PeerId, u64, ConsumerId)>,
+    probe_peers: Vec<PeerId>,
     rng: u64,
 }
 
@@ -642,6 +670,8 @@ impl Worker {
             demands: Vec::new(),
             order: Vec::new(),
             choice: Vec::new(),
+            probe_plan: Vec::new(),
+            probe_peers: Vec::new(),
             rng: seed,
         }
     }
@@ -716,6 +746,9 @@ impl Worker {
                 override_bps: 0,
                 twcc_seq,
                 uplink: None,
+                prober: Prober::new(),
+                probe_want_bps: 0,
+                probe_consumer: 0,
             },
         );
         Ok(id)
@@ -1835,6 +1868,7 @@ impl Worker {
             self.allocate(now_ms);
             self.dynacast(now_ms);
         }
+        self.probe(now_ms, out);
         // Keyframe requests: those made since the last tick, and retries at the end of a quiet
         // period; NACKs for the uplink's losses.
         let mut plis: Vec<(PeerId, u32)> = Vec::new();
@@ -1907,6 +1941,112 @@ impl Worker {
         }
     }
 
+    /// Bandwidth probing, every tick: per subscriber peer whose allocation is capped by its
+    /// estimate, the prober decides (healthy path, backoff) and paces a cluster of padding-only RTX
+    /// packets on the probe consumer's RTX stream, each with the peer's next transport-wide
+    /// sequence number, so that the estimator learns what the path delivers (docs/bwe.md).
+    fn probe(&mut self, now_ms: i64, out: &mut Outbox) {
+        let mut peers = std::mem::take(&mut self.probe_peers);
+        peers.clear();
+        peers.extend(
+            self.peers
+                .iter()
+                .filter(|(_, p)| p.probe_want_bps != 0 || !p.prober.is_idle())
+                .map(|(&id, _)| id),
+        );
+        let mut buf = std::mem::take(&mut self.rewritten);
+        let abs_time = rtp::abs_send_time((now_ms as u64).wrapping_mul(1_000_000));
+        for &peer_id in &peers {
+            let Some(p) = self.peers.get_mut(&peer_id) else {
+                continue;
+            };
+            if let Some(r) = p.bwe.take_probe_result() {
+                p.prober.on_result(r.success, now_ms);
+                self.counters.probes_succeeded += u64::from(r.success);
+            }
+            if p.override_bps != 0 {
+                if p.prober.sending() {
+                    p.bwe.end_probe(now_ms);
+                }
+                p.prober.cancel(now_ms);
+                continue;
+            }
+            let step = p.prober.tick(
+                now_ms,
+                p.bwe.estimate_bps(),
+                p.probe_want_bps,
+                p.bwe.probe_allowed(now_ms),
+                MAX_BPS,
+                p.bwe.probe_sent_bytes(),
+            );
+            let mut pad = match step {
+                Step::Idle => continue,
+                Step::End => {
+                    p.bwe.end_probe(now_ms);
+                    continue;
+                }
+                Step::Start {
+                    target_bps,
+                    pad_bytes,
+                } => {
+                    p.bwe.start_probe(target_bps, now_ms);
+                    self.counters.probes += 1;
+                    pad_bytes
+                }
+                Step::Pad { pad_bytes } => pad_bytes,
+            };
+            let Some(c) = self.consumers.get_mut(&p.probe_consumer) else {
+                continue;
+            };
+            let (Some(addr), Some(srtp), Some(r)) = (p.addr, p.srtp.as_mut(), c.rewriter.as_ref())
+            else {
+                continue;
+            };
+            if !c.can_probe() {
+                continue;
+            }
+            // The RTX payload type of the media last sent (its FID stream's), else the first.
+            let media_pt = c
+                .history
+                .as_ref()
+                .and_then(|h| h.get(r.last_seq()))
+                .map(|packet| packet[1] & 0x7F);
+            let rtx_pt = c
+                .rtx_pts
+                .iter()
+                .find(|&&(pt, _)| Some(pt) == media_pt)
+                .or(c.rtx_pts.first())
+                .map_or(0, |&(_, rtx)| rtx);
+            let mut packets = 0;
+            while pad > 0 && packets < PROBE_MAX_PACKETS_PER_TICK {
+                r.write_padding(
+                    &mut buf,
+                    rtx_pt,
+                    c.rtx_ssrc,
+                    c.rtx_seq,
+                    now_ms,
+                    abs_time,
+                    p.twcc_seq,
+                    PROBE_PADDING_BYTES as u8,
+                );
+                let o = out.next(addr);
+                if srtp.protect_rtp(&buf, o).is_err() {
+                    out.cancel();
+                    break;
+                }
+                p.bwe.on_packet_sent(p.twcc_seq, o.len(), now_ms);
+                pad = pad.saturating_sub(o.len());
+                p.twcc_seq = p.twcc_seq.wrapping_add(1);
+                c.rtx_seq = c.rtx_seq.wrapping_add(1);
+                p.stats.tx_packets += 1;
+                self.counters.probe_packets += 1;
+                packets += 1;
+            }
+        }
+        self.rewritten = buf;
+        self.probe_peers = peers;
+    }
+
     /// Per subscriber peer: share its bandwidth among its video consumers (`layers::allocate`),
     /// then move each consumer's target; downgrades at once, upgrades after `UPGRADE_HOLD_MS`.
     /// A new target asks its publisher for a keyframe on that layer (the switch waits for one).
@@ -1915,10 +2055,13 @@ impl Worker {
         let mut demands = std::mem::take(&mut self.demands);
         let mut order = std::mem::take(&mut self.order);
         let mut choice = std::mem::take(&mut self.choice);
-        for p in self.peers.values() {
+        let mut plan = std::mem::take(&mut self.probe_plan);
+        plan.clear();
+        for (&peer_id, p) in self.peers.iter() {
             ids.clear();
             demands.clear();
             let mut audio_bps = 0u64;
+            let mut probe_consumer = 0;
             for (&ssrc, &cid) in &p.consumers {
                 let Some(c) = self.consumers.get(&cid) else {
                     continue;
@@ -1937,6 +2080,9 @@ impl Worker {
                 for (i, slot) in cost.iter_mut().enumerate().take(pr.layers.len()) {
                     *slot = pr.layer_cost(i, now_ms);
                 }
+                if probe_consumer == 0 && c.can_probe() {
+                    probe_consumer = cid;
+                }
                 ids.push(cid);
                 demands.push(Demand {
                     layers: pr.layers.len() as u8,
@@ -1947,10 +2093,27 @@ impl Worker {
                 });
             }
             if ids.is_empty() {
+                plan.push((peer_id, 0, 0));
                 continue;
             }
             let budget = p.bandwidth().0.saturating_sub(audio_bps);
             layers::allocate(budget, &demands, &mut order, &mut choice);
+            // Capped: some consumer got less than its preferences allow. What all of them would
+            // need (with the allocation's upgrade headroom) is what a probe aims to make room for.
+            let mut want = audio_bps;
+            let mut capped = false;
+            for (d, &got) in demands.iter().zip(choice.iter()) {
+                let top = d.cap.min(d.layers.saturating_sub(1)).min(2);
+                capped |= got < top;
+                let cost = d.cost[top as usize];
+                want += if top > d.held {
+                    cost * UPGRADE_HEADROOM_PCT / 100
+                } else {
+                    cost
+                };
+            }
+            let probing = capped && p.override_bps == 0 && probe_consumer != 0;
+            plan.push((peer_id, if probing { want } else { 0 }, probe_consumer));
             for (k, &cid) in ids.iter().enumerate() {
                 let Some(c) = self.consumers.get_mut(&cid) else {
                     continue;
@@ -1970,6 +2133,13 @@ impl Worker {
                 }
             }
         }
+        for &(peer_id, want, consumer) in &plan {
+            if let Some(p) = self.peers.get_mut(&peer_id) {
+                p.probe_want_bps = want;
+                p.probe_consumer = consumer;
+            }
+        }
+        self.probe_plan = plan;
         self.ids = ids;
         self.demands = demands;
         self.order = order;
@@ -3238,5 +3408,250 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vec![(40, true), (41, true), (42, false), (43, true)]);
+    }
+
+    // --- bandwidth probing ------------------------------------------------------------------------
+
+    /// The simulcast sim, its subscriber's estimator starting at `bps` (as if it had measured it).
+    fn probing_sim(bps: u64) -> Sim {
+        let mut s = Sim::new(false);
+        s.w.peers.get_mut(&s.b.id).unwrap().bwe = Bwe::new(bps, MIN_BPS, MAX_BPS);
+        s
+    }
+
+    fn configure(s: &mut Sim, rtx: bool, tcc: bool) {
+        s.w.configure_consumer(
+            s.c,
+            ConsumerParams {
+                payload_types: vec![(96, 96)],
+                ext: Extensions {
+                    mid: b"1".to_vec(),
+                    mid_id: 1,
+                    abs_send_time_id: 2,
+                    transport_cc_id: if tcc { TCC_ID } else { 0 },
+                    ..Default::default()
+                },
+                rtx_payload_types: if rtx { vec![(97, 96)] } else { Vec::new() },
+            },
+        )
+        .unwrap();
+    }
+
+    /// `ms` of simulcast: a frame of each layer in turn every 10 ms (keyframes every 300 ms) and a
+    /// tick after each; the subscriber's RTP packets (plaintext) with their send times go to `got`.
+    fn stream(s: &mut Sim, ms: i64, got: &mut Vec<(i64, Vec<u8>)>) {
+        for _ in 0..ms / 10 {
+            let k = s.now / 10;
+            let (packets, _) = s.frame((k % 3) as usize, k % 30 < 3);
+            got.extend(packets.into_iter().map(|p| (s.now, p)));
+            s.out.clear();
+            s.w.tick(s.now, &mut s.out);
+            let (packets, _) = received(&mut s.b, &s.out);
+            got.extend(packets.into_iter().map(|p| (s.now, p)));
+        }
+    }
+
+    fn is_probe(p: &[u8]) -> bool {
+        rtp::parse(p).is_ok_and(|h| h.ssrc == SUB_RTX && h.payload_start == h.payload_end)
+    }
+
+    fn twcc_of(p: &[u8]) -> Option<u16> {
+        let h = rtp::parse(p).ok()?;
+        let v = rtp::find_extension(p, &h, TCC_ID)?;
+        Some(u16::from_be_bytes([v[0], v[1]]))
+    }
+
+    /// The subscriber's transport-cc feedback for `got[from..]`: every packet arrived 5 ms after
+    /// it was sent (a free path).
+    fn feedback(s: &mut Sim, got: &[(i64, Vec<u8>)], from: usize) {
+        let mut numbered = got[from..]
+            .iter()
+            .filter_map(|(t, p)| twcc_of(p).map(|n| (n, *t)));
+        let Some((first, t0)) = numbered.next() else {
+            return;
+        };
+        let mut fb = crate::twcc::FeedbackBuilder::new(first, 0);
+        assert!(fb.push(Some(t0 * 1000 + 5_000)));
+        for (_, t) in numbered {
+            assert!(fb.push(Some(t * 1000 + 5_000)));
+        }
+        let mut pkt = vec![0x8F, rtcp::RTPFB, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+        fb.build(&mut pkt);
+        let words = (pkt.len() / 4 - 1) as u16;
+        pkt[2..4].copy_from_slice(&words.to_be_bytes());
+        let mut sealed = Vec::new();
+        s.b.srtp.protect_rtcp(&pkt, &mut sealed).unwrap();
+        s.out.clear();
+        s.w.handle(s.b.addr, &sealed, s.now, &mut s.out);
+    }
+
+    /// Start times of the probe clusters in `got` (probe packets more than 1 s apart).
+    fn cluster_starts(got: &[(i64, Vec<u8>)]) -> Vec<i64> {
+        let mut starts: Vec<i64> = Vec::new();
+        let mut last = i64::MIN / 2;
+        for (t, p) in got {
+            if is_probe(p) {
+                if *t - last > 1_000 {
+                    starts.push(*t);
+                }
+                last = *t;
+            }
+        }
+        starts
+    }
+
+    #[test]
+    fn a_capped_consumer_gets_paced_padding_probes_on_its_rtx_stream() {
+        let mut s = probing_sim(300_000);
+        configure(&mut s, true, true);
+        let mut got = Vec::new();
+        stream(&mut s, 3_000, &mut got);
+        // ~67, 213, 320 kbps measured: h fits 300 k with headroom, f (400 k with it) does not
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (1, 1));
+        let starts = cluster_starts(&got);
+        assert_eq!(starts.len(), 1, "one cluster, no verdict yet: {starts:?}");
+        let cluster: Vec<&(i64, Vec<u8>)> = got
+            .iter()
+            .filter(|(t, p)| is_probe(p) && *t < starts[0] + 1_000)
+            .collect();
+        let mut prev_seq = None;
+        for (_, p) in &cluster {
+            let h = rtp::parse(p).unwrap();
+            assert_eq!((h.ssrc, h.payload_type, h.marker), (SUB_RTX, 97, false));
+            assert_ne!(p[0] & 0x20, 0, "P bit");
+            assert_eq!(*p.last().unwrap() as usize, PROBE_PADDING_BYTES);
+            assert_eq!(
+                p.len(),
+                h.payload_start + PROBE_PADDING_BYTES,
+                "padding only"
+            );
+            assert_eq!(rtp::find_extension(p, &h, 1), Some(&b"1"[..]), "mid");
+            assert_eq!(rtp::find_extension(p, &h, 2).map(<[u8]>::len), Some(3));
+            assert!(twcc_of(p).is_some());
+            if let Some(prev) = prev_seq {
+                assert_eq!(
+                    h.seq,
+                    u16::wrapping_add(prev, 1),
+                    "the RTX stream's counter"
+                );
+            }
+            prev_seq = Some(h.seq);
+        }
+        // Every packet to the subscriber, media and probes, has the next transport-wide number.
+        let numbers: Vec<u16> = got.iter().filter_map(|(_, p)| twcc_of(p)).collect();
+        assert_eq!(numbers.len(), got.len());
+        assert!(numbers.windows(2).all(|w| w[1] == w[0].wrapping_add(1)));
+        // Paced over the cluster's 150 ms in 10 ms ticks, at min(2 x 300 k, 1.25 x 400 k) = 500 kbps
+        // with the media sent meanwhile.
+        let ticks: std::collections::BTreeMap<i64, usize> =
+            cluster.iter().fold(Default::default(), |mut m, (t, _)| {
+                *m.entry(*t).or_default() += 1;
+                m
+            });
+        let span = ticks.keys().last().unwrap() - ticks.keys().next().unwrap();
+        assert!(ticks.len() >= 12 && span >= 130, "{ticks:?}");
+        assert!(ticks.values().all(|&n| n <= 4), "no burst: {ticks:?}");
+        let bytes: usize = cluster.iter().map(|(_, p)| p.len() + 10).sum();
+        assert!((4_000..=9_400).contains(&bytes), "{bytes} bytes of padding");
+        assert_eq!(s.w.counters.probes, 1);
+        assert_eq!(s.w.counters.probe_packets as usize, cluster.len());
+        assert_eq!(
+            s.w.consumer_stats(s.c).unwrap().retransmitted,
+            0,
+            "padding is no retransmission"
+        );
+    }
+
+    #[test]
+    fn a_probe_carried_by_the_path_raises_the_estimate_and_probing_stops_when_layers_fit() {
+        let mut s = probing_sim(300_000);
+        configure(&mut s, true, true);
+        let mut got = Vec::new();
+        let mut reported = 0;
+        let mut estimates = Vec::new();
+        for _ in 0..100 {
+            stream(&mut s, 50, &mut got);
+            feedback(&mut s, &got, reported);
+            reported = got.len();
+            estimates.push((s.now, s.w.peer_bandwidth(s.b.id).unwrap().0));
+        }
+        let starts = cluster_starts(&got);
+        assert!(!starts.is_empty());
+        assert!(s.w.counters.probes_succeeded >= 1, "{:?}", s.w.counters);
+        // Within half a second of the first probe the estimate covers f (400 k with headroom),
+        // where the multiplicative increase alone would need about 4 s.
+        let (_, after) = *estimates
+            .iter()
+            .find(|(t, _)| *t >= starts[0] + 500)
+            .unwrap();
+        assert!(after > 400_000, "{after} after the probe: {estimates:?}");
+        assert_eq!(s.w.consumer_layers(s.c).unwrap(), (2, 2), "on f");
+        let probes = s.w.counters.probes;
+        let mut more = Vec::new();
+        stream(&mut s, 2_000, &mut more);
+        assert_eq!(s.w.counters.probes, probes, "no probe once the layers fit");
+        assert!(!more.iter().any(|(_, p)| is_probe(p)));
+    }
+
+    #[test]
+    fn failed_probes_back_off() {
+        // No feedback at all: each cluster's verdict is given up after 2 s, a failure.
+        let mut s = probing_sim(300_000);
+        configure(&mut s, true, true);
+        let mut got = Vec::new();
+        stream(&mut s, 17_000, &mut got);
+        let starts = cluster_starts(&got);
+        let gaps: Vec<i64> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        use crate::probe::{PROBE_DURATION_MS, PROBE_GIVE_UP_MS, PROBE_INTERVAL_MS};
+        let base = PROBE_DURATION_MS + PROBE_GIVE_UP_MS;
+        assert_eq!(gaps.len(), 2, "{starts:?}");
+        assert!(
+            (base + PROBE_INTERVAL_MS..base + PROBE_INTERVAL_MS + 30).contains(&gaps[0])
+                && (base + 2 * PROBE_INTERVAL_MS..base + 2 * PROBE_INTERVAL_MS + 30)
+                    .contains(&gaps[1]),
+            "2.5 s, then 5 s after the verdict: {gaps:?}"
+        );
+    }
+
+    #[test]
+    fn no_probes_without_rtx_or_transport_cc_or_a_capped_consumer() {
+        let probes = |s: &mut Sim| {
+            let mut got = Vec::new();
+            stream(s, 3_000, &mut got);
+            (
+                got.iter().filter(|(_, p)| is_probe(p)).count(),
+                s.w.counters.probes,
+            )
+        };
+        // Nothing capped: 1 Mbps covers f (320 kbps measured).
+        let mut s = Sim::new(false);
+        configure(&mut s, true, true);
+        assert_eq!(probes(&mut s), (0, 0));
+        assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 2);
+        // Capped, but no RTX to carry padding, or no transport-cc to measure it.
+        for (rtx, tcc) in [(false, true), (true, false)] {
+            let mut s = probing_sim(300_000);
+            configure(&mut s, rtx, tcc);
+            assert_eq!(probes(&mut s), (0, 0), "rtx {rtx} transport-cc {tcc}");
+            assert_eq!(s.w.consumer_layers(s.c).unwrap().1, 1, "capped on h");
+        }
+        // Capped by the test hook's override: that is no estimate to probe for.
+        let mut s = probing_sim(300_000);
+        configure(&mut s, true, true);
+        s.w.set_peer_bandwidth(s.b.id, 300_000).unwrap();
+        assert_eq!(probes(&mut s), (0, 0));
+        // A paused consumer is not capped.
+        let mut s = probing_sim(300_000);
+        configure(&mut s, true, true);
+        s.w.set_consumer_preferences(
+            s.c,
+            Preferences {
+                paused: true,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(probes(&mut s), (0, 0));
     }
 }

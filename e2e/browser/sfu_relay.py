@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from e2e.browser.harness import ChromiumPage
 from tests.integration.sfu.conftest import ClientPeer, Harness
@@ -21,6 +21,7 @@ from voxa.sfu.worker import RouterHandle, SfuWorker
 
 WAIT_S = 20.0
 ROUTER = "lobby"
+T = TypeVar("T")
 
 
 # --- the SFU and the signaling relay --------------------------------------------------------------
@@ -131,3 +132,17 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, why: Callable[
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {why()}")
         await asyncio.sleep(0.05)
+
+
+async def poll(
+    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, what: str
+) -> T:
+    """Run `probe` until `accept` takes its result; fail with the last result after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s; last: {result}")
+        await asyncio.sleep(0.1)

@@ -14,8 +14,7 @@ from per-peer state so that mids, payload types and extension ids stay as first 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +22,7 @@ import pytest
 
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import ChromiumPage
-from e2e.browser.sfu_relay import WAIT_S, PagePeer, Sfu, wait_for
+from e2e.browser.sfu_relay import WAIT_S, PagePeer, Sfu, poll, wait_for
 from tests.integration.sfu.conftest import ClientPeer
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.worker import SfuWorker
@@ -52,20 +51,6 @@ async def sfu(loopback_ice: list[tuple[str, int]]) -> AsyncIterator[Sfu]:
 
 
 # --- waiting and measuring ------------------------------------------------------------------------
-async def poll(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, what: str
-) -> T:
-    """Run `probe` until `accept` takes its result; fail with the last result after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if accept(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s; last: {result}")
-        await asyncio.sleep(0.1)
-
-
 def receiving_mids(state: dict[str, Any]) -> list[str]:
     """The page's m-sections the SFU sends audio on (recvonly from the page's point of view)."""
     return [

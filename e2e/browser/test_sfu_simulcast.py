@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from e2e import netns
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import ChromiumPage, ChromiumPeers
-from e2e.browser.sfu_relay import ROUTER, Sfu
+from e2e.browser.sfu_relay import ROUTER, Sfu, poll
 from e2e.netns import NetnsLink
 from voxa.sfu.control import create_app
 from voxa.sfu.settings import SfuSettings
@@ -36,20 +36,6 @@ LAYER_WIDTH = {"q": WIDTH // 4, "h": WIDTH // 2, "f": WIDTH}
 SECRET = "test"
 SWITCH_S = 30.0  # upper bound for a layer change, congestion detection included, on a busy machine
 LIMIT_KBIT = 450  # room for q (~150 kbit/s) and audio, not for h (~500 kbit/s)
-
-
-async def poll(
-    probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, what: str
-) -> T:
-    """Run `probe` until `accept` takes its result; fail with the last result after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await probe()
-        if accept(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s; last: {result}")
-        await asyncio.sleep(0.25)
 
 
 async def video_in(page: ChromiumPage) -> dict[str, Any]:

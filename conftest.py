@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aioice.ice
 import pytest
@@ -225,7 +225,7 @@ class RedisSentinelSet:
 
         def all_know_each_other() -> bool:
             for s in self.sentinels:
-                info = _redis_client(s.port).sentinel_master(SENTINEL_MASTER)
+                info: dict[str, Any] = _redis_client(s.port).sentinel_master(SENTINEL_MASTER)  # type: ignore[assignment]
                 if int(info["num-other-sentinels"]) < 2 or int(info["num-slaves"]) < 1:
                     return False
             return True
@@ -237,9 +237,14 @@ class RedisSentinelSet:
         seen: dict[int, int] = {}
         for s in self.sentinels:
             try:
-                _, port = _redis_client(s.port).sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+                found: tuple[str, int] | None = _redis_client(s.port).sentinel_get_master_addr_by_name(  # type: ignore[assignment]
+                    SENTINEL_MASTER
+                )
             except redis.RedisError:
                 continue
+            if not found:
+                continue
+            _, port = found
             seen[int(port)] = seen.get(int(port), 0) + 1
         best = max(seen.items(), key=lambda kv: kv[1], default=(0, 0))
         return best[0] if best[1] >= 2 else 0

@@ -54,7 +54,9 @@ async def operator_target(vs: VoiceServer, monkeypatch: pytest.MonkeyPatch) -> R
 
 
 def signaling_target(vs: VoiceServer) -> RedisTarget | None:
-    env = {k.removeprefix("VOXA_").lower(): v for k, v in resolved(vs).items() if k.startswith("VOXA_")}
+    env: dict[str, Any] = {
+        k.removeprefix("VOXA_").lower(): v for k, v in resolved(vs).items() if k.startswith("VOXA_")
+    }
     return SignalingSettings(**env).redis_target()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,17 +11,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import aioice.ice
 import pytest
+import redis
 from aioice.ice import StunProtocol
 from aioice.stun import Message
 
 from voxa.common.ports import free_port
+from voxa.signaling.store.target import RedisTarget
 
 # The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), the
 # real TURN servers, stunnerd and coturn (e2e/turn/), and `voxa_kind`, a kind cluster with real pods
@@ -64,18 +67,49 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return dropped
 
 
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `check` (exceptions count as not yet) until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} within {timeout_s} s (last error: {last!r})")
+
+
+def _redis_client(port: int) -> redis.Redis:
+    return redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True)
+
+
 @dataclass
 class RedisServer:
     port: int
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no goodbye to replicas or Sentinels."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
     def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        binary = REDIS_SERVER
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -91,6 +125,7 @@ class RedisServer:
                 str(self.workdir),
                 "--protected-mode",
                 "yes",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -103,7 +138,10 @@ class RedisServer:
                     if s.recv(16).startswith(b"+PONG"):
                         return
             except OSError:
-                time.sleep(0.05)
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
@@ -124,6 +162,213 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+SENTINEL_MASTER = "voxa"
+
+
+@dataclass
+class RedisSentinelSet:
+    """A primary, a replica and three Sentinels (quorum 2), real processes on loopback ports.
+
+    The Sentinels are `redis-server --sentinel` (Debian's redis-server package has no redis-sentinel
+    link); each writes its own config file, as Sentinel requires."""
+
+    workdir: Path
+    down_after_ms: int = 1000
+    servers: list[RedisServer] = field(default_factory=list)
+    sentinels: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def target(self) -> RedisTarget:
+        return RedisTarget(
+            sentinels=tuple(("127.0.0.1", s.port) for s in self.sentinels), sentinel_master=SENTINEL_MASTER
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What `voxa signaling` is given to use this set."""
+        return {
+            "VOXA_REDIS_SENTINELS": ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels),
+            "VOXA_REDIS_SENTINEL_MASTER": SENTINEL_MASTER,
+        }
+
+    def start(self) -> None:
+        primary = RedisServer(free_port(), self.workdir / "primary")
+        primary.start()
+        replica = RedisServer(
+            free_port(), self.workdir / "replica", extra_args=["--replicaof", "127.0.0.1", str(primary.port)]
+        )
+        replica.start()
+        self.servers = [primary, replica]
+        _eventually(
+            lambda: _redis_client(replica.port).info("replication")["master_link_status"] == "up",
+            15,
+            "the replica did not sync",
+        )
+        for i in range(3):
+            port = free_port()
+            conf = self.workdir / f"sentinel-{i}" / "sentinel.conf"
+            conf.parent.mkdir(parents=True, exist_ok=True)
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {conf.parent}\n"
+                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} 10000\n"
+                f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
+            )
+            sentinel = RedisServer(port, conf.parent, extra_args=[])
+            sentinel.proc = subprocess.Popen(
+                [REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            self.sentinels.append(sentinel)
+
+        def all_know_each_other() -> bool:
+            for s in self.sentinels:
+                info: dict[str, Any] = _redis_client(s.port).sentinel_master(SENTINEL_MASTER)  # type: ignore[assignment]
+                if int(info["num-other-sentinels"]) < 2 or int(info["num-slaves"]) < 1:
+                    return False
+            return True
+
+        _eventually(all_know_each_other, 30, "the Sentinels did not discover each other and the replica")
+
+    def primary_port(self) -> int:
+        """The primary's port as a majority of live Sentinels name it (0 when they disagree)."""
+        seen: dict[int, int] = {}
+        for s in self.sentinels:
+            try:
+                found: tuple[str, int] | None = _redis_client(s.port).sentinel_get_master_addr_by_name(  # type: ignore[assignment]
+                    SENTINEL_MASTER
+                )
+            except redis.RedisError:
+                continue
+            if not found:
+                continue
+            _, port = found
+            seen[int(port)] = seen.get(int(port), 0) + 1
+        best = max(seen.items(), key=lambda kv: kv[1], default=(0, 0))
+        return best[0] if best[1] >= 2 else 0
+
+    def server(self, port: int) -> RedisServer:
+        return next(s for s in self.servers if s.port == port)
+
+    def flush(self) -> None:
+        client = _redis_client(self.primary_port())
+        client.flushall()
+        client.script_flush()
+
+    def stop(self) -> None:
+        for s in [*self.sentinels, *self.servers]:
+            if s.proc is not None:
+                s.proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    s.proc.wait(10)
+                if s.proc.poll() is None:
+                    s.proc.kill()
+                s.proc = None
+
+
+@dataclass
+class RedisClusterSet:
+    """A Redis Cluster of three primaries (no replicas) on loopback, made by `redis-cli --cluster create`.
+    Every node's bus port is picked free too (`--cluster-port`), not left at port + 10000."""
+
+    workdir: Path
+    nodes: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}"
+
+    @property
+    def target(self) -> RedisTarget:
+        return RedisTarget(url=self.url, cluster=True)
+
+    def start(self) -> None:
+        for i in range(3):
+            port = free_port()
+            node = RedisServer(
+                port,
+                self.workdir / f"node-{i}",
+                extra_args=[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    str(free_port()),
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            )
+            node.start()
+            self.nodes.append(node)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
+        def ready() -> bool:
+            for n in self.nodes:
+                info = _redis_client(n.port).cluster("INFO")
+                if info["cluster_state"] != "ok" or int(info["cluster_known_nodes"]) < 3:
+                    return False
+            return True
+
+        _eventually(ready, 30, "the cluster did not become ok on every node")
+
+    def flush(self) -> None:
+        for n in self.nodes:
+            client = _redis_client(n.port)
+            client.flushall()
+            client.script_flush()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[RedisSentinelSet]:
+    """A fresh Sentinel set for a test that fails it over."""
+    group = RedisSentinelSet(tmp_path / "sentinel")
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_sentinel_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelSet]:
+    """One Sentinel set for a module's tests (flush it between them)."""
+    group = RedisSentinelSet(tmp_path_factory.mktemp("sentinel"))
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterSet]:
+    """One three-primary Redis Cluster for a module's tests (flush it between them)."""
+    cluster = RedisClusterSet(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @dataclass

@@ -249,10 +249,10 @@ async def voiceserver_deleted(body: Any, retry: int, **_: Any) -> None:
     assert Runtime.reconciler is not None
     started = time.monotonic()
     try:
-        url = await Runtime.reconciler.redis_url(vs)
-        if url is None:
+        target = await Runtime.reconciler.redis_target(vs)
+        if target is None:
             return
-        gone = await registry.purge(url, vs.server_id)
+        gone = await registry.purge(target, vs.server_id)
     except LookupError as exc:
         kopf.warn(
             body, reason="CleanupSkipped", message=f"Redis URL unavailable ({exc}); keys left to expire"

@@ -10,7 +10,7 @@ instead of being accepted and failing later in the operator.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.config import JsonDict
@@ -250,25 +250,69 @@ class AuthSpec(Model):
     audience: str | None = Field(default=None, max_length=512, description="Required `aud` claim, if set.")
 
 
+HOST_PORT = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$"
+
+
+class RedisSentinelSpec(Model):
+    """A Redis primary found through Sentinel: signaling and the operator ask the Sentinels where it is
+    and follow a failover to the replica they promote."""
+
+    hosts: list[Annotated[str, Field(pattern=HOST_PORT, max_length=260, description="A Sentinel.")]] = Field(
+        min_length=1,
+        max_length=16,
+        description="The Sentinels, as `host:port` (usually port 26379); list several.",
+    )
+    masterName: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.\-]+$",
+        description="The primary's name in Sentinel.",
+    )
+    passwordSecretRef: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the password of the primary and its replicas, if any."
+    )
+    sentinelPasswordSecretRef: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the Sentinels' own password, if any."
+    )
+
+
 class RedisSpec(Model):
-    """Where presence, calls and the SFU registry live: your Redis, or one the operator runs."""
+    """Where presence, calls and the SFU registry live: your Redis (one server, a Sentinel set or a
+    Redis Cluster), or a single-instance Redis the operator runs."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
-                    "self.managed != has(self.urlSecretRef)",
-                    "set either managed: true or urlSecretRef, not both",
-                )
+                    "(self.managed ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0)"
+                    " + (has(self.sentinel) ? 1 : 0) == 1",
+                    "set exactly one of managed: true, urlSecretRef or sentinel",
+                ),
+                cel(
+                    "!self.cluster || has(self.urlSecretRef)",
+                    "cluster: true describes the Redis of urlSecretRef",
+                    ".cluster",
+                ),
             ]
         }
     )
 
     managed: bool = Field(
-        default=False, description="Run a single-node Redis (StatefulSet) for this voice server."
+        default=False,
+        description="Run a single-node Redis (StatefulSet) for this voice server. It is never a Sentinel "
+        "set or a cluster: for those, run your own and name it here.",
     )
     urlSecretRef: SecretKeyRef | None = Field(
-        default=None, description="Secret key holding a redis:// or rediss:// URL of an external Redis."
+        default=None,
+        description="Secret key holding a redis:// or rediss:// URL of an external Redis (with "
+        "`cluster: true`, of any node of a Redis Cluster).",
+    )
+    cluster: bool = Field(
+        default=False,
+        description="The URL names a node of a Redis Cluster (7.0 or later); the other nodes are discovered.",
+    )
+    sentinel: RedisSentinelSpec | None = Field(
+        default=None, description="An external Redis primary found through Sentinel."
     )
     image: str = Field(default=DEFAULT_REDIS_IMAGE, min_length=1, description="Image of the managed Redis.")
     resources: Resources = Field(

@@ -25,7 +25,7 @@ from voxa.operator import status as status_mod
 from voxa.operator.events import info, warn
 from voxa.operator.kube import ApiError, KubeClient, object_path, path_for
 from voxa.operator.metrics import RECONCILES, SCALING_DECISIONS
-from voxa.operator.models import API_VERSION, VoiceServer
+from voxa.operator.models import API_VERSION, SecretKeyRef, VoiceServer
 from voxa.operator.render import Inputs, PushSecrets, TurnInputs, voiceserver_children
 from voxa.operator.render import calls as calls_render
 from voxa.operator.render import sfu as sfu_render
@@ -42,6 +42,7 @@ from voxa.operator.scaling import (
 )
 from voxa.operator.slots import Slots
 from voxa.operator.turn import GatewayView, rendered_turn, turn_inputs
+from voxa.signaling.store.target import RedisTarget, parse_hosts
 
 log = logging.getLogger("voxa.operator")
 
@@ -113,17 +114,35 @@ class Reconciler:
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
 
-    async def redis_url(self, vs: VoiceServer) -> str | None:
-        managed = redis_url(vs)
-        if managed:
-            return managed
-        ref = vs.spec.redis.urlSecretRef
-        if ref is None:
-            return None
+    async def _secret_value(self, vs: VoiceServer, ref: SecretKeyRef) -> str:
         data = await secret_values.read_secret(self.kube, vs.namespace, ref.name) or {}
         if ref.key not in data:
             raise LookupError(f"Secret {ref.name} has no key {ref.key!r}")
         return data[ref.key].strip()
+
+    async def redis_target(self, vs: VoiceServer) -> RedisTarget | None:
+        """The Redis signaling uses, as the operator reaches it too (registry loads, drain marks,
+        the purge of a deleted voice server): managed, a URL (one server or a cluster node), or a
+        Sentinel set."""
+        managed = redis_url(vs)
+        if managed:
+            return RedisTarget(url=managed)
+        spec = vs.spec.redis
+        if spec.sentinel is not None:
+            s = spec.sentinel
+            return RedisTarget(
+                sentinels=parse_hosts(s.hosts),
+                sentinel_master=s.masterName,
+                password=await self._secret_value(vs, s.passwordSecretRef) if s.passwordSecretRef else None,
+                sentinel_password=(
+                    await self._secret_value(vs, s.sentinelPasswordSecretRef)
+                    if s.sentinelPasswordSecretRef
+                    else None
+                ),
+            )
+        if spec.urlSecretRef is None:
+            return None
+        return RedisTarget(url=await self._secret_value(vs, spec.urlSecretRef), cluster=spec.cluster)
 
     async def push_secrets(self, vs: VoiceServer) -> tuple[PushSecrets | None, str | None]:
         """The revision of the Secrets holding push keys, or (None, what is wrong with them). Read on
@@ -166,8 +185,8 @@ class Reconciler:
         """One scaling step; returns the decision, participants and a registry error, if any."""
         drain = status_mod.drain_state(vs.status)
         try:
-            url = await self.redis_url(vs)
-            loads = await registry.loads(url, vs.server_id) if url else {}
+            target = await self.redis_target(vs)
+            loads = await registry.loads(target, vs.server_id) if target else {}
             error = None
         except Exception as exc:
             loads, error = {}, f"{type(exc).__name__}: {exc}"[:200]
@@ -184,10 +203,10 @@ class Reconciler:
         sfu_pods = [SfuPod(name=p.name, ready=p.ready, deleting=p.deleting) for p in pods]
         decision = decide(vs.spec.sfu, replicas, sfu_pods, loads, drain, time.time(), state.low_since)
         state.low_since = decision.low_since
-        if decision.mark and url:
-            await registry.mark_draining(url, vs.server_id, decision.mark, True)
-        if decision.unmark and url:
-            await registry.mark_draining(url, vs.server_id, decision.unmark, False)
+        if decision.mark and target:
+            await registry.mark_draining(target, vs.server_id, decision.mark, True)
+        if decision.unmark and target:
+            await registry.mark_draining(target, vs.server_id, decision.unmark, False)
         if decision.remove:
             # The ReplicaSet removes the pod with the lowest deletion cost: this one, not a busy one.
             path = path_for("v1", "Pod", vs.namespace, decision.remove)

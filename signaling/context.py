@@ -28,7 +28,9 @@ class SignalingContext:
     def __init__(self, settings: SignalingSettings, store: Store | None = None) -> None:
         self.settings = settings
         self.metrics = SignalingMetrics()
-        self.store = store or create_store(settings.redis_url, settings.replica_id, settings.replica_ttl_s)
+        self.store = store or create_store(
+            settings.redis_target(), settings.replica_id, settings.replica_ttl_s
+        )
         self.hub = Hub(self.store, self.metrics)
         self.registry = MediaRegistry(self.store, settings.media_server_ttl_s)
         self.media = MediaGateway(self.registry, settings.sfu_secret)

@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from voxa.common.turn import IceConfig, ice_config
 from voxa.signaling.calls import Policy as CallPolicy
+from voxa.signaling.store.target import RedisTarget, parse_hosts
 
 CommaList = Annotated[list[str], NoDecode]
 
@@ -45,7 +46,29 @@ class SignalingSettings(BaseSettings):
     )
 
     redis_url: str | None = Field(
-        default=None, description="Redis URL for shared state; unset keeps state in process memory."
+        default=None,
+        description="Redis URL for shared state (`redis://`, `rediss://`); unset keeps state in process "
+        "memory, unless Sentinels are set. With `VOXA_REDIS_CLUSTER`, any node of the cluster.",
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="`VOXA_REDIS_URL` names a node of a Redis Cluster (7.0 or later): the others are "
+        "discovered, each voice server's keys share one slot, broadcasts use sharded pub/sub.",
+    )
+    redis_sentinels: CommaList = Field(
+        default_factory=list,
+        description="Comma list of Sentinel `host:port`s; signaling uses the primary they name and "
+        "follows a failover (instead of `VOXA_REDIS_URL`).",
+    )
+    redis_sentinel_master: str | None = Field(
+        default=None,
+        description="The name of the primary the Sentinels monitor (with `VOXA_REDIS_SENTINELS`).",
+    )
+    redis_password: str | None = Field(
+        default=None, description="Password of the Redis primary and replicas Sentinel names, if any."
+    )
+    redis_sentinel_password: str | None = Field(
+        default=None, description="Password of the Sentinels themselves, if any."
     )
     replica_id: str = Field(default_factory=_default_replica_id, description="This replica's unique id.")
     replica_ttl_s: float = Field(
@@ -136,7 +159,39 @@ class SignalingSettings(BaseSettings):
             call_waiting=self.call_waiting,
         )
 
-    @field_validator("allowed_origins", "turn_uris", mode="before")
+    def redis_target(self) -> RedisTarget | None:
+        """Where shared state lives; None keeps it in process memory."""
+        if self.redis_sentinels:
+            return RedisTarget(
+                sentinels=parse_hosts(self.redis_sentinels),
+                sentinel_master=self.redis_sentinel_master,
+                password=self.redis_password,
+                sentinel_password=self.redis_sentinel_password,
+            )
+        if self.redis_url:
+            return RedisTarget(url=self.redis_url, cluster=self.redis_cluster)
+        return None
+
+    @model_validator(mode="after")
+    def _check_redis(self) -> SignalingSettings:
+        if self.redis_sentinels:
+            if self.redis_url or self.redis_cluster:
+                raise ValueError(
+                    "set VOXA_REDIS_SENTINELS or VOXA_REDIS_URL (and VOXA_REDIS_CLUSTER), not both"
+                )
+            if not self.redis_sentinel_master:
+                raise ValueError("VOXA_REDIS_SENTINELS needs VOXA_REDIS_SENTINEL_MASTER")
+            parse_hosts(self.redis_sentinels)
+        elif self.redis_cluster and not self.redis_url:
+            raise ValueError("VOXA_REDIS_CLUSTER needs VOXA_REDIS_URL (any node of the cluster)")
+        elif self.redis_password or self.redis_sentinel_password or self.redis_sentinel_master:
+            raise ValueError(
+                "VOXA_REDIS_PASSWORD, VOXA_REDIS_SENTINEL_PASSWORD and VOXA_REDIS_SENTINEL_MASTER go with "
+                "VOXA_REDIS_SENTINELS (a URL carries its own password)"
+            )
+        return self
+
+    @field_validator("allowed_origins", "turn_uris", "redis_sentinels", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -102,6 +102,12 @@ def config_data(vs: VoiceServer, turn: TurnInputs | None = None) -> dict[str, st
     url = redis_url(vs)
     if url:
         data["VOXA_REDIS_URL"] = url
+    redis = vs.spec.redis
+    if redis.cluster:
+        data["VOXA_REDIS_CLUSTER"] = "true"
+    if redis.sentinel is not None:
+        data["VOXA_REDIS_SENTINELS"] = ",".join(redis.sentinel.hosts)
+        data["VOXA_REDIS_SENTINEL_MASTER"] = redis.sentinel.masterName
     if turn is not None:
         data["VOXA_TURN_URIS"] = ",".join(turn.uris)
         data["VOXA_TURN_TTL_S"] = str(turn.ttl_s)
@@ -140,6 +146,13 @@ def deployment(vs: VoiceServer, turn: TurnInputs | None = None, push: PushSecret
     if vs.spec.redis.urlSecretRef:
         ref = vs.spec.redis.urlSecretRef
         env.append(secret_env("VOXA_REDIS_URL", ref.name, ref.key))
+    sentinel = vs.spec.redis.sentinel
+    if sentinel is not None and sentinel.passwordSecretRef:
+        ref = sentinel.passwordSecretRef
+        env.append(secret_env("VOXA_REDIS_PASSWORD", ref.name, ref.key))
+    if sentinel is not None and sentinel.sentinelPasswordSecretRef:
+        ref = sentinel.sentinelPasswordSecretRef
+        env.append(secret_env("VOXA_REDIS_SENTINEL_PASSWORD", ref.name, ref.key))
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108 - emptyDir
     key_ref = auth.publicKeyRef or auth.jwksRef

@@ -11,6 +11,7 @@ from voxa.signaling.store.base import (
     StoredCall,
     StoreUnavailable,
 )
+from voxa.signaling.store.target import RedisTarget
 
 __all__ = [
     "CallCommit",
@@ -19,6 +20,7 @@ __all__ = [
     "MediaServer",
     "MetaFrame",
     "PresenceEntry",
+    "RedisTarget",
     "Store",
     "StoreUnavailable",
     "StoredCall",
@@ -26,11 +28,12 @@ __all__ = [
 ]
 
 
-def create_store(redis_url: str | None, replica_id: str, replica_ttl_s: float) -> Store:
-    if redis_url:
+def create_store(redis: str | RedisTarget | None, replica_id: str, replica_ttl_s: float) -> Store:
+    """A Redis store when `redis` names one (a URL, or a target: Sentinel, Cluster), else memory."""
+    if redis:
         from voxa.signaling.store.redis import RedisStore
 
-        return RedisStore(redis_url, replica_id, replica_ttl_s)
+        return RedisStore(redis, replica_id, replica_ttl_s)
     from voxa.signaling.store.memory import MemoryStore
 
     return MemoryStore(replica_id, replica_ttl_s)

@@ -21,6 +21,28 @@ RemoteHandler = Callable[[str, str], None]
 """Called with (topic, payload) for each message another replica published on a subscribed topic."""
 
 
+def topic_server(topic: str) -> str:
+    """The voice server a topic belongs to: its second ``:`` field (``voice:<server>:<channel>``,
+    ``user:<server>:<user>``); a topic without one is its own. A store that shards (Redis Cluster) keeps
+    a topic's presence and broadcasts with the rest of that server's state."""
+    _, sep, rest = topic.partition(":")
+    server, sep2, _rest = rest.partition(":")
+    return server if sep and sep2 and server else topic
+
+
+def index_server(index: str) -> str:
+    """The voice server of a channel index: the index itself (voice channels), or what follows its
+    last ``:`` (``users:<server>``, the devices' index)."""
+    return index.rpartition(":")[2]
+
+
+def check_topic(topic: str, index: str) -> None:
+    """A topic and the index it is listed in belong to one voice server (every store enforces it, so
+    a caller that would break Redis Cluster's one-slot scripts fails with the memory store too)."""
+    if topic_server(topic) != index_server(index):
+        raise ValueError(f"topic {topic!r} is not of the voice server of index {index!r}")
+
+
 class StoreUnavailable(Exception):
     """The backend cannot be reached; callers answer `unavailable` and lose nothing already stored."""
 

@@ -22,6 +22,7 @@ from voxa.signaling.store.base import (
     PresenceEntry,
     Store,
     StoredCall,
+    check_topic,
 )
 
 
@@ -72,6 +73,7 @@ class MemoryStore(Store):
                 store.on_remote(topic, payload)
 
     def _index(self, topic: str, index: str) -> None:
+        check_topic(topic, index)
         if self.backend.presence.get(topic):
             self.backend.indexes.setdefault(index, set()).add(topic)
         else:
@@ -210,6 +212,7 @@ class MemoryStore(Store):
         self.backend.assignments.pop((server_id, channel_id), None)
 
     async def assignment_release_if_idle(self, server_id: str, channel_id: str, topic: str) -> bool:
+        check_topic(topic, server_id)
         if self.backend.presence.get(topic):
             return False
         self.backend.assignments.pop((server_id, channel_id), None)

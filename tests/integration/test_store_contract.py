@@ -1,7 +1,12 @@
-"""One contract, two backends: the in-memory store and Redis (a real redis-server) behave the same.
+"""One contract, every backend: the in-memory store and Redis behave the same, and Redis the same in
+each deployment: one redis-server, a primary with a replica and three Sentinels, and a Redis Cluster of
+three primaries (real processes on loopback; the Sentinel set and the cluster are started once per
+module and flushed between tests).
 
 Each test gets a factory of replica stores sharing one backend, so multi-replica behaviour (pub/sub,
-liveness, sweeping a dead replica's presence) is part of the contract.
+liveness, sweeping a dead replica's presence) is part of the contract. Topics name their voice server
+as signaling's do (`voice:<server>:<channel>`), which a cluster needs: a topic's keys share the slot of
+its server's.
 """
 
 from __future__ import annotations
@@ -12,8 +17,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 import pytest
 
-from conftest import RedisServer
-from voxa.signaling.store import CallCommit, MediaLoad, MediaServer, MetaFrame, PresenceEntry, Store
+from conftest import RedisClusterSet, RedisSentinelSet
+from voxa.signaling.store import (
+    CallCommit,
+    MediaLoad,
+    MediaServer,
+    MetaFrame,
+    PresenceEntry,
+    RedisTarget,
+    Store,
+)
 from voxa.signaling.store.base import MISSED_CALLS_KEPT
 from voxa.signaling.store.memory import MemoryBackend, MemoryStore
 from voxa.signaling.store.redis import RedisStore
@@ -22,18 +35,28 @@ StoreFactory = Callable[[str], Awaitable[Store]]
 TTL = 0.6
 
 
-@pytest.fixture(params=["memory", "redis"])
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget | None:
+    if request.param == "redis":
+        return RedisTarget(url=request.getfixturevalue("redis_server").url)
+    if request.param in ("sentinel", "cluster"):
+        shared: RedisSentinelSet | RedisClusterSet = request.getfixturevalue(
+            "redis_sentinel_shared" if request.param == "sentinel" else "redis_cluster"
+        )
+        shared.flush()
+        return shared.target
+    return None
+
+
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFactory]:
     created: list[Store] = []
     backend = MemoryBackend()
-    redis: RedisServer | None = request.getfixturevalue("redis_server") if request.param == "redis" else None
+    target = redis_target(request)
 
     async def factory(replica: str) -> Store:
-        store: Store
-        if redis is not None:
-            store = RedisStore(redis.url, replica, TTL)
-        else:
-            store = MemoryStore(replica, TTL, backend)
+        store: Store = (
+            RedisStore(target, replica, TTL) if target is not None else MemoryStore(replica, TTL, backend)
+        )
         await store.start()
         await store.replica_heartbeat()
         created.append(store)
@@ -81,33 +104,35 @@ async def test_join_returns_all_entries_and_indexes_topic(make_store: StoreFacto
 
 async def test_capacity(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    assert await join(a, "t", entry("u1", "1"), 2, "f") is not None
-    assert await join(a, "t", entry("u2", "2"), 2, "f") is not None
-    assert await join(a, "t", entry("u3", "3"), 2, "f") is None
-    assert keys(await a.presence_list("t")) == [("u1", "1"), ("u2", "2")]
+    assert await join(a, "voice:g:t", entry("u1", "1"), 2, "f") is not None
+    assert await join(a, "voice:g:t", entry("u2", "2"), 2, "f") is not None
+    assert await join(a, "voice:g:t", entry("u3", "3"), 2, "f") is None
+    assert keys(await a.presence_list("voice:g:t")) == [("u1", "1"), ("u2", "2")]
 
 
 async def test_leave_and_index_cleanup(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    await join(a, "t", entry("u1", "1"), 10, "f")
-    await a.presence_leave("t", "g", "1", "bye")
-    assert await a.presence_list("t") == []
+    await join(a, "voice:g:t", entry("u1", "1"), 10, "f")
+    await a.presence_leave("voice:g:t", "g", "1", "bye")
+    assert await a.presence_list("voice:g:t") == []
     assert await a.channels("g") == []
 
 
 async def test_update_replaces_entry(make_store: StoreFactory) -> None:
     a = await make_store("a")
-    await join(a, "t", entry("u1", "1", muted=False), 10, "f")
-    await a.presence_update("t", "1", entry("u1", "2", muted=True), "f")
-    assert [(e.key, e.meta) for e in await a.presence_list("t")] == [("u1", {"phx_ref": "2", "muted": True})]
+    await join(a, "voice:g:t", entry("u1", "1", muted=False), 10, "f")
+    await a.presence_update("voice:g:t", "1", entry("u1", "2", muted=True), "f")
+    assert [(e.key, e.meta) for e in await a.presence_list("voice:g:t")] == [
+        ("u1", {"phx_ref": "2", "muted": True})
+    ]
 
 
 async def test_replicas_only_remove_their_own_entries(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await join(a, "t", entry("u1", "same"), 10, "f")
-    await join(b, "t", entry("u2", "same"), 10, "f")
-    await a.presence_leave("t", "g", "same", None)
-    assert keys(await b.presence_list("t")) == [("u2", "same")]
+    await join(a, "voice:g:t", entry("u1", "same"), 10, "f")
+    await join(b, "voice:g:t", entry("u2", "same"), 10, "f")
+    await a.presence_leave("voice:g:t", "g", "same", None)
+    assert keys(await b.presence_list("voice:g:t")) == [("u2", "same")]
 
 
 async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> None:
@@ -116,96 +141,144 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
     got_b: list[tuple[str, str]] = []
     a.on_remote = lambda t, p: got_a.append((t, p))
     b.on_remote = lambda t, p: got_b.append((t, p))
-    await a.subscribe("t")
-    await b.subscribe("t")
-    await join(a, "t", entry("u1", "1"), 10, "join-frame")
-    await a.publish("t", "plain")
-    await a.presence_update("t", "1", entry("u1", "2"), "update-frame")
-    await a.presence_leave("t", "g", "2", "leave-frame")
+    await a.subscribe("voice:g:t")
+    await b.subscribe("voice:g:t")
+    await join(a, "voice:g:t", entry("u1", "1"), 10, "join-frame")
+    await a.publish("voice:g:t", "plain")
+    await a.presence_update("voice:g:t", "1", entry("u1", "2"), "update-frame")
+    await a.presence_leave("voice:g:t", "g", "2", "leave-frame")
 
     async def all_arrived() -> bool:
         return len(got_b) == 4
 
     await eventually(all_arrived)
     assert got_b == [
-        ("t", """['join-frame',{"phx_ref":"1"}]"""),
-        ("t", "plain"),
-        ("t", "update-frame"),
-        ("t", "leave-frame"),
+        ("voice:g:t", """['join-frame',{"phx_ref":"1"}]"""),
+        ("voice:g:t", "plain"),
+        ("voice:g:t", "update-frame"),
+        ("voice:g:t", "leave-frame"),
     ]
     assert got_a == []
-    await b.unsubscribe("t")
-    await a.publish("t", "after")
-    await a.subscribe("t2")
-    await b.subscribe("t2")
-    await a.publish("t2", "marker")  # once the marker arrives, "after" would have arrived too
+    await b.unsubscribe("voice:g:t")
+    await a.publish("voice:g:t", "after")
+    await a.subscribe("voice:g:t2")
+    await b.subscribe("voice:g:t2")
+    await a.publish("voice:g:t2", "marker")  # once the marker arrives, "after" would have arrived too
 
     async def marker() -> bool:
-        return ("t2", "marker") in got_b
+        return ("voice:g:t2", "marker") in got_b
 
     await eventually(marker)
-    assert ("t", "after") not in got_b
+    assert ("voice:g:t", "after") not in got_b
 
 
 async def test_publish_many_keeps_order_and_skips_topics_nobody_else_hears(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
     got_b: list[tuple[str, str]] = []
     b.on_remote = lambda t, p: got_b.append((t, p))
-    await a.subscribe("only-a")
-    await b.subscribe("x")
-    await b.subscribe("y")
-    await a.publish_many([("x", "1"), ("only-a", "lost"), ("y", "2"), ("x", "3")])
-    await a.publish_many([("y", "4")])
+    await a.subscribe("voice:g:only-a")
+    await b.subscribe("voice:g:x")
+    await b.subscribe("voice:g:y")
+    await a.publish_many(
+        [("voice:g:x", "1"), ("voice:g:only-a", "lost"), ("voice:g:y", "2"), ("voice:g:x", "3")]
+    )
+    await a.publish_many([("voice:g:y", "4")])
     if isinstance(a, RedisStore):  # a Redis that restarted has forgotten the scripts
         await a._redis.script_flush()
-    await a.publish_many([("x", "5"), ("y", "6")])
+    await a.publish_many([("voice:g:x", "5"), ("voice:g:y", "6")])
 
     async def arrived() -> bool:
         return len(got_b) == 6
 
     await eventually(arrived)
-    assert got_b == [("x", "1"), ("y", "2"), ("x", "3"), ("y", "4"), ("x", "5"), ("y", "6")]
+    assert got_b == [
+        ("voice:g:x", "1"),
+        ("voice:g:y", "2"),
+        ("voice:g:x", "3"),
+        ("voice:g:y", "4"),
+        ("voice:g:x", "5"),
+        ("voice:g:y", "6"),
+    ]
+
+
+async def test_broadcasts_of_many_voice_servers_arrive_and_survive_quick_resubscribes(
+    make_store: StoreFactory,
+) -> None:
+    """On a cluster the servers' channels spread over the primaries (one reader each); a topic left
+    and joined again at once stays subscribed."""
+    a, b = await make_store("a"), await make_store("b")
+    got_b: list[tuple[str, str]] = []
+    b.on_remote = lambda t, p: got_b.append((t, p))
+    topics = [f"user:s{i}:bob" for i in range(12)]
+    for topic in topics:
+        await b.subscribe(topic)
+    for _ in range(3):
+        await b.unsubscribe(topics[0])
+        await b.subscribe(topics[0])
+    for topic in topics:
+        await a.publish(topic, "hi")
+
+    async def arrived() -> bool:
+        return sorted(got_b) == sorted((t, "hi") for t in topics)
+
+    await eventually(arrived)
+    await a.publish(topics[0], "again")
+
+    async def again() -> bool:
+        return (topics[0], "again") in got_b
+
+    await eventually(again)
+
+
+async def test_topics_and_indexes_of_different_servers_are_refused(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    with pytest.raises(ValueError, match="voice server"):
+        await a.presence_join("voice:g:c", "h", entry("alice", "1"), 10, frame("f"))
+    with pytest.raises(ValueError, match="voice server"):
+        await a.assignment_release_if_idle("h", "c", "voice:g:c")
+    await a.presence_join("user:g:alice", "users:g", entry("phone", "2"), 10, frame("f"))
+    assert await a.channels("users:g") == ["user:g:alice"]
 
 
 async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await join(a, "t", entry("alive", "1"), 10, "f")
-    await join(b, "t", entry("doomed", "2"), 10, "f")
+    await join(a, "voice:g:t", entry("alive", "1"), 10, "f")
+    await join(b, "voice:g:t", entry("doomed", "2"), 10, "f")
 
     async def b_expired() -> bool:
         await a.replica_heartbeat()  # a stays alive; b stops heartbeating
-        return keys(await a.presence_list("t")) == [("alive", "1")]
+        return keys(await a.presence_list("voice:g:t")) == [("alive", "1")]
 
     await eventually(b_expired)
-    removed = await a.presence_sweep("t", "g")
+    removed = await a.presence_sweep("voice:g:t", "g")
     assert keys(removed) == [("doomed", "2")]
-    assert await a.presence_sweep("t", "g") == []
+    assert await a.presence_sweep("voice:g:t", "g") == []
 
 
 async def test_capacity_counts_only_live_replicas(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await join(b, "t", entry("ghost", "1"), 1, "f")
+    await join(b, "voice:g:t", entry("ghost", "1"), 1, "f")
     await b.replica_remove()
-    assert keys(await join(a, "t", entry("new", "2"), 1, "f") or []) == [("new", "2")]
+    assert keys(await join(a, "voice:g:t", entry("new", "2"), 1, "f") or []) == [("new", "2")]
 
 
 async def test_resync_replaces_this_replicas_entries(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
-    await join(a, "t", entry("stale", "1"), 10, "f")
-    await join(b, "t", entry("other", "2"), 10, "f")
-    await a.presence_resync("t", "g", [entry("fresh", "3")])
-    assert keys(await a.presence_list("t")) == [("fresh", "3"), ("other", "2")]
-    await a.presence_resync("t2", "g", [entry("x", "4")])
-    assert await a.channels("g") == ["t", "t2"]
-    await a.presence_resync("t2", "g", [])
-    assert await a.channels("g") == ["t"]
+    await join(a, "voice:g:t", entry("stale", "1"), 10, "f")
+    await join(b, "voice:g:t", entry("other", "2"), 10, "f")
+    await a.presence_resync("voice:g:t", "g", [entry("fresh", "3")])
+    assert keys(await a.presence_list("voice:g:t")) == [("fresh", "3"), ("other", "2")]
+    await a.presence_resync("voice:g:t2", "g", [entry("x", "4")])
+    assert await a.channels("g") == ["voice:g:t", "voice:g:t2"]
+    await a.presence_resync("voice:g:t2", "g", [])
+    assert await a.channels("g") == ["voice:g:t"]
 
 
 async def test_join_merges_member_flags_into_meta_and_frame(make_store: StoreFactory) -> None:
     a, b = await make_store("a"), await make_store("b")
     got_b: list[str] = []
     b.on_remote = lambda t, p: got_b.append(p)
-    await b.subscribe("t")
+    await b.subscribe("voice:g:t")
     await a.member_set("g", "bob", {"server_muted": True, "server_deafened": False})
     meta = {
         "phx_ref": "1",
@@ -214,14 +287,16 @@ async def test_join_merges_member_flags_into_meta_and_frame(make_store: StoreFac
         "server_deafened": True,
         "n": 1795255085123,
     }
-    result = await a.presence_join("t", "g", PresenceEntry("bob", meta), 10, frame("j"), member=("g", "bob"))
+    result = await a.presence_join(
+        "voice:g:t", "g", PresenceEntry("bob", meta), 10, frame("j"), member=("g", "bob")
+    )
     assert result is not None
     expected = {**meta, "server_muted": True, "server_deafened": False}
     assert result.entry == PresenceEntry("bob", expected)
     assert result.entries == [PresenceEntry("bob", expected)]
     assert result.frame.startswith("['j',") and orjson.loads(result.frame[5:-1]) == expected
     plain = await a.presence_join(
-        "t", "g", entry("carol", "2", server_muted=False), 10, frame("k"), member=("g", "carol")
+        "voice:g:t", "g", entry("carol", "2", server_muted=False), 10, frame("k"), member=("g", "carol")
     )
     assert plain is not None and plain.entry.meta == {"phx_ref": "2", "server_muted": False}
 

@@ -78,7 +78,11 @@ def test_invalid_specs_are_refused_by_the_api_server_with_readable_messages(
         ),
         (
             voiceserver("c", redis={"managed": True, "urlSecretRef": {"name": "r", "key": "u"}}),
-            "set either managed: true or urlSecretRef, not both",
+            "set exactly one of managed: true, urlSecretRef or sentinel",
+        ),
+        (
+            voiceserver("c2", redis={"sentinel": {"hosts": ["s:26379"], "masterName": "m"}, "cluster": True}),
+            "cluster: true describes the Redis of urlSecretRef",
         ),
         (voiceserver("d", auth={}), "set exactly one of jwtSecretRef, publicKeyRef or jwksRef"),
         (voiceserver("e", signaling={"service": {"type": "ExternalName"}}), 'supported values: "ClusterIP"'),

@@ -105,7 +105,8 @@ def test_cel_rules_are_present() -> None:
     for message in (
         "minReplicas must be <= maxReplicas",
         "set exactly one of jwtSecretRef, publicKeyRef or jwksRef",
-        "set either managed: true or urlSecretRef, not both",
+        "set exactly one of managed: true, urlSecretRef or sentinel",
+        "cluster: true describes the Redis of urlSecretRef",
         "serverId is immutable",
     ):
         assert message in text

@@ -3,7 +3,8 @@
 Every connection is counted against its client address: at most `max_connections_per_address` open
 at once, and new ones at `connections_per_address_per_s` with a burst of
 `connection_burst_per_address` (a token bucket per address). A connection over either limit gets a
-fixed `429 Too Many Requests` with `Connection: close` and is closed; nothing of it reaches aiohttp,
+fixed `429 Too Many Requests` with `Connection: close` and is closed (after the client closed its
+side, or within a second); nothing of it reaches aiohttp,
 so a flood of upgrades from one address costs no token verification. Addresses in
 `address_limit_exempt` (CIDRs) are not limited: behind a load balancer or ingress that does not
 keep the client's address, every client shares the proxy's address and the proxy must do the
@@ -21,14 +22,18 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
+_REFUSAL_BODY = b"too many connections from this address; wait\n"
 REFUSAL = (
     b"HTTP/1.1 429 Too Many Requests\r\nConnection: close\r\nRetry-After: 1\r\n"
-    b"Content-Type: text/plain\r\nContent-Length: 45\r\n\r\ntoo many connections from this address; wait\n"
+    b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
 )
 _PRUNE_AT = 4096
+REFUSAL_LINGER_S = 1.0
+REFUSED_LINGERING = 1024
 
 
 @dataclass(slots=True)
@@ -55,6 +60,7 @@ class AddressLimits:
         self.exempt = [ipaddress.ip_network(cidr, strict=False) for cidr in exempt]
         self.clock = clock
         self._entries: dict[str, _Entry] = {}
+        self.lingering = 0  # refused connections waiting for their client to close
 
     @property
     def enabled(self) -> bool:
@@ -116,7 +122,7 @@ class _Admission(asyncio.Protocol):
     """Stands between the transport and aiohttp's RequestHandler: admits or refuses at connect,
     then forwards every event unchanged."""
 
-    __slots__ = ("_address", "_factory", "_inner", "_limits", "_on_refused")
+    __slots__ = ("_address", "_factory", "_inner", "_limits", "_linger", "_on_refused")
 
     def __init__(
         self,
@@ -128,6 +134,7 @@ class _Admission(asyncio.Protocol):
         self._limits = limits
         self._on_refused = on_refused
         self._inner: asyncio.Protocol | None = None
+        self._linger: asyncio.TimerHandle | None = None
         self._address = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,25 +143,44 @@ class _Admission(asyncio.Protocol):
         reason = self._limits.admit(self._address)
         if reason is not None:
             self._on_refused(reason)
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(REFUSAL)
-            transport.close()
+            self._refuse(transport)
             return
         self._inner = self._factory()
         self._inner.connection_made(transport)
+
+    def _refuse(self, transport: asyncio.BaseTransport) -> None:
+        """Answer 429 and half-close, then read and drop what the client sent until it closes (at most
+        REFUSAL_LINGER_S): closing with its request unread would reset the connection before the
+        client read the answer. Past REFUSED_LINGERING such connections at once, close at once."""
+        # uvloop's transports are not asyncio.Transport subclasses; they have the same methods.
+        transport = cast(asyncio.Transport, transport)
+        transport.write(REFUSAL)
+        limits = self._limits
+        if limits.lingering >= REFUSED_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        limits.lingering += 1
+        self._linger = asyncio.get_running_loop().call_later(REFUSAL_LINGER_S, transport.abort)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is None:
+            return False  # a refused client closed its side: close ours
+        return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._inner is not None:
             self._limits.release(self._address)
             self._inner.connection_lost(exc)
             self._inner = None
+        elif self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+            self._limits.lingering -= 1
 
     def pause_writing(self) -> None:
         if self._inner is not None:

@@ -138,7 +138,8 @@ async def test_an_upgrade_flood_from_one_address_is_rate_limited_and_others_join
     assert set(statuses) <= {403, 429}, statuses
     assert statuses[403] <= 50 + 20 * elapsed + 5, (statuses, elapsed)
     assert statuses[429] >= attempts - (50 + 20 * elapsed + 5), (statuses, elapsed)
-    assert refused_metric(signaling).get("rate", 0) == statuses[429]
+    refused = refused_metric(signaling)
+    assert refused.get("rate", 0) > 0 and sum(refused.values()) == statuses[429], (refused, statuses)
 
 
 async def test_open_sockets_per_address_are_capped_and_silent_ones_are_closed(

@@ -23,7 +23,7 @@ if ! "$PY" -c 'import atheris' 2>/dev/null; then
   echo "pyfuzz: atheris is missing: run .ci/setup-test.sh (make setup-test)" >&2
   exit 1
 fi
-if (($#)); then targets=("$@"); else mapfile -t targets < <("$PY" -m tests.fuzz.pyfuzz --list); fi
+if (($#)); then targets=("$@"); else mapfile -t targets < <("$PY" -m tests.fuzz.pyfuzz --list 2>/dev/null); fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 start=$SECONDS

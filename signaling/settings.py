@@ -81,7 +81,8 @@ class SignalingSettings(BaseSettings):
         default=10.0,
         gt=0,
         description="A connection must complete its request headers (the WebSocket upgrade, or any HTTP "
-        "request) within this long of connecting or of its previous response, else it is closed.",
+        "request) within this long of connecting or of its previous response, else it is closed. It "
+        "must exceed the SFUs' heartbeat interval, VOXA_MEDIA_SERVER_TTL_S / 3.",
     )
     max_connections_per_address: int = Field(
         default=256,
@@ -192,6 +193,17 @@ class SignalingSettings(BaseSettings):
     def _check_auth(self) -> SignalingSettings:
         if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
             raise ValueError("set VOXA_JWT_SECRET, VOXA_JWT_PUBLIC_KEY_FILE or VOXA_JWT_JWKS_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_handshake_timeout(self) -> SignalingSettings:
+        # The same timer closes idle keep-alive connections: an SFU's registry heartbeat on a
+        # connection the server is closing at that moment would fail.
+        if self.handshake_timeout_s <= self.media_server_ttl_s / 3:
+            raise ValueError(
+                "VOXA_HANDSHAKE_TIMEOUT_S must exceed the SFUs' heartbeat interval, "
+                "VOXA_MEDIA_SERVER_TTL_S / 3"
+            )
         return self
 
     @model_validator(mode="after")

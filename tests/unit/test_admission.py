@@ -83,3 +83,10 @@ def test_settings_parse_and_check_the_exempt_list() -> None:
     assert exempt("") == []
     with pytest.raises(ValueError, match="not an address or CIDR"):
         exempt("10.0.0.0/33")
+
+
+def test_the_handshake_timeout_must_exceed_the_sfu_heartbeat_interval() -> None:
+    base = {"jwt_secret": "x" * 32}
+    SignalingSettings.model_validate({**base, "media_server_ttl_s": 27, "handshake_timeout_s": 10})
+    with pytest.raises(ValueError, match="heartbeat interval"):
+        SignalingSettings.model_validate({**base, "media_server_ttl_s": 30, "handshake_timeout_s": 10})

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PKGS := -p voxa.common -p voxa.signaling -p voxa.sfu -p voxa.operator -p voxa.client
 
-.PHONY: setup setup-test demo test test-quick lint typecheck rust rust-quick fuzz pytest bench clean crds
+.PHONY: setup setup-test demo test test-quick lint typecheck rust rust-quick fuzz pyfuzz pytest bench clean crds
 
 # What `make demo` needs (the venv and the runtime dependencies); setup-test adds the rest.
 setup:
@@ -38,11 +38,17 @@ rust-quick: setup-test
 fuzz: setup-test
 	@bash .ci/fuzz.sh
 
+# A bounded coverage-guided run (atheris) of every Python parser that reads network input (SDP and
+# negotiation, the Phoenix codec, RTP, RTCP: tests/fuzz/targets.py), PYFUZZ_SECONDS each (default 15);
+# the long run is PYFUZZ_RUNS=10000000 (.ci/pyfuzz.sh).
+pyfuzz: setup-test
+	@bash .ci/pyfuzz.sh
+
 pytest: setup-test
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 # Everything CI runs.
-test: lint typecheck rust fuzz pytest
+test: lint typecheck rust fuzz pyfuzz pytest
 
 # The fast subset for the edit-run loop: skips suites marked slow, clippy and fuzzing.
 test-quick: rust-quick

@@ -494,6 +494,9 @@ class Services:
             VOXA_JOINS_PER_10S="1000",
             VOXA_MESSAGES_PER_S="10000",
             VOXA_MESSAGE_BURST="10000",
+            # Every load socket comes from 127.0.0.1: no per-address connection limits.
+            VOXA_MAX_CONNECTIONS_PER_ADDRESS="0",
+            VOXA_CONNECTIONS_PER_ADDRESS_PER_S="0",
             VOXA_MAX_CHANNEL_MEMBERS=str(max(rooms * 2, 200)),
             VOXA_SHUTDOWN_GRACE_S="3",
         )

@@ -181,8 +181,8 @@ def audio_level_raw(data: bytes, ext_id: int) -> int:
     This is what `Rewriter.rewrite` takes: read it once per incoming packet, hand it to every consumer.
     """
     found = find_extension(data, ext_id)
-    if found is None:
-        return -1
+    if found is None or found[1] < 1:
+        return -1  # absent, or an empty two-byte element: no level byte to read
     return data[found[0]]
 
 

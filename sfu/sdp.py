@@ -367,7 +367,9 @@ def parse(sdp: str, sdp_type: str) -> RemoteDescription:
     finish()
     if not media:
         raise SdpError("SDP has no m-sections")
-    first = media_attrs[0]
+    # Transport attributes come from the first m-section that has them: a rejected section (port 0,
+    # as the SFU renders one and a browser answers it) may carry none.
+    first = next((attrs for attrs in media_attrs if "ice-ufrag" in attrs), media_attrs[0])
     ufrag = first.get("ice-ufrag") or session.get("ice-ufrag")
     pwd = first.get("ice-pwd") or session.get("ice-pwd")
     setup = first.get("setup") or session.get("setup") or ""

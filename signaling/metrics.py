@@ -16,6 +16,12 @@ class SignalingMetrics:
         self.connects = Counter(
             "voxa_signaling_connects_total", "Socket upgrade attempts by result.", ["result"], registry=r
         )
+        self.connections_refused = Counter(
+            "voxa_signaling_connections_refused_total",
+            "TCP connections refused by the per-address limits (open: too many open, rate: too many new).",
+            ["reason"],
+            registry=r,
+        )
         self.joins = Counter("voxa_signaling_joins_total", "Channel joins by result.", ["result"], registry=r)
         self.messages = Counter("voxa_signaling_messages_total", "Frames received.", registry=r)
         self.errors = Counter(

@@ -8,7 +8,6 @@ strings or null, ``topic`` and ``event`` strings, ``payload`` an object. Encodin
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -148,6 +147,8 @@ def token_from_subprotocols(header: str | None) -> tuple[str | None, bool]:
             padded = encoded + "=" * (-len(encoded) % 4)
             try:
                 token = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError):
+                # binascii.Error, or ValueError for non-ASCII text (a header's bytes >= 0x80 arrive
+                # as surrogate escapes): not a token.
                 token = None
     return token, wants_phoenix

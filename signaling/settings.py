@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import socket
@@ -92,6 +93,41 @@ class SignalingSettings(BaseSettings):
     )
 
     max_frame_bytes: int = Field(default=65536, ge=1024, description="Largest WebSocket frame accepted.")
+    max_header_bytes: int = Field(
+        default=8190,
+        ge=1024,
+        le=65536,
+        description="Longest request line and longest header field accepted (longer: 400). A token in "
+        "the URL counts against the request line.",
+    )
+    handshake_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A connection must complete its request headers (the WebSocket upgrade, or any HTTP "
+        "request) within this long of connecting or of its previous response, else it is closed. It "
+        "must exceed the SFUs' heartbeat interval, VOXA_MEDIA_SERVER_TTL_S / 3.",
+    )
+    max_connections_per_address: int = Field(
+        default=256,
+        ge=0,
+        description="Open TCP connections one client address may hold; more are answered 429 and closed. "
+        "0: no limit.",
+    )
+    connections_per_address_per_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="New TCP connections per second one client address may open after its burst; more "
+        "are answered 429 and closed. 0: no limit.",
+    )
+    connection_burst_per_address: int = Field(
+        default=200, ge=1, description="New connections one client address may open at once."
+    )
+    address_limit_exempt: CommaList = Field(
+        default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"],
+        description="Comma list of CIDRs the per-address limits do not apply to: the private ranges by "
+        "default, where load balancers, ingress controllers and node SNAT connect from (behind one, "
+        "every client shares its address; limit per client there). Empty: limit every address.",
+    )
     max_channels_per_socket: int = Field(default=16, ge=1, description="Channels one socket may join.")
     messages_per_s: float = Field(default=50.0, gt=0, description="Sustained messages per socket per second.")
     message_burst: int = Field(default=100, ge=1, description="Burst of messages allowed above the rate.")
@@ -191,17 +227,38 @@ class SignalingSettings(BaseSettings):
             )
         return self
 
-    @field_validator("allowed_origins", "turn_uris", "redis_sentinels", mode="before")
+    @field_validator("allowed_origins", "turn_uris", "redis_sentinels", "address_limit_exempt", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    @field_validator("address_limit_exempt")
+    @classmethod
+    def _check_cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"VOXA_ADDRESS_LIMIT_EXEMPT: {cidr!r} is not an address or CIDR") from None
+        return value
+
     @model_validator(mode="after")
     def _check_auth(self) -> SignalingSettings:
         if not (self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file):
             raise ValueError("set VOXA_JWT_SECRET, VOXA_JWT_PUBLIC_KEY_FILE or VOXA_JWT_JWKS_FILE")
+        return self
+
+    @model_validator(mode="after")
+    def _check_handshake_timeout(self) -> SignalingSettings:
+        # The same timer closes idle keep-alive connections: an SFU's registry heartbeat on a
+        # connection the server is closing at that moment would fail.
+        if self.handshake_timeout_s <= self.media_server_ttl_s / 3:
+            raise ValueError(
+                "VOXA_HANDSHAKE_TIMEOUT_S must exceed the SFUs' heartbeat interval, "
+                "VOXA_MEDIA_SERVER_TTL_S / 3"
+            )
         return self
 
     @model_validator(mode="after")

@@ -215,6 +215,9 @@ class Stack:
             VOXA_MEDIA_SERVER_TTL_S=f"{self.media_server_ttl_s:g}",
             VOXA_LOG_LEVEL="warning",
             VOXA_SHUTDOWN_GRACE_S="2",
+            # Every load client comes from 127.0.0.1: no per-address connection limits.
+            VOXA_MAX_CONNECTIONS_PER_ADDRESS="0",
+            VOXA_CONNECTIONS_PER_ADDRESS_PER_S="0",
         )
         env.update({f"VOXA_{name.upper()}": value for name, value in settings.items()})
         if self.use_redis:

@@ -1,0 +1,1 @@
+"""The chaos soak's stack and its load (bench/chaos.py)."""

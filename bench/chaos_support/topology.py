@@ -1,0 +1,403 @@
+"""The processes of the chaos soak, all on this machine: a Redis primary and replica watched by three
+Sentinels, two `voxa signaling` replicas behind HAProxy, and two `voxa sfu --workers 1`.
+
+Signaling replica "b" runs in a network namespace of its own (e2e/netns.py: a veth pair to this
+host), so one blocking rule inside that namespace cuts it off from Redis while everything else still
+reaches it: the partition fault. Because of that namespace every service the replicas use listens on
+the host end of the pair (`host_ip`) as well as on loopback, and advertises `host_ip`: the
+namespace's own 127.0.0.1 is not this host's. Media stays on loopback (the load clients' ICE is
+limited to 127.0.0.1), so no media crosses the pair.
+
+Every process is started with its log in the soak's work directory and stopped by its handle, never by
+name. SIGKILL, SIGSTOP and restarts are the fault module's business; this module only knows how to
+start each piece again exactly as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from e2e_support.stack import Proc, clean_env, http_json, log, tail
+
+from e2e.netns import NetnsLink
+from voxa.common.ports import free_port
+
+VOXA: Final = str(Path(sys.executable).with_name("voxa"))
+REDIS_SERVER: Final = shutil.which("redis-server") or "/usr/bin/redis-server"
+HAPROXY: Final = shutil.which("haproxy") or "/usr/sbin/haproxy"
+MASTER: Final = "voxa"
+SERVER_ID: Final = "g1"
+READY_S: Final = 30.0
+POLL_S: Final = 0.05
+
+
+def redis_command(host: str, port: int, *args: str, timeout: float = 1.0) -> Any:
+    """One RESP command over a fresh socket (no client library: the soak must see Redis as it is,
+    not through a pool that retries); returns the decoded reply."""
+    parts = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(b"".join(parts))
+        reader = s.makefile("rb")
+        return _read_reply(reader)
+
+
+def _read_reply(reader: Any) -> Any:
+    line = reader.readline()
+    if not line:
+        raise ConnectionError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = reader.read(size + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_read_reply(reader) for _ in range(count)]
+    raise RuntimeError(f"unexpected redis reply {line!r}")
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """GET `url` (one of the soak's own services: loopback or the namespace pair) answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the soak's own services
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class RedisNode:
+    name: str
+    port: int
+    workdir: Path
+    proc: Proc | None = None
+
+
+@dataclass
+class Topology:
+    """Everything the soak runs. `start()` brings it up in dependency order; `stop()` takes it down."""
+
+    workdir: Path
+    jwt_secret: str
+    sfu_secret: str
+    media_server_ttl_s: float = 3.0
+    replica_ttl_s: float = 4.0
+    outbound_queue_frames: int = 256
+    link: NetnsLink = field(default_factory=NetnsLink)
+    redis: list[RedisNode] = field(default_factory=list)
+    sentinels: list[RedisNode] = field(default_factory=list)
+    signaling: dict[str, Proc] = field(default_factory=dict)
+    signaling_ports: dict[str, int] = field(default_factory=dict)
+    sfus: dict[str, Proc] = field(default_factory=dict)
+    sfu_ports: dict[str, int] = field(default_factory=dict)
+    haproxy: Proc | None = None
+    lb_port: int = 0
+    every: list[Proc] = field(default_factory=list)
+    """Every process instance ever started (killed ones too: their logs count for error lines)."""
+
+    # --- addresses --------------------------------------------------------------------------------
+    @property
+    def host_ip(self) -> str:
+        return self.link.host_ip
+
+    @property
+    def ws_url(self) -> str:
+        """Where clients connect: the load balancer."""
+        return f"ws://127.0.0.1:{self.lb_port}/socket"
+
+    def signaling_host(self, name: str) -> str:
+        return self.link.ns_ip if name == "b" else "127.0.0.1"
+
+    def signaling_base(self, name: str) -> str:
+        return f"http://{self.signaling_host(name)}:{self.signaling_ports[name]}"
+
+    def _proc(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
+        generation = sum(1 for p in self.every if p.name.split("#")[0] == name)
+        proc = Proc(f"{name}#{generation}", argv, env, self.workdir / f"{name}-{generation}.log")
+        self.every.append(proc)
+        proc.start()
+        return proc
+
+    # --- bring-up ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.link.open()
+        self._start_redis()
+        self._start_sentinels()
+        self.lb_port = free_port()
+        for name in ("a", "b"):
+            self.signaling_ports[name] = free_port("0.0.0.0")
+        self._start_haproxy()
+        for name in ("a", "b"):
+            self.start_signaling(name)
+        for name in ("sfu-a", "sfu-b"):
+            self.sfu_ports[name] = free_port(self.host_ip)
+            self.start_sfu(name)
+        self.wait_registered(set(self.sfus))
+
+    def _redis_argv(self, node: RedisNode) -> list[str]:
+        return [
+            REDIS_SERVER, "--port", str(node.port), "--bind", f"127.0.0.1 {self.host_ip}",
+            "--save", "", "--appendonly", "no", "--dir", str(node.workdir), "--protected-mode", "no",
+        ]  # fmt: skip
+
+    def _start_redis(self) -> None:
+        for i, name in enumerate(("redis-1", "redis-2")):
+            node = RedisNode(name, free_port(self.host_ip), self.workdir / name)
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            argv = self._redis_argv(node)
+            if i == 1:
+                argv += ["--replicaof", self.host_ip, str(self.redis[0].port)]
+            node.proc = self._proc(name, argv, clean_env())
+            self.redis.append(node)
+            self.wait_redis(node)
+        self._until(
+            lambda: "master_link_status:up" in str(self.info(self.redis[1], "replication")),
+            "the Redis replica to sync",
+        )
+
+    def _start_sentinels(self) -> None:
+        primary = self.redis[0]
+        for i in range(3):
+            node = RedisNode(f"sentinel-{i}", free_port(self.host_ip), self.workdir / f"sentinel-{i}")
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            conf = node.workdir / "sentinel.conf"
+            conf.write_text(
+                f"port {node.port}\nbind 127.0.0.1 {self.host_ip}\nprotected-mode no\ndir {node.workdir}\n"
+                f"sentinel monitor {MASTER} {self.host_ip} {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {MASTER} 1000\n"
+                f"sentinel failover-timeout {MASTER} 5000\n"
+                f"sentinel parallel-syncs {MASTER} 1\n"
+            )
+            node.proc = self._proc(node.name, [REDIS_SERVER, str(conf), "--sentinel"], clean_env())
+            self.sentinels.append(node)
+
+        def known() -> bool:
+            for s in self.sentinels:
+                reply = redis_command("127.0.0.1", s.port, "SENTINEL", "MASTER", MASTER)
+                fields = dict(zip(reply[::2], reply[1::2], strict=True))
+                if int(fields["num-other-sentinels"]) < 2 or int(fields["num-slaves"]) < 1:
+                    return False
+            return True
+
+        self._until(known, "the Sentinels to find each other and the replica")
+
+    def _start_haproxy(self) -> None:
+        """WebSocket-aware HTTP mode: the upgrade is proxied and the tunnel kept for an hour; the
+        replicas' /readyz is checked twice a second, and a connection refused by a dead replica is
+        retried on the other one at once (redispatch), before the health check has noticed."""
+        conf = self.workdir / "haproxy.cfg"
+        servers = "\n".join(
+            f"    server {n} {self.signaling_host(n)}:{self.signaling_ports[n]} check inter 500 fall 2 rise 2"
+            for n in ("a", "b")
+        )
+        conf.write_text(
+            "global\n    maxconn 4096\n\n"
+            "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n"
+            "    timeout server 60s\n    timeout tunnel 1h\n    timeout http-request 10s\n"
+            "    option redispatch\n    retries 3\n    retry-on conn-failure empty-response\n\n"
+            f"frontend voxa\n    bind 127.0.0.1:{self.lb_port}\n    bind {self.host_ip}:{self.lb_port}\n"
+            "    default_backend signaling\n\n"
+            "backend signaling\n    balance leastconn\n    option httpchk GET /readyz\n"
+            f"{servers}\n"
+        )
+        check = subprocess.run([HAPROXY, "-c", "-f", str(conf)], capture_output=True, text=True, check=False)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy config rejected:\n{check.stdout}{check.stderr}")
+        self.haproxy = self._proc("haproxy", [HAPROXY, "-db", "-f", str(conf)], clean_env())
+
+    def start_signaling(self, name: str) -> Proc:
+        """Replica `name` ("a" on the host, "b" in the namespace), on its fixed port of this soak."""
+        port = self.signaling_ports[name]
+        env = clean_env()
+        env.update(
+            VOXA_JWT_SECRET=self.jwt_secret,
+            VOXA_SFU_SECRET=self.sfu_secret,
+            VOXA_ALLOWED_ORIGINS="*",
+            VOXA_MEDIA_SERVER_TTL_S=f"{self.media_server_ttl_s:g}",
+            VOXA_REPLICA_TTL_S=f"{self.replica_ttl_s:g}",
+            VOXA_REPLICA_ID=f"signaling-{name}",
+            VOXA_OUTBOUND_QUEUE_FRAMES=str(self.outbound_queue_frames),
+            VOXA_REDIS_SENTINELS=",".join(f"{self.host_ip}:{s.port}" for s in self.sentinels),
+            VOXA_REDIS_SENTINEL_MASTER=MASTER,
+            VOXA_LOG_LEVEL="info",
+            VOXA_SHUTDOWN_GRACE_S="2",
+            # Every load client arrives through the load balancer from one address.
+            VOXA_MAX_CONNECTIONS_PER_ADDRESS="0",
+            VOXA_CONNECTIONS_PER_ADDRESS_PER_S="0",
+        )
+        host = "0.0.0.0" if name == "b" else "127.0.0.1"
+        argv = [VOXA, "signaling", "--host", host, "--port", str(port)]
+        if name == "b":
+            argv = [*self.link.exec_prefix, *argv]
+        proc = self.signaling[name] = self._proc(f"signaling-{name}", argv, env)
+        url = f"{self.signaling_base(name)}/readyz"
+        self._until(lambda: http_ok(url), f"signaling-{name} to be ready", proc)
+        return proc
+
+    def start_sfu(self, name: str) -> Proc:
+        port = self.sfu_ports[name]
+        env = clean_env()
+        env.update(
+            VOXA_SFU_SECRET=self.sfu_secret,
+            VOXA_SFU_ID=name,
+            VOXA_SFU_SERVER_ID=SERVER_ID,
+            VOXA_SFU_HOST=self.host_ip,
+            VOXA_SFU_ADVERTISE_URL=f"http://{self.host_ip}:{port}",
+            VOXA_SFU_SIGNALING_URL=f"http://{self.host_ip}:{self.lb_port}",
+            VOXA_SFU_RTC_LISTEN_IP="127.0.0.1",
+            VOXA_SFU_RTC_REMOTE_NETWORKS="127.0.0.0/8",
+            VOXA_SFU_LOG_LEVEL="info",
+            VOXA_SFU_PORT=str(port),
+            VOXA_SFU_DRAIN_DEADLINE_S="2",
+        )
+        proc = self.sfus[name] = self._proc(name, [VOXA, "sfu", "--workers", "1", "--port", str(port)], env)
+        self._until(lambda: http_ok(f"http://{self.host_ip}:{port}/healthz"), f"{name} to be healthy", proc)
+        return proc
+
+    # --- state ------------------------------------------------------------------------------------
+    def media_servers(self) -> set[str]:
+        body = http_json(
+            f"{self.signaling_base('a')}/internal/servers/{SERVER_ID}/media-servers", self.sfu_secret
+        )
+        return {str(m["id"]) for m in body["media_servers"]}
+
+    def wait_registered(self, names: set[str]) -> None:
+        def registered() -> bool:
+            try:
+                return names <= self.media_servers()
+            except (urllib.error.URLError, OSError, ValueError, KeyError):
+                return False
+
+        self._until(registered, f"{sorted(names)} in the registry")
+
+    def primary(self) -> RedisNode | None:
+        """The primary as a majority of the Sentinels name it."""
+        votes: dict[int, int] = {}
+        for s in self.sentinels:
+            try:
+                addr = redis_command("127.0.0.1", s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER)
+            except (OSError, RuntimeError, ConnectionError):
+                continue
+            if addr:
+                votes[int(addr[1])] = votes.get(int(addr[1]), 0) + 1
+        port, count = max(votes.items(), key=lambda kv: kv[1], default=(0, 0))
+        if count < 2:
+            return None
+        return next((n for n in self.redis if n.port == port), None)
+
+    def info(self, node: RedisNode, section: str) -> str:
+        return str(redis_command("127.0.0.1", node.port, "INFO", section))
+
+    def key_count(self) -> int | None:
+        primary = self.primary()
+        if primary is None:
+            return None
+        try:
+            return int(redis_command("127.0.0.1", primary.port, "DBSIZE"))
+        except (OSError, RuntimeError, ConnectionError):
+            return None
+
+    def keys(self) -> list[str]:
+        primary = self.primary()
+        if primary is None:
+            return []
+        try:
+            return sorted(redis_command("127.0.0.1", primary.port, "KEYS", "*") or [])
+        except (OSError, RuntimeError, ConnectionError):
+            return []
+
+    def wait_redis(self, node: RedisNode) -> None:
+        def pong() -> bool:
+            try:
+                return redis_command("127.0.0.1", node.port, "PING", timeout=0.5) == "PONG"
+            except (OSError, RuntimeError, ConnectionError):
+                return False
+
+        self._until(pong, f"{node.name} to answer", node.proc)
+
+    def restart_redis(self, node: RedisNode, *, replica_of: RedisNode | None = None) -> None:
+        """Start `node` again on its port (its data is gone: no persistence, as in a cache-style
+        deployment); as a replica of `replica_of` if given, which Sentinel would also arrange."""
+        argv = self._redis_argv(node)
+        if replica_of is not None:
+            argv += ["--replicaof", self.host_ip, str(replica_of.port)]
+        node.proc = self._proc(node.name, argv, clean_env())
+        self.wait_redis(node)
+
+    def _until(self, check: Any, what: str, proc: Proc | None = None, timeout: float = READY_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None:
+                proc.check_alive()
+            try:
+                if check():
+                    return
+            except (OSError, RuntimeError, ConnectionError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(POLL_S)
+        logs = f":\n{tail(proc.log_path)}" if proc else ""
+        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}{logs}")
+
+    # --- partition --------------------------------------------------------------------------------
+    def _partition_rule(self, action: str) -> None:
+        ports = ",".join(str(n.port) for n in [*self.redis, *self.sentinels])
+        subprocess.run(
+            [
+                *self.link.exec_prefix, "iptables", action, "OUTPUT", "-p", "tcp", "-d", self.host_ip,
+                "-m", "multiport", "--dports", ports, "-j", "DROP",
+            ],
+            check=True, capture_output=True, timeout=30,
+        )  # fmt: skip
+
+    def partition(self) -> None:
+        """Cut signaling-b off from Redis and the Sentinels (packets dropped, nothing refused)."""
+        self._partition_rule("-A")
+
+    def heal(self) -> None:
+        self._partition_rule("-D")
+
+    # --- teardown ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        order = (
+            [p for p in self.every if p.name.startswith("signaling")]
+            + [p for p in self.every if p.name.startswith("sfu")]
+            + [p for p in self.every if p.name.startswith("haproxy")]
+            + [p for p in self.every if p.name.startswith(("sentinel", "redis"))]
+        )
+        for proc in order:
+            try:
+                if proc.proc is not None and proc.proc.poll() is None:
+                    with _suppress_oserror():
+                        proc.proc.send_signal(18)  # SIGCONT: a frozen process cannot exit
+                    proc.stop()
+            except Exception as exc:  # keep stopping the others
+                log(f"stopping {proc.name} failed: {exc!r}")
+        self.link.close()
+
+
+class _suppress_oserror:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], OSError)  # type: ignore[arg-type]

@@ -54,9 +54,10 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import orjson
-from loadgen.procfs import cpu_seconds, status_kib
 
 from voxa.common.ports import free_port
+from voxa.common.testing.procfs import core_ticks, cpu_seconds, status_kib
+from voxa.common.testing.stats import percentile
 
 SERVER_ID: Final = "bench"
 HEARTBEAT_INTERVAL_S: Final = 30.0
@@ -84,16 +85,6 @@ def raise_nofile_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted samples, linearly interpolated (numpy's default method)."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def ms(seconds: float | None) -> float | None:
@@ -418,16 +409,6 @@ def worker_main(pipe: multiprocessing.connection.Connection, config: WorkerConfi
 
 
 # --- parent: services ------------------------------------------------------------------------------
-
-
-def host_cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
@@ -763,7 +744,7 @@ class Benchmark:
 
         profiler = Profiler(Path(args.profile), services.pid) if args.profile else None
         cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
-        host_before = host_cpu_ticks()
+        host_before = core_ticks()
         redis_before = services.redis_command_calls()
         wall_before = time.monotonic()
         try:
@@ -773,7 +754,7 @@ class Benchmark:
             if profiler is not None:
                 profiler.stop()
         cpu_after = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
-        host_after = host_cpu_ticks()
+        host_after = core_ticks()
         redis_after = services.redis_command_calls()
         merge_errors(self.errors, answers, "phase1 ")
         latencies = [x for a in answers for x in a["latencies"]]

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ROOT
 from e2e.cluster.controlplane import build_tools
+from voxa.common.testing import procfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -27,15 +28,6 @@ def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
         timeout=180,
         check=False,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
@@ -81,4 +73,4 @@ def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
     finally:
         down = cli("down", state_dir=state)
     assert down.returncode == 0, down.stderr
-    assert [pid for pid in pids if alive(pid)] == []
+    assert [pid for pid in pids if procfs.running(pid)] == []

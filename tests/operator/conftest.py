@@ -18,8 +18,8 @@ import pytest
 
 from conftest import ROOT, VOXA
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from voxa.common.ports import free_port
+from voxa.common.testing.wait import eventually
 
 
 @dataclass

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, condition, get, secret, voiceserver
+from voxa.common.testing.wait import eventually
 from voxa.operator.reconcile import HASH_ANNOTATION
 from voxa.operator.render.stunner import CONFIG_REVISION_ANNOTATION
 

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, get, secret, voiceserver
+from voxa.common.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(300)
 

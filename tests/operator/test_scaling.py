@@ -12,8 +12,8 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, get, secret, voiceserver, voiceserver_when
+from voxa.common.testing.wait import eventually
 from voxa.signaling.store.base import MediaLoad, MediaServer
 from voxa.signaling.store.redis import RedisStore
 

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
-from e2e.wait import eventually
 from tests.operator.conftest import (
     OperatorProcess,
     condition,
@@ -22,6 +21,7 @@ from tests.operator.conftest import (
     voiceserver,
     voiceserver_when,
 )
+from voxa.common.testing.wait import eventually
 from voxa.signaling.store.base import MediaLoad, MediaServer
 from voxa.signaling.store.redis import RedisStore
 

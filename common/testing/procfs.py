@@ -1,23 +1,47 @@
-"""/proc readings (CPU time, RSS, per-core busy time), CPU pinning and percentiles for the SFU benchmark."""
+"""/proc readings (CPU time, memory, per-core busy time, process state), and CPU pinning: what the
+benchmarks measure and the harnesses use to tell a live process from a zombie or a recycled pid.
+
+Every reader returns None (or an empty value) for a process that is gone rather than raising: a
+process can exit between any two reads, and the callers measure or clean up, they do not fail on it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of process `pid` (all its threads), or None if it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after "(comm)" (which may hold spaces and parentheses), so
+    index 0 is field 3 of proc(5) (state), 1 ppid, 2 pgrp, 11/12 utime/stime, 19 starttime."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2 :].split()  # fields after "(comm)", starting at field 3
+    return text[text.rindex(")") + 2 :].split()
+
+
+def state(pid: int) -> str | None:
+    """The state letter of a process (R, S, Z, ...), or None if there is no such process."""
+    fields = stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def running(pid: int) -> bool:
+    """Whether the process exists and is not a zombie (exited, not reaped yet)."""
+    return state(pid) not in (None, "Z")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of process `pid` (all its threads), or None if it is gone."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
@@ -28,6 +52,18 @@ def all_processes_cpu_seconds() -> float:
         if entry.isdigit():
             total += cpu_seconds(int(entry)) or 0.0
     return total
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the processes of a process group that still run (not zombies)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = stat_fields(int(entry))
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
 
 
 def status_kib(pid: int, field: str = "VmRSS") -> int | None:
@@ -42,10 +78,16 @@ def status_kib(pid: int, field: str = "VmRSS") -> int | None:
     return None
 
 
-def core_ticks(core: int) -> tuple[int, int]:
-    """(busy, total) jiffies of one CPU core (line ``cpu<core>`` of /proc/stat); softirq counts as busy."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
+def core_ticks(core: int | None = None) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU core (line ``cpu<core>`` of /proc/stat), or of all of them for
+    None (line ``cpu``); softirq counts as busy, guest time is already in user time."""
+    prefix = "cpu " if core is None else f"cpu{core} "
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return 0, 0
+    for line in lines:
+        if line.startswith(prefix):
             fields = [int(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
             idle = fields[3] + fields[4]
             return sum(fields) - idle, sum(fields)
@@ -77,16 +119,6 @@ def affinity(pid: int) -> list[int]:
         with contextlib.suppress(OSError):
             cores |= os.sched_getaffinity(tid)
     return sorted(cores)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted samples, linearly interpolated."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 class CpuSample:

@@ -64,6 +64,20 @@ def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str =
     raise AssertionError(f"timed out after {limit:g} s waiting for {what}; last: {last!r}")
 
 
+def consistently(check: Callable[[], object], duration: float, what: str = "condition") -> None:
+    """Check that check() stays truthy for `duration` s (polled), failing at the first falsy result:
+    for "nothing happens meanwhile" assertions, instead of a sleep followed by one look. The duration
+    is a hold, not a deadline, so it is not scaled."""
+    end = time.monotonic() + duration
+    while True:
+        result = check()
+        if not result:
+            raise AssertionError(f"{what} no longer holds; got {result!r}")
+        if time.monotonic() >= end:
+            return
+        time.sleep(POLL_S)
+
+
 async def until(check: Callable[[], T | None], timeout: float = 60.0, what: str = "condition") -> T:
     """`eventually` for async tests whose checks block (kubectl, HTTP): it polls in a thread, so the
     event loop, and the clients on it, keep running meanwhile."""

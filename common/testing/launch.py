@@ -67,6 +67,7 @@ def redis_server(
     name: str = "redis",
     env: Mapping[str, str] | None = None,
     timeout: float = 10.0,
+    new_session: bool = False,
 ) -> Proc:
     """A throwaway redis-server on 127.0.0.1: no persistence, its files in `workdir`, `args` appended
     (--replicaof, --cluster-enabled ...); returns once it answers PING."""
@@ -76,7 +77,14 @@ def redis_server(
         REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
         "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes", *args,
     ]  # fmt: skip
-    proc = Proc(name, argv, dict(env) if env is not None else None, workdir / f"{name}.log", port=port)
+    proc = Proc(
+        name,
+        argv,
+        dict(env) if env is not None else None,
+        workdir / f"{name}.log",
+        port=port,
+        start_new_session=new_session,
+    )
     return _started(proc, lambda: redis_ping(port), timeout, f"{name} on port {port}")
 
 
@@ -116,12 +124,14 @@ def signaling(
     name: str = "signaling",
     ready_path: str = "/readyz",
     timeout: float = READY_TIMEOUT_S,
+    new_session: bool = False,
 ) -> Proc:
     """`voxa signaling` on 127.0.0.1 with exactly `env` (start from clean_env()); returns once
-    `ready_path` answers 200 (/readyz: its store is reachable; /healthz: the process serves)."""
+    `ready_path` answers 200 (/readyz: its store is reachable; /healthz: the process serves).
+    `new_session`: its own session, so that a Ctrl-C in the caller's terminal reaches only the caller."""
     port = port or free_port()
     argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc(name, argv, dict(env), log_path, port=port)
+    proc = Proc(name, argv, dict(env), log_path, port=port, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}{ready_path}"
     return _started(proc, lambda: http_ok(url), timeout, f"{name} {ready_path}")
 

@@ -117,6 +117,16 @@ def redis_sentinel(
     return _started(proc, lambda: redis_ping(port), timeout, f"sentinel on port {port}")
 
 
+def _voxa(
+    name: str, args: Sequence[str], log_path: Path, env: Mapping[str, str], port: int, ready_path: str,
+    timeout: float, new_session: bool = False,
+) -> Proc:  # fmt: skip
+    """`voxa <args>` serving HTTP on `port`, started once `ready_path` answers 200."""
+    proc = Proc(name, [VOXA, *args], dict(env), log_path, port=port, start_new_session=new_session)
+    url = f"http://127.0.0.1:{port}{ready_path}"
+    return _started(proc, lambda: http_ok(url), timeout, f"{name} {ready_path}")
+
+
 def signaling(
     log_path: Path,
     env: Mapping[str, str],
@@ -130,10 +140,8 @@ def signaling(
     `ready_path` answers 200 (/readyz: its store is reachable; /healthz: the process serves).
     `new_session`: its own session, so that a Ctrl-C in the caller's terminal reaches only the caller."""
     port = port or free_port()
-    argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc(name, argv, dict(env), log_path, port=port, start_new_session=new_session)
-    url = f"http://127.0.0.1:{port}{ready_path}"
-    return _started(proc, lambda: http_ok(url), timeout, f"{name} {ready_path}")
+    args = ["signaling", "--host", "127.0.0.1", "--port", str(port)]
+    return _voxa(name, args, log_path, env, port, ready_path, timeout, new_session)
 
 
 def sfu(
@@ -147,7 +155,5 @@ def sfu(
     """`voxa sfu --workers N` with its control API on `port` and exactly `env` (VOXA_SFU_* settings,
     start from clean_env()); returns once /healthz answers 200 (registration is the caller's wait)."""
     port = port or free_port()
-    argv = [VOXA, "sfu", "--workers", str(workers), "--port", str(port)]
-    proc = Proc(name, argv, dict(env), log_path, port=port)
-    url = f"http://127.0.0.1:{port}/healthz"
-    return _started(proc, lambda: http_ok(url), timeout, f"{name} /healthz")
+    args = ["sfu", "--workers", str(workers), "--port", str(port)]
+    return _voxa(name, args, log_path, env, port, "/healthz", timeout)

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +18,9 @@ from aioice.ice import StunProtocol
 from aioice.stun import Message
 
 from voxa.common.ports import free_port
+from voxa.common.testing import launch, procs
+from voxa.common.testing.procs import Proc
+from voxa.common.testing.wait import eventually
 from voxa.signaling.store.target import RedisTarget
 
 # The session-scoped `kube_cluster` fixture, a local Kubernetes control plane (e2e/cluster/), the
@@ -67,22 +65,20 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     return dropped
 
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_SERVER = launch.REDIS_SERVER
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 
 def _eventually(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `check` (exceptions count as not yet) until it holds or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
+    """The kit's eventually, with a Redis that does not answer yet counting as not yet."""
+
+    def attempt() -> bool:
         try:
-            if check():
-                return
-        except Exception as exc:
-            last = exc
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} within {timeout_s} s (last error: {last!r})")
+            return check()
+        except (redis.RedisError, OSError):
+            return False
+
+    eventually(attempt, timeout_s, what)
 
 
 def _redis_client(port: int) -> redis.Redis:
@@ -91,68 +87,38 @@ def _redis_client(port: int) -> redis.Redis:
 
 @dataclass
 class RedisServer:
+    """A redis-server on a given port (a restart keeps it), launched by the harness kit."""
+
     port: int
     workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
+    handle: Proc | None = None
     extra_args: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.handle.proc if self.handle is not None else None
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no goodbye to replicas or Sentinels."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+        if self.handle is not None:
+            self.handle.kill()
+            self.handle = None
 
     def start(self) -> None:
-        binary = REDIS_SERVER
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "yes",
-                *self.extra_args,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.handle = launch.redis_server(self.workdir, self.port, self.extra_args)
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
+        if self.handle is not None:
+            self.handle.stop()
+            self.handle = None
 
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()
-        time.sleep(down_s)
+        time.sleep(down_s)  # the outage the test asks for, not a wait for a condition
         self.start()
 
 
@@ -207,19 +173,9 @@ class RedisSentinelSet:
             "the replica did not sync",
         )
         for i in range(3):
-            port = free_port()
-            conf = self.workdir / f"sentinel-{i}" / "sentinel.conf"
-            conf.parent.mkdir(parents=True, exist_ok=True)
-            conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {conf.parent}\n"
-                f"sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {primary.port} 2\n"
-                f"sentinel down-after-milliseconds {SENTINEL_MASTER} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {SENTINEL_MASTER} 10000\n"
-                f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n"
-            )
-            sentinel = RedisServer(port, conf.parent, extra_args=[])
-            sentinel.proc = subprocess.Popen(
-                [REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            sentinel = RedisServer(free_port(), self.workdir / f"sentinel-{i}")
+            sentinel.handle = launch.redis_sentinel(
+                sentinel.workdir, primary.port, sentinel.port, SENTINEL_MASTER, 2, self.down_after_ms
             )
             self.sentinels.append(sentinel)
 
@@ -259,13 +215,7 @@ class RedisSentinelSet:
 
     def stop(self) -> None:
         for s in [*self.sentinels, *self.servers]:
-            if s.proc is not None:
-                s.proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    s.proc.wait(10)
-                if s.proc.poll() is None:
-                    s.proc.kill()
-                s.proc = None
+            s.stop()
 
 
 @dataclass
@@ -373,10 +323,12 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 @dataclass
 class SignalingProcess:
+    """`voxa signaling` on a given port (a restart keeps it), launched by the harness kit."""
+
     port: int
     env: dict[str, str]
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    handle: Proc | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -387,40 +339,27 @@ class SignalingProcess:
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/socket"
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.handle.proc if self.handle is not None else None
+
     def start(self, wait_ready: bool = True) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        self.wait("/readyz" if wait_ready else "/healthz")
+        path = "/readyz" if wait_ready else "/healthz"
+        self.handle = launch.signaling(self.log_path, self.env, self.port, ready_path=path, timeout=15.0)
 
     def wait(self, path: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"signaling exited: {self.log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"signaling not ready on {path}: {self.log_path.read_text()[-2000:]}")
+        assert self.handle is not None
+        url = self.url + path
+        procs.wait_ready(self.handle, lambda: procs.http_ok(url), timeout, f"signaling {path}")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is None:
+        if self.handle is None:
             return
         if kill:
-            self.proc.kill()
+            self.handle.kill()
         else:
-            self.proc.terminate()
-        self.proc.wait(20)
-        self.proc = None
+            self.handle.stop(timeout=20)
+        self.handle = None
 
 
 class SignalingFactory(Protocol):
@@ -433,7 +372,7 @@ def signaling_factory(tmp_path: Path) -> Iterator[SignalingFactory]:
     started: list[SignalingProcess] = []
 
     def factory(redis_url: str | None = None, **overrides: str) -> SignalingProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
+        env = procs.clean_env()
         env.update(
             VOXA_JWT_SECRET=JWT_SECRET,
             VOXA_SFU_SECRET=SFU_SECRET,

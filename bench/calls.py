@@ -54,24 +54,18 @@ sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.support: t
 
 import aiohttp
 from e2e_support.stack import Stack, log
-from loadgen.procfs import cpu_seconds
 
 from tests.support.push_standins import WebPushTestService, p256_pem
 from voxa.client.calls import CallClient, CallError
 from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
 from voxa.client.voice import use_host_addresses
 from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.testing.procfs import cpu_seconds
+from voxa.common.testing.stats import percentile
 from voxa.common.tokens import mint_token
 
 SERVER_ID = "g1"
 EVENT_TIMEOUT_S = 30.0
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def ms(value: float | None) -> float | None:
@@ -295,11 +289,11 @@ class Bench:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "ring_samples": len(ring),
-            "ring_p50_ms": ms(percentile(ring, 0.5)),
-            "ring_p99_ms": ms(percentile(ring, 0.99)),
+            "ring_p50_ms": ms(percentile(ring, 50, nearest=True)),
+            "ring_p99_ms": ms(percentile(ring, 99, nearest=True)),
             "ring_max_ms": ms(max(ring) if ring else None),
             "audio_samples": len(audio),
-            "answer_to_audio_p50_ms": ms(percentile(audio, 0.5)),
+            "answer_to_audio_p50_ms": ms(percentile(audio, 50, nearest=True)),
             "answer_to_audio_max_ms": ms(max(audio) if audio else None),
             "pairs": self.args.pairs,
             "cycle_seconds": round(elapsed, 2),
@@ -310,8 +304,8 @@ class Bench:
             "errors": sum(errors.values()),
             "error_kinds": dict(errors.most_common(10)),
             "push_samples": len(pushed),
-            "push_p50_ms": ms(percentile(pushed, 0.5)),
-            "push_p99_ms": ms(percentile(pushed, 0.99)),
+            "push_p50_ms": ms(percentile(pushed, 50, nearest=True)),
+            "push_p99_ms": ms(percentile(pushed, 99, nearest=True)),
             "load_processes": self.args.load_processes,
         }
 

@@ -61,6 +61,7 @@ from e2e_support.client import (
 from e2e_support.stack import Stack, log
 
 from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.testing.stats import percentile
 from voxa.common.tokens import mint_token
 from voxa.signaling import media as voxa_media
 
@@ -103,16 +104,6 @@ RECOVERY_STEPS: Final = (
     ("create_offer", "old_pc_closed", "offer_created"),
     *JOIN_STEPS[3:],
 )
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted samples, linearly interpolated (numpy's default method)."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def ms(seconds: float | None) -> float | None:

@@ -36,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from voxa.common.ports import free_port
+from voxa.common.testing import procfs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,10 +197,10 @@ class Bench:
 
     def rss_mib(self) -> tuple[float, float]:
         assert self.operator is not None
-        fields = dict(
-            line.split(":", 1) for line in Path(f"/proc/{self.operator.pid}/status").read_text().splitlines()
-        )
-        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+        rss, hwm = (procfs.status_kib(self.operator.pid, field) for field in ("VmRSS", "VmHWM"))
+        if rss is None or hwm is None:
+            raise RuntimeError(f"the operator (pid {self.operator.pid}) is gone")
+        return rss / 1024, hwm / 1024
 
     def ready_count(self) -> int:
         items = json.loads(self.kubectl("get", "voiceservers", "-n", "bench", "-o", "json"))["items"]

@@ -117,7 +117,6 @@ from livekit.server import (  # noqa: E402
     livekit_binaries,
     server_version,
 )
-from loadgen import procfs  # noqa: E402
 from loadgen.control import LoadProcesses  # noqa: E402
 from loadgen.media import MediaCatalog, build_catalog  # noqa: E402
 from loadgen.plan import (  # noqa: E402
@@ -131,8 +130,11 @@ from loadgen.plan import (  # noqa: E402
     voxa_router,
     without_publishers,
 )
-from loadgen.profiling import Profiler, summarize_profile  # noqa: E402
 from loadgen.worker import WorkerConfig  # noqa: E402
+
+from voxa.common.testing import procfs  # noqa: E402
+from voxa.common.testing.profiling import Profiler, summarize_profile  # noqa: E402
+from voxa.common.testing.stats import percentile  # noqa: E402
 
 READY_TIMEOUT_S: Final = 30.0
 WINDOW_LEAD_NS: Final = 400_000_000  # windows start this far in the future (every process is told)
@@ -500,7 +502,7 @@ class Window:
         return max(0.0, 100.0 * (1.0 - self.received / self.expected))
 
     def latency(self, q: float) -> float | None:
-        value = procfs.percentile(self.latencies_ms, q)
+        value = percentile(self.latencies_ms, q)
         return None if value is None else round(value, 3)
 
     @property
@@ -916,7 +918,7 @@ class Bench:
             times = [t for probe in probes for t in probe["ms"]]
             done = sorted(t for t in times if t is not None)
             out[action] = {
-                "p50": round(procfs.percentile(done, 50) or 0.0, 1) if done else None,
+                "p50": round(percentile(done, 50) or 0.0, 1) if done else None,
                 "max": done[-1] if done else None,
                 "switches": len(done),
                 "timeouts": len(times) - len(done),

@@ -54,9 +54,12 @@ from typing import Any, Final, TypeVar
 
 import aiohttp
 import orjson
-from loadgen.procfs import cpu_seconds, status_kib
 
 from voxa.common.ports import free_port
+from voxa.common.testing import launch
+from voxa.common.testing.procfs import core_ticks, cpu_seconds, status_kib
+from voxa.common.testing.procs import Proc, tail
+from voxa.common.testing.stats import percentile
 
 SERVER_ID: Final = "bench"
 HEARTBEAT_INTERVAL_S: Final = 30.0
@@ -84,16 +87,6 @@ def raise_nofile_limit() -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted samples, linearly interpolated (numpy's default method)."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
 
 
 def ms(seconds: float | None) -> float | None:
@@ -420,16 +413,6 @@ def worker_main(pipe: multiprocessing.connection.Connection, config: WorkerConfi
 # --- parent: services ------------------------------------------------------------------------------
 
 
-def host_cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return sum(fields) - idle, sum(fields)
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     if not url.startswith("http://127.0.0.1:"):
         raise ValueError("the benchmark only talks to loopback")
@@ -438,17 +421,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, ""
-
-
-def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 class Services:
@@ -460,8 +432,8 @@ class Services:
         self.secret = secrets.token_urlsafe(32)
         self.redis_port = free_port()
         self.port = free_port()
-        self.redis: subprocess.Popen[bytes] | None = None
-        self.signaling: subprocess.Popen[bytes] | None = None
+        self.redis: Proc | None = None
+        self.signaling: Proc | None = None
         self.log_path = workdir / "signaling.log"
         self.redis_version = "unknown"
 
@@ -474,15 +446,14 @@ class Services:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
     def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        options = {"port": str(self.redis_port), "bind": "127.0.0.1", "save": "", "appendonly": "no",
-                   "dir": str(self.workdir), "protected-mode": "yes", "maxclients": "10000"}  # fmt: skip
-        argv = [binary, *(x for name, value in options.items() for x in (f"--{name}", value))]
-        self.redis = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        self.redis = launch.redis_server(
+            self.workdir,
+            self.redis_port,
+            ["--maxclients", "10000"],
+            timeout=READY_TIMEOUT_S,
+            new_session=True,
         )
-        self._wait_redis()
-        voxa = Path(sys.executable).with_name("voxa")
+        self.redis_version = launch.redis_version(self.redis_port) or "unknown"
         rooms = max(self.args.room_size, 1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
         env.update(
@@ -500,37 +471,9 @@ class Services:
             VOXA_MAX_CHANNEL_MEMBERS=str(max(rooms * 2, 200)),
             VOXA_SHUTDOWN_GRACE_S="3",
         )
-        log_file = self.log_path.open("ab")
-        try:
-            self.signaling = subprocess.Popen(
-                [str(voxa), "signaling", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=env,
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        finally:
-            log_file.close()
-        self._wait_ready()
-
-    def _wait_redis(self) -> None:
-        import redis
-
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.redis is not None
-            if self.redis.poll() is not None:
-                raise RuntimeError("redis-server exited at start")
-            try:
-                client = redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=1.0)
-                try:
-                    self.redis_version = str(client.info("server")["redis_version"])
-                finally:
-                    client.close()
-                return
-            except redis.RedisError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
+        self.signaling = launch.signaling(
+            self.log_path, env, self.port, timeout=READY_TIMEOUT_S, new_session=True
+        )
 
     def redis_command_calls(self) -> dict[str, int]:
         """Calls per command since redis started (INFO commandstats), e.g. {"evalsha": 2000, ...}."""
@@ -549,33 +492,18 @@ class Services:
             if isinstance(value, dict) and "calls" in value
         }
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            assert self.signaling is not None
-            if self.signaling.poll() is not None:
-                raise RuntimeError(f"signaling exited at start:\n{self.log_tail()}")
-            with contextlib.suppress(OSError, ValueError):
-                if http_get(self.base_url + "/readyz", timeout=1.0)[0] == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"signaling not ready within {READY_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
-
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return tail(self.log_path, chars)
 
     def check_alive(self) -> None:
-        if self.signaling is None or self.signaling.poll() is not None:
+        if self.signaling is None or not self.signaling.alive():
             raise RuntimeError(f"signaling died:\n{self.log_tail()}")
-        if self.redis is None or self.redis.poll() is not None:
+        if self.redis is None or not self.redis.alive():
             raise RuntimeError("redis-server died")
 
     @property
     def pid(self) -> int:
-        assert self.signaling is not None
+        assert self.signaling is not None and self.signaling.pid is not None
         return self.signaling.pid
 
     def metrics(self) -> dict[str, float]:
@@ -595,8 +523,9 @@ class Services:
         return status_kib(self.pid, "VmRSS")
 
     def stop(self) -> None:
-        terminate(self.signaling, 15.0)
-        terminate(self.redis, 10.0)
+        for proc, timeout in ((self.signaling, 15.0), (self.redis, 10.0)):
+            if proc is not None:
+                proc.stop(timeout)
 
 
 # --- parent: load processes -----------------------------------------------------------------------
@@ -763,7 +692,7 @@ class Benchmark:
 
         profiler = Profiler(Path(args.profile), services.pid) if args.profile else None
         cpu_before = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
-        host_before = host_cpu_ticks()
+        host_before = core_ticks()
         redis_before = services.redis_command_calls()
         wall_before = time.monotonic()
         try:
@@ -773,7 +702,7 @@ class Benchmark:
             if profiler is not None:
                 profiler.stop()
         cpu_after = {name: cpu_seconds(pid) for name, pid in self.pids(services, load).items()}
-        host_after = host_cpu_ticks()
+        host_after = core_ticks()
         redis_after = services.redis_command_calls()
         merge_errors(self.errors, answers, "phase1 ")
         latencies = [x for a in answers for x in a["latencies"]]
@@ -807,7 +736,7 @@ class Benchmark:
     @staticmethod
     def pids(services: Services, load: LoadProcesses) -> dict[str, int]:
         pids = {"signaling": services.pid}
-        if services.redis is not None:
+        if services.redis is not None and services.redis.pid is not None:
             pids["redis"] = services.redis.pid
         pids.update({f"load{i}": pid for i, pid in enumerate(load.pids)})
         return pids

@@ -9,116 +9,27 @@ those (by the Popen handle, never by name).
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Final
 
 from voxa.common.ports import free_port
+from voxa.common.testing import launch
+from voxa.common.testing.procs import Proc, clean_env, http_json, http_ok, tail
 
-VOXA: Final = str(Path(sys.executable).with_name("voxa"))
-READY_TIMEOUT_S: Final = 20.0
-STOP_TIMEOUT_S: Final = 10.0
+# Proc, clean_env, tail, http_json and http_ok live in the harness kit (voxa.common.testing.procs);
+# they stay importable from here for the benchmarks and soaks that import them from this module.
+__all__ = ["Proc", "SfuHandle", "Stack", "clean_env", "http_json", "http_ok", "log", "tail"]
+
+READY_TIMEOUT_S: Final = launch.READY_TIMEOUT_S
 POLL_S: Final = 0.05
 
 
 def log(text: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
-
-
-def clean_env() -> dict[str, str]:
-    """The environment without any VOXA_ variable of the caller."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
-
-
-def tail(path: Path, chars: int = 2000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
-def _get(url: str, secret: str | None, timeout: float) -> tuple[int, bytes]:
-    if not url.startswith("http://127.0.0.1:"):
-        raise ValueError(f"loopback http only: {url}")
-    request = urllib.request.Request(url)  # noqa: S310 - loopback http only (checked above)
-    if secret:
-        request.add_header("Authorization", f"Bearer {secret}")
-    with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310
-        return int(resp.status), bytes(resp.read())
-
-
-def http_json(url: str, secret: str | None = None, timeout: float = 2.0) -> Any:
-    return json.loads(_get(url, secret, timeout)[1])
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        return _get(url, None, timeout)[0] == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-@dataclass
-class Proc:
-    """One child process with its log file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if not self.alive():
-            raise RuntimeError(f"{self.name} exited:\n{tail(self.log_path)}")
-
-    def kill(self) -> None:
-        """SIGKILL, no drain, no goodbye; reaps the process."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(STOP_TIMEOUT_S)
-        self._close_log()
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the process has not exited within STOP_TIMEOUT_S."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self.proc.wait(STOP_TIMEOUT_S)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 @dataclass
@@ -161,44 +72,17 @@ class Stack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.redis_port}/0"
 
-    def _proc(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        proc = Proc(name, argv, env, self.workdir / f"{name}.log")
+    def _track(self, proc: Proc) -> Proc:
         self.procs.append(proc)
-        proc.start()
         return proc
 
     # --- redis ------------------------------------------------------------------------------------
     def start_redis(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.redis_port = free_port()
-        argv = [
-            binary, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes",
-        ]  # fmt: skip
-        proc = self._proc("redis", argv, clean_env())
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            proc.check_alive()
-            try:
-                with socket.create_connection(("127.0.0.1", self.redis_port), timeout=0.5) as s:
-                    s.sendall(b"INFO server\r\n")
-                    data = b""
-                    while b"redis_version:" not in data or not data.endswith(b"\r\n"):
-                        chunk = s.recv(65536)
-                        if not chunk:
-                            break
-                        data += chunk
-                        if len(data) > 1 << 20:
-                            break
-                for line in data.decode(errors="replace").splitlines():
-                    if line.startswith("redis_version:"):
-                        self.redis_version = line.split(":", 1)[1].strip()
-                if self.redis_version:
-                    return
-            except OSError:
-                pass
-            time.sleep(POLL_S)
-        raise RuntimeError(f"redis-server did not start:\n{tail(proc.log_path)}")
+        proc = self._track(launch.redis_server(self.workdir, env=clean_env(), timeout=READY_TIMEOUT_S))
+        self.redis_port = proc.port
+        self.redis_version = launch.redis_version(proc.port)
+        if not self.redis_version:
+            raise RuntimeError(f"redis-server gave no version:\n{proc.tail()}")
 
     # --- signaling --------------------------------------------------------------------------------
     def start_signaling(self, **settings: str) -> int:
@@ -222,16 +106,9 @@ class Stack:
         env.update({f"VOXA_{name.upper()}": value for name, value in settings.items()})
         if self.use_redis:
             env["VOXA_REDIS_URL"] = self.redis_url
-        argv = [VOXA, "signaling", "--host", "127.0.0.1", "--port", str(port)]
         name = "signaling" if port == self.signaling_port else f"signaling-{port}"
-        proc = self._proc(name, argv, env)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            proc.check_alive()
-            if http_ok(f"http://127.0.0.1:{port}/readyz"):
-                return port
-            time.sleep(POLL_S)
-        raise RuntimeError(f"signaling not ready:\n{tail(proc.log_path)}")
+        self._track(launch.signaling(self.workdir / f"{name}.log", env, port, name, timeout=READY_TIMEOUT_S))
+        return port
 
     # --- SFUs -------------------------------------------------------------------------------------
     def start_sfu(self, media_id: str) -> SfuHandle:
@@ -254,16 +131,10 @@ class Stack:
             VOXA_SFU_PORT=str(port),
             VOXA_SFU_DRAIN_DEADLINE_S="2",
         )
-        argv = [VOXA, "sfu", "--workers", "1", "--port", str(port)]
-        proc = self._proc(f"{media_id}-{self._generation}", argv, env)
+        name = f"{media_id}-{self._generation}"
+        proc = self._track(launch.sfu(self.workdir / f"{name}.log", env, port, name, timeout=READY_TIMEOUT_S))
         handle = self.sfus[media_id] = SfuHandle(media_id, port, proc)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            proc.check_alive()
-            if http_ok(handle.url + "/healthz"):
-                return handle
-            time.sleep(POLL_S)
-        raise RuntimeError(f"{media_id} not healthy:\n{tail(proc.log_path)}")
+        return handle
 
     def media_servers(self) -> dict[str, str]:
         """Registry entries of the voice server: media server id -> control URL."""

@@ -20,22 +20,15 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from voxa.common.testing.procfs import core_ticks, cpu_seconds
+
 from .client import JanusSession, VideoRoom
 from .peers import Publisher, Subscriber, restrict_ice_to_loopback
-from .server import JanusServer, proc_cpu_seconds
-
-
-def host_cpu_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs together, from the first line of /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return total - idle, total
+from .server import JanusServer
 
 
 async def measure_fanout(
@@ -71,11 +64,11 @@ async def measure_fanout(
             async def snapshot() -> tuple[float, float, float, int, int, int, int]:
                 rx = sum(await asyncio.gather(*(s.packets_received() for s in subs)))
                 tx = await publisher.packets_sent()
-                busy, total = host_cpu_ticks()
+                busy, total = core_ticks()
                 return (
                     time.monotonic(),
                     janus.cpu_seconds(),
-                    proc_cpu_seconds(os.getpid()),
+                    cpu_seconds(os.getpid()) or 0.0,
                     rx,
                     tx,
                     busy,

@@ -36,6 +36,7 @@ from typing import Any, Final
 import aiohttp
 
 from voxa.common.ports import free_port
+from voxa.common.testing import procfs
 
 VIDEOROOM_PLUGIN: Final = "janus.plugin.videoroom"
 KEEP_PLUGINS: Final = frozenset({"libjanus_videoroom.so"})
@@ -46,7 +47,6 @@ _LIB_DIR_CANDIDATES: Final = (
     "/usr/local/lib/janus",
     "/opt/janus/lib/janus",
 )
-_CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 
 JcfgValue = str | int | float | bool | Sequence[str]
 
@@ -90,15 +90,6 @@ def find_lib_dir() -> Path:
             if (candidate / "plugins" / "libjanus_videoroom.so").exists():
                 return candidate
     raise JanusStartError("cannot find Janus's plugins folder (libjanus_videoroom.so); is `janus` installed?")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time (seconds, all threads) consumed so far by process `pid`, from /proc."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Fields after the command name (which may contain spaces) start at field 3 (state); utime and
-    # stime are fields 14 and 15 (1-based), i.e. indexes 11 and 12 after the closing parenthesis.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
 async def build_loopback_shim(dest_dir: Path, cc: str | None = None) -> Path:
@@ -225,7 +216,10 @@ class JanusServer:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds used by the Janus process so far (all its threads)."""
-        return proc_cpu_seconds(self.pid)
+        seconds = procfs.cpu_seconds(self.pid)
+        if seconds is None:
+            raise JanusStartError(f"janus (pid {self.pid}) is gone")
+        return seconds
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []

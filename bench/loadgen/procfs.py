@@ -1,112 +1,28 @@
-"""/proc readings (CPU time, RSS, per-core busy time), CPU pinning and percentiles for the SFU benchmark."""
+"""Moved to the harness kit, voxa.common.testing.procfs (and percentile to voxa.common.testing.stats);
+this name stays for the benchmarks and soaks still importing it from here."""
 
-from __future__ import annotations
+from voxa.common.testing.procfs import (
+    CLK_TCK,
+    CpuSample,
+    affinity,
+    all_processes_cpu_seconds,
+    core_ticks,
+    cpu_seconds,
+    pin,
+    status_kib,
+    threads,
+)
+from voxa.common.testing.stats import percentile
 
-import contextlib
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Final
-
-CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """utime + stime of process `pid` (all its threads), or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()  # fields after "(comm)", starting at field 3
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def all_processes_cpu_seconds() -> float:
-    """utime + stime of every live process (to estimate what else runs on this machine meanwhile)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            total += cpu_seconds(int(entry)) or 0.0
-    return total
-
-
-def status_kib(pid: int, field: str = "VmRSS") -> int | None:
-    """A kB field of /proc/<pid>/status (VmRSS, VmHWM)."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
-
-
-def core_ticks(core: int) -> tuple[int, int]:
-    """(busy, total) jiffies of one CPU core (line ``cpu<core>`` of /proc/stat); softirq counts as busy."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{core} "):
-            fields = [int(x) for x in line.split()[1:9]]  # user nice system idle iowait irq softirq steal
-            idle = fields[3] + fields[4]
-            return sum(fields) - idle, sum(fields)
-    return 0, 0
-
-
-def threads(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def pin(pid: int, cores: Iterable[int]) -> int:
-    """Pin every thread of `pid` to `cores` (new threads inherit it from their creator); returns how many."""
-    mask = set(cores)
-    done = 0
-    for tid in threads(pid):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(tid, mask)
-            done += 1
-    return done
-
-
-def affinity(pid: int) -> list[int]:
-    """The union of the CPU affinities of every thread of `pid`."""
-    cores: set[int] = set()
-    for tid in threads(pid):
-        with contextlib.suppress(OSError):
-            cores |= os.sched_getaffinity(tid)
-    return sorted(cores)
-
-
-def percentile(sorted_values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) of sorted samples, linearly interpolated."""
-    if not sorted_values:
-        return None
-    pos = (len(sorted_values) - 1) * q / 100.0
-    low = int(pos)
-    high = min(low + 1, len(sorted_values) - 1)
-    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (pos - low)
-
-
-class CpuSample:
-    """CPU seconds of several processes and busy ticks of cores at one instant."""
-
-    def __init__(self, pids: dict[str, list[int]], cores: Iterable[int]) -> None:
-        self.cpu = {name: sum(cpu_seconds(p) or 0.0 for p in group) for name, group in pids.items()}
-        self.cpu["all"] = all_processes_cpu_seconds()
-        self.cores = {core: core_ticks(core) for core in cores}
-
-    def percent_since(self, earlier: CpuSample, wall_s: float) -> dict[str, float]:
-        """CPU % of one core per process group, ``other`` (every other process of the machine, an
-        estimate: processes that exited meanwhile are missed) and ``core<N>_busy`` %, between two samples."""
-        out = {
-            name: round(100.0 * (self.cpu[name] - earlier.cpu.get(name, 0.0)) / wall_s, 1)
-            for name in self.cpu
-        }
-        mine = sum(v for k, v in out.items() if k != "all")
-        out["other"] = round(max(out.pop("all") - mine, 0.0), 1)
-        for core, (busy, total) in self.cores.items():
-            b0, t0 = earlier.cores.get(core, (0, 0))
-            out[f"core{core}_busy"] = round(100.0 * (busy - b0) / max(total - t0, 1), 1)
-        return out
+__all__ = [
+    "CLK_TCK",
+    "CpuSample",
+    "affinity",
+    "all_processes_cpu_seconds",
+    "core_ticks",
+    "cpu_seconds",
+    "percentile",
+    "pin",
+    "status_kib",
+    "threads",
+]

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from e2e.browser.harness import ChromiumPage
 from tests.integration.sfu.conftest import ClientPeer, Harness
+from voxa.common.testing.wait import eventually_async, scaled
 from voxa.sfu.negotiation import State
 from voxa.sfu.worker import RouterHandle, SfuWorker
 
@@ -106,7 +107,7 @@ class Sfu:
         return True
 
     async def wait_settled(self, timeout: float = WAIT_S) -> None:
-        await wait_for(self.settled, timeout, lambda: f"SFU not settled: {self.describe()}")
+        await eventually_async(self.settled, timeout, lambda: f"SFU not settled: {self.describe()}")
 
     def describe(self) -> str:
         peers = {
@@ -126,19 +127,11 @@ class Sfu:
 
 
 # --- waiting and measuring ------------------------------------------------------------------------
-async def wait_for(predicate: Callable[[], bool], timeout: float, why: Callable[[], str]) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {why()}")
-        await asyncio.sleep(0.05)
-
-
 async def poll(
     probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool], timeout: float, what: str
 ) -> T:
     """Run `probe` until `accept` takes its result; fail with the last result after `timeout` s."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         result = await probe()
         if accept(result):

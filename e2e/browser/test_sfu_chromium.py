@@ -22,8 +22,9 @@ import pytest
 
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import ChromiumPage
-from e2e.browser.sfu_relay import WAIT_S, PagePeer, Sfu, poll, wait_for
+from e2e.browser.sfu_relay import WAIT_S, PagePeer, Sfu, poll
 from tests.integration.sfu.conftest import ClientPeer
+from voxa.common.testing.wait import eventually_async
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.worker import SfuWorker
 
@@ -224,7 +225,7 @@ async def test_left_peer_section_goes_inactive_and_is_reused(chromium: ChromiumF
 
     # b leaves: the SFU re-offers a with b's m-section inactive (kept, not removed: m-lines never go).
     await sfu.leave_page("b")
-    await wait_for(
+    await eventually_async(
         lambda: len(a.offers) > offers_before and len(a.answers) == len(a.offers),
         WAIT_S,
         lambda: f"no answered re-offer after b left: {sfu.describe()}",

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from voxa.common.ports import free_port
+from voxa.common.testing import procfs
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build.sh"
@@ -406,12 +407,8 @@ def read_state(state_dir: Path) -> State | None:
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start time) of a process from /proc, or None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0], int(fields[19])
+    fields = procfs.stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[19]))
 
 
 def is_alive(record: ProcessRecord) -> bool:
@@ -434,28 +431,12 @@ def _signal_group(record: ProcessRecord, sig: signal.Signals) -> None:
         os.killpg(record.pid, sig)
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Pids of the processes in a process group that still run (not zombies), from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
-
-
 def _group_gone(record: ProcessRecord) -> bool:
     """Whether nothing runs any more in the record's process group. The leader is reaped if it is our
     child; zombies left to init count as gone, as init may take its time to reap them."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(record.pid, os.WNOHANG)
-    return not _live_group_members(record.pid)
+    return not procfs.group_members(record.pid)
 
 
 def stop_processes(records: Iterable[ProcessRecord], grace: float = 10.0) -> None:

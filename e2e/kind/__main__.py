@@ -27,8 +27,8 @@ from e2e.kind.cluster import Cluster, ClusterSpec, log
 from e2e.kind.deployed import Stack
 from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
-from e2e.wait import eventually
 from voxa.common.demo import invites
+from voxa.common.testing.wait import eventually
 from voxa.common.version import IMAGE_REGISTRY
 
 NAME = "voxa"

@@ -24,8 +24,8 @@ from e2e.kind.cluster import Cluster, ClusterSpec, PortMapping
 from e2e.kind.deployed import JWT_SECRET, Stack, pod_ready_seconds
 from e2e.kind.engine import EngineError, ensure_engine, stop_engine
 from e2e.kind.paths import BUILD_DIR
-from e2e.wait import eventually
 from voxa.common.ports import UDP, free_port
+from voxa.common.testing.wait import eventually
 
 FIXTURE = "voxa_kind"
 NAME = "voxa-e2e"

@@ -14,8 +14,8 @@ import pytest
 from e2e.kind.deployed import Stack, is_ready, live_pods
 from e2e.kind.fixtures import KindEnv, deploy_stack
 from e2e.kind.voice import joined, media_server_of, until_hears
-from e2e.wait import until
 from voxa.client.voice import VoiceClient, VoiceEvent
+from voxa.common.testing.wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 A_HZ, B_HZ = 440.0, 660.0

@@ -11,7 +11,7 @@ import pytest
 from e2e.kind.cluster import OPERATOR_NAMESPACE
 from e2e.kind.deployed import Stack, is_ready, operator_pods
 from e2e.kind.fixtures import KindEnv, deploy_stack
-from e2e.wait import eventually
+from voxa.common.testing.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -19,8 +19,8 @@ import pytest
 from e2e.kind.deployed import Stack
 from e2e.kind.fixtures import KindEnv, deploy_stack
 from e2e.kind.voice import joined, media_server_of, until_hears
-from e2e.wait import until
 from voxa.client.voice import VoiceClient
+from voxa.common.testing.wait import until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DRAIN_S = 40

@@ -11,7 +11,7 @@ import pytest
 from e2e.kind.cluster import OPERATOR_NAMESPACE, RELEASE
 from e2e.kind.deployed import Stack, is_ready, operator_pods
 from e2e.kind.fixtures import OPERATOR_VALUES, KindEnv, deploy_stack
-from e2e.wait import eventually
+from voxa.common.testing.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 COMPONENTS = ("signaling", "sfu", "redis", "stunnerd")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from tests.unit.test_chart import CHART, helm_binary
+from voxa.common.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -3,17 +3,19 @@ and the operator in the background, the samples applied with kubectl, and nothin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from e2e.cluster.controlplane import build_tools
+from voxa.common.testing import procfs
+from voxa.common.testing.wait import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -27,15 +29,6 @@ def cli(*args: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
         timeout=180,
         check=False,
     )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
 
 
 def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
@@ -52,9 +45,9 @@ def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
         subprocess.run(
             [kubectl, "apply", "-f", str(ROOT / "crds" / "samples")], env=env, check=True, timeout=60
         )
-        deadline = time.monotonic() + 90
         rows: list[list[str]] = []
-        while time.monotonic() < deadline:
+
+        def both_ready() -> bool:
             out = subprocess.run(
                 [kubectl, "get", "voiceservers"],
                 env=env,
@@ -63,10 +56,11 @@ def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
                 check=True,
                 timeout=30,
             ).stdout
-            rows = [line.split() for line in out.splitlines()]
-            if len(rows) == 3 and all(r[1] == "True" for r in rows[1:]):
-                break
-            time.sleep(1)
+            rows[:] = [line.split() for line in out.splitlines()]
+            return len(rows) == 3 and all(r[1] == "True" for r in rows[1:])
+
+        with contextlib.suppress(AssertionError):  # the asserts below say what is not ready
+            eventually(both_ready, 90, "both sample VoiceServers Ready")
         assert rows[0] == ["NAME", "READY", "SFUS", "PARTICIPANTS", "ENDPOINT", "AGE"]
         assert [(r[0], r[1]) for r in rows[1:]] == [("arena", "True"), ("lobby", "True")], rows
         out = subprocess.run(
@@ -81,4 +75,4 @@ def test_make_cluster_up_samples_and_down(tmp_path: Path) -> None:
     finally:
         down = cli("down", state_dir=state)
     assert down.returncode == 0, down.stderr
-    assert [pid for pid in pids if alive(pid)] == []
+    assert [pid for pid in pids if procfs.running(pid)] == []

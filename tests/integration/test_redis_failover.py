@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -19,19 +18,11 @@ from conftest import RedisSentinelSet, SignalingFactory, _redis_client
 from tests.integration.conftest import token
 from tests.integration.test_replicas_redis import TOPIC, wait_status
 from voxa.client.phoenix import PhoenixClient
+from voxa.common.testing.wait import eventually_async
 from voxa.signaling.store import CallCommit, MetaFrame, PresenceEntry, StoreUnavailable
 from voxa.signaling.store.redis import RedisStore
 
 RECOVERY_BOUND_S = 20.0
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not await check():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"{what} within {timeout} s") from None
 
 
 class Load:
@@ -88,10 +79,10 @@ async def test_store_follows_a_promoted_replica_under_load(redis_sentinel: Redis
             await a.publish("voice:g:news", payload)  # until b's subscription is back
         return payload in got_b
 
-    await eventually(lambda: heard("before"), 10, "b hears a before the failover")
+    await eventually_async(lambda: heard("before"), 10, "b hears a before the failover")
     load = Load(a, workers=4)
     try:
-        await eventually(lambda: asyncio.sleep(0, len(load.ok) >= 20), 10, "the load runs")
+        await eventually_async(lambda: asyncio.sleep(0, len(load.ok) >= 20), 10, "the load runs")
         killed_at = time.monotonic()
         redis_sentinel.server(old).kill()
 
@@ -99,7 +90,7 @@ async def test_store_follows_a_promoted_replica_under_load(redis_sentinel: Redis
             port = await asyncio.to_thread(redis_sentinel.primary_port)
             return port not in (0, old)
 
-        await eventually(promoted, RECOVERY_BOUND_S, "the Sentinels promote the replica")
+        await eventually_async(promoted, RECOVERY_BOUND_S, "the Sentinels promote the replica")
 
         async def recovered() -> bool:
             # Operations failed after the kill and succeed again after the failures.
@@ -109,7 +100,7 @@ async def test_store_follows_a_promoted_replica_under_load(redis_sentinel: Redis
                 and sum(t > load.failed[-1] for t in load.ok) >= 20
             )
 
-        await eventually(recovered, RECOVERY_BOUND_S, "store operations succeed again")
+        await eventually_async(recovered, RECOVERY_BOUND_S, "store operations succeed again")
         gap = load.failed[-1] - killed_at
         first = load.failed[0] - killed_at
         print(f"failover: first failure {first:.2f} s, last failure {gap:.2f} s after the kill")
@@ -122,7 +113,7 @@ async def test_store_follows_a_promoted_replica_under_load(redis_sentinel: Redis
     await a.member_set("g", "bob", {"server_muted": True})
     assert await b.member_get("g", "bob") == {"server_muted": True}
     assert await asyncio.to_thread(lambda: _redis_client(new).exists("voxa:{g}:member:bob")) == 1
-    await eventually(lambda: heard("after"), RECOVERY_BOUND_S, "b hears a after the failover")
+    await eventually_async(lambda: heard("after"), RECOVERY_BOUND_S, "b hears a after the failover")
     for store in (a, b):
         await store.close()
 
@@ -153,7 +144,7 @@ async def test_signaling_replicas_follow_a_failover(
         port = await asyncio.to_thread(redis_sentinel.primary_port)
         return port not in (0, old)
 
-    await eventually(promoted, RECOVERY_BOUND_S, "the Sentinels promote the replica")
+    await eventually_async(promoted, RECOVERY_BOUND_S, "the Sentinels promote the replica")
     await wait_status(a, 200, timeout=RECOVERY_BOUND_S)
     await wait_status(b, 200, timeout=RECOVERY_BOUND_S)
     await alice.heartbeat()

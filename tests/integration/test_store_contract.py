@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from conftest import RedisClusterSet, RedisSentinelSet
+from voxa.common.testing.wait import eventually_async
 from voxa.signaling.store import (
     CallCommit,
     MediaLoad,
@@ -69,12 +70,6 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[StoreFacto
 
 def entry(key: str, ref: str, **meta: object) -> PresenceEntry:
     return PresenceEntry(key, {"phx_ref": ref, **meta})
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not await check():
-            await asyncio.sleep(0.02)
 
 
 def frame(name: str) -> MetaFrame:
@@ -151,7 +146,7 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
     async def all_arrived() -> bool:
         return len(got_b) == 4
 
-    await eventually(all_arrived)
+    await eventually_async(all_arrived, 5.0, "all arrived")
     assert got_b == [
         ("voice:g:t", """['join-frame',{"phx_ref":"1"}]"""),
         ("voice:g:t", "plain"),
@@ -168,7 +163,7 @@ async def test_pubsub_reaches_other_replicas_only(make_store: StoreFactory) -> N
     async def marker() -> bool:
         return ("voice:g:t2", "marker") in got_b
 
-    await eventually(marker)
+    await eventually_async(marker, 5.0, "marker")
     assert ("voice:g:t", "after") not in got_b
 
 
@@ -190,7 +185,7 @@ async def test_publish_many_keeps_order_and_skips_topics_nobody_else_hears(make_
     async def arrived() -> bool:
         return len(got_b) == 6
 
-    await eventually(arrived)
+    await eventually_async(arrived, 5.0, "arrived")
     assert got_b == [
         ("voice:g:x", "1"),
         ("voice:g:y", "2"),
@@ -221,13 +216,13 @@ async def test_broadcasts_of_many_voice_servers_arrive_and_survive_quick_resubsc
     async def arrived() -> bool:
         return sorted(got_b) == sorted((t, "hi") for t in topics)
 
-    await eventually(arrived)
+    await eventually_async(arrived, 5.0, "arrived")
     await a.publish(topics[0], "again")
 
     async def again() -> bool:
         return (topics[0], "again") in got_b
 
-    await eventually(again)
+    await eventually_async(again, 5.0, "again")
 
 
 async def test_topics_and_indexes_of_different_servers_are_refused(make_store: StoreFactory) -> None:
@@ -249,7 +244,7 @@ async def test_dead_replica_entries_are_hidden_and_swept(make_store: StoreFactor
         await a.replica_heartbeat()  # a stays alive; b stops heartbeating
         return keys(await a.presence_list("voice:g:t")) == [("alive", "1")]
 
-    await eventually(b_expired)
+    await eventually_async(b_expired, 5.0, "b expired")
     removed = await a.presence_sweep("voice:g:t", "g")
     assert keys(removed) == [("doomed", "2")]
     assert await a.presence_sweep("voice:g:t", "g") == []
@@ -303,7 +298,7 @@ async def test_join_merges_member_flags_into_meta_and_frame(make_store: StoreFac
     async def arrived() -> bool:
         return len(got_b) == 2
 
-    await eventually(arrived)
+    await eventually_async(arrived, 5.0, "arrived")
     assert got_b[0] == result.frame
 
 
@@ -336,7 +331,7 @@ async def test_registry_upsert_list_expire(make_store: StoreFactory) -> None:
     async def s2_gone() -> bool:
         return [m.id for m in await a.media_servers("g")] == ["s1"]
 
-    await eventually(s2_gone)
+    await eventually_async(s2_gone, 5.0, "s2 gone")
     await a.media_server_remove("g", "s1")
     assert await a.media_servers("g") == []
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import urllib.error
 import urllib.request
 import uuid
@@ -18,8 +16,9 @@ import pytest
 
 from conftest import ROOT, VOXA
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from voxa.common.ports import free_port
+from voxa.common.testing.procs import Proc, http_ok, tail, wait_ready
+from voxa.common.testing.wait import eventually
 
 
 @dataclass
@@ -29,7 +28,7 @@ class OperatorProcess:
     cluster: KubeCluster
     log_path: Path
     env_overrides: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
+    handle: Proc | None = None
     port: int = 0
     metrics_port: int = 0
 
@@ -49,20 +48,16 @@ class OperatorProcess:
             "VOXA_OPERATOR_CLEANUP_ATTEMPTS": "3",
             **self.env_overrides,
         }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([VOXA, "operator"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        eventually(self.alive, 60, "the operator's liveness endpoint")
+        self.handle = Proc("operator", [VOXA, "operator"], env, self.log_path).start()
+        wait_ready(self.handle, self._healthy, 60, "the operator's liveness endpoint")
+
+    def _healthy(self) -> bool:
+        return http_ok(f"http://127.0.0.1:{self.port}/healthz")
 
     def alive(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=1) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        assert self.handle is not None
+        self.handle.check_alive()
+        return self._healthy()
 
     def reconciles(self) -> float:
         """voxa_operator_reconciles_total, all triggers."""
@@ -75,17 +70,11 @@ class OperatorProcess:
         )
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.handle is not None:
+            self.handle.stop(timeout=20)
 
     def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return tail(self.log_path, chars)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, condition, get, secret, voiceserver
+from voxa.common.testing.wait import consistently, eventually
 from voxa.operator.reconcile import HASH_ANNOTATION
 from voxa.operator.render.stunner import CONFIG_REVISION_ANNOTATION
 
@@ -304,8 +303,12 @@ def test_new_calls_stay_on_the_old_slot_until_the_pods_can_have_the_new_secret(
 
         st = eventually(rotating, 30, "Progressing: RotatingSecret")
         assert st["activeSlot"] == "a" and st["uris"] == ["turn:203.0.113.9:3478?transport=udp"]
-        time.sleep(3)  # several reconciles later, nothing has moved
-        assert decoded(cluster, namespace, "hall-turn") == {"secret": generated}
+        # Several reconciles later, nothing has moved.
+        consistently(
+            lambda: decoded(cluster, namespace, "hall-turn") == {"secret": generated},
+            3,
+            "the old secret kept",
+        )
         config = get(cluster, namespace, "configmap", "hall-signaling")["data"]
         assert config["VOXA_TURN_URIS"] == "turn:203.0.113.9:3478?transport=udp"
         assert get(cluster, namespace, "stunnergateway", "edge")["status"]["activeSlot"] == "a"

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, get, secret, voiceserver
+from voxa.common.testing.wait import consistently, eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,9 +45,9 @@ def test_standby_replica_waits_then_takes_over(
         eventually(
             lambda: get(cluster, namespace, "deployment", "ha-signaling"), 60, "children from the active"
         )
-        time.sleep(3)  # three resync periods
-        assert active.reconciles() > 0
-        assert standby.reconciles() == 0, standby.log_tail()
+        eventually(lambda: active.reconciles() > 0, 30, "the active operator reconciling")
+        # Three resync periods in which the standby never reconciles.
+        consistently(lambda: standby.reconciles() == 0, 3, "the standby staying idle")
 
         active.stop()  # a clean stop (a rolling update of the operator) hands over at once
         cluster.kubectl(

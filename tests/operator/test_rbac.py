@@ -11,8 +11,8 @@ import yaml
 
 from conftest import ROOT, RedisServer
 from e2e.cluster.fixtures import KubeCluster
-from e2e.wait import eventually
 from tests.operator.conftest import OperatorProcess, condition, get, secret, voiceserver
+from voxa.common.testing.wait import eventually
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from conftest import RedisServer
 from e2e.cluster.fixtures import KubeCluster, KubectlError
-from e2e.wait import eventually
 from tests.operator.conftest import (
     OperatorProcess,
     condition,
@@ -22,6 +21,7 @@ from tests.operator.conftest import (
     voiceserver,
     voiceserver_when,
 )
+from voxa.common.testing.wait import consistently, eventually
 from voxa.signaling.store.base import MediaLoad, MediaServer
 from voxa.signaling.store.redis import RedisStore
 
@@ -331,8 +331,7 @@ def test_operator_restart_makes_no_writes(
     before = eventually(settled, 60, "a quiet cluster")
     operator.stop()
     operator.start()
-    time.sleep(6)  # six resync periods of the new process
-    assert operator.alive()
+    consistently(operator.alive, 6, "the restarted operator")  # six resync periods of the new process
     after = snapshot()
     changed = [k for k, obj in after.items() if versions(before).get(k) != obj["metadata"]["resourceVersion"]]
     writes = {key: writes_of(before.get(key), after[key]) for key in changed}

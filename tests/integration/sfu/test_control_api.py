@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from conftest import SFU_SECRET, SignalingFactory
 from voxa.client.media import AudioSink, SineTrack
 from voxa.common.ports import free_port
+from voxa.common.testing.procs import Proc, clean_env, http_ok, wait_ready
 
 VOXA = str(Path(sys.executable).with_name("voxa"))
 AUTH = {"Authorization": f"Bearer {SFU_SECRET}"}
@@ -38,7 +38,7 @@ class SfuProcess:
         self.media_id = media_id
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("VOXA_")}
+        environ = clean_env()
         environ.update(
             VOXA_SFU_SECRET=SFU_SECRET,
             VOXA_SFU_ID=media_id,
@@ -51,29 +51,23 @@ class SfuProcess:
             environ["VOXA_SFU_SIGNALING_URL"] = signaling_url
         environ.update(env or {})
         self.log = tmp / "sfu.log"
-        self.proc = subprocess.Popen(
-            [VOXA, "sfu", "--workers", "1", "--port", str(self.port)],
-            env=environ,
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
+        argv = [VOXA, "sfu", "--workers", "1", "--port", str(self.port)]
+        self.handle = Proc(media_id, argv, environ, self.log).start()
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        assert self.handle.proc is not None
+        return self.handle.proc
 
     async def ready(self) -> None:
-        async with asyncio.timeout(20), aiohttp.ClientSession() as http:
-            while True:
-                assert self.proc.poll() is None, self.log.read_text()[-2000:]
-                try:
-                    async with http.get(self.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
+        # A thread, so that the event loop (and any signaling in it) keeps running meanwhile.
+        healthz = self.url + "/healthz"
+        await asyncio.to_thread(
+            wait_ready, self.handle, lambda: http_ok(healthz), 20, f"{self.media_id} /healthz"
+        )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self.handle.kill()
 
 
 @pytest.fixture

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from tests.integration.sfu.conftest import Harness
-
-
-async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.05)
+from voxa.common.testing.wait import eventually_async
 
 
 async def test_three_peers_hear_exactly_the_other_two(sfu: Harness) -> None:
     room = sfu.worker.create_router("lobby")
     tones = {"a": 440.0, "b": 660.0, "c": 880.0}
     clients = [await sfu.join(room, name, hz) for name, hz in tones.items()]
-    await wait_for(lambda: all(len(c.sinks) == 2 for c in clients))
+    await eventually_async(lambda: all(len(c.sinks) == 2 for c in clients))
     await asyncio.sleep(1.0)
     for client in clients:
         heard = sorted(hz for hz, _rms in await client.frequencies(1.0) if hz is not None)
@@ -31,7 +26,7 @@ async def test_mute_silences_within_300ms_without_renegotiation(sfu: Harness) ->
     room = sfu.worker.create_router("lobby")
     alice = await sfu.join(room, "alice", 440.0)
     bob = await sfu.join(room, "bob", 660.0)
-    await wait_for(lambda: alice.sinks and bob.sinks)
+    await eventually_async(lambda: alice.sinks and bob.sinks)
     await asyncio.sleep(0.5)
     hz, _ = (await alice.sink_from("bob").measure(0.5)).hz, None
     assert hz is not None and abs(hz - 660) < 15
@@ -55,7 +50,7 @@ async def test_server_mute_holds_until_lifted_by_server(sfu: Harness) -> None:
     room = sfu.worker.create_router("lobby")
     alice = await sfu.join(room, "alice", 440.0)
     await sfu.join(room, "bob", 660.0)
-    await wait_for(lambda: bool(alice.sinks))
+    await eventually_async(lambda: bool(alice.sinks))
     bob = room.peer("bob")
     bob.set_muted(server_muted=True)
     bob.set_muted(muted=False)  # the client unmuting itself does not lift a server mute
@@ -72,7 +67,7 @@ async def test_without_speak_right_audio_is_not_forwarded(sfu: Harness) -> None:
     alice = await sfu.join(room, "alice", 440.0)
     await sfu.join(room, "bob", 660.0)
     room.peer("bob").set_rights(can_speak=False)
-    await wait_for(lambda: bool(alice.sinks))
+    await eventually_async(lambda: bool(alice.sinks))
     await asyncio.sleep(0.5)
     assert (await alice.sink_from("bob").measure(0.5)).rms < 0.01
     room.peer("bob").set_rights(can_speak=True)
@@ -91,12 +86,12 @@ async def test_active_speaker_follows_the_tone(sfu: Harness) -> None:
         states = [e["speaking"] for e in sfu.events if e["type"] == "speaking" and e["peer"] == peer]
         return states[-1] if states else None
 
-    await wait_for(lambda: speaking("alice") is True)
+    await eventually_async(lambda: speaking("alice") is True)
     assert room.router.speaker.dominant == "alice"
     alice.tone.frequency = None  # silence
-    await wait_for(lambda: speaking("alice") is False)
+    await eventually_async(lambda: speaking("alice") is False)
     alice.tone.frequency = 440.0
-    await wait_for(lambda: speaking("alice") is True)
+    await eventually_async(lambda: speaking("alice") is True)
     assert speaking("bob") is None
 
 
@@ -107,7 +102,7 @@ async def test_late_video_subscriber_starts_from_a_keyframe_obtained_by_pli(sfu:
     producer = next(p for p in room.router.producers.values() if p.kind == "video")
     requests_before = producer.stats.keyframe_requests
     late = await sfu.join(room, "late", None)
-    await wait_for(lambda: bool(late.video))
+    await eventually_async(lambda: bool(late.video))
     frame = await asyncio.wait_for(late.video[0].recv(), 10)
     assert frame.width == 640 and frame.height == 480
     frames = [await asyncio.wait_for(late.video[0].recv(), 5) for _ in range(10)]

@@ -15,7 +15,7 @@ import pytest
 from aiortc import RTCPeerConnection
 
 from tests.integration.sfu.conftest import Harness
-from tests.integration.sfu.test_forwarding import wait_for
+from voxa.common.testing.wait import eventually_async
 from voxa.sfu.peer import PeerError
 from voxa.sfu.sdp import SdpError
 
@@ -65,7 +65,7 @@ async def test_no_decoder_or_encoder_is_constructed_for_forwarded_tracks(
     monkeypatch.setattr("aiortc.rtcrtpsender.get_encoder", counting_encoder)
     room = sfu.worker.create_router("lobby")
     clients = [await sfu.join(room, name, hz) for name, hz in (("a", 440.0), ("b", 660.0), ("c", 880.0))]
-    await wait_for(lambda: all(len(c.sinks) == 2 for c in clients))
+    await eventually_async(lambda: all(len(c.sinks) == 2 for c in clients))
     await asyncio.sleep(1.0)
     forwarded = sum(c.stats.packets for c in room.router.consumers.values())
     assert forwarded > 100
@@ -104,7 +104,7 @@ async def test_churn_leaves_nothing_behind(sfu: Harness) -> None:
     async def batch(number: int) -> None:
         names = [f"p{number}-{i}" for i in range(5)]
         joined = [await sfu.join(room, name, 300.0 + 50 * i) for i, name in enumerate(names)]
-        await wait_for(
+        await eventually_async(
             lambda: len(room.peers) == 6 and all(room.peer(n).transport.connected.is_set() for n in names)
         )
         for client in joined:
@@ -113,7 +113,7 @@ async def test_churn_leaves_nothing_behind(sfu: Harness) -> None:
                 await sink.stop()
             await client.pc.close()
             del sfu.clients[client.name]
-        await wait_for(lambda: len(room.peers) == 1 and not room.router.producers)
+        await eventually_async(lambda: len(room.peers) == 1 and not room.router.producers)
         await asyncio.sleep(0.5)
 
     # The first batch gives the watcher its (reusable) receiving m-sections; then nothing may grow.
@@ -124,7 +124,7 @@ async def test_churn_leaves_nothing_behind(sfu: Harness) -> None:
     baseline_sockets = open_sockets()
     for number in range(1, 10):
         await batch(number)
-    await wait_for(lambda: len(room.peers) == 1 and not room.router.producers)
+    await eventually_async(lambda: len(room.peers) == 1 and not room.router.producers)
     watcher_lines = room.peer("watcher").negotiator.lines  # type: ignore[union-attr]
     # Its own m-section plus at most the 5 consumer m-sections a batch needed, reused batch after batch.
     assert len(watcher_lines) <= 6, [ln.media.mid for ln in watcher_lines]
@@ -133,7 +133,7 @@ async def test_churn_leaves_nothing_behind(sfu: Harness) -> None:
     assert len(asyncio.all_tasks()) <= baseline_tasks + 2
 
     try:
-        await wait_for(lambda: sfu_side_threads() <= baseline_threads + 1, timeout=10)
+        await eventually_async(lambda: sfu_side_threads() <= baseline_threads + 1, timeout=10)
     except TimeoutError:
         pytest.fail(f"threads left behind: {sorted(t.name for t in threading.enumerate())}")
     assert open_sockets() <= baseline_sockets
@@ -183,7 +183,7 @@ async def test_garbled_rtp_and_rtcp_are_dropped(sfu: Harness) -> None:
     room = sfu.worker.create_router("lobby")
     alice = await sfu.join(room, "alice", 440.0)
     await sfu.join(room, "bob", 660.0)
-    await wait_for(lambda: bool(alice.sinks))
+    await eventually_async(lambda: bool(alice.sinks))
     bob = room.peer("bob")
     bad_before = sfu.worker.bad_packets + sfu.worker.unknown_packets
     junks = (
@@ -206,7 +206,9 @@ async def test_garbled_rtp_and_rtcp_are_dropped(sfu: Harness) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
             for junk in junks:
                 stranger.sendto(junk, ("127.0.0.1", sfu.worker.server.port))
-        await wait_for(lambda: sfu.worker.bad_packets + sfu.worker.unknown_packets >= bad_before + len(junks))
+        await eventually_async(
+            lambda: sfu.worker.bad_packets + sfu.worker.unknown_packets >= bad_before + len(junks)
+        )
     assert sfu.worker.bad_packets + sfu.worker.unknown_packets > bad_before
     await asyncio.sleep(0.3)
     back = await alice.sink_from("bob").measure(0.5)
@@ -221,7 +223,7 @@ async def test_peer_that_never_connects_is_removed(sfu: Harness) -> None:
     await pc.setLocalDescription(await pc.createOffer())
     await room.add_peer("ghost", pc.localDescription.sdp)  # the answer is never applied: no ICE
     await pc.close()
-    await wait_for(lambda: "ghost" not in room.peers, timeout=10)
+    await eventually_async(lambda: "ghost" not in room.peers, timeout=10)
     states = [e for e in sfu.events if e["type"] == "peer_state" and e["peer"] == "ghost"]
     assert states and states[-1]["state"] == "closed"
 

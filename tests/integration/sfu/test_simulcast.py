@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from voxa.common.testing.wait import eventually_async
 from voxa.sfu import aiortc_glue, rtp, sdp
 from voxa.sfu.router import Preferences
 from voxa.sfu.settings import SfuSettings
@@ -108,17 +109,8 @@ class RawSubscriber:
         return layers.pop() if len(self.packets) >= count and len(layers) == 1 else None
 
 
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout} s: {what}") from None
-
-
 async def connected(pc: RTCPeerConnection, timeout: float = 15.0) -> None:
-    await until(lambda: pc.connectionState == "connected", timeout, "publisher connected")
+    await eventually_async(lambda: pc.connectionState == "connected", timeout, "publisher connected")
 
 
 async def test_subscriber_gets_the_layer_its_bandwidth_and_tile_allow(sfu: Harness) -> None:
@@ -142,8 +134,10 @@ async def test_subscriber_gets_the_layer_its_bandwidth_and_tile_allow(sfu: Harne
 
     subscriber = await sfu.join(room, "sub", None)
     sub_peer = room.peer("sub")
-    await until(lambda: any(c.ready for c in sub_peer.consumers.values()), 20.0, "consumer negotiated")
-    await until(sub_peer.transport.connected.is_set, 15.0, "subscriber connected")
+    await eventually_async(
+        lambda: any(c.ready for c in sub_peer.consumers.values()), 20.0, "consumer negotiated"
+    )
+    await eventually_async(sub_peer.transport.connected.is_set, 15.0, "subscriber connected")
     raw = RawSubscriber()
     sub_path = aiortc_glue.client_media_path(subscriber.pc)
     original = sub_path.protocol.datagram_received
@@ -182,17 +176,17 @@ async def test_subscriber_gets_the_layer_its_bandwidth_and_tile_allow(sfu: Harne
 
         # Plenty of bandwidth: the full layer.
         engine.set_peer_bandwidth(native_peer, 5_000_000)
-        await until(lambda: raw.recent_layer() == 2, 15.0, "f with 5 Mbit/s")
+        await eventually_async(lambda: raw.recent_layer() == 2, 15.0, "f with 5 Mbit/s")
         # Squeezed: down to q promptly.
         engine.set_peer_bandwidth(native_peer, 120_000)
-        await until(lambda: raw.recent_layer() == 0, 10.0, "q with 120 kbit/s")
+        await eventually_async(lambda: raw.recent_layer() == 0, 10.0, "q with 120 kbit/s")
         # Room again, but the tile is 640 px wide: h.
         engine.set_peer_bandwidth(native_peer, 5_000_000)
         sub_peer.set_quality(track, Preferences(max_width=640, max_height=360))
-        await until(lambda: raw.recent_layer() == 1, 15.0, "h for a 640 px tile")
+        await eventually_async(lambda: raw.recent_layer() == 1, 15.0, "h for a 640 px tile")
         # Nobody wants f any more: the publisher is told (the lowest layer always stays on: it is
         # where a new subscriber, or one that loses bandwidth, lands at once).
-        await until(
+        await eventually_async(
             lambda: any(
                 e["type"] == "publish_layers"
                 and e["peer"] == "pub"
@@ -261,7 +255,7 @@ async def test_python_data_plane_forwards_the_lowest_layer_only(python_sfu: Harn
 
     await sfu.join(room, "sub", None)
     consumer = next(iter(room.peer("sub").consumers.values()))
-    await until(lambda: consumer.ready, 20.0, "consumer ready")
+    await eventually_async(lambda: consumer.ready, 20.0, "consumer ready")
     seen: list[int] = []
     send = consumer._send
 
@@ -276,6 +270,6 @@ async def test_python_data_plane_forwards_the_lowest_layer_only(python_sfu: Harn
             packet = rtp_packet(pt, 100 * i + frame, 3000 * frame, 1000 + i, mid_id, mid, rid, payload)
             path.protocol.transport.sendto(path.tx.protect(packet), path.remote_addr)
         await asyncio.sleep(1 / FPS)
-    await until(lambda: len(seen) >= 15, 5.0, "layer 0 forwarded")
+    await eventually_async(lambda: len(seen) >= 15, 5.0, "layer 0 forwarded")
     assert set(seen) == {0}
     await publisher.close()

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiortc import RTCPeerConnection, VideoStreamTrack
 
+from voxa.common.testing.wait import eventually_async
 from voxa.sfu.control import create_app
 
 from .conftest import Harness
@@ -38,12 +39,6 @@ def forwarding(producer: Any) -> bool:
     return bool(producer.forwarding)
 
 
-async def until(condition: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 async def test_screen_share_needs_the_stream_right(sfu: Harness, api: TestClient[Any, Any]) -> None:
     room = sfu.worker.create_router("r")
     alice = await sfu.join(room, "alice", video=True, sources={"1": "screen"})
@@ -62,7 +57,7 @@ async def test_screen_share_needs_the_stream_right(sfu: Harness, api: TestClient
     }
     # The screen reaches bob once allowed.
     consumer = next(c for c in room.peer("bob").consumers.values() if c.producer is screen)
-    await until(lambda: consumer.stats.packets > 5, 20.0)
+    await eventually_async(lambda: consumer.stats.packets > 5, 20.0)
     # The client's own mute is its microphone's; the screen keeps going.
     room.peer("alice").set_muted(muted=True)
     assert forwarding(screen) and not forwarding(room.peer("alice").producers["0"])
@@ -98,7 +93,7 @@ async def test_quality_pauses_a_hidden_tile_and_validates(sfu: Harness, api: Tes
     await sfu.join(room, "alice", video=True)
     await sfu.join(room, "bob", 660.0)
     consumer = next(c for c in room.peer("bob").consumers.values() if c.producer.id == "alice:1")
-    await until(lambda: consumer.stats.packets > 5, 20.0)
+    await eventually_async(lambda: consumer.stats.packets > 5, 20.0)
     url = "/v1/routers/r/peers/bob/consumers/alice:1/quality"
 
     response = await api.put(url, json={"max_width": 320, "max_height": 180, "paused": False}, headers=AUTH)
@@ -118,7 +113,7 @@ async def test_quality_pauses_a_hidden_tile_and_validates(sfu: Harness, api: Tes
     assert consumer.stats.packets == before  # a hidden tile gets nothing
     response = await api.put(url, json={"paused": False}, headers=AUTH)
     assert response.status == 200
-    await until(lambda: consumer.stats.packets > before + 5, 20.0)  # from a keyframe again
+    await eventually_async(lambda: consumer.stats.packets > before + 5, 20.0)  # from a keyframe again
 
     for path, body, status in [
         ("/v1/routers/r/peers/bob/consumers/nobody:9/quality", {"max_width": 320}, 404),

@@ -11,7 +11,7 @@ import pytest
 from aioice import stun
 
 from tests.integration.sfu.conftest import Harness
-from tests.integration.sfu.test_forwarding import wait_for
+from voxa.common.testing.wait import eventually_async
 from voxa.sfu.peer import Peer
 from voxa.sfu.router import Consumer, Producer
 
@@ -51,7 +51,7 @@ async def test_every_peer_shares_the_workers_one_port_and_no_python_runs_per_pac
     ports = {c.pc.remoteDescription.sdp.split("m=audio ")[1].split()[0] for c in clients}
     assert ports == {str(sfu.worker.media_port)}
     assert all("a=ice-lite" in c.pc.remoteDescription.sdp for c in clients)
-    await wait_for(lambda: all(len(c.sinks) == 2 for c in clients))
+    await eventually_async(lambda: all(len(c.sinks) == 2 for c in clients))
     heard = await clients[0].sink_from("b").measure(1.0)
     assert heard.hz is not None and abs(heard.hz - 660) < 15
     # The SFU's side opened no socket per peer (the clients' own aiortc sockets are the growth).
@@ -84,7 +84,7 @@ async def test_a_check_with_the_wrong_password_is_not_answered(sfu: Harness) -> 
         probe.bind(("127.0.0.1", 0))
         probe.setblocking(False)
         probe.sendto(bytes(bad), ("127.0.0.1", sfu.worker.server.port))
-        await wait_for(lambda: engine.counters()["stun_rejected"] > rejected)
+        await eventually_async(lambda: engine.counters()["stun_rejected"] > rejected)
         probe.sendto(bytes(good), ("127.0.0.1", sfu.worker.server.port))
         data = await asyncio.wait_for(loop.sock_recv(probe, 2048), 10)
     answer = stun.parse_message(data)

@@ -1,4 +1,5 @@
-"""py-spy recording of the server under test, and a summary of its raw (collapsed-stack) output."""
+"""py-spy recording of a server under test, and a summary of its raw (collapsed-stack) output: for
+the benchmarks that report where a server spends its CPU."""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ bash .ci/setup.sh
 
 # docker.io (the engine the kind suite starts when none runs), iptables (its fence), debootstrap and
 # python3-venv (the images' Debian bases and the wheels resolved by their interpreter), iproute2
-# (`ip netns` and `tc`: the shaped links of the simulcast and RTX browser tests; iptables drops there).
-APT_PACKAGES=(redis-server chromium janus coturn docker.io iptables iproute2 debootstrap python3-venv)
+# (`ip netns` and `tc`: the shaped links of the simulcast and RTX browser tests; iptables drops there),
+# haproxy (the load balancer in front of the chaos soak's two signaling replicas).
+APT_PACKAGES=(redis-server chromium janus coturn docker.io iptables iproute2 debootstrap python3-venv haproxy)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

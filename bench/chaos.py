@@ -86,6 +86,9 @@ RECOVERY_TIMEOUT_S: Final = 60.0
 STABLE_S: Final = 1.0
 """Recovered means the checks held for this long (not one lucky sample)."""
 SETTLE_S: Final = 2.0
+PERSISTENT_KEY = re.compile(r"^voxa:\{calls\}:servers$|^voxa:\{[^}]*\}:member:")
+"""Keys meant to outlive every session (docs/store.md): the index of voice servers with calls and the
+persistent member flags. Not counted as leaks."""
 ERROR_LINE = re.compile(r'"level":\s*"(error|critical)"|Traceback \(most recent call last\)|^ERROR', re.M)
 
 
@@ -419,12 +422,13 @@ class Soak:
                 break
         rss_end = self.rss_sample()
         await self.stop_load()
-        leaked, final_keys = await self._keys_back(len(baseline_keys))
+        leaked, final_keys = await self._keys_back(set(baseline_keys))
         return {
             "faults": [f.as_dict() for f in self.faults],
             "rounds": round_no,
             "leaked_keys": leaked,
             "leaked_key_names": sorted(set(final_keys) - set(baseline_keys))[:20],
+            "persistent_keys": sorted(k for k in final_keys if PERSISTENT_KEY.search(k))[:20],
             "rss_growth_mib": {
                 name: round(rss_end[name] - start, 1)
                 for name, start in self.rss_start.items()
@@ -449,17 +453,20 @@ class Soak:
                 with contextlib.suppress(Exception):
                     await member.client.close()
 
-    async def _keys_back(self, baseline: int) -> tuple[int, list[str]]:
-        """Once everyone left, the key count returns to the baseline (presence, sessions, calls,
-        assignments expire or are removed); the difference after a grace of twice the replica TTL."""
+    async def _keys_back(self, baseline: set[str]) -> tuple[int, list[str]]:
+        """Once everyone left, the keys are back to the baseline (presence, sessions, calls and
+        assignments removed or expired), persistent ones aside; what is left after a grace of four
+        replica TTLs and 20 s is leaked."""
         deadline = time.monotonic() + 4 * self.topo.replica_ttl_s + 20
+        leaked: list[str] = []
         keys: list[str] = []
         while time.monotonic() < deadline:
             keys = await asyncio.to_thread(self.topo.keys)
-            if len(keys) <= baseline:
+            leaked = [k for k in keys if k not in baseline and not PERSISTENT_KEY.search(k)]
+            if not leaked:
                 break
             await asyncio.sleep(0.5)
-        return max(0, len(keys) - baseline), keys
+        return len(leaked), keys
 
     def error_lines(self) -> dict[str, Any]:
         counts: dict[str, int] = {}

@@ -24,6 +24,9 @@ from voxa.signaling.store import PresenceEntry, Store, StoreUnavailable
 
 log = logging.getLogger("voxa.signaling.hub")
 CONTROL_PREFIX = "!"
+RESEND_STATE = orjson.dumps({"type": "presence_state"}).decode()
+"""The control message a replica back from a store outage sends on each of its topics: every replica
+pushes its members of that topic a fresh ``presence_state``."""
 
 
 class Member(Protocol):
@@ -121,7 +124,10 @@ class Hub:
             except orjson.JSONDecodeError:
                 log.warning("hub.bad_control", extra={"topic": topic})
                 return
-            self._spawn(self._apply_control(topic, control))
+            if control.get("type") == "presence_state":
+                self._spawn(self._push_states_later([topic]))
+            else:
+                self._spawn(self._apply_control(topic, control))
         else:
             self.deliver(topic, payload)
 
@@ -178,7 +184,13 @@ class Hub:
             self.metrics.redis_latency.observe(time.perf_counter() - started)
             if not self.ready:
                 try:
+                    await self.store.renew_broadcast()
                     await self.resync()
+                    # The other replicas' members missed what this replica's did meanwhile (the
+                    # others may even have swept it as dead): every replica re-sends the state too.
+                    await self.store.publish_many(
+                        [(topic, CONTROL_PREFIX + RESEND_STATE) for topic in list(self.topics)]
+                    )
                 except StoreUnavailable:
                     continue
                 log.info("hub.store_recovered", extra={"topics": len(self.topics)})
@@ -197,10 +209,14 @@ class Hub:
             await self.store.presence_resync(topic, index, [])
             del self._dirty[topic]
 
-    async def _push_states_later(self) -> None:
-        """Give the other replicas time to resync too, then send every local member the full state."""
+    async def _push_states_later(self, topics: list[str] | None = None) -> None:
+        """Give the other replicas time to resync too, then send every local member (of `topics`, or
+        of every topic) the full state."""
         await asyncio.sleep(self.resync_grace_s)
-        for topic, members in list(self.topics.items()):
+        for topic in list(self.topics) if topics is None else topics:
+            members = self.topics.get(topic)
+            if not members:
+                continue
             try:
                 entries = await self.store.presence_list(topic)
             except StoreUnavailable:

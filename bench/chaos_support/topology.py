@@ -211,7 +211,9 @@ class Topology:
             for n in ("a", "b")
         )
         conf.write_text(
-            "global\n    maxconn 4096\n\n"
+            # Bounded socket buffers towards the replicas and the clients, so a client that stops
+            # reading backs up to signaling (which closes it) instead of into the balancer's kernel.
+            "global\n    maxconn 4096\n    tune.rcvbuf.server 32768\n    tune.sndbuf.client 32768\n\n"
             "defaults\n    mode http\n    timeout connect 2s\n    timeout client 60s\n"
             "    timeout server 60s\n    timeout tunnel 1h\n    timeout http-request 10s\n"
             "    option redispatch\n    retries 3\n    retry-on conn-failure empty-response\n\n"
@@ -235,7 +237,6 @@ class Topology:
             VOXA_ALLOWED_ORIGINS="*",
             VOXA_MEDIA_SERVER_TTL_S=f"{self.media_server_ttl_s:g}",
             VOXA_REPLICA_TTL_S=f"{self.replica_ttl_s:g}",
-            VOXA_REPLICA_ID=f"signaling-{name}",
             VOXA_OUTBOUND_QUEUE_FRAMES=str(self.outbound_queue_frames),
             VOXA_REDIS_SENTINELS=",".join(f"{self.host_ip}:{s.port}" for s in self.sentinels),
             VOXA_REDIS_SENTINEL_MASTER=MASTER,

@@ -210,6 +210,11 @@ class Store(abc.ABC):
     async def publish(self, topic: str, payload: str) -> None:
         """Send `payload` to the other replicas subscribed to `topic`."""
 
+    async def renew_broadcast(self) -> None:  # noqa: B027 - only a networked store has a connection
+        """Start receiving other replicas' messages on a fresh connection. After an outage the old one
+        may look alive and still deliver messages sent before the outage ended (a partition's TCP
+        retransmissions), which would undo a resync; a new connection delivers only what follows."""
+
     async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
         """`publish` of each (topic, payload), in order, in as few round trips as the backend can."""
         for topic, payload in messages:

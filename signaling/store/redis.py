@@ -672,9 +672,23 @@ class RedisStore(Store):
             self._topics.discard(topic)
             with contextlib.suppress(StoreUnavailable):
                 await self._call(lambda: self._redis.srem(subs_key(topic), self.replica_id))
+                await self._forget_dead_subscribers(topic)
                 if self._subscriber is not None:
                     subscriber = self._subscriber
                     await self._call(lambda: subscriber.unsubscribe(broadcast_channel(topic)))
+
+    async def _forget_dead_subscribers(self, topic: str) -> None:
+        """Drop replicas that died subscribed to `topic` from its subs set, so the set (and its key)
+        goes with the last live subscriber instead of naming a dead replica forever."""
+        key = subs_key(topic)
+        others: set[str] = await self._call(lambda: self._redis.smembers(key))
+        if not others:
+            return
+        replicas = sorted(others)
+        alive = await self._call(lambda: self._redis.mget([replica_key(r) for r in replicas]))
+        dead = [r for r, a in zip(replicas, alive, strict=True) if a is None]
+        if dead:
+            await self._call(lambda: self._redis.srem(key, *dead))
 
     async def publish(self, topic: str, payload: str) -> None:
         args = [broadcast_channel(topic), self.replica_id, self._message(payload)]
@@ -698,6 +712,15 @@ class RedisStore(Store):
             await self._call(lambda: self._publish_many(keys=keys, args=args))
 
         await asyncio.gather(*(send(group) for group in groups.values()))
+
+    async def renew_broadcast(self) -> None:
+        task = self._pubsub_task
+        if task is None or self._closed:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        self._pubsub_task = asyncio.create_task(self._pubsub_loop(), name="voxa-redis-pubsub")
 
     def _new_subscriber(self, refresh: bool) -> _Subscriber | _ShardedSubscriber:
         if self._cluster:

@@ -66,11 +66,12 @@ from chaos_support.load import (
 from chaos_support.topology import SERVER_ID, Topology
 from e2e_support.client import install_loopback_ice
 from e2e_support.stack import log
-from loadgen.procfs import percentile, status_kib
 
 from e2e import netns
 from voxa.client.voice import VoiceClient, VoiceEvent
 from voxa.common.claims import VoiceClaims, parse_permissions
+from voxa.common.testing.procfs import status_kib
+from voxa.common.testing.stats import percentile
 from voxa.common.tokens import mint_token
 
 FAULTS: Final = (

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from e2e_support.stack import Proc, clean_env, http_json, log, tail
+from e2e_support.stack import log
 
 from e2e.netns import NetnsLink
 from voxa.common.ports import free_port
+from voxa.common.testing import launch
+from voxa.common.testing.procs import Proc, clean_env, http_json, tail
 
 VOXA: Final = str(Path(sys.executable).with_name("voxa"))
-REDIS_SERVER: Final = shutil.which("redis-server") or "/usr/bin/redis-server"
 HAPROXY: Final = shutil.which("haproxy") or "/usr/sbin/haproxy"
 MASTER: Final = "voxa"
 SERVER_ID: Final = "g1"
@@ -131,9 +132,13 @@ class Topology:
     def signaling_base(self, name: str) -> str:
         return f"http://{self.signaling_host(name)}:{self.signaling_ports[name]}"
 
+    def _instance(self, name: str) -> str:
+        """`name#<n>`: the n-th process of that name this soak started (RSS is per instance)."""
+        return f"{name}#{sum(1 for p in self.every if p.name.split('#')[0] == name)}"
+
     def _proc(self, name: str, argv: list[str], env: dict[str, str]) -> Proc:
-        generation = sum(1 for p in self.every if p.name.split("#")[0] == name)
-        proc = Proc(f"{name}#{generation}", argv, env, self.workdir / f"{name}-{generation}.log")
+        instance = self._instance(name)
+        proc = Proc(instance, argv, env, self.workdir / f"{instance.replace('#', '-')}.log")
         self.every.append(proc)
         proc.start()
         return proc
@@ -154,22 +159,11 @@ class Topology:
             self.start_sfu(name)
         self.wait_registered(set(self.sfus))
 
-    def _redis_argv(self, node: RedisNode) -> list[str]:
-        return [
-            REDIS_SERVER, "--port", str(node.port), "--bind", f"127.0.0.1 {self.host_ip}",
-            "--save", "", "--appendonly", "no", "--dir", str(node.workdir), "--protected-mode", "no",
-        ]  # fmt: skip
-
     def _start_redis(self) -> None:
         for i, name in enumerate(("redis-1", "redis-2")):
             node = RedisNode(name, free_port(self.host_ip), self.workdir / name)
-            node.workdir.mkdir(parents=True, exist_ok=True)
-            argv = self._redis_argv(node)
-            if i == 1:
-                argv += ["--replicaof", self.host_ip, str(self.redis[0].port)]
-            node.proc = self._proc(name, argv, clean_env())
             self.redis.append(node)
-            self.wait_redis(node)
+            self.restart_redis(node, replica_of=self.redis[0] if i == 1 else None)
         self._until(
             lambda: "master_link_status:up" in str(self.info(self.redis[1], "replication")),
             "the Redis replica to sync",
@@ -178,18 +172,18 @@ class Topology:
     def _start_sentinels(self) -> None:
         primary = self.redis[0]
         for i in range(3):
-            node = RedisNode(f"sentinel-{i}", free_port(self.host_ip), self.workdir / f"sentinel-{i}")
-            node.workdir.mkdir(parents=True, exist_ok=True)
-            conf = node.workdir / "sentinel.conf"
-            conf.write_text(
-                f"port {node.port}\nbind 127.0.0.1 {self.host_ip}\nprotected-mode no\ndir {node.workdir}\n"
-                f"sentinel monitor {MASTER} {self.host_ip} {primary.port} 2\n"
-                f"sentinel down-after-milliseconds {MASTER} 1000\n"
-                f"sentinel failover-timeout {MASTER} 5000\n"
-                f"sentinel parallel-syncs {MASTER} 1\n"
+            name = f"sentinel-{i}"
+            proc = launch.redis_sentinel(
+                self.workdir / name,
+                primary.port,
+                port=free_port(self.host_ip),
+                master=MASTER,
+                failover_timeout_ms=5000,
+                host=self.host_ip,
+                name=self._instance(name),
             )
-            node.proc = self._proc(node.name, [REDIS_SERVER, str(conf), "--sentinel"], clean_env())
-            self.sentinels.append(node)
+            self.every.append(proc)
+            self.sentinels.append(RedisNode(name, proc.port, self.workdir / name, proc))
 
         def known() -> bool:
             for s in self.sentinels:
@@ -327,23 +321,15 @@ class Topology:
         except (OSError, RuntimeError, ConnectionError):
             return []
 
-    def wait_redis(self, node: RedisNode) -> None:
-        def pong() -> bool:
-            try:
-                return redis_command("127.0.0.1", node.port, "PING", timeout=0.5) == "PONG"
-            except (OSError, RuntimeError, ConnectionError):
-                return False
-
-        self._until(pong, f"{node.name} to answer", node.proc)
-
     def restart_redis(self, node: RedisNode, *, replica_of: RedisNode | None = None) -> None:
-        """Start `node` again on its port (its data is gone: no persistence, as in a cache-style
+        """Start `node` (again) on its port, its data gone (no persistence, as in a cache-style
         deployment); as a replica of `replica_of` if given, which Sentinel would also arrange."""
-        argv = self._redis_argv(node)
-        if replica_of is not None:
-            argv += ["--replicaof", self.host_ip, str(replica_of.port)]
-        node.proc = self._proc(node.name, argv, clean_env())
-        self.wait_redis(node)
+        args = [] if replica_of is None else ["--replicaof", self.host_ip, str(replica_of.port)]
+        name = self._instance(node.name)
+        node.proc = launch.redis_server(
+            node.workdir, node.port, args, name=name, env=clean_env(), also_bind=self.host_ip
+        )
+        self.every.append(node.proc)
 
     def _until(self, check: Any, what: str, proc: Proc | None = None, timeout: float = READY_S) -> None:
         deadline = time.monotonic() + timeout

@@ -68,14 +68,17 @@ def redis_server(
     env: Mapping[str, str] | None = None,
     timeout: float = 10.0,
     new_session: bool = False,
+    also_bind: str | None = None,
 ) -> Proc:
-    """A throwaway redis-server on 127.0.0.1: no persistence, its files in `workdir`, `args` appended
+    """A throwaway redis-server on 127.0.0.1 (and `also_bind`, another address of this machine, for a
+    client in a network namespace): no persistence, its files in `workdir`, `args` appended
     (--replicaof, --cluster-enabled ...); returns once it answers PING."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
+    bind = "127.0.0.1" if also_bind is None else f"127.0.0.1 {also_bind}"
     argv = [
-        REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--dir", str(workdir), "--protected-mode", "yes", *args,
+        REDIS_SERVER, "--port", str(port), "--bind", bind, "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--protected-mode", "yes" if also_bind is None else "no", *args,
     ]  # fmt: skip
     proc = Proc(
         name,
@@ -97,23 +100,26 @@ def redis_sentinel(
     down_after_ms: int = 1000,
     failover_timeout_ms: int = 10000,
     timeout: float = 10.0,
+    host: str = "127.0.0.1",
+    name: str = "sentinel",
 ) -> Proc:
     """A Sentinel (`redis-server <conf> --sentinel`: Debian's package has no redis-sentinel link)
     monitoring the primary on `master_port`; it writes its own config file in `workdir`, as Sentinel
-    requires. Returns once it answers PING (discovering its peers takes longer: the caller waits)."""
+    requires. `host`: the primary's address, which the Sentinel also listens on and hands out (the
+    loopback unless clients in a network namespace must reach it). Returns once it answers PING
+    (discovering its peers takes longer: the caller waits)."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     conf = workdir / "sentinel.conf"
+    bind = "127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1 {host}\nprotected-mode no"
     conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-        f"sentinel monitor {master} 127.0.0.1 {master_port} {quorum}\n"
+        f"port {port}\nbind {bind}\ndir {workdir}\n"
+        f"sentinel monitor {master} {host} {master_port} {quorum}\n"
         f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
         f"sentinel failover-timeout {master} {failover_timeout_ms}\n"
         f"sentinel parallel-syncs {master} 1\n"
     )
-    proc = Proc(
-        "sentinel", [REDIS_SERVER, str(conf), "--sentinel"], None, workdir / "sentinel.log", port=port
-    )
+    proc = Proc(name, [REDIS_SERVER, str(conf), "--sentinel"], None, workdir / f"{name}.log", port=port)
     return _started(proc, lambda: redis_ping(port), timeout, f"sentinel on port {port}")
 
 

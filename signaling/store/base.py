@@ -337,9 +337,10 @@ class Store(abc.ABC):
         """Extend the TTL of those sessions this replica still owns (one round trip per server)."""
 
     @abc.abstractmethod
-    async def session_release(self, server_id: str, session_id: str) -> bool:
-        """Delete the session if this replica still owns it (compare-and-delete); True when it did.
-        False means another replica resumed it (or it expired): its SFU peer is not ours to remove."""
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
+        """Delete the session if this replica still owns it with this token hash (compare-and-delete);
+        True when it did. False means a resume took it over (elsewhere, or here with a rotated
+        token) or it expired: its SFU peer is not ours to remove."""
 
     @abc.abstractmethod
     async def presence_evict_session(

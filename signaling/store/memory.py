@@ -350,9 +350,9 @@ class MemoryStore(Store):
             if record is not None and record.owner == self.replica_id:
                 record.expires = self.backend.clock() + ttl_s
 
-    async def session_release(self, server_id: str, session_id: str) -> bool:
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
         record = self._session(server_id, session_id)
-        if record is None or record.owner != self.replica_id:
+        if record is None or record.owner != self.replica_id or record.token_hash != token_hash:
             return False
         del self.backend.sessions[(server_id, session_id)]
         return True

@@ -312,9 +312,10 @@ for i = 1, #KEYS do
 end
 """
 
-# KEYS: the session. ARGV: owner. Compare-and-delete.
+# KEYS: the session. ARGV: owner, token hash. Compare-and-delete.
 SESSION_RELEASE_LUA = """
-if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end
+local v = redis.call('HMGET', KEYS[1], 'o', 'h')
+if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -1001,9 +1002,10 @@ class RedisStore(Store):
         args = [self.replica_id, max(1, int(ttl_s * 1000))]
         await self._call(lambda: self._session_refresh(keys=keys, args=args))
 
-    async def session_release(self, server_id: str, session_id: str) -> bool:
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
         keys = [self._session_key(server_id, session_id)]
-        released = await self._call(lambda: self._session_release(keys=keys, args=[self.replica_id]))
+        args = [self.replica_id, token_hash]
+        released = await self._call(lambda: self._session_release(keys=keys, args=args))
         return bool(released)
 
     async def presence_evict_session(

@@ -499,11 +499,14 @@ async def test_a_session_is_released_only_by_its_owner(make_store: StoreFactory)
     a, b = await make_store("a"), await make_store("b")
     await a.session_put("g", "s1", "alice", "lobby", "h1", ttl_s=30)
     assert await b.session_take("g", "s1", "alice", "lobby", "h1", "h2", ttl_s=30)
-    assert not await a.session_release("g", "s1")  # taken over: not a's to remove any more
-    assert await b.session_take("g", "s1", "alice", "lobby", "h2", "h2", ttl_s=30)  # still there
-    assert await b.session_release("g", "s1")
-    assert not await b.session_release("g", "s1")
-    assert not await b.session_take("g", "s1", "alice", "lobby", "h2", "h3", ttl_s=30)
+    assert not await a.session_release("g", "s1", "h1")  # taken over: not a's to remove any more
+    assert not await a.session_release("g", "s1", "h2")
+    assert await b.session_take("g", "s1", "alice", "lobby", "h2", "h3", ttl_s=30)  # still there
+    # Resumed on the same replica: the lost join's release (the old token) leaves it alone.
+    assert not await b.session_release("g", "s1", "h2")
+    assert await b.session_release("g", "s1", "h3")
+    assert not await b.session_release("g", "s1", "h3")
+    assert not await b.session_take("g", "s1", "alice", "lobby", "h3", "h4", ttl_s=30)
 
 
 async def test_sessions_expire_unless_their_owner_refreshes_them(make_store: StoreFactory) -> None:

@@ -196,7 +196,7 @@ async def put_quality(request: web.Request) -> web.Response:
 async def get_peer(request: web.Request) -> web.Response:
     """A peer's state and tracks; 404 when it is gone (signaling asks before resuming a session)."""
     peer = request.app[WORKER].router(request.match_info["router"]).peer(request.match_info["peer"])
-    return web.json_response({**peer.stats(), "tracks": peer.tracks()})
+    return web.json_response({**peer.stats(), "tracks": peer.tracks(), "pending_offer": peer.pending_offer()})
 
 
 async def delete_peer(request: web.Request) -> web.Response:

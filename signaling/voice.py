@@ -278,6 +278,13 @@ class VoiceChannel:
             # The SFU kept the peer's state from the lost join; this join's flags (its mute state,
             # its rights, server mute) are what holds now. No renegotiation.
             session.set_state(self._flags())
+            offer = resumed.get("pending_offer")
+            if isinstance(offer, str) and offer and self._held is not None:
+                # The SFU's offer that went to the lost socket (or nowhere) is still unanswered: the
+                # client gets it again after its join reply and presence_state, and answers here.
+                self._held.append(
+                    protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": offer})
+                )
             log.info("voice.resumed", extra={"session_id": session_id, "topic": self.topic})
         ice = ctx.settings.ice_for(self.key)
         reply: dict[str, Any] = {

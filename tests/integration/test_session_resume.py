@@ -365,3 +365,39 @@ async def test_session_keys_return_to_baseline_after_everyone_leaves(
 
     await wait_until(back_to_baseline, timeout=20)
     await db.aclose()
+
+
+async def test_an_sfu_offer_made_while_the_socket_was_down_is_sent_again_on_resume(
+    redis_server: RedisServer, signaling_factory: SignalingFactory, tmp_path: Path
+) -> None:
+    """Carol joins while alice has no socket: the SFU's offer of carol's track reaches no client.
+    When alice resumes, the new join sends the still unanswered offer again, and alice hears carol."""
+    signaling = signaling_factory(redis_server.url)
+    sfu = SfuProcess(tmp_path, signaling_url=signaling.url)
+    events: list[VoiceEvent] = []
+    alice = client(signaling.ws_url, "alice", 440.0, events)
+    bob = client(signaling.ws_url, "bob", 660.0)
+    carol = client(signaling.ws_url, "carol", 880.0)
+    try:
+        await sfu.ready()
+        await registered(signaling.url, "sfu-a")
+        await alice.start()
+        await bob.start()
+        assert await hears(alice, "bob", 660.0)
+        reachable = alice.url
+        alice.url = f"ws://127.0.0.1:{free_port()}/socket"  # nothing listens: reconnects fail for now
+        assert alice.phx is not None
+        await alice.phx.close()
+        await bob.wait_for(lambda: "alice" not in bob.members(), timeout=10)
+        await carol.start()
+        assert await hears(bob, "carol", 880.0)
+        alice.url = reachable
+        await alice.wait_for(lambda: any(e.type == "resumed" for e in events), timeout=20)
+        assert [e.data["resumed"] for e in events if e.type == "resumed"] == [True]
+        assert await hears(alice, "carol", 880.0)
+        assert await hears(carol, "alice", 440.0)
+    finally:
+        await alice.close()
+        await bob.close()
+        await carol.close()
+        sfu.stop()

@@ -261,18 +261,25 @@ async def test_a_dropped_socket_on_a_live_replica_keeps_the_peer_for_the_window_
         assert await sfu_peer(sfu, session) is not None
         assert await hears(bob, "alice", 440.0)
 
-        # Now the socket goes and nobody resumes (resume is disabled on the client's side by not
-        # reconnecting): the peer goes once the window is over.
-        alice.reconnect = False
+        # Now the socket goes and nobody resumes within the window: the client keeps its peer
+        # connection (closing it would end the SFU peer by itself) but reaches no replica.
+        reachable = alice.url
+        alice.url = f"ws://127.0.0.1:{free_port()}/socket"
         assert alice.phx is not None
+        dropped = time.monotonic()
         await alice.phx.close()
         await bob.wait_for(lambda: "alice" not in bob.members(), timeout=10)  # presence leaves at once
-        assert await sfu_peer(sfu, session) is not None  # but the peer stays for the window
 
         async def peer_gone() -> bool:
             return await sfu_peer(sfu, session) is None
 
         await wait_until(peer_gone, timeout=15)
+        assert time.monotonic() - dropped >= 2.0  # not before the window ended
+        # The client comes back after the window: not resumed, a new session negotiated afresh.
+        alice.url = reachable
+        await alice.wait_for(lambda: alice.session_id != session, timeout=20)
+        assert [e.data["resumed"] for e in events if e.type == "resumed"][-1] is False
+        assert await hears(bob, "alice", 440.0)
     finally:
         await alice.close()
         await bob.close()

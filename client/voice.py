@@ -38,7 +38,11 @@ What it does, and why:
   not have yet), so this is a safety net, exercised by the unit tests' fake server.
 * `media_reset` (the channel moved to another SFU) and socket loss are recovered from: a new peer
   connection and a first offer; for a lost socket a new socket and join first, with capped exponential
-  backoff. A refusal that cannot improve by retrying (bad token, missing permission) ends the client.
+  backoff (the first attempt within 50 ms: a replica that died is replaced by another at once). A
+  lost socket does not stop media: the peer connection keeps running and the new join carries
+  `resume` (the session id and the join reply's `resume_token`); `resumed: true` keeps it, with no
+  renegotiation, `resumed: false` closes it and negotiates a new one. A refusal that cannot improve
+  by retrying (bad token, missing permission) ends the client.
   A negotiation that fails on our side leaves the SFU's peer in an unknown state, and signaling would
   relay a fresh connection's offer to that peer as an ICE restart (refused): the client leaves and joins
   again, which gives it a new session and a new SFU peer.
@@ -269,6 +273,7 @@ class VoiceEvent:
     session_id, changes: fields other than speaking), ``speaking`` (user, session_id, speaking),
     ``track`` / ``track_ended`` (user, session_id, mid), ``media_state`` (state: aiortc's
     connectionState), ``media_reset`` (reason), ``reconnecting`` (attempt, delay_s, reason),
+    ``resumed`` (session_id, resumed: whether the peer connection was kept after a lost socket),
     ``disconnected`` (by, reason), ``moved`` (by, channel_id), ``call_ended`` (call_id, reason: on a
     call's topic, the call is over or we left it), ``publish_layers`` (mid, active), ``error`` (reason,
     fatal), ``left``."""
@@ -422,6 +427,9 @@ class VoiceClient:
         self._session_tasks: list[asyncio.Task[None]] = []
         self._retry_handle: asyncio.TimerHandle | None = None
         self._media_retry_s = 0.0
+        self._resume: dict[str, str] | None = None
+        """What the next join after a lost socket sends as `resume` (session id, resume token)."""
+        self._resuming = False
         self._closing = False
         self.closed = asyncio.Event()
         self.close_reason: str | None = None
@@ -583,7 +591,12 @@ class VoiceClient:
         return self.join_reply
 
     async def _connect_and_join(self) -> None:
-        payload = {"muted": self._self_muted or self._self_deafened, "deafened": self._self_deafened}
+        payload: dict[str, Any] = {
+            "muted": self._self_muted or self._self_deafened,
+            "deafened": self._self_deafened,
+        }
+        if self._resuming and self._resume is not None and self.pc is not None:
+            payload["resume"] = dict(self._resume)
         phx, channel, reply = await open_channel(self.url, self.token, self.topic, payload)
         self.phx = phx
         self._joined(channel, reply)
@@ -592,6 +605,16 @@ class VoiceClient:
         """A join succeeded (first, after a reconnect, or again on the same socket): start the session."""
         assert self.phx is not None
         self.channel, self.join_reply = channel, reply
+        session_id, token = reply.get("session_id"), reply.get("resume_token")
+        self._resume = (
+            {"session_id": session_id, "token": token}
+            if isinstance(session_id, str) and isinstance(token, str)
+            else None
+        )
+        resumed = bool(reply.get("resumed")) and self._resuming and self.pc is not None
+        if self._resuming:
+            self._emit("resumed", session_id=session_id, resumed=resumed)
+        self._resuming = False
         self._emit(
             "joined",
             topic=self.topic,
@@ -605,7 +628,8 @@ class VoiceClient:
             asyncio.create_task(self._watch_socket(self.phx, channel)),
             asyncio.create_task(keep_alive(self.phx, self.heartbeat_s)),
         ]
-        channel.events.put_nowait((_OFFER, {}))  # negotiate once the presence_state is in
+        if not resumed:
+            channel.events.put_nowait((_OFFER, {}))  # negotiate once the presence_state is in
 
     async def leave(self) -> None:
         """Leave the channel (``phx_leave``) and stop media; the client cannot be restarted."""
@@ -660,7 +684,16 @@ class VoiceClient:
         try:
             while not self._closing:
                 outcome = await self._pump()
-                await self._close_media()
+                # A lost socket keeps media running: the SFU forwards without signaling, and the
+                # next join may resume this session (same peer connection, no renegotiation).
+                keep = (
+                    outcome.startswith("socket closed")
+                    and self.reconnect
+                    and self._resume is not None
+                    and self.pc is not None
+                )
+                if not keep:
+                    await self._close_media()
                 if self._stopping():  # leave() may have run meanwhile
                     return
                 if outcome in ("disconnected", "call_ended"):
@@ -678,9 +711,14 @@ class VoiceClient:
                 if outcome in ("phx_close", "phx_error") and socket_up and await self._rejoin():
                     continue
                 await self._close_session()
+                self._resuming = keep
                 if not self.reconnect or not await self._reconnect(outcome):
+                    await self._close_media()
                     self._finish(self.close_reason or f"connection lost ({outcome})")
                     return
+                if self.pc is not None and not self.join_reply.get("resumed"):
+                    # Not resumed (the session expired, or the SFU lost the peer): start over.
+                    await self._close_media()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug, not a network condition: report it instead of dying silently
@@ -718,7 +756,13 @@ class VoiceClient:
             if self.max_reconnect_attempts is not None and attempt > self.max_reconnect_attempts:
                 self.close_reason = f"gave up reconnecting after {attempt - 1} attempts"
                 return False
-            delay = min(cap, first * 2 ** (attempt - 1)) * random.uniform(0.8, 1.2)
+            if attempt == 1:
+                # Soon: a replica that died is replaced by another at once (the load balancer sends us
+                # elsewhere), and media keeps flowing only while the session can still be resumed.
+                # Jitter still spreads a whole replica's clients.
+                delay = random.uniform(0.0, min(first, 0.5) * 0.1)
+            else:
+                delay = min(cap, first * 2 ** (attempt - 2)) * random.uniform(0.8, 1.2)
             self._emit("reconnecting", attempt=attempt, delay_s=round(delay, 2), reason=why)
             await asyncio.sleep(delay)
             try:

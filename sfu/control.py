@@ -193,6 +193,12 @@ async def put_quality(request: web.Request) -> web.Response:
     return web.json_response(peer.set_quality(request.match_info["track"], preferences))
 
 
+async def get_peer(request: web.Request) -> web.Response:
+    """A peer's state and tracks; 404 when it is gone (signaling asks before resuming a session)."""
+    peer = request.app[WORKER].router(request.match_info["router"]).peer(request.match_info["peer"])
+    return web.json_response({**peer.stats(), "tracks": peer.tracks(), "pending_offer": peer.pending_offer()})
+
+
 async def delete_peer(request: web.Request) -> web.Response:
     room = request.app[WORKER].router(request.match_info["router"])
     await room.remove_peer(request.match_info["peer"], reason="removed by signaling")
@@ -307,6 +313,7 @@ def create_app(worker: SfuWorker) -> web.Application:
             web.post(f"/v1/routers/{router}/peers/{peer}/ice", post_ice),
             web.put(f"/v1/routers/{router}/peers/{peer}/state", put_state),
             web.put(f"/v1/routers/{router}/peers/{peer}/consumers/{track}/quality", put_quality),
+            web.get(f"/v1/routers/{router}/peers/{peer}", get_peer),
             web.delete(f"/v1/routers/{router}/peers/{peer}", delete_peer),
         ]
     )

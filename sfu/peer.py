@@ -96,6 +96,9 @@ class Peer:
             self.send_rtp = self.transport.fast.send_rtp
             self.send_rtcp = self.transport.fast.send_rtcp
         self.negotiator: Negotiator | None = None
+        self.last_offer: str | None = None
+        """The last offer this peer was sent: while unanswered, signaling sends it again to a client
+        that resumed its session (it may have reached the lost socket only, or not at all)."""
         self.remote: RemoteDescription | None = None
         self.offers_sent = 0
         self._offer_dirty = False
@@ -211,6 +214,7 @@ class Peer:
         offer = negotiator.create_offer(specs)
         if offer is not None:
             self.offers_sent += 1
+            self.last_offer = offer
             self.worker.emit({"type": "offer", "router": self.room.router.id, "peer": self.id, "sdp": offer})
 
     def _apply_producer(self, spec: ProducerSpec) -> None:
@@ -495,6 +499,13 @@ class Peer:
                 "reason": reason,
             }
         )
+
+    def pending_offer(self) -> str | None:
+        """The offer still waiting for the client's answer, if any."""
+        negotiator = self.negotiator
+        if negotiator is None or negotiator.state is not State.HAVE_LOCAL_OFFER:
+            return None
+        return self.last_offer
 
     def stats(self) -> dict[str, Any]:
         fast = self.transport.fast

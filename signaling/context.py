@@ -16,6 +16,7 @@ from voxa.signaling.media import MediaGateway
 from voxa.signaling.metrics import SignalingMetrics
 from voxa.signaling.push.service import PushService
 from voxa.signaling.registry import MediaRegistry
+from voxa.signaling.resume import SessionKeeper
 from voxa.signaling.settings import SignalingSettings
 from voxa.signaling.store import Store, create_store
 from voxa.signaling.user import UserSpec
@@ -34,6 +35,8 @@ class SignalingContext:
         self.hub = Hub(self.store, self.metrics)
         self.registry = MediaRegistry(self.store, settings.media_server_ttl_s)
         self.media = MediaGateway(self.registry, settings.sfu_secret)
+        self.sessions = SessionKeeper(self.store, settings.session_resume_s, settings.replica_ttl_s)
+        self.hub.maintenance.append(self.sessions.refresh)
         self.verifier = TokenVerifier.from_files(
             secret=settings.jwt_secret,
             public_key_file=settings.jwt_public_key_file,
@@ -100,5 +103,6 @@ class SignalingContext:
         with contextlib.suppress(TimeoutError):
             await self.push.wait_idle(timeout=min(2.0, self.settings.shutdown_grace_s))  # rings in flight
         await self.push.stop()
+        await self.sessions.close()
         await self.media.close()
         await self.hub.stop()

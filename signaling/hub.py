@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import orjson
@@ -59,6 +60,9 @@ class Hub:
         self._sub_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self.maintenance: list[Callable[[], Awaitable[None]]] = []
+        """More periodic store writes of this replica (the resumable sessions' TTLs), run with the
+        replica heartbeat while the store is up."""
         store.on_remote = self._on_remote
 
     # --- membership -------------------------------------------------------------------------------
@@ -233,6 +237,8 @@ class Hub:
                 continue
             try:
                 await self.store.replica_heartbeat()
+                for duty in self.maintenance:
+                    await duty()
                 for topic, index in list(self.indexes.items()):
                     removed = await self.store.presence_sweep(topic, index)
                     if removed:

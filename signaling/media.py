@@ -153,6 +153,14 @@ class SfuLink:
         video at (the SFU picks the lowest layer that covers it) or paused. 404: no such track."""
         await self._request("PUT", f"/v1/routers/{router}/peers/{peer}/consumers/{track}/quality", body)
 
+    async def peer_info(self, router: str, peer: str) -> dict[str, Any] | None:
+        """The SFU's view of a peer (state and `tracks`), or None when it has no such peer (404) or
+        cannot say: a resume then falls back to a fresh negotiation, which is always safe."""
+        try:
+            return await self._request("GET", f"/v1/routers/{router}/peers/{peer}")
+        except MediaError:
+            return None
+
     async def remove_peer(self, router: str, peer: str) -> None:
         with contextlib.suppress(MediaError):
             await self._request("DELETE", f"/v1/routers/{router}/peers/{peer}")
@@ -252,7 +260,9 @@ class MediaGateway:
         return link
 
     def detach(self, link: SfuLink, member: MediaMember) -> None:
-        link.members.pop(member.session_id, None)
+        # Only this member: a resumed session's new member (same session id) may have replaced it.
+        if link.members.get(member.session_id) is member:
+            del link.members[member.session_id]
 
     async def reset_members(self, link: SfuLink, reason: str, media: MediaServer | None = None) -> None:
         members = list(link.members.values())

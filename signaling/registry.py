@@ -79,6 +79,17 @@ class MediaRegistry:
                 by_id = {s.id: s for s in await self._live(server_id, cached=False)}
         return by_id.get(current)
 
+    async def current(self, server_id: str, channel_id: str) -> MediaServer | None:
+        """The SFU the channel is assigned to, if it lives; never assigns (a resume only checks that
+        its session's room is still where its peer is)."""
+        assigned = await self.store.assignment_get(server_id, channel_id)
+        if assigned is None:
+            return None
+        for server in await self._live(server_id, cached=True):
+            if server.id == assigned:
+                return server
+        return None
+
     async def move_off(self, server_id: str, channel_id: str, media_server_id: str) -> MediaServer | None:
         """The channel's SFU refused to host it (it is draining and its router for the channel is
         gone, so nobody is left there): choose another SFU and move the assignment, unless another

@@ -242,6 +242,41 @@ class MediaSession:
             self._tracks_gone()
             self._send("media_reset", {"reason": reason})
 
+    # --- resume -----------------------------------------------------------------------------------
+    async def resume_peer(self, media: MediaServer) -> dict[str, Any] | None:
+        """Take over this session's peer on `media` after the client's socket was lost elsewhere (or
+        here): listen to the SFU's events for it, then ask whether the peer still exists. Returns the
+        SFU's view of the peer (its `tracks` among it), or None (then nothing is attached)."""
+        self._use(media)
+        assert self.link is not None
+        info: dict[str, Any] | None = None
+        try:
+            # Events the SFU sends before our event socket is open would be lost (link.events_ready).
+            await self.link.events_ready()
+            info = await self.link.peer_info(self.router, self.session_id)
+        except MediaError:
+            info = None
+        if info is None:
+            self.ctx.media.detach(self.link, self)
+            self.media = self.link = None
+            return None
+        self.peer = True
+        return info
+
+    def detach(self) -> None:
+        """The socket is gone but the client may resume: stop relaying, keep the SFU peer."""
+        self.closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self.link is not None:
+            self.ctx.media.detach(self.link, self)
+
+    async def remove_peer(self) -> None:
+        """The resume window ended and the session is still ours: the peer goes."""
+        if self.link is not None and self.peer:
+            self.peer = False
+            await self.link.remove_peer(self.router, self.session_id)
+
     # --- end --------------------------------------------------------------------------------------
     async def close(self) -> None:
         """The participant left: its peer goes; the router stays for `close_router_if_idle`."""

@@ -75,6 +75,15 @@ class SignalingSettings(BaseSettings):
     replica_ttl_s: float = Field(
         default=15.0, gt=0, description="A replica silent this long is dead; its presence is swept."
     )
+    session_resume_s: float = Field(
+        default=15.0,
+        ge=0,
+        le=300,
+        description=(
+            "How long a voice session's SFU peer outlives its lost socket, so the client can resume it"
+            " (from any replica) without renegotiating; 0 disables resume."
+        ),
+    )
 
     sfu_secret: str | None = Field(
         default=None, description="Bearer secret media servers use on the /internal registry API."

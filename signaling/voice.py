@@ -10,6 +10,7 @@ as a control message to whichever replica holds that participant's socket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -17,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from voxa.common.claims import Permission, permission_names
-from voxa.signaling import protocol, video
+from voxa.signaling import protocol, resume, video
 from voxa.signaling.connection import ChannelError
 from voxa.signaling.presence import (
     PRESENCE_DIFF,
@@ -25,13 +26,14 @@ from voxa.signaling.presence import (
     Meta,
     State,
     leave_diff,
+    leaves_diff,
     state_of,
     update_diff,
     updated_meta,
 )
 from voxa.signaling.rights import Action, Forbidden, allowed, check
 from voxa.signaling.session import MediaSession
-from voxa.signaling.store import MetaFrame, PresenceEntry, StoreUnavailable
+from voxa.signaling.store import MediaServer, MetaFrame, PresenceEntry, StoreUnavailable
 
 if TYPE_CHECKING:
     from voxa.signaling.connection import Connection
@@ -138,6 +140,8 @@ class VoiceChannel:
         self.session: MediaSession | None = None
         """This member's media on the channel's SFU (from its join on)."""
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._token_hash = ""
+        """The SHA-256 of this join's resume token (the store's compare-and-delete names it)."""
 
     # --- hub Member protocol ----------------------------------------------------------------------
     def deliver(self, frame: str) -> None:
@@ -162,6 +166,17 @@ class VoiceChannel:
             }
             if flags:
                 await self._update(flags)
+        elif kind == "resumed":
+            # Our session was resumed by a newer join (another socket, perhaps on another replica)
+            # while this socket looked alive (half-open): this join goes, its peer stays.
+            meta = self.meta or {}
+            session = self.session
+            if (
+                session is not None
+                and control.get("session_id") == session.session_id
+                and control.get("ref") != meta.get("phx_ref")
+            ):
+                await self.conn.kick(self.topic, "resumed")
         elif kind == "disconnect":
             self.conn.send(
                 protocol.push(
@@ -194,9 +209,23 @@ class VoiceChannel:
         muted = _bool(payload, "muted") or False
         deafened = _bool(payload, "deafened") or False
         ref = new_ref()
+        session_id = ref
+        token: str | None = None
+        resumed: dict[str, Any] | None = None  # the SFU's view of the resumed peer
+        if ctx.sessions.enabled:
+            token, hashed = resume.new_token()
+            self._token_hash = hashed
+            taken = await self._take_over(resume.parse_resume(payload), hashed)
+            if taken is not None:
+                session_id, resumed = taken
+            else:
+                await ctx.store.session_put(
+                    self.server_id, session_id, self.key, self.channel_id, hashed, ctx.sessions.ttl_s
+                )
+        tracks = video.presence_tracks(resumed.get("tracks")) if resumed is not None else []
         meta: Meta = {
             "phx_ref": ref,
-            "session_id": ref,
+            "session_id": session_id,
             "name": claims.display_name,
             "muted": muted or deafened,
             "deafened": deafened,
@@ -206,20 +235,13 @@ class VoiceChannel:
             "video": False,
             "suppressed": not claims.can(Permission.SPEAK, self.channel_id),
             "priority_speaker": claims.can(Permission.PRIORITY_SPEAKER, self.channel_id),
-            "tracks": [],  # what the SFU forwards of this participant (its `tracks` events)
-            "streaming": False,
+            "tracks": tracks,  # what the SFU forwards of this participant (its `tracks` events)
+            "streaming": video.streaming(tracks),
             "joined_at": int(time.time() * 1000),
         }
-        session = self.session = MediaSession(
-            ctx,
-            self.server_id,
-            self.channel_id,
-            ref,
-            self._send,
-            self._flags,
-            self._speaking,
-            self._tracks,
-        )
+        session = self.session
+        if session is None:
+            session = self.session = self._new_session(session_id)
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
         template = protocol.broadcast(self.topic, PRESENCE_DIFF, diff)
@@ -234,27 +256,125 @@ class VoiceChannel:
                 member=(self.server_id, self.key),
             )
         except BaseException:
-            await ctx.hub.remove(self)
+            await self._abandon(session)
             raise
         if result is None:
-            await ctx.hub.remove(self)
+            await self._abandon(session)
             raise ChannelError("channel is full", capacity=ctx.settings.max_channel_members)
+        if token is not None:
+            ctx.sessions.own(self.server_id, session_id, self._token_hash)
         meta = self.meta = result.entry.meta
-        self._state = state_of((e.key, e.meta) for e in result.entries)
-        media = await session.assign()
+        entries = result.entries
+        if resumed is not None:
+            entries = await self._evict_stale(session_id, ref, entries)
+        self._state = state_of((e.key, e.meta) for e in entries)
+        media = session.media if resumed is not None else await session.assign()
         ctx.hub.deliver(self.topic, result.frame, exclude=self)
+        if resumed is not None:
+            with contextlib.suppress(StoreUnavailable):  # only a half-open older socket needs it
+                await ctx.hub.control(
+                    self.topic, {"type": "resumed", "user": self.key, "session_id": session_id, "ref": ref}
+                )
+            # The SFU kept the peer's state from the lost join; this join's flags (its mute state,
+            # its rights, server mute) are what holds now. No renegotiation.
+            session.set_state(self._flags())
+            offer = resumed.get("pending_offer")
+            if isinstance(offer, str) and offer and self._held is not None:
+                # The SFU's offer that went to the lost socket (or nowhere) is still unanswered: the
+                # client gets it again after its join reply and presence_state, and answers here.
+                self._held.append(
+                    protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": offer})
+                )
+            log.info("voice.resumed", extra={"session_id": session_id, "topic": self.topic})
         ice = ctx.settings.ice_for(self.key)
-        return {
+        reply: dict[str, Any] = {
             "server_id": self.server_id,
             "channel_id": self.channel_id,
             "user": {"id": self.key, "name": claims.display_name},
-            "session_id": ref,
+            "session_id": session_id,
             "permissions": permission_names(claims.permissions_in(self.channel_id)),
             "state": {k: meta[k] for k in STATE_FIELDS},
             "ice_servers": [s.model_dump(exclude_none=True) for s in ice.iceServers],
             "ice_transport_policy": ice.iceTransportPolicy,
             "media_server": media.id if media is not None else None,
         }
+        if token is not None:
+            reply["resume_token"] = token
+            reply["resumed"] = resumed is not None
+        return reply
+
+    def _new_session(self, session_id: str) -> MediaSession:
+        return MediaSession(
+            self.ctx,
+            self.server_id,
+            self.channel_id,
+            session_id,
+            self._send,
+            self._flags,
+            self._speaking,
+            self._tracks,
+        )
+
+    async def _take_over(
+        self, request: tuple[str, str] | None, new_hash: str
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Resume the session `request` names when the store says it is this user's in this channel
+        with that token (atomically taking it over, the token rotated to `new_hash`) and the room's
+        SFU still has its peer: (session id, the SFU's view of the peer). None: a fresh join."""
+        if request is None:
+            return None
+        ctx = self.ctx
+        session_id, token = request
+        taken = await ctx.store.session_take(
+            self.server_id,
+            session_id,
+            self.key,
+            self.channel_id,
+            resume.token_hash(token),
+            new_hash,
+            ctx.sessions.ttl_s,
+        )
+        if not taken:
+            # Unknown, expired, another user's or a wrong token: never logged with the token.
+            log.info("voice.resume_refused", extra={"topic": self.topic, "why": "no such session"})
+            return None
+        media: MediaServer | None = None
+        with contextlib.suppress(StoreUnavailable):
+            media = await ctx.registry.current(self.server_id, self.channel_id)
+        session = self._new_session(session_id)
+        info = await session.resume_peer(media) if media is not None else None
+        if info is None:
+            # The SFU lost the peer, or the room moved: the record was taken for nothing.
+            await ctx.sessions.release(self.server_id, session_id, new_hash)
+            log.info("voice.resume_refused", extra={"topic": self.topic, "why": "no media peer"})
+            return None
+        self.session = session
+        return session_id, info
+
+    async def _abandon(self, session: MediaSession) -> None:
+        """The join failed after the session was recorded (or taken over): undo both."""
+        await self.ctx.hub.remove(self)
+        if self.ctx.sessions.enabled:
+            with contextlib.suppress(StoreUnavailable):
+                await self.ctx.sessions.release(self.server_id, session.session_id, self._token_hash)
+        session.detach()
+
+    async def _evict_stale(
+        self, session_id: str, ref: str, entries: list[PresenceEntry]
+    ) -> list[PresenceEntry]:
+        """A resumed session's entry from its lost join (a dead replica leaves it until the sweep):
+        removed now and announced, so presence shows the participant once."""
+        if not any(e.meta.get("session_id") == session_id and e.meta.get("phx_ref") != ref for e in entries):
+            return entries
+        try:
+            stale = await self.ctx.store.presence_evict_session(self.topic, self.index, session_id, ref)
+        except StoreUnavailable:
+            return entries
+        if stale:
+            frame = protocol.broadcast(self.topic, PRESENCE_DIFF, leaves_diff((e.key, e.meta) for e in stale))
+            await self.ctx.hub.broadcast(self.topic, frame)
+        gone = {e.meta.get("phx_ref") for e in stale}
+        return [e for e in entries if e.meta.get("phx_ref") not in gone]
 
     def after_join(self) -> None:
         if self._state is not None:
@@ -265,7 +385,6 @@ class VoiceChannel:
             self.conn.send(frame)
 
     async def leave(self, reason: str) -> None:
-        del reason
         if self._left:
             return
         self._left = True
@@ -273,8 +392,19 @@ class VoiceChannel:
         await ctx.hub.remove(self)
         for task in list(self._tasks):
             task.cancel()
-        if self.session is not None:
-            await self.session.close()
+        session = self.session
+        # A lost socket (not a leave, a kick or a moderator's move) may come back and resume: its SFU
+        # peer stays for the resume window. Anything else ends the session now.
+        linger = reason == "closed" and ctx.sessions.enabled and session is not None and session.peer
+        if session is not None:
+            if reason == "resumed":
+                session.detach()  # the session, its record and its peer are the newer join's
+            elif linger:
+                session.detach()
+            else:
+                await session.close()
+                if ctx.sessions.enabled:
+                    await ctx.sessions.release(self.server_id, session.session_id, self._token_hash)
         async with self._lock:
             meta, self.meta = self.meta, None
         if meta is None:
@@ -285,9 +415,20 @@ class VoiceChannel:
             await ctx.store.presence_leave(self.topic, self.index, meta["phx_ref"], frame)
         except StoreUnavailable:
             ctx.hub.mark_dirty(self.topic, self.index)
+            if linger and session is not None:
+                ctx.sessions.linger(self.server_id, session.session_id, self._token_hash, self._window_ended)
             return
-        if self.session is not None:
-            await self.session.close_router_if_idle(self.topic)
+        if linger and session is not None:
+            ctx.sessions.linger(self.server_id, session.session_id, self._token_hash, self._window_ended)
+        elif session is not None and reason != "resumed":
+            await session.close_router_if_idle(self.topic)
+
+    async def _window_ended(self, ours: bool) -> None:
+        """The resume window of a lost socket is over: remove the peer unless a resume took it over."""
+        if not ours or self.session is None:
+            return
+        await self.session.remove_peer()
+        await self.session.close_router_if_idle(self.topic)
 
     # --- pushes -----------------------------------------------------------------------------------
     async def handle_in(self, event: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ export function decodeJwt(token) {
 // --- state -----------------------------------------------------------------------------------------
 const app = {
   token: null,
+  resume: null, // {session_id, token} of the current join, for the next join after a lost socket
   claims: null,
   serverId: null,
   channelId: null,
@@ -214,7 +215,9 @@ function connect() {
     const wasJoined = app.joined;
     app.joined = false;
     if (wasJoined || app.everJoined) {
-      stopMedia();
+      // The peer connection outlives the socket: the rejoin resumes the session (docs/protocol.md,
+      // "Resuming a session") and media never stops. Without resume data it starts over.
+      if (!canResume()) stopMedia();
       const why = event && event.code === 1012 ? "the server is restarting" : "connection lost";
       setStatus("reconnecting", why);
     }
@@ -311,7 +314,9 @@ function joinChannel() {
     if (channel !== app.channel || app.leaving || app.fatal) return;
     if (app.joined) log("channel error", reason);
     app.joined = false;
-    stopMedia();
+    // A lost socket errors its channels too: keep media for the resume. A channel that crashed on a
+    // live socket has lost its session on the server.
+    if (app.socket.isConnected() || !canResume()) stopMedia();
     if (app.everJoined) setStatus("reconnecting", "rejoining the channel");
   });
   channel.onClose(() => {
@@ -340,11 +345,22 @@ function joinChannel() {
 }
 
 function socketChannel() {
-  // The join payload is evaluated on every (re)join: it carries the current self state.
-  return app.socket.channel(topic(), () => ({ muted: app.local.muted, deafened: app.local.deafened }));
+  // The join payload is evaluated on every (re)join: it carries the current self state, and the
+  // session to resume while the peer connection of the lost socket still runs.
+  return app.socket.channel(topic(), () => {
+    const payload = { muted: app.local.muted, deafened: app.local.deafened };
+    if (canResume()) payload.resume = app.resume;
+    return payload;
+  });
+}
+
+function canResume() {
+  return Boolean(app.resume && app.media);
 }
 
 function onJoined(reply) {
+  const resumed = Boolean(reply.resumed) && canResume();
+  app.resume = reply.resume_token ? { session_id: reply.session_id, token: reply.resume_token } : null;
   app.reply = reply;
   app.sessionId = reply.session_id;
   app.permissions = reply.permissions || [];
@@ -360,7 +376,11 @@ function onJoined(reply) {
   } else if (!app.local.muted && !app.mic) {
     app.ops = app.ops.then(() => acquireOrMute());
   }
-  startMedia(again ? "rejoin" : "join");
+  if (resumed) {
+    log("resumed session", reply.session_id, "(media kept)");
+  } else {
+    startMedia(again ? "rejoin" : "join");
+  }
   // A rejoin starts with `video` off in presence; the camera that stayed on says so again.
   if (app.camera) push("video", { enabled: true }).catch((err) => log("video push failed:", errorText(err)));
 }

@@ -313,6 +313,48 @@ class Store(abc.ABC):
     async def push_rung_take(self, server_id: str, call_id: str, user_id: str) -> str | None:
         """Return and forget that record at once: one replica, once, sends the follow-ups."""
 
+    # --- voice sessions that a reconnecting client may resume (docs/store.md) -----------------------
+    @abc.abstractmethod
+    async def session_put(
+        self, server_id: str, session_id: str, user_id: str, channel_id: str, token_hash: str, ttl_s: float
+    ) -> None:
+        """Record a voice session owned by this replica: who may resume it (`user_id`, in
+        `channel_id`, proving it with the token whose SHA-256 is `token_hash`). It expires after ttl_s
+        unless refreshed, so a crashed replica leaks nothing."""
+
+    @abc.abstractmethod
+    async def session_take(
+        self,
+        server_id: str,
+        session_id: str,
+        user_id: str,
+        channel_id: str,
+        token_hash: str,
+        new_token_hash: str,
+        ttl_s: float,
+    ) -> bool:
+        """Resume: atomically, if the session exists for this user and channel and its token hash is
+        `token_hash`, make this replica its owner with `new_token_hash` (the token rotates) and a fresh
+        ttl_s; True then. Anything else changes nothing and is False."""
+
+    @abc.abstractmethod
+    async def session_refresh(self, server_id: str, session_ids: Sequence[str], ttl_s: float) -> None:
+        """Extend the TTL of those sessions this replica still owns (one round trip per server)."""
+
+    @abc.abstractmethod
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
+        """Delete the session if this replica still owns it with this token hash (compare-and-delete);
+        True when it did. False means a resume took it over (elsewhere, or here with a rotated
+        token) or it expired: its SFU peer is not ours to remove."""
+
+    @abc.abstractmethod
+    async def presence_evict_session(
+        self, topic: str, index: str, session_id: str, keep_ref: str
+    ) -> list[PresenceEntry]:
+        """Remove and return the entries of `topic` (of any replica) whose meta's `session_id` is
+        `session_id`, except this replica's `keep_ref`: a resumed session's entry that its dead
+        replica left behind, so presence does not show it twice until the sweep."""
+
     @abc.abstractmethod
     async def purge_server(self, server_id: str) -> int:
         """Forget a deleted voice server: presence, member flags, registry, drain marks, assignments,

@@ -6,8 +6,9 @@ Redis (the contract suite uses this), which keeps the two backends' semantics id
 
 from __future__ import annotations
 
+import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,17 @@ from voxa.signaling.store.base import (
     StoredCall,
     check_topic,
 )
+
+
+@dataclass
+class SessionRecord:
+    """A resumable voice session (what the Redis store keeps in ``voxa:{S}:session:<id>``)."""
+
+    user: str
+    channel: str
+    token_hash: str
+    owner: str
+    expires: float
 
 
 @dataclass
@@ -48,6 +60,7 @@ class MemoryBackend:
     push_rung: dict[tuple[str, str, str], tuple[float, str]] = field(
         default_factory=dict
     )  # (expires, record)
+    sessions: dict[tuple[str, str], SessionRecord] = field(default_factory=dict)  # (server, session)
 
     def alive(self, replica: str) -> bool:
         return self.replicas.get(replica, 0.0) > self.clock()
@@ -295,6 +308,68 @@ class MemoryStore(Store):
             return None
         return found[1]
 
+    def _session(self, server_id: str, session_id: str) -> SessionRecord | None:
+        record = self.backend.sessions.get((server_id, session_id))
+        if record is not None and record.expires <= self.backend.clock():
+            del self.backend.sessions[(server_id, session_id)]
+            return None
+        return record
+
+    async def session_put(
+        self, server_id: str, session_id: str, user_id: str, channel_id: str, token_hash: str, ttl_s: float
+    ) -> None:
+        expires = self.backend.clock() + ttl_s
+        record = SessionRecord(user_id, channel_id, token_hash, self.replica_id, expires)
+        self.backend.sessions[(server_id, session_id)] = record
+
+    async def session_take(
+        self,
+        server_id: str,
+        session_id: str,
+        user_id: str,
+        channel_id: str,
+        token_hash: str,
+        new_token_hash: str,
+        ttl_s: float,
+    ) -> bool:
+        record = self._session(server_id, session_id)
+        if (
+            record is None
+            or record.user != user_id
+            or record.channel != channel_id
+            or not hmac.compare_digest(record.token_hash, token_hash)
+        ):
+            return False
+        record.token_hash, record.owner = new_token_hash, self.replica_id
+        record.expires = self.backend.clock() + ttl_s
+        return True
+
+    async def session_refresh(self, server_id: str, session_ids: Sequence[str], ttl_s: float) -> None:
+        for session_id in session_ids:
+            record = self._session(server_id, session_id)
+            if record is not None and record.owner == self.replica_id:
+                record.expires = self.backend.clock() + ttl_s
+
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
+        record = self._session(server_id, session_id)
+        if record is None or record.owner != self.replica_id or record.token_hash != token_hash:
+            return False
+        del self.backend.sessions[(server_id, session_id)]
+        return True
+
+    async def presence_evict_session(
+        self, topic: str, index: str, session_id: str, keep_ref: str
+    ) -> list[PresenceEntry]:
+        entries = self.backend.presence.get(topic, {})
+        found = [
+            k
+            for k, e in entries.items()
+            if e.meta.get("session_id") == session_id and k != (self.replica_id, keep_ref)
+        ]
+        removed = [entries.pop(k) for k in found]
+        self._index(topic, index)
+        return removed
+
     async def purge_server(self, server_id: str) -> int:
         b = self.backend
         gone = 0
@@ -314,6 +389,9 @@ class MemoryStore(Store):
             for key in [k for k in table if k[0] == server_id]:
                 del table[key]
                 gone += 1
+        for session_key in [k for k in b.sessions if k[0] == server_id]:
+            del b.sessions[session_key]
+            gone += 1
         gone += len(b.media.pop(server_id, {}))
         marks = {m for m in b.drain_marks if m[0] == server_id}
         b.drain_marks -= marks

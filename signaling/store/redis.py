@@ -288,6 +288,39 @@ redis.call('SREM', KEYS[1], ARGV[1])
 """
 
 
+# A resumable voice session: KEYS: its hash (u user, c channel, h token hash, o owner replica).
+# ARGV: user, channel, token hash, owner, ttl ms.
+SESSION_PUT_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'u', ARGV[1], 'c', ARGV[2], 'h', ARGV[3], 'o', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+"""
+
+# KEYS: the session. ARGV: user, channel, token hash, new token hash, new owner, ttl ms.
+SESSION_TAKE_LUA = """
+local v = redis.call('HMGET', KEYS[1], 'u', 'c', 'h')
+if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] or v[3] ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'h', ARGV[4], 'o', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"""
+
+# KEYS: sessions of one voice server (one slot). ARGV: owner, ttl ms.
+SESSION_REFRESH_LUA = """
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'o') == ARGV[1] then redis.call('PEXPIRE', KEYS[i], ARGV[2]) end
+end
+"""
+
+# KEYS: the session. ARGV: owner, token hash. Compare-and-delete.
+SESSION_RELEASE_LUA = """
+local v = redis.call('HMGET', KEYS[1], 'o', 'h')
+if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
 def _decode_entry(raw: str | bytes) -> PresenceEntry:
     key, meta = orjson.loads(raw)
     return PresenceEntry(key, meta)
@@ -509,6 +542,10 @@ class RedisStore(Store):
         self._member_set = script(MEMBER_SET_LUA)
         self._ms_upsert = script(MS_UPSERT_LUA)
         self._ms_remove = script(MS_REMOVE_LUA)
+        self._session_put = script(SESSION_PUT_LUA)
+        self._session_take = script(SESSION_TAKE_LUA)
+        self._session_refresh = script(SESSION_REFRESH_LUA)
+        self._session_release = script(SESSION_RELEASE_LUA)
         self._topics: set[str] = set()
         self._subscriber: _Subscriber | _ShardedSubscriber | None = None
         self._pubsub_lock = asyncio.Lock()
@@ -952,6 +989,63 @@ class RedisStore(Store):
         key = f"{server_tag(server_id)}:pushrung:{call_id}:{user_id}"
         record: str | None = await self._call(lambda: self._redis.getdel(key))
         return record
+
+    # --- resumable voice sessions -------------------------------------------------------------------
+    @staticmethod
+    def _session_key(server_id: str, session_id: str) -> str:
+        return f"{server_tag(server_id)}:session:{session_id}"
+
+    async def session_put(
+        self, server_id: str, session_id: str, user_id: str, channel_id: str, token_hash: str, ttl_s: float
+    ) -> None:
+        keys = [self._session_key(server_id, session_id)]
+        args = [user_id, channel_id, token_hash, self.replica_id, max(1, int(ttl_s * 1000))]
+        await self._call(lambda: self._session_put(keys=keys, args=args))
+
+    async def session_take(
+        self,
+        server_id: str,
+        session_id: str,
+        user_id: str,
+        channel_id: str,
+        token_hash: str,
+        new_token_hash: str,
+        ttl_s: float,
+    ) -> bool:
+        keys = [self._session_key(server_id, session_id)]
+        ttl_ms = max(1, int(ttl_s * 1000))
+        args = [user_id, channel_id, token_hash, new_token_hash, self.replica_id, ttl_ms]
+        taken = await self._call(lambda: self._session_take(keys=keys, args=args))
+        return bool(taken)
+
+    async def session_refresh(self, server_id: str, session_ids: Sequence[str], ttl_s: float) -> None:
+        if not session_ids:
+            return
+        keys = [self._session_key(server_id, s) for s in session_ids]
+        args = [self.replica_id, max(1, int(ttl_s * 1000))]
+        await self._call(lambda: self._session_refresh(keys=keys, args=args))
+
+    async def session_release(self, server_id: str, session_id: str, token_hash: str) -> bool:
+        keys = [self._session_key(server_id, session_id)]
+        args = [self.replica_id, token_hash]
+        released = await self._call(lambda: self._session_release(keys=keys, args=args))
+        return bool(released)
+
+    async def presence_evict_session(
+        self, topic: str, index: str, session_id: str, keep_ref: str
+    ) -> list[PresenceEntry]:
+        check_topic(topic, index)
+        key = presence_key(topic)
+        raw: dict[str, str] = await self._call(lambda: self._redis.hgetall(key))
+        keep = self._field(keep_ref)
+        found = [
+            f for f, v in raw.items() if f != keep and _decode_entry(v).meta.get("session_id") == session_id
+        ]
+        if not found:
+            return []
+        args = [topic, *found]
+        removed = await self._call(lambda: self._sweep(keys=[key, channels_key(index)], args=args))
+        return [_decode_entry(v) for v in removed]
 
     async def purge_server(self, server_id: str) -> int:
         # Every key of the server carries its tag; SCAN, not KEYS: a shared Redis keeps serving other

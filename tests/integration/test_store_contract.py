@@ -12,6 +12,7 @@ its server's.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -471,3 +472,69 @@ async def test_push_rung_records_are_taken_once_and_expire(make_store: StoreFact
     await a.push_rung_set("g", "k2", "bob", "short", ttl_s=0.2)
     await asyncio.sleep(0.4)  # past the record's TTL
     assert await b.push_rung_take("g", "k2", "bob") is None
+
+
+async def test_a_session_is_resumed_only_by_its_user_in_its_channel_with_its_token(
+    make_store: StoreFactory,
+) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.session_put("g", "s1", "alice", "lobby", "h1", ttl_s=30)
+    assert not await b.session_take("g", "s1", "mallory", "lobby", "h1", "h2", ttl_s=30)  # wrong user
+    assert not await b.session_take("g", "s1", "alice", "afk", "h1", "h2", ttl_s=30)  # wrong channel
+    assert not await b.session_take("g", "s1", "alice", "lobby", "bad", "h2", ttl_s=30)  # wrong token
+    assert not await b.session_take("h", "s1", "alice", "lobby", "h1", "h2", ttl_s=30)  # other server
+    assert not await b.session_take("g", "s9", "alice", "lobby", "h1", "h2", ttl_s=30)  # unknown
+    assert await b.session_take("g", "s1", "alice", "lobby", "h1", "h2", ttl_s=30)
+    # The token rotated: the old one no longer resumes, the new one does.
+    assert not await a.session_take("g", "s1", "alice", "lobby", "h1", "h3", ttl_s=30)
+    assert await a.session_take("g", "s1", "alice", "lobby", "h2", "h3", ttl_s=30)
+
+
+async def test_a_session_is_released_only_by_its_owner(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.session_put("g", "s1", "alice", "lobby", "h1", ttl_s=30)
+    assert await b.session_take("g", "s1", "alice", "lobby", "h1", "h2", ttl_s=30)
+    assert not await a.session_release("g", "s1", "h1")  # taken over: not a's to remove any more
+    assert not await a.session_release("g", "s1", "h2")
+    assert await b.session_take("g", "s1", "alice", "lobby", "h2", "h3", ttl_s=30)  # still there
+    # Resumed on the same replica: the lost join's release (the old token) leaves it alone.
+    assert not await b.session_release("g", "s1", "h2")
+    assert await b.session_release("g", "s1", "h3")
+    assert not await b.session_release("g", "s1", "h3")
+    assert not await b.session_take("g", "s1", "alice", "lobby", "h3", "h4", ttl_s=30)
+
+
+async def test_sessions_expire_unless_their_owner_refreshes_them(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    await a.session_put("g", "kept", "alice", "lobby", "h", ttl_s=0.3)
+    await a.session_put("g", "left", "bob", "lobby", "h", ttl_s=0.3)
+    await b.session_put("g", "other", "carol", "lobby", "h", ttl_s=0.3)
+    await a.session_refresh("g", ["kept", "other", "missing"], ttl_s=30)  # only its own are extended
+
+    put_at = time.monotonic()
+    # Expiry is a matter of time: wait for the TTL to pass (a probing take would refresh it).
+    await eventually(lambda: asyncio.sleep(0, time.monotonic() - put_at > 0.5))
+    assert not await b.session_take("g", "left", "bob", "lobby", "h", "h", ttl_s=30)
+    assert not await a.session_take("g", "other", "carol", "lobby", "h", "h", ttl_s=30)  # b's: expired too
+    assert await b.session_take("g", "kept", "alice", "lobby", "h", "h", ttl_s=30)
+
+
+async def test_a_resumed_sessions_old_presence_entry_is_evicted(make_store: StoreFactory) -> None:
+    a, b = await make_store("a"), await make_store("b")
+    topic = "voice:g:lobby"
+    await join(a, topic, entry("alice", "r1", session_id="s1"))
+    await join(a, topic, entry("bob", "r2", session_id="s2"))
+    await join(b, topic, entry("alice", "r3", session_id="s1"))
+    removed = await b.presence_evict_session(topic, "g", "s1", keep_ref="r3")
+    assert keys(removed) == [("alice", "r1")]
+    assert keys(await b.presence_list(topic)) == [("alice", "r3"), ("bob", "r2")]
+    assert await b.presence_evict_session(topic, "g", "s1", keep_ref="r3") == []
+
+
+async def test_purge_server_forgets_its_sessions(make_store: StoreFactory) -> None:
+    a = await make_store("a")
+    await a.session_put("g", "s1", "alice", "lobby", "h", ttl_s=30)
+    await a.session_put("h", "s1", "alice", "lobby", "h", ttl_s=30)
+    assert await a.purge_server("g") >= 1
+    assert not await a.session_take("g", "s1", "alice", "lobby", "h", "h", ttl_s=30)
+    assert await a.session_take("h", "s1", "alice", "lobby", "h", "h", ttl_s=30)

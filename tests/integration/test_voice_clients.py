@@ -50,10 +50,19 @@ class Stack:
 
 
 @pytest.fixture
+def signaling_env() -> dict[str, str]:
+    """Settings of the stack's signaling (a test overrides it with its own fixture or parameter)."""
+    return {}
+
+
+@pytest.fixture
 async def stack(
-    redis_server: RedisServer, signaling_factory: SignalingFactory, tmp_path: Path
+    redis_server: RedisServer,
+    signaling_factory: SignalingFactory,
+    tmp_path: Path,
+    signaling_env: dict[str, str],
 ) -> AsyncIterator[Stack]:
-    signaling = signaling_factory(redis_server.url, media_server_ttl_s="3")
+    signaling = signaling_factory(redis_server.url, media_server_ttl_s="3", **signaling_env)
     sfu = SfuProcess(tmp_path, signaling_url=signaling.url)
     try:
         await sfu.ready()
@@ -230,7 +239,13 @@ async def test_cli_refusals_exit_2_with_the_reason(signaling_factory: SignalingF
     assert result.returncode == 2 and "not a JWT" in result.stderr
 
 
-async def test_signaling_restart_reconnects_rejoins_and_renegotiates(stack: Stack) -> None:
+@pytest.mark.parametrize("signaling_env", [{"session_resume_s": "0"}, {}], ids=["resume-off", "resume-on"])
+async def test_signaling_restart_reconnects_rejoins_and_renegotiates_or_resumes(
+    stack: Stack, signaling_env: dict[str, str]
+) -> None:
+    """Without resume, the rejoin is a new session negotiated afresh; with it (the default), the
+    session record in Redis and the SFU peer outlive the killed process: the same session goes on."""
+    resume = signaling_env.get("session_resume_s") != "0"
     alice = stack.client("alice", 440.0, backoff_s=(0.2, 1.0))
     bob = stack.client("bob", 660.0, backoff_s=(0.2, 1.0))
     try:
@@ -238,11 +253,21 @@ async def test_signaling_restart_reconnects_rejoins_and_renegotiates(stack: Stac
         await bob.start()
         assert await hears(alice, "bob", 660.0)
         sessions = (alice.session_id, bob.session_id)
+        pcs = (alice.pc, bob.pc)
+        joins = alice.join_reply
         stack.signaling.stop(kill=True)
         await alice.wait_for(lambda: alice.channel is None or alice.phx is None or alice.phx.closed.is_set())
         stack.signaling.start()
-        await alice.wait_for(lambda: alice.session_id != sessions[0], timeout=20)
-        await bob.wait_for(lambda: bob.session_id != sessions[1], timeout=20)
+        await alice.wait_for(lambda: alice.join_reply is not joins, timeout=20)
+        if resume:
+            await bob.wait_for(lambda: bool(bob.join_reply.get("resumed")), timeout=20)
+            assert alice.join_reply["resumed"] is True
+            assert (alice.session_id, bob.session_id) == sessions
+            assert (alice.pc, bob.pc) == pcs
+        else:
+            assert "resumed" not in alice.join_reply
+            await alice.wait_for(lambda: alice.session_id != sessions[0], timeout=20)
+            await bob.wait_for(lambda: bob.session_id != sessions[1], timeout=20)
         assert await hears(alice, "bob", 660.0, timeout=20)
         assert await hears(bob, "alice", 440.0, timeout=20)
     finally:

@@ -55,8 +55,15 @@ class CallMediaSpec:
             raise Forbidden("only the call's members who answered may join its media")
         channel = CallMediaChannel(self.ctx, conn, topic, join_ref, server_id, call_channel_id(call_id))
         channel.call_id = call_id
+        channel.topic = call_hub_topic(server_id, call_id)
         response = await channel.join(payload)
         return channel, {**response, "call_id": call_id}
+
+
+def call_hub_topic(server_id: str, call_id: str) -> str:
+    """Where a call's media presence lives in the store: clients join `call:<call_id>`, which does not
+    name the voice server, but every key of a server must carry its hash tag (docs/store.md)."""
+    return f"call:{server_id}:{call_id}"
 
 
 class CallMediaChannel(VoiceChannel):
@@ -84,8 +91,8 @@ class CallMediaChannel(VoiceChannel):
 
     async def call_over(self, reason: str) -> None:
         payload = {"call_id": self.call_id, "reason": reason}
-        self.conn.send(protocol.push(self.join_ref, self.topic, "call_ended", payload))
-        await self.conn.kick(self.topic, reason)
+        self.conn.send(protocol.push(self.join_ref, self.wire_topic, "call_ended", payload))
+        await self.conn.kick(self.wire_topic, reason)
 
 
 class CallEndListener:

@@ -124,6 +124,9 @@ class VoiceChannel:
         self.ctx = ctx
         self.conn = conn
         self.topic = self.wire_topic = topic
+        """`topic`: where the hub and the store know this channel's presence and broadcasts; `wire_topic`:
+        the topic its client joined, in every frame it is sent. The same for a voice channel (it names
+        its voice server); a call's media differs (callmedia.py)."""
         self.join_ref = join_ref
         self.server_id = server_id
         self.channel_id = channel_id
@@ -154,7 +157,7 @@ class VoiceChannel:
         return PresenceEntry(self.key, self.meta) if self.meta is not None else None
 
     def push_presence_state(self, state: State) -> None:
-        self.conn.send(protocol.push(self.join_ref, self.topic, PRESENCE_STATE, state))
+        self.conn.send(protocol.push(self.join_ref, self.wire_topic, PRESENCE_STATE, state))
 
     async def on_control(self, control: dict[str, Any]) -> None:
         kind = control.get("type")
@@ -176,17 +179,17 @@ class VoiceChannel:
                 and control.get("session_id") == session.session_id
                 and control.get("ref") != meta.get("phx_ref")
             ):
-                await self.conn.kick(self.topic, "resumed")
+                await self.conn.kick(self.wire_topic, "resumed")
         elif kind == "disconnect":
             self.conn.send(
                 protocol.push(
                     self.join_ref,
-                    self.topic,
+                    self.wire_topic,
                     "disconnected",
                     {"by": control.get("by"), "reason": "moderator"},
                 )
             )
-            await self.conn.kick(self.topic, "disconnected")
+            await self.conn.kick(self.wire_topic, "disconnected")
         elif kind == "move":
             dest = str(control.get("channel", ""))
             target_topic = voice_topic(self.server_id, dest)
@@ -195,12 +198,12 @@ class VoiceChannel:
             self.conn.send(
                 protocol.push(
                     self.join_ref,
-                    self.topic,
+                    self.wire_topic,
                     "moved",
                     {"by": control.get("by"), "channel_id": dest, "topic": target_topic},
                 )
             )
-            await self.conn.kick(self.topic, "moved")
+            await self.conn.kick(self.wire_topic, "moved")
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def join(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +247,7 @@ class VoiceChannel:
             session = self.session = self._new_session(session_id)
         await ctx.hub.add(self)
         diff = {"joins": {self.key: {"metas": [META_SLOT]}}, "leaves": {}}
-        template = protocol.broadcast(self.topic, PRESENCE_DIFF, diff)
+        template = protocol.broadcast(self.wire_topic, PRESENCE_DIFF, diff)
         prefix, suffix = template.split(META_SLOT_JSON)
         try:
             result = await ctx.store.presence_join(
@@ -283,7 +286,7 @@ class VoiceChannel:
                 # The SFU's offer that went to the lost socket (or nowhere) is still unanswered: the
                 # client gets it again after its join reply and presence_state, and answers here.
                 self._held.append(
-                    protocol.push(self.join_ref, self.topic, "sdp", {"type": "offer", "sdp": offer})
+                    protocol.push(self.join_ref, self.wire_topic, "sdp", {"type": "offer", "sdp": offer})
                 )
             log.info("voice.resumed", extra={"session_id": session_id, "topic": self.topic})
         ice = ctx.settings.ice_for(self.key)
@@ -371,7 +374,8 @@ class VoiceChannel:
         except StoreUnavailable:
             return entries
         if stale:
-            frame = protocol.broadcast(self.topic, PRESENCE_DIFF, leaves_diff((e.key, e.meta) for e in stale))
+            diff = leaves_diff((e.key, e.meta) for e in stale)
+            frame = protocol.broadcast(self.wire_topic, PRESENCE_DIFF, diff)
             await self.ctx.hub.broadcast(self.topic, frame)
         gone = {e.meta.get("phx_ref") for e in stale}
         return [e for e in entries if e.meta.get("phx_ref") not in gone]
@@ -409,7 +413,7 @@ class VoiceChannel:
             meta, self.meta = self.meta, None
         if meta is None:
             return
-        frame = protocol.broadcast(self.topic, PRESENCE_DIFF, leave_diff(self.key, meta))
+        frame = protocol.broadcast(self.wire_topic, PRESENCE_DIFF, leave_diff(self.key, meta))
         ctx.hub.deliver(self.topic, frame)
         try:
             await ctx.store.presence_leave(self.topic, self.index, meta["phx_ref"], frame)
@@ -475,7 +479,7 @@ class VoiceChannel:
             if all(old.get(k) == v for k, v in changes.items()):
                 return {"state": {k: old[k] for k in STATE_FIELDS}}
             new = updated_meta(old, changes, new_ref())
-            frame = protocol.broadcast(self.topic, PRESENCE_DIFF, update_diff(self.key, old, new))
+            frame = protocol.broadcast(self.wire_topic, PRESENCE_DIFF, update_diff(self.key, old, new))
             await self.ctx.store.presence_update(
                 self.topic, old["phx_ref"], PresenceEntry(self.key, new), frame
             )
@@ -525,7 +529,7 @@ class VoiceChannel:
 
     # --- media ------------------------------------------------------------------------------------
     def _send(self, event: str, payload: dict[str, Any]) -> None:
-        self.conn.send(protocol.push(self.join_ref, self.topic, event, payload))
+        self.conn.send(protocol.push(self.join_ref, self.wire_topic, event, payload))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -138,6 +138,7 @@ class Soak:
         """Per client, the last time its presence view was wrong (the presence watcher's samples)."""
         self._presence_task: asyncio.Task[None] | None = None
         self.rss_start: dict[str, float] = {}
+        self.leaked: list[str] = []
         self.client_log = (workdir / "clients.log").open("a", buffering=1)
 
     def token(self, user: str, name: str | None = None) -> str:
@@ -428,7 +429,7 @@ class Soak:
             "faults": [f.as_dict() for f in self.faults],
             "rounds": round_no,
             "leaked_keys": leaked,
-            "leaked_key_names": sorted(set(final_keys) - set(baseline_keys))[:20],
+            "leaked_key_names": sorted(self.leaked)[:20],
             "persistent_keys": sorted(k for k in final_keys if PERSISTENT_KEY.search(k))[:20],
             "rss_growth_mib": {
                 name: round(rss_end[name] - start, 1)
@@ -464,9 +465,11 @@ class Soak:
         while time.monotonic() < deadline:
             keys = await asyncio.to_thread(self.topo.keys)
             leaked = [k for k in keys if k not in baseline and not PERSISTENT_KEY.search(k)]
+            leaked = [k for k in leaked if k not in await asyncio.to_thread(self.topo.expiring, leaked)]
             if not leaked:
                 break
             await asyncio.sleep(0.5)
+        self.leaked = leaked
         return len(leaked), keys
 
     def error_lines(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ start each piece again exactly as it was.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -320,6 +321,18 @@ class Topology:
             return sorted(redis_command("127.0.0.1", primary.port, "KEYS", "*") or [])
         except (OSError, RuntimeError, ConnectionError):
             return []
+
+    def expiring(self, keys: list[str]) -> set[str]:
+        """Those of `keys` that carry a TTL (they go by themselves: liveness, sessions)."""
+        primary = self.primary()
+        if primary is None:
+            return set()
+        out = set()
+        for key in keys:
+            with contextlib.suppress(OSError, RuntimeError, ConnectionError):
+                if int(redis_command("127.0.0.1", primary.port, "PTTL", key)) > 0:
+                    out.add(key)
+        return out
 
     def restart_redis(self, node: RedisNode, *, replica_of: RedisNode | None = None) -> None:
         """Start `node` (again) on its port, its data gone (no persistence, as in a cache-style

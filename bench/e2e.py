@@ -56,10 +56,10 @@ from e2e_support.client import (
     BenchClient,
     install_loopback_ice,
     install_rtp_hook,
-    tone_track_factory,
 )
 from e2e_support.stack import Stack, log
 
+from voxa.client.media import SineTrack
 from voxa.common.claims import VoiceClaims, parse_permissions
 from voxa.common.testing.stats import percentile
 from voxa.common.tokens import mint_token
@@ -142,7 +142,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace, stack: Stack) -> None:
         self.args = args
         self.stack = stack
-        self.track_name, self.make_track = tone_track_factory()
+        self.make_track = SineTrack
         self.clients: list[BenchClient] = []
         self.errors: list[str] = []
         self.kill_attempts: list[Attempt] = []  # the first audible attempt of each moved client
@@ -333,7 +333,6 @@ class Bench:
             "driver_cpu_percent_during_joins": round(100.0 * join_cpu / join_wall, 1) if join_wall else None,
             "errors": len(self.errors),
             "error_kinds": self.errors[:20],
-            "tone_track": self.track_name,
         }
 
 

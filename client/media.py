@@ -1,6 +1,8 @@
-"""Audio for Voxa's Python client, its tests and load generators: aiortc tracks that send a sine tone or
-a WAV file, a sink that consumes what an aiortc remote track delivers, WAV recording (one track, or a
-mix of many on a wall-clock timeline) and a pure-Python dominant-frequency search (no numpy needed).
+"""Audio for Voxa's Python client, its tests, the benchmarks and the soak: aiortc tracks that send a
+sine tone or a WAV file, a sink that consumes what an aiortc remote track delivers, WAV recording (one
+track, or a mix of many on a wall-clock timeline) and a pure-Python dominant-frequency search (no numpy
+needed). `sine_samples` and `dominant_frequency` are the one tone generator and analyser of Python
+code here; the pages have theirs in signaling/static/tone.js.
 
     tone = SineTrack(660)                      # pc.addTrack(tone); tone.frequency = None -> silence
     music = WavTrack("in.wav", loop=True)      # any 16-bit PCM WAV, sent as 48 kHz mono
@@ -86,27 +88,61 @@ class PacedAudioTrack(MediaStreamTrack):
         return frame
 
 
+def sine_samples(
+    frequency: float,
+    count: int,
+    amplitude: float = 0.5,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    phase: float = 0.0,
+) -> array[int]:
+    """`count` signed 16-bit samples of a sine of `frequency` Hz starting at `phase` (radians): the one
+    tone generator of the client, its tests, the benchmarks and the browser tests' WAV files."""
+    step = 2 * math.pi * frequency / sample_rate
+    peak = 32767 * min(max(amplitude, 0.0), 1.0)
+    return array("h", (round(peak * math.sin(phase + step * i)) for i in range(count)))
+
+
 class SineTrack(PacedAudioTrack):
     """A sine tone, paced in real time.
 
     Set `frequency` (Hz, or None for silence) and `amplitude` (0..1) at any time; they apply from the
-    next frame on. The phase runs on, so a change of frequency does not click."""
+    next frame on. The phase runs on, so a change of frequency does not click.
+
+    A whole-Hz tone repeats exactly every second, so its second is computed once and each frame is a
+    slice of it (load generators run hundreds of these); other frequencies are computed per frame."""
 
     def __init__(self, frequency: float | None = 660.0, amplitude: float = 0.5, *, pts: int = 0) -> None:
         super().__init__(pts=pts)
         self.frequency = frequency
         self.amplitude = amplitude
         self._phase = 0.0
+        self._table: tuple[float, float, bytes] | None = None
+        """(frequency, amplitude, one second and one frame of samples) of the current whole-Hz tone."""
+        self._pos = 0
+        """Where in the table the next frame starts (samples)."""
 
     def _samples(self) -> bytes:
-        if self.frequency is None or self.amplitude <= 0:
+        frequency, amplitude = self.frequency, self.amplitude
+        if frequency is None or amplitude <= 0:
             return bytes(FRAME_SAMPLES * 2)
-        step = 2 * math.pi * self.frequency / SAMPLE_RATE
-        peak = 32767 * min(self.amplitude, 1.0)
-        phase = self._phase
-        out = array("h", (round(peak * math.sin(phase + step * i)) for i in range(FRAME_SAMPLES)))
-        self._phase = (phase + step * FRAME_SAMPLES) % (2 * math.pi)
-        return out.tobytes()
+        step = 2 * math.pi * frequency / SAMPLE_RATE
+        if frequency != int(frequency) or not 0 < frequency < SAMPLE_RATE / 2:
+            phase = self._phase
+            self._phase = (phase + step * FRAME_SAMPLES) % (2 * math.pi)
+            self._table = None
+            return sine_samples(frequency, FRAME_SAMPLES, amplitude, phase=phase).tobytes()
+        table = self._table
+        if table is None or table[0] != frequency or table[1] != amplitude:
+            # One second, plus one frame so that every frame is a single slice; the tone goes on from
+            # the table's sample nearest to the phase reached so far.
+            second = sine_samples(frequency, SAMPLE_RATE + FRAME_SAMPLES, amplitude).tobytes()
+            table = self._table = (frequency, amplitude, second)
+            self._pos = round(self._phase / step) % SAMPLE_RATE
+        pos = self._pos
+        self._pos = (pos + FRAME_SAMPLES) % SAMPLE_RATE
+        self._phase = (step * self._pos) % (2 * math.pi)
+        return table[2][2 * pos : 2 * (pos + FRAME_SAMPLES)]
 
 
 class WavTrack(PacedAudioTrack):

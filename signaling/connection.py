@@ -1,7 +1,9 @@
 """One client WebSocket: reads Phoenix frames, routes them to channels, and enforces the limits.
 
 Frames a socket must send go through a bounded outbound queue written by one task, so a broadcast
-never waits on a slow client; a client that stops reading is closed instead of growing memory.
+never waits on a slow client; a client that stops reading is closed (1013) instead of growing memory.
+The queue is bounded in frames and in bytes, so one socket's backlog costs at most
+`outbound_queue_bytes` however large its frames are (a presence snapshot of a full channel is).
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class Connection:
         self._joins = TokenBucket(settings.joins_per_10s / 10.0, settings.joins_per_10s, now)
         self._queue: collections.deque[str] = collections.deque()
         self._queue_limit = settings.outbound_queue_frames
+        self._queued_bytes = 0
+        self._bytes_limit = settings.outbound_queue_bytes
         self._wake = asyncio.Event()
         self._closing = False
         self._protocol_errors = 0
@@ -106,11 +110,13 @@ class Connection:
     def send(self, frame: str) -> None:
         if self._closing:
             return
-        if len(self._queue) >= self._queue_limit:
+        size = len(frame)
+        if len(self._queue) >= self._queue_limit or self._queued_bytes + size > self._bytes_limit:
             self.ctx.metrics.errors.labels("slow_consumer").inc()
             self.close_soon(protocol.CLOSE_TRY_AGAIN, "slow consumer")
             return
         self._queue.append(frame)
+        self._queued_bytes += size
         self._wake.set()
 
     async def _writer(self) -> None:
@@ -120,7 +126,9 @@ class Connection:
             await self._wake.wait()
             self._wake.clear()
             while queue:
-                await ws.send_str(queue.popleft())
+                frame = queue.popleft()
+                self._queued_bytes -= len(frame)
+                await ws.send_str(frame)
 
     def close_soon(self, code: int, reason: str) -> None:
         if self._closing:
@@ -133,7 +141,9 @@ class Connection:
         with contextlib.suppress(Exception):
             # Flush what is queued (e.g. the error that explains the close) before the close frame.
             while self._queue:
-                await self.ws.send_str(self._queue.popleft())
+                frame = self._queue.popleft()
+                self._queued_bytes -= len(frame)
+                await self.ws.send_str(frame)
         with contextlib.suppress(Exception):
             await self.ws.close(code=code, message=reason.encode()[:120])
 

@@ -147,6 +147,12 @@ class SignalingSettings(BaseSettings):
     outbound_queue_frames: int = Field(
         default=2000, ge=10, description="Frames queued for a slow socket before it is closed."
     )
+    outbound_queue_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=65536,
+        description="Frame text (bytes of ASCII JSON) queued for a slow socket before it is closed; "
+        "whichever of the two limits comes first.",
+    )
     max_channel_members: int = Field(default=200, ge=1, description="Default capacity of a voice channel.")
     shutdown_grace_s: float = Field(default=10.0, ge=0, description="Deadline to drain sockets on SIGTERM.")
     call_ring_timeout_s: float = Field(

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import multiprocessing
 import os
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -34,6 +35,7 @@ TICK_S: Final = 0.02
 STALL_S: Final = 0.1
 """A pair whose frames have not advanced for this long is stalled (5 frames: more than jitter)."""
 EVENT_TIMEOUT_S: Final = 10.0
+LATE_S: Final = 0.05
 
 
 @dataclass
@@ -103,16 +105,27 @@ class AudioWatch:
             if listener is not speaker
         ]
         self._task: asyncio.Task[None] | None = None
+        self.late: list[tuple[float, float]] = []
+        """(when, how late) of every tick that came more than LATE_S late: the soak's own event loop
+        was busy, so what its clients heard then says as much about the soak as about Voxa."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="chaos-audio-watch")
 
     async def _run(self) -> None:
+        due = time.monotonic()
         while True:
             now = time.monotonic()
+            if now - due > LATE_S:
+                self.late.append((now, now - due))
             for pair in self.pairs:
                 pair.observe(now)
+            due = now + TICK_S
             await asyncio.sleep(TICK_S)
+
+    def loop_lag_max(self, start: float, end: float) -> float:
+        """The latest the watch's tick came in [start, end], in seconds."""
+        return max((lag for t, lag in self.late if start <= t <= end), default=0.0)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -332,37 +345,71 @@ def _masked_text(payload: bytes) -> bytes:
 
 class Chatter:
     """Sockets in the slow client's channel toggling mute as fast as the message limit allows: every
-    toggle is a presence change every member of the channel is sent."""
+    toggle is a presence change every member of the channel is sent.
+
+    The flood runs in a process of its own: on the soak's event loop it would starve the load
+    clients (their ICE consent checks and audio decoding), and the soak would measure its own
+    starvation instead of signaling's isolation of a slow socket."""
 
     def __init__(self, url: str, tokens: list[str], topic: str, rate_per_s: float = 40.0) -> None:
         self.url, self.tokens, self.topic, self.rate = url, tokens, topic, rate_per_s
-        self._tasks: list[asyncio.Task[None]] = []
-        self._sockets: list[PhoenixClient] = []
+        ctx = multiprocessing.get_context("spawn")
+        self._ready = ctx.Event()
+        self._stop = ctx.Event()
+        self._proc = ctx.Process(
+            target=_chatter_main,
+            args=(url, tokens, topic, rate_per_s, self._ready, self._stop),
+            name="chaos-chatter",
+            daemon=True,
+        )
 
     async def start(self) -> None:
-        for token in self.tokens:
-            phx = PhoenixClient(self.url, token)
-            self._sockets.append(phx)
-            await phx.connect()
-            channel, _ = await phx.join(self.topic, {}, timeout=EVENT_TIMEOUT_S)
-            self._tasks.append(asyncio.create_task(self._toggle(channel)))
-
-    async def _toggle(self, channel: ClientChannel) -> None:
-        muted = False
-        while True:
-            muted = not muted
-            with contextlib.suppress(PushError, TimeoutError, ConnectionError):
-                await channel.push("mute" if muted else "unmute", {}, timeout=EVENT_TIMEOUT_S)
-            while not channel.events.empty():
-                channel.events.get_nowait()
-            await asyncio.sleep(1.0 / self.rate)
+        self._proc.start()
+        ready = await asyncio.to_thread(self._ready.wait, EVENT_TIMEOUT_S * len(self.tokens))
+        if not ready:
+            await self.stop()
+            raise RuntimeError("chatter: its sockets did not join in time")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for phx in self._sockets:
-            with contextlib.suppress(Exception):
-                await phx.close()
+        self._stop.set()
+        await asyncio.to_thread(self._proc.join, EVENT_TIMEOUT_S)
+        if self._proc.is_alive():
+            self._proc.kill()
+            await asyncio.to_thread(self._proc.join, EVENT_TIMEOUT_S)
+
+
+def _chatter_main(url: str, tokens: list[str], topic: str, rate: float, ready: Any, stop: Any) -> None:
+    asyncio.run(_chatter(url, tokens, topic, rate, ready, stop))
+
+
+async def _chatter(url: str, tokens: list[str], topic: str, rate: float, ready: Any, stop: Any) -> None:
+    sockets: list[PhoenixClient] = []
+    channels: list[ClientChannel] = []
+    for token in tokens:
+        phx = PhoenixClient(url, token)
+        sockets.append(phx)
+        await phx.connect()
+        channel, _ = await phx.join(topic, {}, timeout=EVENT_TIMEOUT_S)
+        channels.append(channel)
+    tasks = [asyncio.create_task(_toggle(channel, rate)) for channel in channels]
+    ready.set()
+    await asyncio.to_thread(stop.wait)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    for phx in sockets:
+        with contextlib.suppress(Exception):
+            await phx.close()
+
+
+async def _toggle(channel: ClientChannel, rate: float) -> None:
+    muted = False
+    while True:
+        muted = not muted
+        with contextlib.suppress(PushError, TimeoutError, ConnectionError):
+            await channel.push("mute" if muted else "unmute", {}, timeout=EVENT_TIMEOUT_S)
+        while not channel.events.empty():
+            channel.events.get_nowait()
+        await asyncio.sleep(1.0 / rate)

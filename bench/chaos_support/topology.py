@@ -333,6 +333,25 @@ class Topology:
                     out.add(key)
         return out
 
+    def contents(self, keys: list[str], items: int = 8) -> dict[str, list[str]]:
+        """What `keys` hold (a hash's fields, a set's or sorted set's members; up to `items` each):
+        for the report of leaked keys, whose owners (replica ids in presence fields) say which
+        write was lost."""
+        primary = self.primary()
+        if primary is None:
+            return {}
+        read = {"hash": ("HKEYS",), "set": ("SMEMBERS",), "zset": ("ZRANGE", "0", "-1")}
+        out: dict[str, list[str]] = {}
+        for key in keys:
+            with contextlib.suppress(OSError, RuntimeError, ConnectionError):
+                kind = str(redis_command("127.0.0.1", primary.port, "TYPE", key))
+                if kind in read:
+                    values = redis_command("127.0.0.1", primary.port, read[kind][0], key, *read[kind][1:])
+                    out[key] = [str(v) for v in (values or [])][:items]
+                else:
+                    out[key] = [kind]
+        return out
+
     def restart_redis(self, node: RedisNode, *, replica_of: RedisNode | None = None) -> None:
         """Start `node` (again) on its port, its data gone (no persistence, as in a cache-style
         deployment); as a replica of `replica_of` if given, which Sentinel would also arrange."""

@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
-import importlib
-import math
 import time
 import weakref
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,8 +28,6 @@ from aioice.stun import Message
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from av import AudioFrame
-from av.frame import Frame
 
 from voxa.client.phoenix import ClientChannel, PhoenixClient
 
@@ -89,58 +83,6 @@ def install_rtp_hook() -> None:
 
     setattr(RTCDtlsTransport, "_handle_rtp_data", handle_rtp_data)  # noqa: B010
     _rtp_hooked = True
-
-
-# --- tone ----------------------------------------------------------------------------------------------
-class ToneTrack(MediaStreamTrack):
-    """20 ms s16 mono 48 kHz frames of one precomputed tone (a whole number of periods per frame, so the
-    frames join without a click), paced in real time. Cheap: no per-sample work per frame."""
-
-    kind = "audio"
-
-    def __init__(self, frequency: float = 400.0, amplitude: float = 0.5) -> None:
-        super().__init__()
-        periods = max(1, round(frequency * FRAME_SAMPLES / SAMPLE_RATE))
-        step = 2 * math.pi * periods / FRAME_SAMPLES
-        peak = 32767 * amplitude
-        self._samples = array("h", (round(peak * math.sin(step * i)) for i in range(FRAME_SAMPLES))).tobytes()
-        self._pts = 0
-        self._start: float | None = None
-
-    async def recv(self) -> Frame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        else:
-            self._pts += FRAME_SAMPLES
-            delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(self._samples)
-        frame.pts = self._pts
-        frame.sample_rate = SAMPLE_RATE
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
-
-
-def tone_track_factory() -> tuple[str, Callable[[float], MediaStreamTrack]]:
-    """`voxa.client.media.SineTrack` when the package has it, else this module's ToneTrack."""
-    try:
-        module = importlib.import_module("voxa.client.media")
-        cls = getattr(module, "SineTrack")  # noqa: B009
-    except Exception as exc:  # absent, or broken while someone edits it: use ours
-        reason = "absent" if isinstance(exc, ImportError | AttributeError) else f"{type(exc).__name__}: {exc}"
-        return f"e2e_support.client.ToneTrack (voxa.client.media.SineTrack {reason})", ToneTrack
-
-    def make(hz: float) -> MediaStreamTrack:
-        track = cls(hz)
-        if not isinstance(track, MediaStreamTrack):
-            raise TypeError("voxa.client.media.SineTrack is not a MediaStreamTrack")
-        return track
-
-    return "voxa.client.media.SineTrack", make
 
 
 # --- SDP -----------------------------------------------------------------------------------------------

@@ -3,12 +3,10 @@
 * `restrict_ice_to_loopback` makes aioice gather host candidates on 127.0.0.1 only, and `rtc_configuration`
   has no ICE server (aiortc would otherwise add Google's STUN server), so no peer sends a packet off the
   machine.
-* `ToneTrack` is an audio track generating a sine tone (s16, 48 kHz, 20 ms frames, paced in real time);
-  aiortc encodes it with Opus.
-* `Publisher` joins a room as a publisher and publishes one `ToneTrack`; `Subscriber` subscribes to feeds,
-  drains the decoded audio of every received track (optionally keeping it), and reports the dominant
-  frequency of each track and RTP packet counts.
-* `dominant_frequency` uses numpy's FFT when numpy is importable, else a Goertzel scan.
+* `Publisher` joins a room as a publisher and publishes one tone (`voxa.client.media.SineTrack`, the
+  tone Voxa's own benchmarks send); `Subscriber` subscribes to feeds, drains the decoded audio of every
+  received track (optionally keeping it), and reports the dominant frequency of each track (the shared
+  `voxa.client.media.dominant_frequency`) and RTP packet counts.
 """
 
 from __future__ import annotations
@@ -16,12 +14,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import fractions
-import importlib
-import math
 import re
-import time
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -36,10 +29,11 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.sdp import candidate_from_sdp
 
+from voxa.client.media import SineTrack, dominant_frequency
+
 from .client import JanusHandle, JanusSession, Joined, Subscription, VideoRoom
 
 SAMPLE_RATE: Final = 48000
-PTIME: Final = 0.020
 LOOPBACK: Final = "127.0.0.1"
 _original_get_host_addresses = aioice.ice.get_host_addresses
 
@@ -82,128 +76,6 @@ def new_peer_connection() -> RTCPeerConnection:
     return RTCPeerConnection(rtc_configuration())
 
 
-class ToneTrack(MediaStreamTrack):
-    """A sine tone of `frequency` Hz as s16 48 kHz audio frames of 20 ms, paced in real time."""
-
-    kind = "audio"
-
-    def __init__(
-        self, frequency: float, *, amplitude: float = 0.3, channels: int = 1, sample_rate: int = SAMPLE_RATE
-    ) -> None:
-        super().__init__()
-        if channels not in (1, 2):
-            raise ValueError("channels must be 1 or 2")
-        self.frequency = frequency
-        self.amplitude = amplitude
-        self.channels = channels
-        self.sample_rate = sample_rate
-        self.samples_per_frame = int(sample_rate * PTIME)
-        self.frames_sent = 0
-        self._start: float | None = None
-        self._pts = 0
-        self._time_base = fractions.Fraction(1, sample_rate)
-        self._table = self._one_second()
-
-    def _one_second(self) -> bytes:
-        # For an integer frequency a 1 s table loops seamlessly; otherwise the phase jumps once a second,
-        # which is harmless for frequency detection.
-        peak = self.amplitude * 32767
-        step = 2 * math.pi * self.frequency / self.sample_rate
-        mono = array.array("h", (round(peak * math.sin(step * i)) for i in range(self.sample_rate)))
-        if self.channels == 1:
-            return mono.tobytes()
-        stereo = array.array("h", bytes(4 * len(mono)))
-        stereo[0::2] = mono
-        stereo[1::2] = mono
-        return stereo.tobytes()
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            self._pts += self.samples_per_frame
-            wait = self._start + self._pts / self.sample_rate - now
-            if wait > 0:
-                await asyncio.sleep(wait)
-        layout = "mono" if self.channels == 1 else "stereo"
-        frame = av.AudioFrame(format="s16", layout=layout, samples=self.samples_per_frame)
-        bytes_per_frame = 2 * self.channels * self.samples_per_frame
-        offset = (self._pts % self.sample_rate) * 2 * self.channels
-        chunk = self._table[offset : offset + bytes_per_frame]
-        if len(chunk) < bytes_per_frame:
-            chunk += self._table[: bytes_per_frame - len(chunk)]
-        frame.planes[0].update(chunk)
-        frame.pts = self._pts
-        frame.sample_rate = self.sample_rate
-        frame.time_base = self._time_base
-        self.frames_sent += 1
-        return frame
-
-
-# -- frequency analysis ---------------------------------------------------------------------------
-
-
-def goertzel_power(samples: Sequence[float], sample_rate: int, frequency: float) -> float:
-    """Power of `samples` at `frequency` (Goertzel algorithm)."""
-    coeff = 2 * math.cos(2 * math.pi * frequency / sample_rate)
-    s1 = s2 = 0.0
-    for x in samples:
-        s1, s2 = x + coeff * s1 - s2, s1
-    return s1 * s1 + s2 * s2 - coeff * s1 * s2
-
-
-def _hann(samples: Sequence[float]) -> list[float]:
-    n = len(samples)
-    if n < 2:
-        return list(samples)
-    return [x * (0.5 - 0.5 * math.cos(2 * math.pi * i / (n - 1))) for i, x in enumerate(samples)]
-
-
-def dominant_frequency(
-    samples: Sequence[float],
-    sample_rate: int = SAMPLE_RATE,
-    *,
-    fmin: float = 50.0,
-    fmax: float = 4000.0,
-    candidates: Iterable[float] | None = None,
-) -> float:
-    """The frequency (Hz) with the most energy in `samples`.
-
-    With `candidates`, the best of those frequencies. Otherwise numpy's FFT (parabolic peak interpolation)
-    if numpy is importable, else a Goertzel scan of [fmin, fmax] (coarse 5 Hz grid, then 0.5 Hz around
-    the peak) over at most 8192 samples.
-    """
-    if not samples:
-        raise ValueError("no samples")
-    if candidates is not None:
-        windowed = _hann(samples[-8192:])
-        return max(candidates, key=lambda f: goertzel_power(windowed, sample_rate, f))
-    try:
-        np = importlib.import_module("numpy")  # optional: not a dependency of the project
-    except ImportError:
-        pass
-    else:
-        data = np.asarray(samples, dtype=np.float64) * np.hanning(len(samples))
-        spectrum = np.abs(np.fft.rfft(data))
-        freqs = np.fft.rfftfreq(len(data), 1 / sample_rate)
-        band = (freqs >= fmin) & (freqs <= fmax)
-        index = int(np.flatnonzero(band)[np.argmax(spectrum[band])])
-        if 0 < index < len(spectrum) - 1:
-            a, b, c = (float(v) for v in np.log(spectrum[index - 1 : index + 2] + 1e-12))
-            denominator = a - 2 * b + c
-            offset = 0.5 * (a - c) / denominator if denominator else 0.0
-            return float(freqs[index]) + offset * sample_rate / len(data)
-        return float(freqs[index])
-    windowed = _hann(samples[-8192:])
-    grid = [fmin + 5.0 * i for i in range(int((fmax - fmin) / 5.0) + 1)]
-    coarse = max(grid, key=lambda f: goertzel_power(windowed, sample_rate, f))
-    fine = [coarse - 5.0 + 0.5 * i for i in range(21)]
-    return max(fine, key=lambda f: goertzel_power(windowed, sample_rate, f))
-
-
 # -- peers ----------------------------------------------------------------------------------------
 
 
@@ -235,17 +107,16 @@ async def _wait_connected(pc: RTCPeerConnection, handle: JanusHandle, timeout: f
 
 @dataclass
 class Publisher:
-    """A VideoRoom publisher sending a `ToneTrack` through aiortc."""
+    """A VideoRoom publisher sending a tone through aiortc."""
 
     session: JanusSession
     room: int
     frequency: float
     display: str = ""
-    channels: int = 1
     pc: RTCPeerConnection = field(default_factory=new_peer_connection)
     videoroom: VideoRoom | None = None
     joined: Joined | None = None
-    track: ToneTrack | None = None
+    track: SineTrack | None = None
     sender: RTCRtpSender | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -261,7 +132,7 @@ class Publisher:
         self.joined = await self.videoroom.join_publisher(
             self.room, self.display or f"tone-{self.frequency:g}"
         )
-        self.track = ToneTrack(self.frequency, channels=self.channels)
+        self.track = SineTrack(self.frequency, amplitude=0.3)
         self.sender = self.pc.addTransceiver(self.track, direction="sendonly").sender
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer_sdp = await self.videoroom.publish(
@@ -295,15 +166,9 @@ class ReceivedTrack:
     samples: array.array[int] = field(default_factory=lambda: array.array("h"))
     sample_rate: int = SAMPLE_RATE
 
-    def mono(self, seconds: float | None = None) -> list[float]:
-        """The last `seconds` (all if None) of the first channel, as floats in [-1, 1]."""
-        data = self.samples
-        if seconds is not None:
-            data = data[-int(seconds * self.sample_rate) :]
-        return [x / 32768.0 for x in data]
-
-    def dominant_frequency(self, seconds: float = 0.5, **kwargs: Any) -> float:
-        return dominant_frequency(self.mono(seconds), self.sample_rate, **kwargs)
+    def dominant_frequency(self, seconds: float = 0.5) -> float | None:
+        """The dominant frequency of the last `seconds` of the first channel (None: silence)."""
+        return dominant_frequency(self.samples[-int(seconds * self.sample_rate) :], self.sample_rate)
 
 
 @dataclass
@@ -372,9 +237,9 @@ class Subscriber:
             while len(self.tracks) < len(self.feeds) or any(t.frames < frames for t in self.tracks.values()):
                 await asyncio.sleep(0.05)
 
-    def frequencies(self, seconds: float = 0.5, **kwargs: Any) -> dict[str, float]:
+    def frequencies(self, seconds: float = 0.5) -> dict[str, float | None]:
         """Dominant frequency of each track, keyed by mid."""
-        return {mid: t.dominant_frequency(seconds, **kwargs) for mid, t in self.tracks.items()}
+        return {mid: t.dominant_frequency(seconds) for mid, t in self.tracks.items()}
 
     async def packets_received(self) -> int:
         """RTP packets received so far on all tracks (aiortc's inbound-rtp stats)."""
@@ -398,10 +263,7 @@ __all__ = [
     "Publisher",
     "ReceivedTrack",
     "Subscriber",
-    "ToneTrack",
     "check_loopback_sdp",
-    "dominant_frequency",
-    "goertzel_power",
     "new_peer_connection",
     "restrict_ice_to_loopback",
     "rtc_configuration",

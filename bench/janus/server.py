@@ -26,7 +26,6 @@ import itertools
 import os
 import random
 import shutil
-import signal
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ import aiohttp
 
 from voxa.common.ports import free_port
 from voxa.common.testing import procfs
+from voxa.common.testing.procs import Proc, wait_ready_async
 
 VIDEOROOM_PLUGIN: Final = "janus.plugin.videoroom"
 KEEP_PLUGINS: Final = frozenset({"libjanus_videoroom.so"})
@@ -183,7 +183,7 @@ class JanusServer:
         self._workdir = workdir
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.config_dir = Path()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Proc | None = None
         self.server_info: dict[str, Any] = {}
         self.exit_code: int | None = None
 
@@ -191,7 +191,7 @@ class JanusServer:
 
     @property
     def pid(self) -> int:
-        if self.proc is None:
+        if self.proc is None or self.proc.pid is None:
             raise RuntimeError("Janus is not running")
         return self.proc.pid
 
@@ -339,71 +339,53 @@ class JanusServer:
                 (self.config_dir / name).write_text(content)
             shim = await build_loopback_shim(self.config_dir, self.cc)
             env = {**os.environ, "LD_PRELOAD": str(shim)}
-            with self.stdout_path.open("wb") as out:
-                self.proc = await asyncio.create_subprocess_exec(
-                    self.binary,
-                    "--configs-folder",
-                    str(self.config_dir),
-                    "--config",
-                    str(self.config_dir / "janus.jcfg"),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
-            await self._wait_ready()
+            argv = [
+                self.binary,
+                "--configs-folder",
+                str(self.config_dir),
+                "--config",
+                str(self.config_dir / "janus.jcfg"),
+            ]
+            self.proc = Proc("janus", argv, env, self.stdout_path, start_new_session=True).start()
+            await self._wait_ready(self.proc)
         except BaseException:
             await self.stop()
             raise
 
-    async def _wait_ready(self) -> None:
-        assert self.proc is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.startup_timeout
+    async def _wait_ready(self, proc: Proc) -> None:
         timeout = aiohttp.ClientTimeout(total=2.0)
-        last_error = "no answer"
+        attempts = itertools.count()
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            for attempt in itertools.count():
-                if self.proc.returncode is not None:
-                    raise JanusStartError(
-                        f"janus exited with code {self.proc.returncode} during startup:\n{self.log_tail()}"
-                    )
+
+            async def answers() -> bool:
                 try:
-                    body = {"janus": "info", "transaction": f"ready-{attempt}"}
+                    body = {"janus": "info", "transaction": f"ready-{next(attempts)}"}
                     async with http.post(self.http_url, json=body) as resp:
                         info: dict[str, Any] = await resp.json(content_type=None)
-                    if info.get("janus") == "server_info":
-                        if VIDEOROOM_PLUGIN not in info.get("plugins", {}):
-                            raise JanusStartError(
-                                f"Janus started without {VIDEOROOM_PLUGIN}:\n{self.log_tail()}"
-                            )
-                        self.server_info = info
-                        return
-                    last_error = f"unexpected answer {info!r}"
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    last_error = repr(exc)
-                if loop.time() > deadline:
-                    raise JanusStartError(
-                        f"Janus API at {self.http_url} did not answer within {self.startup_timeout}s "
-                        f"({last_error}):\n{self.log_tail()}"
-                    )
-                await asyncio.sleep(0.05)
+                except (aiohttp.ClientError, TimeoutError, ValueError):
+                    return False
+                if info.get("janus") != "server_info":
+                    return False
+                if VIDEOROOM_PLUGIN not in info.get("plugins", {}):
+                    raise JanusStartError(f"Janus started without {VIDEOROOM_PLUGIN}:\n{self.log_tail()}")
+                self.server_info = info
+                return True
+
+            try:
+                await wait_ready_async(
+                    proc, answers, self.startup_timeout, f"the Janus API at {self.http_url}", self.log_tail
+                )
+            except JanusStartError:
+                raise
+            except RuntimeError as exc:
+                raise JanusStartError(str(exc)) from None
 
     async def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after `timeout` s; returns the exit code (None if never started)."""
         proc, self.proc = self.proc, None
         code: int | None = None
         if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+            await asyncio.to_thread(proc.stop, timeout)
             code = self.exit_code = proc.returncode
         if self._tempdir is not None:
             # Startup errors carry the log's tail; pass `workdir` to keep the whole log.

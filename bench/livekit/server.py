@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -43,6 +41,7 @@ from typing import Any, Final
 import aiohttp
 
 from voxa.common.ports import UDP, free_port
+from voxa.common.testing.procs import Proc, tail, wait_ready_async
 
 HERE: Final = Path(__file__).resolve().parent
 BUILD_SCRIPT: Final = HERE / "build.sh"
@@ -152,14 +151,14 @@ class LiveKitServer:
         self._workdir = workdir
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
         self.config_dir = Path()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Proc | None = None
         self.http: aiohttp.ClientSession | None = None
         self.version = ""
         self.exit_code: int | None = None
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
+        assert self.proc is not None and self.proc.pid is not None
         return self.proc.pid
 
     @property
@@ -175,10 +174,7 @@ class LiveKitServer:
         return self.config_dir / "livekit.log"
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return tail(self.log_path, chars)
 
     def config_yaml(self) -> str:
         """livekit-server's configuration (JSON is YAML)."""
@@ -228,56 +224,35 @@ class LiveKitServer:
             config.write_text(self.config_yaml())
             config.chmod(0o600)
             env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEKIT_")}
-            with self.log_path.open("ab") as out:
-                self.proc = await asyncio.create_subprocess_exec(
-                    str(self.binary),
-                    "--config",
-                    str(config),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,
-                )
+            argv = [str(self.binary), "--config", str(config)]
+            self.proc = Proc("livekit-server", argv, env, self.log_path, start_new_session=True).start()
             self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
-            await self._wait_ready()
+            await self._wait_ready(self.proc, self.http)
         except BaseException:
             await self.stop()
             raise
 
-    async def _wait_ready(self) -> None:
-        assert self.proc is not None and self.http is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.startup_timeout
-        last_error = "no answer"
-        while True:
-            if self.proc.returncode is not None:
-                raise LiveKitUnavailable(
-                    f"livekit-server exited with code {self.proc.returncode} at start:\n{self.log_tail()}"
-                )
+    async def _wait_ready(self, proc: Proc, http: aiohttp.ClientSession) -> None:
+        async def answers() -> bool:
             try:
-                async with self.http.get(self.http_url + "/", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status == 200:
-                        break
-                    last_error = f"HTTP {resp.status}"
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last_error = repr(exc)
-            if loop.time() > deadline:
-                raise LiveKitUnavailable(
-                    f"livekit-server at {self.http_url} did not answer within {self.startup_timeout:.0f}s "
-                    f"({last_error}):\n{self.log_tail()}"
-                )
-            await asyncio.sleep(0.05)
-        # The room API answers too once the node is registered (ListRooms with an admin token).
-        while True:
+                async with http.get(self.http_url + "/", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    return resp.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        async def room_api_answers() -> bool:
+            # The room API answers too once the node is registered (ListRooms with an admin token).
             try:
                 await self.room_api("ListRooms", {})
-                return
-            except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
-                last_error = repr(exc)
-            if loop.time() > deadline:
-                raise LiveKitUnavailable(f"livekit-server's room API did not answer ({last_error})")
-            await asyncio.sleep(0.05)
+            except (aiohttp.ClientError, TimeoutError, RuntimeError):
+                return False
+            return True
+
+        try:
+            await wait_ready_async(proc, answers, self.startup_timeout, f"livekit-server at {self.http_url}")
+            await wait_ready_async(proc, room_api_answers, self.startup_timeout, "livekit-server's room API")
+        except RuntimeError as exc:
+            raise LiveKitUnavailable(str(exc)) from None
 
     async def room_api(self, method: str, body: dict[str, Any]) -> dict[str, Any]:
         """One RoomService call (Twirp, JSON), with an admin token."""
@@ -304,15 +279,7 @@ class LiveKitServer:
         proc, self.proc = self.proc, None
         code: int | None = None
         if proc is not None:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+            await asyncio.to_thread(proc.stop, timeout)
             code = self.exit_code = proc.returncode
         if self._tempdir is not None:
             self._tempdir.cleanup()

@@ -10,6 +10,7 @@ The HTTP helpers are loopback-only on purpose: harnesses probe their own childre
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,7 +18,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
@@ -80,6 +81,7 @@ class Proc:
     start_new_session: bool = False
     port: int = 0
     """The port it listens on, when a launcher chose it (voxa.common.testing.launch)."""
+    cwd: Path | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
@@ -92,6 +94,7 @@ class Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=self.start_new_session,
+            cwd=self.cwd,
         )
         return self
 
@@ -138,6 +141,30 @@ class Proc:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+async def wait_ready_async(
+    proc: Proc,
+    probe: Callable[[], Awaitable[T | None]],
+    timeout: float,
+    what: str,
+    logs: Callable[[], str] | None = None,
+) -> T:
+    """`wait_ready` for a probe that is a coroutine (an aiohttp client's request): the event loop runs
+    while it waits. `logs` gives the text for the failure messages (default: the tail of proc's log)."""
+    limit = scaled(timeout)
+    deadline = time.monotonic() + limit
+    describe = logs or proc.tail
+    while True:
+        if not proc.alive():
+            code = proc.proc.returncode if proc.proc is not None else None
+            raise RuntimeError(f"{proc.name} exited ({code}) before {what}:\n{describe()}")
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"{what} not within {limit:g} s:\n{describe()}")
+        await asyncio.sleep(POLL_S)
 
 
 def wait_ready(proc: Proc, probe: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -44,6 +44,7 @@ from e2e.netns import NetnsLink
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 PAGE_DIR = HERE / "page"
+TONE_JS = ROOT / "signaling" / "static" / "tone.js"
 DRIVER = HERE / "driver.mjs"
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -360,6 +361,12 @@ class ChromiumPeers:
         if phoenix.is_dir():
             # The official phoenix client, for pages that talk to Voxa signaling themselves.
             app.router.add_static("/vendor/phoenix/", phoenix)
+
+        async def tone_js(_: web.Request) -> web.StreamResponse:
+            # The demo's tone analyser, so the tests measure audio exactly as the demo does.
+            return web.FileResponse(TONE_JS)
+
+        app.router.add_get("/tone.js", tone_js)
         app.router.add_static("/", PAGE_DIR)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

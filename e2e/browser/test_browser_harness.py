@@ -21,6 +21,7 @@ from av import VideoFrame
 from e2e.browser.conftest import ChromiumFactory
 from e2e.browser.harness import BrowserError, ChromiumPage
 from voxa.client.media import AudioSink, Level, SineTrack
+from voxa.common.testing.wait import eventually_async
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -211,10 +212,24 @@ async def test_mute_unmute_without_renegotiation(chromium: ChromiumFactory, pyth
 
     muted = await page.mute()
     assert muted["stoppedTrackId"] == before["transceivers"][0]["senderTrackId"], (muted, before)
-    await asyncio.sleep(0.3)  # what was in flight when the track stopped
-    sent_before = (await page.stats())["outbound"]["0"]["packetsSent"]
-    silent = await sink.measure(1.0)
-    sent_after = (await page.stats())["outbound"]["0"]["packetsSent"]
+    # Window after window until one lies wholly after what was in flight when the track stopped.
+    windows: list[tuple[int, Level, int]] = []
+
+    async def quiet_window() -> tuple[int, Level, int] | None:
+        before = (await page.stats())["outbound"]["0"]["packetsSent"]
+        level = await sink.measure(1.0)
+        after = (await page.stats())["outbound"]["0"]["packetsSent"]
+        windows.append((before, level, after))
+        return windows[-1] if level.rms < SILENCE_RMS and level.frames == 0 and after == before else None
+
+    sent_before, silent, sent_after = await eventually_async(
+        quiet_window,
+        15.0,
+        lambda: (
+            f"a 1 s window with nothing sent or heard after mute; last (sent, heard, sent): {windows[-1:]}"
+        ),
+        poll=0.0,
+    )
     assert silent.rms < SILENCE_RMS, f"still hearing Chromium after mute: {silent}"
     # Chromium sends no RTP at all on a sender without a track (no comfort noise, no silence frames).
     assert sent_after == sent_before, (sent_before, sent_after)

@@ -6,10 +6,11 @@ seam: `write_tone` rounds the duration to the nearest whole period of the tone.
 
 from __future__ import annotations
 
-import math
 import struct
 import wave
 from pathlib import Path
+
+from voxa.client.media import sine_samples
 
 SAMPLE_RATE = 48_000
 
@@ -24,9 +25,7 @@ def tone_samples(
         raise ValueError("amplitude must be in (0, 1]")
     periods = max(1, round(seconds * freq_hz))
     count = round(periods * sample_rate / freq_hz)
-    peak = amplitude * 32767
-    step = 2 * math.pi * freq_hz / sample_rate
-    return [round(peak * math.sin(step * i)) for i in range(count)]
+    return sine_samples(freq_hz, count, amplitude, sample_rate=sample_rate).tolist()
 
 
 def write_tone(

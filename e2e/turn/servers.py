@@ -24,14 +24,13 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from voxa.common.ports import ANY, UDP, free_port
+from voxa.common.testing.procs import Proc, wait_ready
 from voxa.common.turn import turn_credentials
 from voxa.operator.models import StunnerGateway
 from voxa.operator.render import stunner
@@ -119,7 +119,7 @@ class TurnServerProcess:
     workdir: Path
     realm: str
     port: int
-    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    proc: Proc | None = field(default=None, init=False)
 
     kind = "turn"
 
@@ -147,36 +147,25 @@ class TurnServerProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, env=env
-            )
-        finally:
-            log.close()
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> Proc:
+        self.proc = Proc(self.kind, argv, env, self.log_path, cwd=self.workdir).start()
+        return self.proc
 
-    def _check_alive(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            raise RuntimeError(f"{self.kind} is not running:\n{self.log_text()[-3000:]}")
+    def _wait(self, probe: Callable[[], bool], timeout: float, what: str) -> None:
+        if self.proc is None:
+            raise RuntimeError(f"{self.kind} is not running")
+        wait_ready(self.proc, probe, timeout, what)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after half a second (stunnerd's graceful shutdown waits for every
         allocation to expire, which tests do not wait for)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.stop(timeout=0.5)
         self.proc = None
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.proc is not None and self.proc.alive()
 
 
 @dataclass
@@ -261,17 +250,14 @@ class StunnerdProcess(TurnServerProcess):
 
     def wait_applied(self, timeout: float = 15.0) -> None:
         """Wait until stunnerd runs the config last written (its /status matches it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._check_alive()
+
+        def applied() -> bool:
             try:
-                if self._applied(self.status()):
-                    return
+                return self._applied(self.status())
             except (urllib.error.URLError, OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"stunnerd did not apply its config:\n{self.log_text()[-3000:]}")
-            time.sleep(0.05)
+                return False
+
+        self._wait(applied, timeout, "stunnerd applying its config")
 
     def reconfigure(
         self,
@@ -508,20 +494,18 @@ class CoturnProcess(TurnServerProcess):
     def wait_ready(self, timeout: float) -> None:
         """Ready once a STUN Binding request on the listening port is answered."""
         request = _binding_request()
-        deadline = time.monotonic() + timeout
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.1)
-            while True:
-                self._check_alive()
+
+            def answered() -> bool:
                 s.sendto(request, self.address)
                 try:
                     data, _ = s.recvfrom(2048)
-                    if data[8:20] == request[8:20]:
-                        return
                 except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"coturn did not answer:\n{self.log_text()[-3000:]}")
+                    return False
+                return data[8:20] == request[8:20]
+
+            self._wait(answered, timeout, "coturn answering a STUN Binding request")
 
     def signing_secret(self) -> str:
         return self.secrets[0]

@@ -14,10 +14,7 @@
 // put. Every offer names what each of our m-sections carries (`sources`). The SFU's `publish_layers`
 // turns layers nobody receives off (`setLayers`: encodings[i].active by rid, no renegotiation).
 
-const FFT_SIZE = 8192;
-const SNAPSHOT_MS = 50;
-const MIN_HZ = 30;
-const MAX_HZ = 20000;
+import { ToneMeter } from "./tone.js";
 
 let sharedAudioContext = null;
 
@@ -91,7 +88,7 @@ export class MediaSession {
     this.screenStream = new MediaStream();
     this.layers = new Map(); // mid -> the last publish_layers `active` applied
     this.layerOps = Promise.resolve(); // getParameters/setParameters, one at a time
-    this.analysers = new Map(); // receiver track id -> {analyser, source, sink, created}
+    this.meter = new ToneMeter(); // what window.voxa.measure reports
     this.queue = Promise.resolve(); // the SFU's descriptions, applied one at a time in arrival order
     this.counters = { offers: 0, answers: 0, remoteOffers: 0, remoteAnswers: 0, collisions: 0, ignoredOffers: 0 };
     this.lastError = null;
@@ -429,96 +426,27 @@ export class MediaSession {
   }
 
   // --- measurement (window.voxa.measure) ----------------------------------------------------------
-  ensureAnalyser(track) {
-    let entry = this.analysers.get(track.id);
-    if (entry) return entry;
-    const ctx = audioContext();
-    const source = ctx.createMediaStreamSource(new MediaStream([track]));
-    const analyser = ctx.createAnalyser();
-    analyser.fftSize = FFT_SIZE;
-    analyser.smoothingTimeConstant = 0;
-    const sink = ctx.createGain();
-    sink.gain.value = 0;
-    source.connect(analyser);
-    analyser.connect(sink);
-    sink.connect(ctx.destination);
-    entry = { analyser, source, sink, created: performance.now() };
-    this.analysers.set(track.id, entry);
-    return entry;
-  }
-
-  // For each active remote track: `ms` milliseconds of AnalyserNode snapshots; the dominant frequency
-  // of the averaged power spectrum (parabolic interpolation between bins) and the mean RMS.
+  // For each active remote track: `ms` milliseconds of audio, its dominant frequency, RMS and peak
+  // (tone.js).
   async measure(ms = 1000) {
-    const ctx = audioContext();
-    if (ctx.state !== "running") await ctx.resume();
-    const targets = [...this.remote.values()]
-      .filter((e) => e.active && e.track.readyState === "live")
-      .map((e) => ({ e, a: this.ensureAnalyser(e.track) }));
-    if (targets.length === 0) {
+    const live = [...this.remote.values()].filter((e) => e.active && e.track.readyState === "live");
+    if (live.length === 0) {
       await sleep(ms);
       return [];
     }
-    const windowMs = (FFT_SIZE / ctx.sampleRate) * 1000;
-    const youngest = Math.max(...targets.map((t) => t.a.created));
-    const warm = youngest + windowMs + 50 - performance.now();
-    if (warm > 0) await sleep(warm);
-
-    const bins = FFT_SIZE / 2;
-    const acc = targets.map(() => ({ power: new Float64Array(bins), rms: 0, peak: 0, snapshots: 0 }));
-    const freq = new Float32Array(bins);
-    const time = new Float32Array(FFT_SIZE);
-    const deadline = performance.now() + ms;
-    do {
-      targets.forEach((t, i) => {
-        const a = acc[i];
-        t.a.analyser.getFloatFrequencyData(freq);
-        for (let b = 0; b < bins; b += 1) {
-          if (Number.isFinite(freq[b])) a.power[b] += 10 ** (freq[b] / 10);
-        }
-        t.a.analyser.getFloatTimeDomainData(time);
-        let sum = 0;
-        for (let k = 0; k < time.length; k += 1) {
-          sum += time[k] * time[k];
-          a.peak = Math.max(a.peak, Math.abs(time[k]));
-        }
-        a.rms += Math.sqrt(sum / time.length);
-        a.snapshots += 1;
-      });
-      await sleep(SNAPSHOT_MS);
-    } while (performance.now() < deadline);
-
-    const binHz = ctx.sampleRate / FFT_SIZE;
-    return targets.map((t, i) => {
-      const a = acc[i];
-      const lo = Math.ceil(MIN_HZ / binHz);
-      const hi = Math.min(bins - 2, Math.floor(MAX_HZ / binHz));
-      let best = -1;
-      let bestPower = 0;
-      for (let b = lo; b <= hi; b += 1) {
-        if (a.power[b] > bestPower) {
-          bestPower = a.power[b];
-          best = b;
-        }
-      }
-      let hz = null;
-      if (best > 0) {
-        const [l, c, r] = [a.power[best - 1], a.power[best], a.power[best + 1]].map((p) =>
-          Math.log(Math.max(p, 1e-30)),
-        );
-        const denom = l - 2 * c + r;
-        const offset = denom === 0 ? 0 : (0.5 * (l - r)) / denom;
-        hz = (best + Math.max(-0.5, Math.min(0.5, offset))) * binHz;
-      }
-      return {
-        sessionId: t.e.sessionId,
-        mid: t.e.mid,
-        trackId: t.e.track.id,
-        hz,
-        rms: a.snapshots ? a.rms / a.snapshots : 0,
-        peak: a.peak,
-      };
-    });
+    const levels = await this.meter.measure(
+      audioContext(),
+      live.map((e) => e.track),
+      ms,
+    );
+    return live.map((e, i) => ({
+      sessionId: e.sessionId,
+      mid: e.mid,
+      trackId: e.track.id,
+      hz: levels[i].hz,
+      rms: levels[i].rms,
+      peak: levels[i].peak,
+    }));
   }
 
   state() {
@@ -559,11 +487,7 @@ export class MediaSession {
   close() {
     if (this.closed) return;
     this.closed = true;
-    for (const entry of this.analysers.values()) {
-      entry.source.disconnect();
-      entry.sink.disconnect();
-    }
-    this.analysers.clear();
+    this.meter.close();
     for (const entry of this.remote.values()) {
       entry.element.srcObject = null;
       entry.element.remove();

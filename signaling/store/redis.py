@@ -347,7 +347,7 @@ def _client(target: RedisTarget) -> aioredis.Redis | RedisCluster:
         "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
     }
     if target.sentinels:
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
             list(target.sentinels),
             sentinel_kwargs={
                 "password": target.sentinel_password,
@@ -401,7 +401,7 @@ class _Subscriber:
                 self._on_message(message["channel"], message["data"])
 
     async def aclose(self) -> None:
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
 
 class _ShardedSubscriber:
@@ -510,7 +510,7 @@ class _ShardedSubscriber:
             self._failed.exception()
         for client, pubsub in self._nodes.values():
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
             with contextlib.suppress(Exception):
                 await client.aclose()
         self._nodes.clear()

@@ -65,7 +65,8 @@ async def test_two_tones_reach_two_subscribers() -> None:
                 heard = {t.feed_id: t.dominant_frequency(seconds=1.0) for t in subscriber.tracks.values()}
                 assert set(heard) == set(feeds), heard
                 for feed, tone in feeds.items():
-                    assert abs(heard[feed] - tone) <= TOLERANCE_HZ, (heard, feeds)
+                    hz = heard[feed]
+                    assert hz is not None and abs(hz - tone) <= TOLERANCE_HZ, (heard, feeds)
                 assert await subscriber.packets_received() >= 2 * 75
             participants = await videoroom.list_participants(room)
             assert {p["id"] for p in participants} == set(feeds)

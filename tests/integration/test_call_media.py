@@ -19,7 +19,7 @@ from conftest import SFU_SECRET, RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
 from tests.integration.sfu.test_control_api import SfuProcess
 from tests.integration.test_media_signaling import registered
-from tests.integration.test_voice_clients import hears, silent
+from tests.integration.test_voice_clients import hears, silence
 from voxa.client.calls import CallClient
 from voxa.client.media import dominant_frequency, read_wav
 from voxa.client.voice import use_host_addresses
@@ -78,8 +78,7 @@ async def test_a_one_to_one_call_carries_both_tones_and_ends_for_both(stack: Sta
         # Mute works in a call as in a channel: silence, without renegotiation.
         await bob_voice.mute()
         await alice_voice.wait_for(lambda: alice_voice.members()["bob"]["muted"])
-        await asyncio.sleep(0.3)
-        assert await silent(alice_voice, "bob")
+        await silence(alice_voice, "bob")
         assert await router_status(stack.sfu, f"g1.call.{call.call_id}") == 200
         await bob.end(call.call_id)
         assert (await alice.wait_event("call_ended", call_id=call.call_id))["reason"] == "hangup"

@@ -13,9 +13,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from conftest import SignalingFactory
 from tests.integration.conftest import token
+from tests.integration.hearing import silence
 from tests.integration.sfu.test_control_api import AUTH, SfuProcess
-from voxa.client.media import AudioSink, SineTrack
+from voxa.client.media import AudioSink, Level, SineTrack
 from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
+from voxa.common.testing.wait import scaled
 
 TOPIC = "voice:g1:lobby"
 
@@ -113,6 +115,17 @@ async def silent(client: RawVoiceClient, user: str) -> bool:
     return (await sink.measure(0.5)).rms < 0.01
 
 
+async def hears_silence(client: RawVoiceClient, user: str, timeout: float = 15.0) -> Level:
+    """Wait until a whole fresh 0.5 s window of `user`'s track at `client` is silent."""
+
+    def sink() -> AudioSink:
+        found = client.heard_from(user)
+        assert found is not None, f"{client.user} has no track from {user}"
+        return found
+
+    return await silence(lambda: sink().measure(0.5), f"{client.user} hearing silence from {user}", timeout)
+
+
 async def registered(signaling_url: str, *ids: str) -> None:
     """Wait until the SFUs are in signaling's registry for voice server g1."""
     url = f"{signaling_url}/internal/servers/g1/media-servers"
@@ -148,8 +161,7 @@ async def test_clients_hear_each_other_through_signaling_and_sfu(stack: Any) -> 
     assert bob.channel is not None and alice.channel is not None
     await bob.channel.push("mute")
     await alice.channel.wait_presence(lambda m: m["bob"]["muted"])
-    await asyncio.sleep(0.3)
-    assert await silent(alice, "bob")
+    await hears_silence(alice, "bob")
     await bob.channel.push("unmute")
     assert await hears(alice, "bob", 660.0)
     # Speaking comes from the SFU into presence.
@@ -164,8 +176,8 @@ async def test_without_speak_a_client_is_not_heard(stack: Any) -> None:
     mute_me = RawVoiceClient(signaling.ws_url, "quiet", 660.0, grant="connect")
     await alice.join()
     await mute_me.join()
-    assert await hears(mute_me, "alice", 440.0)
-    await asyncio.sleep(1.0)
+    assert await hears(mute_me, "alice", 440.0)  # its transport is up: were it forwarded, it would be heard
+    await asyncio.sleep(scaled(1.0))  # a negative check: time for its track to arrive
     assert alice.heard_from("quiet") is None or await silent(alice, "quiet")
     await alice.close()
     await mute_me.close()
@@ -181,8 +193,9 @@ async def test_moderator_server_mute_reaches_the_sfu(stack: Any) -> None:
     assert mod.channel is not None and bob.channel is not None
     await mod.channel.push("moderate", {"target": "bob", "action": "mute"})
     await bob.channel.wait_presence(lambda m: m["bob"]["server_muted"])
+    await hears_silence(mod, "bob")
     await bob.channel.push("unmute")  # cannot undo a server mute
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(scaled(0.5))  # a negative check: time for a wrongly honoured unmute to take effect
     assert await silent(mod, "bob")
     await mod.channel.push("moderate", {"target": "bob", "action": "unmute"})
     assert await hears(mod, "bob", 660.0)
@@ -273,8 +286,7 @@ async def test_deafen_stops_what_the_sfu_sends(stack: Any) -> None:
     assert mod.channel is not None and bob.channel is not None
     await mod.channel.push("moderate", {"target": "bob", "action": "deafen"})
     await bob.channel.wait_presence(lambda m: m["bob"]["server_deafened"])
-    await asyncio.sleep(0.5)
-    assert await silent(bob, "mod")
+    await hears_silence(bob, "mod")
     assert await hears(mod, "bob", 660.0)  # deafened, not muted: still heard
     await mod.channel.push("moderate", {"target": "bob", "action": "undeafen"})
     assert await hears(bob, "mod", 440.0)
@@ -311,8 +323,7 @@ async def test_a_call_answered_on_the_user_channel_carries_media_on_its_call_top
         assert await hears(bob, "alice", 440.0)
         assert bob.channel is not None
         await bob.channel.push("mute")
-        await asyncio.sleep(0.5)
-        assert await silent(alice, "bob")
+        await hears_silence(alice, "bob")
         with pytest.raises(PushError) as refused:
             await stranger.join(call["topic"])
         assert refused.value.response["reason"] == "only the call's members who answered may join its media"

@@ -15,8 +15,9 @@ import pytest
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
 from tests.support.push_helpers import api, metric
-from tests.support.push_standins import ApnsStandIn, FcmStandIn, poll
+from tests.support.push_standins import ApnsStandIn, FcmStandIn
 from voxa.client.phoenix import ClientChannel, PhoenixClient
+from voxa.common.testing.wait import eventually_async
 
 pytestmark = pytest.mark.slow
 RING_S = 30
@@ -80,7 +81,7 @@ async def arrived(found: list[Any], count: int) -> list[Any]:
     async def enough() -> list[Any] | None:
         return found if len(found) >= count else None
 
-    result: list[Any] = await poll(enough, 30, f"{count} pushes")
+    result: list[Any] = await eventually_async(enough, 30, f"{count} pushes", poll=0.1)
     return result
 
 
@@ -109,7 +110,7 @@ async def test_fcm_rings_an_offline_android_device_and_follows_up(
         devices: list[dict[str, str]] = (await api(replica, "GET", "/push/devices"))[1]["devices"]
         return devices == []
 
-    await poll(removed, 30, "the unregistered FCM token to go")
+    await eventually_async(removed, 30, "the unregistered FCM token to go", poll=0.1)
     assert await metric(replica, "voxa_signaling_push_removed_total", kind="fcm") == 1
 
 
@@ -159,5 +160,5 @@ async def test_apns_rings_by_voip_and_cancels_by_alert_only(
         devices = (await api(replica, "GET", "/push/devices"))[1]["devices"]
         return {"device_id": "bob-ipad", "kind": "apns"} not in devices and len(devices) == 2
 
-    await poll(removed, 30, "the unregistered APNs token to go")
+    await eventually_async(removed, 30, "the unregistered APNs token to go", poll=0.1)
     assert await metric(replica, "voxa_signaling_push_removed_total", kind="apns") == 1

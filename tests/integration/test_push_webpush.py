@@ -13,8 +13,9 @@ import pytest
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
 from tests.support.push_helpers import api, metric
-from tests.support.push_standins import BrokenPushService, WebPushTestService, p256_pem, poll
+from tests.support.push_standins import BrokenPushService, WebPushTestService, p256_pem
 from voxa.client.phoenix import ClientChannel, PhoenixClient
+from voxa.common.testing.wait import eventually_async
 from voxa.signaling.push.result import MAX_ATTEMPTS
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ async def pushes(web_push: WebPushTestService, client_hash: str, count: int) -> 
         got = await web_push.notifications(client_hash)
         return got if len(got) >= count else None
 
-    found: list[dict[str, Any]] = await poll(arrived, 30, f"{count} pushes")
+    found: list[dict[str, Any]] = await eventually_async(arrived, 30, f"{count} pushes", poll=0.1)
     return found
 
 
@@ -141,7 +142,7 @@ async def test_an_expired_subscription_is_removed_and_the_call_goes_on(
         status, found = await api(replicas[0], "GET", "/push/devices")
         return status == 200 and found["devices"] == []
 
-    await poll(removed, 30, "the 410'd registration to go")
+    await eventually_async(removed, 30, "the 410'd registration to go", poll=0.1)
     assert sum([await metric(r, "voxa_signaling_push_removed_total", kind="webpush") for r in replicas]) == 1
     await bob.wait_event("call_started", timeout=20)
     await bob.push("decline_call", {"call_id": call_id, "reason": "declined"})
@@ -195,7 +196,7 @@ async def test_a_broken_push_service_neither_delays_nor_sticks_a_call(
         async def tried() -> bool:
             return bool(broken.ttls)
 
-        await poll(tried, 20, "a push try")
+        await eventually_async(tried, 20, "a push try", poll=0.1)
         # The ring times out as it would without push, for both sides.
         assert (await bob.wait_event("stop_ringing", timeout=30))["reason"] == "timeout"
         assert (await alice.wait_event("call_ended", timeout=30))["reason"] == "timeout"
@@ -206,7 +207,7 @@ async def test_a_broken_push_service_neither_delays_nor_sticks_a_call(
                 >= 1
             )
 
-        await poll(given_up, 30, "the push to be given up")
+        await eventually_async(given_up, 30, "the push to be given up", poll=0.1)
         rings = [ttl for ttl in broken.ttls if ttl <= ring_s]  # the follow-up has a longer TTL
         assert 1 <= len(rings) <= (1 if hang else MAX_ATTEMPTS)
         # The registration stays (a 500 or a timeout says nothing about it), and the next call rings.

@@ -16,6 +16,7 @@ from conftest import JWT_SECRET, SFU_SECRET
 from tests.integration.conftest import AppFactory, AppServer, token
 from voxa.client.phoenix import PhoenixClient, PushError
 from voxa.common.claims import ChannelOverride, Permission, VoiceClaims
+from voxa.common.testing.wait import scaled
 from voxa.common.tokens import mint_token
 
 TOPIC = "voice:g1:lobby"
@@ -44,11 +45,16 @@ async def test_join_presence_state_and_diffs(app_factory: AppFactory) -> None:
     # As in Phoenix: the join reply, then presence_state, and no diff of one's own join before it.
     first_event, state = await ch_a.events.get()
     assert first_event == "presence_state" and set(state) == {"alice"}
-    await asyncio.sleep(0.05)
-    assert ch_a.events.empty()
     await ch_a.wait_presence(lambda m: set(m) == {"alice"})
     bob = await connect(app, "bob", grant="connect")
     ch_b, reply_b = await bob.join(TOPIC, {"muted": True})
+    # The next thing alice's socket carries is bob's join: nothing (no diff of her own join) came before.
+    async with asyncio.timeout(scaled(5.0)):
+        next_event, diff = await ch_a.events.get()
+    assert next_event == "presence_diff" and set(diff["joins"]) == {"bob"} and not diff["leaves"], (
+        next_event,
+        diff,
+    )
     assert reply_b["state"]["muted"] is True and reply_b["state"]["suppressed"] is True
     await ch_a.wait_presence(lambda m: set(m) == {"alice", "bob"} and m["bob"]["muted"])
     await ch_b.wait_presence(lambda m: set(m) == {"alice", "bob"})

@@ -18,6 +18,7 @@ from conftest import SFU_SECRET
 from tests.integration.conftest import AppFactory, AppServer, token
 from voxa.client.phoenix import ClientChannel, PhoenixClient, PushError
 from voxa.common.ports import free_port
+from voxa.common.testing.wait import scaled
 
 TOPIC = "voice:g1:lobby"
 ROUTER = "g1.lobby"
@@ -239,7 +240,7 @@ async def test_publish_layers_and_tracks_from_the_sfu(app: AppServer, sfu: tuple
     members = await bob_ch.wait_presence(lambda m: not m["alice"]["streaming"])
     assert [t["source"] for t in members["alice"]["tracks"]] == ["microphone", "camera"]
     # Nothing about Alice reaches Bob's socket but presence: publish_layers is for its publisher only.
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(scaled(0.2))  # a negative check: time for a stray publish_layers to arrive
     assert all(name != "publish_layers" for name, _ in list(bob_ch.events._queue))  # type: ignore[attr-defined]
     del bob_session
     await alice.close()

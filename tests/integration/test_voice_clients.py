@@ -19,10 +19,12 @@ import pytest
 
 from conftest import RedisServer, SignalingFactory, SignalingProcess
 from tests.integration.conftest import token
+from tests.integration.hearing import wait_level
 from tests.integration.sfu.test_control_api import SfuProcess
 from tests.integration.test_media_signaling import registered
 from voxa.client.media import Level, dominant_frequency, read_wav
 from voxa.client.voice import VoiceClient, VoiceEvent
+from voxa.common.testing.wait import scaled
 
 VOXA = str(Path(sys.executable).with_name("voxa"))
 TOLERANCE_HZ = 15.0
@@ -87,6 +89,13 @@ async def silent(client: VoiceClient, user: str, seconds: float = 0.6) -> bool:
     return (await client.measure(user, seconds)).rms < TONE_RMS
 
 
+async def silence(client: VoiceClient, user: str, timeout: float = 15.0) -> Level:
+    """Wait until a whole fresh 0.6 s window of `user` at `client` is silent (no track counts as silent)."""
+    return await wait_level(
+        lambda: client.measure(user, 0.6), lambda level: level.rms < TONE_RMS, timeout, f"{user} silent"
+    )
+
+
 def stereo_wav_44k1(path: Path, hz: float, seconds: float = 1.0) -> Path:
     """A 44.1 kHz stereo tone: what `play=` must convert to 48 kHz mono on the way out."""
     count = int(44_100 * seconds)
@@ -124,8 +133,8 @@ async def test_three_clients_hear_each_other_and_mute_silences(stack: Stack, tmp
         state = await bob.mute()
         assert state["muted"] is True
         await alice.wait_for(lambda: alice.members()["bob"]["muted"])
-        await asyncio.sleep(0.3)
-        assert await silent(alice, "bob") and await silent(carol, "bob")
+        await silence(alice, "bob")
+        await silence(carol, "bob")
         assert await hears(alice, "carol", 880.0)  # the others are untouched
         await bob.unmute()
         assert await hears(alice, "bob", 660.0) and await hears(carol, "bob", 660.0)
@@ -149,7 +158,9 @@ async def test_a_peer_without_speak_is_not_heard(stack: Stack) -> None:
         assert reply["permissions"] == ["connect"]
         assert await hears(quiet, "alice", 440.0)  # it hears...
         await alice.wait_for(lambda: alice.members().get("quiet", {}).get("suppressed") is True)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(
+            scaled(1.0)
+        )  # a negative check: time for what it sends to arrive, were it forwarded
         assert await silent(alice, "quiet", 1.0)  # ...but nothing it sends is forwarded
     finally:
         await alice.close()
@@ -165,11 +176,12 @@ async def test_server_mute_holds_against_the_users_own_unmute(stack: Stack) -> N
         assert await hears(mod, "bob", 660.0)
         assert await mod.moderate("bob", "mute") == {"target": "bob", "action": "mute"}
         await bob.wait_for(lambda: bool((bob.me() or {}).get("server_muted")))
-        await asyncio.sleep(0.3)
-        assert await silent(mod, "bob")
+        await silence(mod, "bob")
         state = await bob.unmute()  # cannot undo a server mute
         assert state["muted"] is False and state["server_muted"] is True
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(
+            scaled(0.5)
+        )  # a negative check: time for a wrongly honoured unmute to take effect
         assert await silent(mod, "bob")
         await mod.moderate("bob", "unmute")
         assert await hears(mod, "bob", 660.0)

@@ -15,7 +15,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,23 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from voxa.common.ports import free_port
+from voxa.common.testing.procs import Proc
+from voxa.common.testing.wait import eventually_async
 from voxa.signaling.push.models import b64url_encode
 
 HERE = Path(__file__).resolve().parent
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 READY_TIMEOUT_S = 30.0
-
-
-async def poll(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    """Await `check()` until it returns something truthy (and return it)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def p256_pem(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -65,33 +54,27 @@ class WebPushTestService:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "web-push-testing.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def spawn(self) -> None:
-        node = shutil.which("node")
-        assert node, "node is needed for web-push-testing (.ci/setup.sh installs it)"
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [node, str(HERE / "web_push_service.cjs"), str(self.port)], stdout=log, stderr=log
-        )
+        self.proc: Proc | None = None
 
     async def start(self) -> None:
-        self.spawn()
+        node = shutil.which("node")
+        assert node, "node is needed for web-push-testing (.ci/setup.sh installs it)"
+        argv = [node, str(HERE / "web_push_service.cjs"), str(self.port)]
+        proc = self.proc = Proc("web-push-testing", argv, None, self.log_path).start()
 
         async def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log_path.read_text()
+            proc.check_alive()
             try:
                 async with aiohttp.ClientSession() as http, http.post(f"{self.url}/status") as resp:
                     return resp.status == 200
             except aiohttp.ClientError:
                 return False
 
-        await poll(up, READY_TIMEOUT_S, "web-push-testing to listen")
+        await eventually_async(up, READY_TIMEOUT_S, "web-push-testing to listen")
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
+            self.proc.stop()
             self.proc = None
 
     async def _post(self, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -1,10 +1,14 @@
-"""The harness kit's own rules (voxa.common.testing): the time scale, the waits, the percentile."""
+"""The harness kit's own rules (voxa.common.testing): the time scale, the waits, readiness, the percentile."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from voxa.common.testing import wait
+from voxa.common.testing.procs import Proc, wait_ready_async
 from voxa.common.testing.stats import percentile
 
 
@@ -62,3 +66,28 @@ def test_percentile_interpolates_or_takes_the_nearest_rank() -> None:
     assert percentile([4.0, 1.0, 3.0, 2.0], 50, nearest=True) == 3.0  # round-half-even of 1.5 -> 2
     assert percentile([1.0, 2.0, 3.0], 100) == 3.0
     assert percentile([5.0], 99) == 5.0
+
+
+async def test_wait_ready_async_returns_the_probe_result_and_fails_at_once_when_the_child_exits(
+    tmp_path: Path,
+) -> None:
+    sleeper = Proc("sleeper", [sys.executable, "-c", "import time; time.sleep(60)"], None, tmp_path / "s.log")
+    sleeper.start()
+    try:
+
+        async def ready() -> str:
+            return "up"
+
+        assert await wait_ready_async(sleeper, ready, 10, "the sleeper") == "up"
+    finally:
+        sleeper.stop()
+
+    script = "print('bad config: no listener', flush=True); raise SystemExit(3)"
+    quitter = Proc("quitter", [sys.executable, "-c", script], None, tmp_path / "q.log").start()
+
+    async def never() -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match=r"(?s)quitter exited \(3\) before the quitter.*no listener"):
+        await wait_ready_async(quitter, never, 60, "the quitter")
+    quitter.stop()

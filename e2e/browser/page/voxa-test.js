@@ -5,10 +5,8 @@
 // Every function is async and returns plain JSON-serialisable data. Errors are thrown as Error with a
 // message saying what was expected; the harness reports them together with the page's console log.
 
-const FFT_SIZE = 8192;
-const SNAPSHOT_MS = 50;
-const MIN_HZ = 30;
-const MAX_HZ = 20000;
+import { ToneMeter } from "./tone.js"; // signaling/static/tone.js: the demo's own analyser
+
 const LOOPBACK = new Set(["127.0.0.1"]);
 
 const s = {
@@ -23,7 +21,7 @@ const s = {
   candidates: [],
   gatheringDone: false,
   remote: new Map(), // receiver track id -> { track, streamIds, element }
-  analysers: new Map(), // receiver track id -> { analyser, source, sink, created }
+  meter: new ToneMeter(),
   counters: {
     negotiationNeeded: 0,
     offersCreated: 0,
@@ -368,24 +366,6 @@ async function unmute() {
   return { muted: false, trackId: track.id };
 }
 
-function ensureAnalyser(track) {
-  let entry = s.analysers.get(track.id);
-  if (entry) return entry;
-  const ctx = audioContext();
-  const source = ctx.createMediaStreamSource(new MediaStream([track]));
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = FFT_SIZE;
-  analyser.smoothingTimeConstant = 0;
-  const sink = ctx.createGain();
-  sink.gain.value = 0;
-  source.connect(analyser);
-  analyser.connect(sink);
-  sink.connect(ctx.destination);
-  entry = { analyser, source, sink, created: performance.now() };
-  s.analysers.set(track.id, entry);
-  return entry;
-}
-
 function remoteAudio(mids) {
   const pc = requirePc();
   const out = [];
@@ -398,65 +378,17 @@ function remoteAudio(mids) {
   return out;
 }
 
-// For each remote audio track: `ms` milliseconds of AnalyserNode snapshots; the dominant frequency of
-// the averaged power spectrum (parabolic interpolation between bins) and the mean RMS of the signal.
+// For each remote audio track: `ms` milliseconds of audio, its dominant frequency, RMS and peak
+// (tone.js), with the transceiver's state.
 async function measure(ms = 1000, { mids = null } = {}) {
-  const ctx = audioContext();
-  if (ctx.state !== "running") await ctx.resume();
-  const targets = remoteAudio(mids).map((t) => ({ ...t, entry: ensureAnalyser(t.track) }));
+  const targets = remoteAudio(mids);
   if (targets.length === 0) return [];
-  // A fresh analyser needs one full FFT window of real input before its snapshots mean anything.
-  const windowMs = (FFT_SIZE / ctx.sampleRate) * 1000;
-  const youngest = Math.max(...targets.map((t) => t.entry.created));
-  const warm = youngest + windowMs + 50 - performance.now();
-  if (warm > 0) await sleep(warm);
-
-  const bins = FFT_SIZE / 2;
-  const acc = targets.map(() => ({ power: new Float64Array(bins), rms: 0, peak: 0, snapshots: 0 }));
-  const freq = new Float32Array(bins);
-  const time = new Float32Array(FFT_SIZE);
-  const deadline = performance.now() + ms;
-  do {
-    targets.forEach((t, i) => {
-      const a = acc[i];
-      t.entry.analyser.getFloatFrequencyData(freq);
-      for (let b = 0; b < bins; b += 1) {
-        if (Number.isFinite(freq[b])) a.power[b] += 10 ** (freq[b] / 10);
-      }
-      t.entry.analyser.getFloatTimeDomainData(time);
-      let sum = 0;
-      for (let k = 0; k < time.length; k += 1) {
-        sum += time[k] * time[k];
-        a.peak = Math.max(a.peak, Math.abs(time[k]));
-      }
-      a.rms += Math.sqrt(sum / time.length);
-      a.snapshots += 1;
-    });
-    await sleep(SNAPSHOT_MS);
-  } while (performance.now() < deadline);
-
-  const binHz = ctx.sampleRate / FFT_SIZE;
+  const levels = await s.meter.measure(
+    audioContext(),
+    targets.map((t) => t.track),
+    ms,
+  );
   return targets.map((t, i) => {
-    const a = acc[i];
-    const lo = Math.ceil(MIN_HZ / binHz);
-    const hi = Math.min(bins - 2, Math.floor(MAX_HZ / binHz));
-    let best = -1;
-    let bestPower = 0;
-    for (let b = lo; b <= hi; b += 1) {
-      if (a.power[b] > bestPower) {
-        bestPower = a.power[b];
-        best = b;
-      }
-    }
-    let hz = null;
-    if (best > 0) {
-      const [l, c, r] = [a.power[best - 1], a.power[best], a.power[best + 1]].map((p) =>
-        Math.log(Math.max(p, 1e-30)),
-      );
-      const denom = l - 2 * c + r;
-      const offset = denom === 0 ? 0 : (0.5 * (l - r)) / denom;
-      hz = (best + Math.max(-0.5, Math.min(0.5, offset))) * binHz;
-    }
     const entry = s.remote.get(t.track.id);
     return {
       mid: t.transceiver.mid,
@@ -466,12 +398,7 @@ async function measure(ms = 1000, { mids = null } = {}) {
       currentDirection: t.transceiver.currentDirection,
       trackMuted: t.track.muted,
       readyState: t.track.readyState,
-      hz,
-      rms: a.snapshots ? a.rms / a.snapshots : 0,
-      peak: a.peak,
-      db: bestPower > 0 ? 10 * Math.log10(bestPower / a.snapshots) : null,
-      snapshots: a.snapshots,
-      sampleRate: ctx.sampleRate,
+      ...levels[i],
     };
   });
 }
@@ -593,7 +520,7 @@ async function close() {
   if (s.ctx) await s.ctx.close();
   s.pc = null;
   s.ctx = null;
-  s.analysers.clear();
+  s.meter = new ToneMeter();
   s.remote.clear();
   return true;
 }

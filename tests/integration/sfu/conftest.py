@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-from voxa.client.media import AudioSink, SineTrack
+from tests.integration.hearing import WINDOW_S, silence, tone
+from voxa.client.media import AudioSink, Level, SineTrack
+from voxa.common.testing.wait import eventually_async, scaled
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.worker import RouterHandle, SfuWorker
+
+
+async def stopped_rising(
+    count: Callable[[], int], what: str, quiet_s: float = 0.25, timeout: float = 10.0
+) -> None:
+    """Wait until `count()` (packets) holds still for `quiet_s`: what was in flight when forwarding
+    stopped has landed. (A video stream at 30 fps moves it every ~33 ms.)"""
+
+    async def check() -> bool:
+        before = count()
+        await asyncio.sleep(quiet_s)
+        return count() == before
+
+    await eventually_async(check, timeout, what, poll=0.0)
+
+
+async def stays_still(count: Callable[[], int], seconds: float) -> None:
+    """Assert that `count()` does not move for `seconds` (scaled: a longer hold only makes it stricter)."""
+    before = count()
+    await asyncio.sleep(scaled(seconds))
+    assert count() == before, (before, count())
 
 
 @dataclass
@@ -33,9 +56,22 @@ class ClientPeer:
         """The sink of the track forwarded from `peer` (the SFU's track ids are '<peer>:<mid>')."""
         return next(s for s in self.sinks if s.track.id.split(":")[0] == peer)
 
-    async def frequencies(self, seconds: float = 1.0) -> list[tuple[float | None, float]]:
-        levels = await asyncio.gather(*(s.measure(seconds) for s in self.sinks))
-        return [(level.hz, level.rms) for level in levels]
+    async def hears(self, peer: str, hz: float, timeout: float = 15.0) -> Level:
+        """Wait until a fresh window of `peer`'s forwarded track holds `hz`; returns that window."""
+        return await tone(
+            lambda: self.sink_from(peer).measure(WINDOW_S),
+            hz,
+            f"{self.name} hearing {peer}'s {hz:g} Hz",
+            timeout,
+        )
+
+    async def hears_silence(self, peer: str, timeout: float = 15.0) -> Level:
+        """Wait until a whole fresh window of `peer`'s forwarded track is silent; returns that window."""
+        return await silence(
+            lambda: self.sink_from(peer).measure(WINDOW_S),
+            f"{self.name} hearing silence from {peer}",
+            timeout,
+        )
 
 
 class Harness:

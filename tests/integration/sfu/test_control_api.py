@@ -17,6 +17,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from conftest import SFU_SECRET, SignalingFactory
+from tests.integration.hearing import silence, tone
 from voxa.client.media import AudioSink, SineTrack
 from voxa.common.ports import free_port
 from voxa.common.testing.procs import Proc, clean_env, http_ok, wait_ready
@@ -150,9 +151,8 @@ async def test_control_api_end_to_end(sfu_process: SfuProcess) -> None:
             async with asyncio.timeout(15):
                 while not all(c.sinks for c in clients.values()):
                     await asyncio.sleep(0.05)
-            await asyncio.sleep(0.8)
-            assert abs(((await clients["a"].sinks[0].measure(0.6)).hz or 0) - 660) < 15
-            assert abs(((await clients["b"].sinks[0].measure(0.6)).hz or 0) - 440) < 15
+            await tone(lambda: clients["a"].sinks[0].measure(0.6), 660.0, "a hearing b's 660 Hz")
+            await tone(lambda: clients["b"].sinks[0].measure(0.6), 440.0, "b hearing a's 440 Hz")
 
             # Server mute through the API: silence without renegotiation.
             offers = sum(1 for e in seen if e["type"] == "offer")
@@ -160,8 +160,7 @@ async def test_control_api_end_to_end(sfu_process: SfuProcess) -> None:
                 f"{base}/v1/routers/lobby/peers/b/state", json={"server_muted": True}, headers=AUTH
             ) as r:
                 assert (await r.json())["server_muted"] is True
-            await asyncio.sleep(0.3)
-            assert (await clients["a"].sinks[0].measure(0.5)).rms < 0.01
+            await silence(lambda: clients["a"].sinks[0].measure(0.5), "a hearing b server-muted")
             assert sum(1 for e in seen if e["type"] == "offer") == offers
 
             async with http.get(f"{base}/v1/routers/lobby", headers=AUTH) as resp:

@@ -13,34 +13,29 @@ async def test_three_peers_hear_exactly_the_other_two(sfu: Harness) -> None:
     tones = {"a": 440.0, "b": 660.0, "c": 880.0}
     clients = [await sfu.join(room, name, hz) for name, hz in tones.items()]
     await eventually_async(lambda: all(len(c.sinks) == 2 for c in clients))
-    await asyncio.sleep(1.0)
     for client in clients:
-        heard = sorted(hz for hz, _rms in await client.frequencies(1.0) if hz is not None)
-        expected = sorted(hz for name, hz in tones.items() if name != client.name)
-        assert len(heard) == 2, (client.name, heard)
-        for got, want in zip(heard, expected, strict=True):
-            assert abs(got - want) < 15, (client.name, heard, expected)
+        # Two tracks, one from each of the others (never its own), each carrying that peer's tone.
+        assert sorted(s.track.id.split(":")[0] for s in client.sinks) == sorted(
+            name for name in tones if name != client.name
+        ), (client.name, [s.track.id for s in client.sinks])
+        for name, hz in tones.items():
+            if name != client.name:
+                await client.hears(name, hz)
 
 
-async def test_mute_silences_within_300ms_without_renegotiation(sfu: Harness) -> None:
+async def test_mute_silences_without_renegotiation(sfu: Harness) -> None:
     room = sfu.worker.create_router("lobby")
     alice = await sfu.join(room, "alice", 440.0)
     bob = await sfu.join(room, "bob", 660.0)
     await eventually_async(lambda: alice.sinks and bob.sinks)
-    await asyncio.sleep(0.5)
-    hz, _ = (await alice.sink_from("bob").measure(0.5)).hz, None
-    assert hz is not None and abs(hz - 660) < 15
+    await alice.hears("bob", 660.0)
     offers_before = (alice.offers, bob.offers, room.peer("bob").offers_sent)
 
     room.peer("bob").set_muted(muted=True)
-    await asyncio.sleep(0.3)
-    muted = await alice.sink_from("bob").measure(0.5)
-    assert muted.rms < 0.01, muted
+    await alice.hears_silence("bob")
 
     room.peer("bob").set_muted(muted=False)
-    await asyncio.sleep(0.3)
-    back = await alice.sink_from("bob").measure(0.5)
-    assert back.hz is not None and abs(back.hz - 660) < 15, back
+    await alice.hears("bob", 660.0)
     # Bob still hears Alice throughout, and nobody renegotiated.
     assert abs(((await bob.sink_from("alice").measure(0.5)).hz or 0) - 440) < 15
     assert (alice.offers, bob.offers, room.peer("bob").offers_sent) == offers_before
@@ -54,12 +49,9 @@ async def test_server_mute_holds_until_lifted_by_server(sfu: Harness) -> None:
     bob = room.peer("bob")
     bob.set_muted(server_muted=True)
     bob.set_muted(muted=False)  # the client unmuting itself does not lift a server mute
-    await asyncio.sleep(0.3)
-    assert (await alice.sink_from("bob").measure(0.5)).rms < 0.01
+    await alice.hears_silence("bob")
     bob.set_muted(server_muted=False)
-    await asyncio.sleep(0.3)
-    back = await alice.sink_from("bob").measure(0.5)
-    assert back.hz is not None and abs(back.hz - 660) < 15
+    await alice.hears("bob", 660.0)
 
 
 async def test_without_speak_right_audio_is_not_forwarded(sfu: Harness) -> None:
@@ -68,11 +60,12 @@ async def test_without_speak_right_audio_is_not_forwarded(sfu: Harness) -> None:
     await sfu.join(room, "bob", 660.0)
     room.peer("bob").set_rights(can_speak=False)
     await eventually_async(lambda: bool(alice.sinks))
-    await asyncio.sleep(0.5)
+    # Bob's audio reaches the SFU (so a window now would carry it, were it forwarded): none may pass.
+    microphone = room.peer("bob").producers["0"]
+    await eventually_async(lambda: microphone.stats.packets > 10, 20.0, "the SFU receiving bob's audio")
     assert (await alice.sink_from("bob").measure(0.5)).rms < 0.01
     room.peer("bob").set_rights(can_speak=True)
-    await asyncio.sleep(0.3)
-    assert abs(((await alice.sink_from("bob").measure(0.5)).hz or 0) - 660) < 15
+    await alice.hears("bob", 660.0)
 
 
 async def test_active_speaker_follows_the_tone(sfu: Harness) -> None:

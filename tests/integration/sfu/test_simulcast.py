@@ -28,7 +28,7 @@ from voxa.sfu.router import Preferences
 from voxa.sfu.settings import SfuSettings
 from voxa.sfu.worker import SfuWorker
 
-from .conftest import Harness
+from .conftest import Harness, stays_still, stopped_rising
 
 LAYERS = (("q", 320, 180, 250), ("h", 640, 360, 600), ("f", 1280, 720, 1100))  # rid, w, h, payload bytes
 RID_ID = 10
@@ -198,10 +198,8 @@ async def test_subscriber_gets_the_layer_its_bandwidth_and_tile_allow(sfu: Harne
         )
         # A hidden tile gets nothing.
         sub_peer.set_quality(track, Preferences(paused=True))
-        await asyncio.sleep(0.3)
-        count = len(raw.packets)
-        await asyncio.sleep(0.7)
-        assert len(raw.packets) == count
+        await stopped_rising(lambda: len(raw.packets), "the paused tile's packets to stop")
+        await stays_still(lambda: len(raw.packets), 0.7)
     finally:
         stop.set()
         await sender

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiortc import RTCPeerConnection, VideoStreamTrack
 from voxa.common.testing.wait import eventually_async
 from voxa.sfu.control import create_app
 
-from .conftest import Harness
+from .conftest import Harness, stays_still, stopped_rising
 
 AUTH = {"Authorization": "Bearer test"}
 
@@ -107,10 +106,9 @@ async def test_quality_pauses_a_hidden_tile_and_validates(sfu: Harness, api: Tes
     }
     response = await api.put(url, json={"max_width": None, "max_height": None, "paused": True}, headers=AUTH)
     assert response.status == 200 and (await response.json())["paused"] is True
-    await asyncio.sleep(0.3)
+    await stopped_rising(lambda: consumer.stats.packets, "the paused tile's packets to stop")
     before = consumer.stats.packets
-    await asyncio.sleep(1.0)
-    assert consumer.stats.packets == before  # a hidden tile gets nothing
+    await stays_still(lambda: consumer.stats.packets, 1.0)  # a hidden tile gets nothing
     response = await api.put(url, json={"paused": False}, headers=AUTH)
     assert response.status == 200
     await eventually_async(lambda: consumer.stats.packets > before + 5, 20.0)  # from a keyframe again

@@ -25,6 +25,7 @@ from voxa.client.media import (
     read_wav_48k,
     resample_linear,
     rms,
+    sine_samples,
     write_wav,
 )
 
@@ -137,13 +138,44 @@ async def test_sine_track_timing_and_stop() -> None:
         await track.recv()
 
 
-async def test_tracks_are_paced_in_real_time() -> None:
+async def test_tracks_are_paced_in_real_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+
+    async def fake_sleep(delay: float) -> None:
+        clock[0] += delay
+
+    monkeypatch.setattr("voxa.client.media.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("voxa.client.media.asyncio.sleep", fake_sleep)
     track = SineTrack(440.0)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
     for _ in range(11):
         await track.recv()
-    assert 0.18 <= loop.time() - start < 0.5
+    assert clock[0] - 1000.0 == pytest.approx(10 * FRAME_SAMPLES / SAMPLE_RATE)
+    clock[0] += 1.0  # the sender fell a second behind: it catches up without waiting
+    for _ in range(50):
+        await track.recv()
+    assert clock[0] - 1000.0 == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("hz", [440.0, 437.5, 23_999.0])
+def test_a_sine_track_sends_one_continuous_tone(hz: float) -> None:
+    # Whole-Hz tones come from a one-second table, others are computed per frame: the same samples.
+    track = SineTrack(hz)
+    out = array("h")
+    for _ in range(120):  # 2.4 s: across the table's end twice
+        out.frombytes(track._samples())
+    assert out == sine_samples(hz, len(out), 0.5)
+
+
+def test_a_sine_track_changes_frequency_without_a_click() -> None:
+    track = SineTrack(440.0)
+    out = array("h")
+    for i in range(60):
+        if i == 30:
+            track.frequency = 500.0
+        out.frombytes(track._samples())
+    biggest_step = max(abs(out[i + 1] - out[i]) for i in range(len(out) - 1))
+    assert biggest_step <= 0.5 * 32767 * 2 * math.pi * 500 / SAMPLE_RATE + 2
+    assert dominant_frequency(out[-SAMPLE_RATE // 2 :]) == pytest.approx(500, abs=1)
 
 
 def test_mixer_places_sources_on_a_wall_clock_timeline(

@@ -119,6 +119,12 @@ class Connection:
         self._queued_bytes += size
         self._wake.set()
 
+    def _pop(self) -> str:
+        """The oldest queued frame, its bytes given back to the budget."""
+        frame = self._queue.popleft()
+        self._queued_bytes -= len(frame)
+        return frame
+
     async def _writer(self) -> None:
         queue = self._queue
         ws = self.ws
@@ -126,9 +132,7 @@ class Connection:
             await self._wake.wait()
             self._wake.clear()
             while queue:
-                frame = queue.popleft()
-                self._queued_bytes -= len(frame)
-                await ws.send_str(frame)
+                await ws.send_str(self._pop())
 
     def close_soon(self, code: int, reason: str) -> None:
         if self._closing:
@@ -141,9 +145,7 @@ class Connection:
         with contextlib.suppress(Exception):
             # Flush what is queued (e.g. the error that explains the close) before the close frame.
             while self._queue:
-                frame = self._queue.popleft()
-                self._queued_bytes -= len(frame)
-                await self.ws.send_str(frame)
+                await self.ws.send_str(self._pop())
         with contextlib.suppress(Exception):
             await self.ws.close(code=code, message=reason.encode()[:120])
 
